@@ -1,0 +1,31 @@
+"""Per-example losses shared by training, the per-example engine and curvature.
+
+Every function returns one loss per example (no reduction) so callers choose how to reduce.
+"mse" is the edge-of-stability setting of Cohen et al. 2021: 0.5 * ||f(x) - onehot(y)||^2.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def _mse(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    onehot = F.one_hot(targets, logits.shape[-1]).to(logits.dtype)
+    return 0.5 * ((logits - onehot) ** 2).sum(dim=-1)
+
+
+LOSSES = {"cross_entropy": _cross_entropy, "mse": _mse}
+
+
+def per_example_loss(logits: torch.Tensor, targets: torch.Tensor, loss: str = "cross_entropy") -> torch.Tensor:
+    """Loss of each example, shape (batch,), for logits (batch, classes) and integer targets."""
+    try:
+        fn = LOSSES[loss]
+    except KeyError:
+        raise ValueError(f"unknown loss {loss!r}; known: {', '.join(sorted(LOSSES))}") from None
+    return fn(logits, targets)
