@@ -15,8 +15,13 @@ def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def _mse(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    onehot = F.one_hot(targets, logits.shape[-1]).to(logits.dtype)
+    onehot = one_hot(targets, logits.shape[-1], logits.dtype)
     return 0.5 * ((logits - onehot) ** 2).sum(dim=-1)
+
+
+def one_hot(t: torch.Tensor, n: int, dtype=torch.float32) -> torch.Tensor:
+    """One-hot codes by comparison, (...,) -> (..., n): unlike F.one_hot it works under torch.func.vmap."""
+    return (t.unsqueeze(-1) == torch.arange(n, device=t.device)).to(dtype)
 
 
 LOSSES = {"cross_entropy": _cross_entropy, "mse": _mse}

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gradscope.losses import one_hot
+
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 
 
@@ -38,7 +40,7 @@ class OneHot(nn.Module):
         self.vocab = vocab
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return nn.functional.one_hot(tokens, self.vocab).flatten(1).float()
+        return one_hot(tokens, self.vocab).flatten(1)
 
 
 class ConcatEmbedding(nn.Module):
@@ -95,3 +97,12 @@ def build_model(model_config: dict, spec: InputSpec) -> nn.Module:
         input_encoding=model_config.get("input_encoding", "onehot"),
         embed_dim=int(model_config.get("embed_dim", 32)),
     )
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" picks CUDA when present; "cuda" without CUDA is an error, not a silent fallback."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device; use 'auto' or 'cpu'")
+    return torch.device(device)

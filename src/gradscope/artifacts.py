@@ -1,0 +1,180 @@
+"""Artifacts on disk: Parquet schemas, metadata, and atomic writes.
+
+Every file is written to a temporary name in its own folder and then renamed, so a file
+that exists is complete. Every Parquet file carries key-value metadata
+(`gradscope.schema_version`, `gradscope.run_id`, `gradscope.config` as JSON), so a file read
+on its own says where it came from. Column names and types are defined here, once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+SCHEMA_VERSION = "1"
+
+
+def projection_type(proj_dim: int, dtype: str = "float32") -> pa.DataType:
+    """Fixed-size list type of a gradient projection column."""
+    return pa.list_(pa.float16() if dtype == "float16" else pa.float32(), proj_dim)
+
+
+# ---- table schemas (name -> type); "{proj}" is filled in per run ----------------------
+METRICS = {
+    "step": pa.int64(),
+    "lr": pa.float64(),
+    "train_loss": pa.float64(),
+    "train_acc": pa.float64(),
+    "test_loss": pa.float64(),
+    "test_acc": pa.float64(),
+    "grad_norm": pa.float64(),
+    "clipped": pa.bool_(),
+    "weight_norm": pa.float64(),
+    "wall_s": pa.float64(),
+}
+
+EXAMPLES = {
+    "step": pa.int64(),
+    "split": pa.string(),
+    "example_id": pa.int64(),
+    "label": pa.int64(),
+    "loss": pa.float64(),
+    "pred": pa.int64(),
+    "margin": pa.float64(),
+    "p_true": pa.float64(),
+    "correct": pa.bool_(),
+    "grad_norm": pa.float64(),
+    "grad_dot_mean": pa.float64(),
+    "grad_cos_mean": pa.float64(),
+    "planted": pa.bool_(),
+}
+
+DETECTIONS = {
+    "step": pa.int64(),
+    "example_id": pa.int64(),
+    "detector": pa.string(),
+    "score": pa.float64(),
+    "flagged": pa.bool_(),
+}
+
+GROUPS = {
+    "step_from": pa.int64(),
+    "step_to": pa.int64(),
+    "group": pa.string(),
+    "example_id": pa.int64(),
+    "delta_loss": pa.float64(),
+}
+
+CURVATURE = {
+    "step": pa.int64(),
+    "sharpness": pa.float64(),
+    "top_eigenvalues": pa.list_(pa.float64()),
+    "hessian_trace": pa.float64(),
+    "hessian_trace_stderr": pa.float64(),
+    "hutchinson_samples": pa.int64(),
+    "hvp_count": pa.int64(),
+    "lr": pa.float64(),
+    "sharpness_threshold": pa.float64(),
+    "n_examples": pa.int64(),
+    "n_params": pa.int64(),
+    "wall_s": pa.float64(),
+}
+
+
+def arrow_schema(columns: dict[str, pa.DataType], meta: dict[str, str] | None = None) -> pa.Schema:
+    return pa.schema([pa.field(k, v) for k, v in columns.items()], metadata=meta)
+
+
+def file_metadata(run_id: str | None, config: dict | None) -> dict[str, str]:
+    return {
+        "gradscope.schema_version": SCHEMA_VERSION,
+        "gradscope.run_id": run_id or "",
+        "gradscope.config": json.dumps(config or {}, sort_keys=True),
+    }
+
+
+# ---- atomic writes ----------------------------------------------------------------------
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_parquet(df: pd.DataFrame, path, columns: dict[str, pa.DataType], *, run_id=None, config=None) -> None:
+    """Write `df` with exactly the declared columns and types, plus gradscope metadata."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}")
+    schema = arrow_schema(columns, file_metadata(run_id, config))
+    table = pa.Table.from_pandas(df[list(columns)], schema=schema, preserve_index=False)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_parquet(path) -> pd.DataFrame:
+    """Read one Parquet file or a Hive-partitioned folder; a missing or corrupt file is named."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"missing artifact: {path}")
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for a truncated or foreign file
+        raise ValueError(f"cannot read Parquet file {path}: {e}") from e
+
+
+def read_metadata(path) -> dict:
+    """The gradscope key-value metadata of a Parquet file, config decoded."""
+    meta = {k.decode(): v.decode() for k, v in (pq.read_schema(path).metadata or {}).items()}
+    out = {k: v for k, v in meta.items() if k.startswith("gradscope.")}
+    if "gradscope.config" in out:
+        out["gradscope.config"] = json.loads(out["gradscope.config"])
+    return out
+
+
+def write_text(text: str, path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(obj, path) -> None:
+    write_text(json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n", path)
+
+
+def write_yaml(obj, path) -> None:
+    write_text(yaml.safe_dump(obj, sort_keys=False), path)
+
+
+def read_json(path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"missing artifact: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"corrupt JSON file {path}: {e}") from e
+
+
+def _jsonable(x):
+    if hasattr(x, "item"):  # numpy / torch scalars
+        return x.item()
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    raise TypeError(f"not JSON serializable: {type(x).__name__}")

@@ -1,0 +1,147 @@
+"""Training with checkpoints and a metrics log.
+
+One run: build the model from the settings, optimize with SGD (heavy-ball momentum), Adam or
+AdamW under linear warmup, full batch or minibatch, optional clipping by global norm. At
+every logged step the metrics row describes the parameters *before* that step's update;
+checkpoint `step_t` holds the parameters after t updates. Seeded: the same settings give the
+same numbers on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from gradscope import artifacts, checkpoints
+from gradscope.config import checkpoint_steps
+from gradscope.losses import per_example_loss
+from gradscope.models import InputSpec, build_model, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def build_optimizer(params, optim: dict) -> torch.optim.Optimizer:
+    name, lr, wd = optim["name"], optim["lr"], optim["weight_decay"]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=optim["momentum"], weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=tuple(optim["betas"]), eps=optim["eps"], weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(optim["betas"]), eps=optim["eps"], weight_decay=wd)
+    raise ValueError(f"unknown optimizer {name!r}; known: adam, adamw, sgd")
+
+
+def lr_at(step: int, optim: dict) -> float:
+    """Linear warmup to the peak lr over `warmup_steps` updates, then constant."""
+    warmup = optim.get("warmup_steps", 0)
+    return optim["lr"] * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
+
+
+def sharpness_threshold(optim: dict) -> float:
+    """Stability threshold of gradient descent on a quadratic: 2/lr, 2(1+beta)/lr with heavy-ball momentum."""
+    beta = optim.get("momentum", 0.0) if optim["name"] == "sgd" else 0.0
+    return 2.0 * (1.0 + beta) / optim["lr"]
+
+
+@torch.no_grad()
+def evaluate(model, inputs, targets, loss: str, chunk: int = 8192) -> tuple[float, float]:
+    """Mean loss and accuracy over a split, in chunks."""
+    total_loss, correct = 0.0, 0
+    for i in range(0, len(targets), chunk):
+        logits = model(inputs[i : i + chunk])
+        total_loss += per_example_loss(logits, targets[i : i + chunk], loss).sum().item()
+        correct += (logits.argmax(-1) == targets[i : i + chunk]).sum().item()
+    return total_loss / len(targets), correct / len(targets)
+
+
+def _global_norm(tensors) -> float:
+    return math.sqrt(sum(float(t.detach().pow(2).sum()) for t in tensors))
+
+
+def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run_id: str = "") -> pd.DataFrame:
+    """Train one run; write checkpoints, metrics.parquet and manifest.json under `out_dir`.
+
+    `settings` is the training slice of a run config (data, model, optim, train, seed, device);
+    each split is an (inputs, targets) pair of tensors.
+    """
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    optim_cfg, train_cfg = settings["optim"], settings["train"]
+    device = resolve_device(settings["device"])
+    log.info("resolved training config of %s:\n%s", run_id, yaml.safe_dump(settings, sort_keys=False))
+
+    torch.manual_seed(settings["seed"])
+    np.random.seed(settings["seed"])
+    batches = torch.Generator().manual_seed(settings["seed"])
+    model = build_model(settings["model"], spec).to(device)
+    optimizer = build_optimizer(model.parameters(), optim_cfg)
+    x_train, y_train = (t.to(device) for t in train_split)
+    x_test, y_test = (t.to(device) for t in test_split)
+    n, steps, loss_kind = len(y_train), train_cfg["steps"], train_cfg["loss"]
+    batch_size = train_cfg["batch_size"] or n
+    save_at = set(checkpoint_steps(train_cfg))
+    rows, start, order, cursor = [], time.perf_counter(), None, n
+
+    for step in range(steps + 1):
+        lr = lr_at(step, optim_cfg)
+        if step in save_at:
+            checkpoints.save(ckpt_dir / checkpoints.checkpoint_name(step), model=model, optimizer=optimizer, step=step,
+                             spec=spec, settings=settings, batch_generator=batches, lr=lr)
+        # Draw the minibatch: a fresh permutation each epoch, from the run's own generator.
+        if batch_size >= n:
+            idx = None
+        else:
+            if cursor + batch_size > n:
+                order, cursor = torch.randperm(n, generator=batches).to(device), 0
+            idx, cursor = order[cursor : cursor + batch_size], cursor + batch_size
+        xb, yb = (x_train, y_train) if idx is None else (x_train[idx], y_train[idx])
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        batch_loss = per_example_loss(model(xb), yb, loss_kind).mean()
+        batch_loss.backward()
+        grads = [p.grad for p in model.parameters()]
+        grad_norm = _global_norm(grads)
+        if not (math.isfinite(batch_loss.item()) and math.isfinite(grad_norm)):
+            _write_metrics(rows, out_dir / "metrics.partial.parquet", run_id, settings)
+            what = "loss" if not math.isfinite(batch_loss.item()) else "gradient norm"
+            raise FloatingPointError(f"{run_id}: non-finite {what} at step {step}; metrics so far are in "
+                                     f"{out_dir / 'metrics.partial.parquet'}, checkpoints in {ckpt_dir}")
+        clip = optim_cfg.get("grad_clip")
+        clipped = bool(clip is not None and grad_norm > clip)
+        if step % train_cfg["log_every"] == 0 or step == steps:
+            model.eval()
+            train_loss, train_acc = evaluate(model, x_train, y_train, loss_kind)
+            test_loss, test_acc = evaluate(model, x_test, y_test, loss_kind)
+            wall = time.perf_counter() - start
+            rows.append(dict(step=step, lr=lr, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
+                             test_acc=test_acc, grad_norm=grad_norm, clipped=clipped,
+                             weight_norm=_global_norm(model.parameters()), wall_s=wall))
+            rate = (step + 1) / max(wall, 1e-9)
+            log.info("step %d/%d  train loss %.4g acc %.3f  test loss %.4g acc %.3f  %.0f steps/s  %.0f s left",
+                     step, steps, train_loss, train_acc, test_loss, test_acc, rate, (steps - step) / rate)
+        if step == steps:
+            break  # the last step is measured and checkpointed, not taken
+        if clipped:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+
+    metrics = _write_metrics(rows, out_dir / "metrics.parquet", run_id, settings)
+    artifacts.write_json({"run_id": run_id, "steps": steps, "checkpoints": {
+        str(s): f"checkpoints/{checkpoints.checkpoint_name(s)}" for s in sorted(save_at)},
+        "wall_s": time.perf_counter() - start}, out_dir / "manifest.json")
+    return metrics
+
+
+def _write_metrics(rows, path, run_id, settings) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=list(artifacts.METRICS))
+    artifacts.write_parquet(df, path, artifacts.METRICS, run_id=run_id, config=settings)
+    return df
