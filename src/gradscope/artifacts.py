@@ -21,6 +21,8 @@ import pyarrow.parquet as pq
 import yaml
 
 SCHEMA_VERSION = "1"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def projection_type(proj_dim: int, dtype: str = "float32") -> pa.DataType:
@@ -112,19 +114,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; artifacts are ordinary files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def write_parquet(df: pd.DataFrame, path, columns: dict[str, pa.DataType], *, run_id=None, config=None) -> None:
-    """Write `df` with exactly the declared columns and types, plus gradscope metadata."""
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}")
-    schema = arrow_schema(columns, file_metadata(run_id, config))
-    table = pa.Table.from_pandas(df[list(columns)], schema=schema, preserve_index=False)
+def write_parquet(df: pd.DataFrame, path, columns: dict[str, pa.DataType] | None, *, run_id=None, config=None) -> None:
+    """Write `df` with exactly the declared columns and types (inferred when `columns` is None), plus gradscope metadata."""
+    meta = file_metadata(run_id, config)
+    if columns is None:
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        table = table.replace_schema_metadata(meta)
+    else:
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            raise ValueError(f"{path}: missing columns {missing}")
+        table = pa.Table.from_pandas(df[list(columns)], schema=arrow_schema(columns, meta), preserve_index=False)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 

@@ -1,0 +1,27 @@
+# gradscope: generate data -> train -> per-example statistics -> signals, curvature -> figures -> reports.
+# The map is in README.md ("The DAG"); each stage is one file under workflow/rules/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/examples.smk"
+include: "workflow/rules/signals.smk"
+include: "workflow/rules/curvature.smk"
+include: "workflow/rules/plots.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        get_all_targets(),
+    default_target: True

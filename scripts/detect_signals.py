@@ -1,0 +1,8 @@
+"""Snakemake adapter for rule detect_signals: see gradscope.pipeline.detect_signals."""
+from gradscope.logs import log_to
+from gradscope.pipeline import detect_signals
+
+with log_to(snakemake.log[0]):
+    detect_signals(snakemake.params.signals, examples_paths=snakemake.input.examples, meta_path=snakemake.input.meta,
+                   detections_path=snakemake.output.detections, groups_path=snakemake.output.groups,
+                   summary_path=snakemake.output.summary, run_id=snakemake.params.run_id)

@@ -1,0 +1,9 @@
+"""Snakemake adapter for rule report: see gradscope.pipeline.write_run_report."""
+from gradscope.logs import log_to
+from gradscope.pipeline import write_run_report
+
+with log_to(snakemake.log[0]):
+    i = snakemake.input
+    write_run_report(run_id=snakemake.params.run_id, config_path=i.config, metrics_path=i.metrics,
+                     summary_path=i.summary, curvature_paths=i.curvature, out=snakemake.output[0],
+                     figures={"training": i.training, "flagged": i.flagged, "curvature": i.curvature_png, "gif": i.gif})

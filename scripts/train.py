@@ -1,0 +1,9 @@
+"""Snakemake adapter for rule train: see gradscope.pipeline.train."""
+from pathlib import Path
+
+from gradscope.logs import log_to
+from gradscope.pipeline import train
+
+with log_to(snakemake.log[0]):
+    train(snakemake.params.settings, data_dir=Path(snakemake.input.meta).parent,
+          out_dir=Path(snakemake.output.metrics).parent, run_id=snakemake.params.run_id)

@@ -1,0 +1,159 @@
+"""The workflow's stages as library calls: read artifacts, compute, write artifacts.
+
+One function per Snakemake rule; the scripts in scripts/ and the CLI only adapt arguments
+to these. Computation lives below (data, train, examples, signals, curvature, plots,
+animate, report); file formats in `artifacts`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gradscope import animate, artifacts, checkpoints, curvature, data, examples, plots, report, signals
+from gradscope import train as training
+from gradscope.models import InputSpec, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def generate_data(data_config: dict, *, train_path, test_path, meta_path) -> None:
+    train, test, meta = data.generate(data_config)
+    data.write_dataset(train, test, meta, train_path, test_path, meta_path)
+    log.info("generated %s: %d train, %d test examples", data_config["generator"], len(train), len(test))
+
+
+def train(settings: dict, *, data_dir, out_dir, run_id: str) -> pd.DataFrame:
+    spec = InputSpec.from_dict(data.load_meta(data_dir)["input"])
+    train_split = data.load_split(data_dir, "train")[:2]
+    test_split = data.load_split(data_dir, "test")[:2]
+    return training.train(settings, train_split, test_split, spec, out_dir, run_id)
+
+
+def _checkpoint_path(manifest_path, step: int) -> Path:
+    manifest = artifacts.read_json(manifest_path)
+    if str(step) not in manifest["checkpoints"]:
+        raise KeyError(f"{manifest_path} has no checkpoint at step {step}; it has {sorted(map(int, manifest['checkpoints']))}")
+    return Path(manifest_path).parent / manifest["checkpoints"][str(step)]
+
+
+def examples_columns(proj_dim: int, proj_dtype: str) -> dict:
+    return {**artifacts.EXAMPLES, "grad_proj": artifacts.projection_type(proj_dim, proj_dtype)}
+
+
+def extract_examples(settings: dict, *, loss: str, device: str, data_dir, manifest, step: int, out, run_id: str) -> pd.DataFrame:
+    """Per-example statistics of both splits at one checkpoint; cosines against the mean *training* gradient."""
+    dev = resolve_device(device)
+    model, _ = checkpoints.load(_checkpoint_path(manifest, step), device=dev)
+    x_train, y_train, train_df = data.load_split(data_dir, "train")
+    mean_grad = examples.mean_gradient(model, x_train.to(dev), y_train.to(dev), loss=loss, batch_size=settings["batch_size"])
+    tables = []
+    for split in ("train", "test"):
+        x, y, df = (x_train, y_train, train_df) if split == "train" else data.load_split(data_dir, split)
+        stats = examples.per_example_stats(model, x.to(dev), y.to(dev), loss=loss, proj_dim=settings["proj_dim"],
+                                           seed=settings["seed"], batch_size=settings["batch_size"], mean_grad=mean_grad)
+        proj = stats.pop("grad_proj").astype(np.float16 if settings["proj_dtype"] == "float16" else np.float32)
+        tables.append(pd.DataFrame({"step": step, "split": split, "example_id": df["example_id"].to_numpy(),
+                                    "label": df["label"].to_numpy(), **stats, "planted": df["planted"].to_numpy(),
+                                    "grad_proj": list(proj)}))
+    table = pd.concat(tables, ignore_index=True)
+    artifacts.write_parquet(table, out, examples_columns(settings["proj_dim"], settings["proj_dtype"]), run_id=run_id,
+                            config={"examples": settings, "loss": loss, "step": step})
+    return table
+
+
+def read_examples(paths) -> pd.DataFrame:
+    return pd.concat([artifacts.read_parquet(p) for p in paths], ignore_index=True)
+
+
+def detect_signals(settings: dict, *, examples_paths, meta_path, detections_path, groups_path, summary_path, run_id: str):
+    table = read_examples(examples_paths)
+    planted = (data.load_meta(Path(meta_path).parent).get("planted") or {}).get("train_ids")
+    detections, groups, summary = signals.detect_signals(table, cos_threshold=settings["cos_threshold"],
+                                                          top_k=settings["top_k"], planted_ids=planted)
+    artifacts.write_parquet(detections, detections_path, artifacts.DETECTIONS, run_id=run_id, config=settings)
+    artifacts.write_parquet(groups, groups_path, artifacts.GROUPS, run_id=run_id, config=settings)
+    artifacts.write_json({"run_id": run_id, **summary}, summary_path)
+    return summary
+
+
+def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, data_dir, manifest, step: int, out, run_id: str):
+    """Curvature at one checkpoint on a fixed, seeded subset of the training set (the same at every step)."""
+    dev = resolve_device(device)
+    model, _ = checkpoints.load(_checkpoint_path(manifest, step), device=dev)
+    x, y, _ = data.load_split(data_dir, "train")
+    subset = np.sort(np.random.default_rng(settings["seed"]).permutation(len(y))[: settings["subset_size"]])
+    result = curvature.compute_curvature(model, x[subset].to(dev), y[subset].to(dev), loss=loss, k=settings["top_k"],
+                                         lanczos_iters=settings["lanczos_iters"], trace_tol=settings["trace_tol"],
+                                         trace_max_samples=settings["trace_max_samples"], seed=settings["seed"])
+    row = {**result, "step": step, "lr": optim["lr"], "sharpness_threshold": training.sharpness_threshold(optim)}
+    artifacts.write_parquet(pd.DataFrame([row]), out, artifacts.CURVATURE, run_id=run_id,
+                            config={"curvature": settings, "optim": optim, "loss": loss, "step": step})
+    log.info("step %d: sharpness %.4g (2/lr %.4g), trace %.4g ± %.2g, %d HVPs", step, result["sharpness"],
+             row["sharpness_threshold"], result["hessian_trace"], result["hessian_trace_stderr"], result["hvp_count"])
+    return row
+
+
+def read_curvature(paths) -> pd.DataFrame:
+    return pd.concat([artifacts.read_parquet(p) for p in paths], ignore_index=True).sort_values("step")
+
+
+def render_plots(settings: dict, *, metrics_path, summary_path, curvature_paths, training_png, flagged_png,
+                 curvature_png, run_id: str) -> None:
+    metrics = artifacts.read_parquet(metrics_path)
+    per_step = pd.DataFrame(artifacts.read_json(summary_path)["per_step"])
+    dpi = settings["dpi"]
+    plots.plot_training(metrics, training_png, title=f"{run_id}: loss and accuracy", dpi=dpi)
+    plots.plot_flagged(per_step, flagged_png, title=f"{run_id}: flagged examples", dpi=dpi)
+    plots.plot_curvature(read_curvature(curvature_paths), metrics, curvature_png, title=f"{run_id}: curvature", dpi=dpi)
+
+
+def render_animation(settings: dict, *, examples_paths, detections_path, gif_path, frames_dir, run_id: str) -> None:
+    table = read_examples(examples_paths)
+    train = table[table["split"] == "train"]
+    detections = artifacts.read_parquet(detections_path)
+    flagged = detections.loc[detections["detector"] == "cos_rule", ["step", "example_id", "flagged"]]
+    steps = sorted(train["step"].unique())
+    Path(frames_dir).mkdir(parents=True, exist_ok=True)
+    frames = [Path(frames_dir) / f"step_{int(s):08d}.png" for s in steps]
+    animate.render_projection_animation(train, flagged, gif_path, frames, n_points=settings["gif_points"],
+                                        frame_duration_s=settings["frame_duration_s"], dpi=settings["dpi"],
+                                        title=f"{run_id}: gradient projections")
+
+
+def run_headline(*, metrics_path, summary_path, curvature_paths) -> dict:
+    return report.headline(artifacts.read_parquet(metrics_path), artifacts.read_json(summary_path),
+                           read_curvature(curvature_paths))
+
+
+def write_run_report(*, run_id: str, config_path, metrics_path, summary_path, curvature_paths, figures: dict, out) -> None:
+    """figures: paths of training, flagged, curvature and gif, made relative to the report's folder."""
+    folder = Path(out).parent
+    rel = {k: Path(v).relative_to(folder).as_posix() for k, v in figures.items()}
+    head = run_headline(metrics_path=metrics_path, summary_path=summary_path, curvature_paths=curvature_paths)
+    text = report.render_run_report(run_id, config_yaml=Path(config_path).read_text(), head=head,
+                                    summary=artifacts.read_json(summary_path),
+                                    curvature=read_curvature(curvature_paths), figures=rel)
+    artifacts.write_text(text, out)
+
+
+def write_sweep_report(experiment: str, runs: list[dict], *, metrics_paths, summary_paths, curvature_paths, plots_settings,
+                       runs_path, comparison_png, report_path) -> pd.DataFrame:
+    """runs: [{id, name, varying}] in the order of metrics_paths/summary_paths; curvature_paths: all runs' files."""
+    rows, metrics_by_run = [], {}
+    for run, metrics_path, summary_path in zip(runs, metrics_paths, summary_paths):
+        mine = [p for p in curvature_paths if f"/{run['id']}/" in Path(p).as_posix()]
+        metrics_by_run[run["name"]] = artifacts.read_parquet(metrics_path)
+        head = run_headline(metrics_path=metrics_path, summary_path=summary_path, curvature_paths=mine)
+        rows.append({"run_id": run["id"], "run": run["name"], **run["varying"], **head})
+    table = pd.DataFrame(rows)
+    # Columns vary with the grid, so their types are inferred; list-valued grid values become text.
+    table = table.apply(lambda col: col.map(str) if col.map(lambda v: isinstance(v, (list, tuple))).any() else col)
+    artifacts.write_parquet(table, runs_path, None, run_id=experiment, config={"experiment": experiment, "runs": runs})
+    plots.plot_sweep(metrics_by_run, comparison_png, title=f"{experiment}: accuracy of every run", dpi=plots_settings["dpi"])
+    artifacts.write_text(report.render_sweep_report(experiment, table, Path(comparison_png).name), report_path)
+    return table

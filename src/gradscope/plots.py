@@ -1,0 +1,243 @@
+"""Static figures of a run or a sweep: DataFrames in, PNG files out.
+
+Every function takes the tables defined in `gradscope.artifacts` (or a subset of their
+columns), draws one figure with matplotlib's object-oriented API on the non-interactive Agg
+backend, and writes it atomically as PNG. Figure sizes are fixed (no tight bounding box), so
+the pixel size of a figure is `figsize * dpi` and does not depend on the data.
+
+Steps are drawn on a log axis at `step + 1` wherever the interesting dynamics span decades
+(grokking happens orders of magnitude after memorization) and step 0 must stay visible;
+the axis label says so. Curvature uses linear steps, since the edge of stability is read there.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are files, never windows
+
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from gradscope.artifacts import atomic_path  # noqa: E402
+
+# Fixed figure sizes in inches; chosen so that size * dpi is a whole number of pixels at
+# common dpis, which keeps PNG shapes predictable.
+TRAINING_FIGSIZE = (12.0, 4.5)
+FLAGGED_FIGSIZE = (12.0, 4.5)  # two panels (count and AUROC)
+FLAGGED_FIGSIZE_ONE = (7.0, 4.5)  # count only: no ground truth
+CURVATURE_FIGSIZE = (8.0, 9.0)
+SWEEP_FIGSIZE = (13.0, 5.0)
+
+STEP_LABEL = "step + 1 (log scale)"
+TRAIN_COLOR, TEST_COLOR = "tab:blue", "tab:orange"
+# A sharpness this many times below 2/lr would be a flat line at the bottom of a linear axis.
+LOG_SHARPNESS_RATIO = 10.0
+# Accuracy that counts as "reached" for the markers of the grokking delay.
+REACHED_ACC = 0.95
+
+
+def plot_training(metrics: pd.DataFrame, path, *, title: str, dpi: int = 110) -> None:
+    """Loss (log y) and accuracy of train vs test against step + 1 on a log axis.
+
+    Dotted vertical lines mark the first step at which train and test accuracy reach
+    `REACHED_ACC`, so the grokking delay (memorization long before generalization) reads as
+    the gap between the two lines.
+    """
+    m = metrics.sort_values("step")
+    x = m["step"].to_numpy(dtype=float) + 1.0
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=TRAINING_FIGSIZE, layout="constrained")
+    try:
+        for col, color, name in (("train_loss", TRAIN_COLOR, "train"), ("test_loss", TEST_COLOR, "test")):
+            y = m[col].to_numpy(dtype=float)
+            # a log axis cannot show zero or negative loss; mask them rather than fail
+            y = np.where(y > 0, y, np.nan)
+            ax_loss.plot(x, y, color=color, lw=1.6, label=name)
+        ax_loss.set_xscale("log")
+        ax_loss.set_yscale("log")
+        ax_loss.set_xlabel(STEP_LABEL)
+        ax_loss.set_ylabel("loss (log scale)")
+        ax_loss.set_title("Loss")
+        ax_loss.grid(True, which="major", alpha=0.3)
+        ax_loss.legend()
+
+        for col, color, name in (("train_acc", TRAIN_COLOR, "train"), ("test_acc", TEST_COLOR, "test")):
+            acc = m[col].to_numpy(dtype=float)
+            ax_acc.plot(x, acc, color=color, lw=1.6, label=name)
+            reached = _first_reaching(x, acc, REACHED_ACC)
+            if reached is not None:
+                ax_acc.axvline(reached, color=color, ls=":", lw=1.3,
+                               label=f"{name} acc ≥ {REACHED_ACC:g} at step {int(round(reached - 1)):,}")
+        ax_acc.set_xscale("log")
+        ax_acc.set_ylim(-0.02, 1.02)
+        ax_acc.set_xlabel(STEP_LABEL)
+        ax_acc.set_ylabel("accuracy (fraction correct)")
+        ax_acc.set_title("Accuracy")
+        ax_acc.grid(True, which="major", alpha=0.3)
+        ax_acc.legend(loc="best")
+        fig.suptitle(title)
+        _save(fig, path, dpi)
+    finally:
+        plt.close(fig)
+
+
+def plot_flagged(per_step: pd.DataFrame, path, *, title: str, dpi: int = 110) -> None:
+    """Examples flagged per checkpoint by each detector, and AUROC against planted truth.
+
+    The AUROC panel appears only where `auroc` exists and is not all NaN (runs with planted
+    examples); a dashed line marks chance (0.5).
+    """
+    has_auroc = "auroc" in per_step.columns and per_step["auroc"].notna().any()
+    ncols = 2 if has_auroc else 1
+    fig, axes = plt.subplots(1, ncols, figsize=FLAGGED_FIGSIZE if has_auroc else FLAGGED_FIGSIZE_ONE,
+                             layout="constrained", squeeze=False)
+    ax_n = axes[0, 0]
+    try:
+        detectors = sorted(per_step["detector"].unique())
+        colors = _colors(len(detectors))
+        for det, color in zip(detectors, colors):
+            d = per_step[per_step["detector"] == det].sort_values("step")
+            ax_n.plot(d["step"].to_numpy(dtype=float) + 1.0, d["n_flagged"].to_numpy(dtype=float),
+                      marker="o", ms=3.5, lw=1.5, color=color, label=det)
+        ax_n.set_xscale("log")
+        ax_n.set_ylim(bottom=0)
+        ax_n.set_xlabel(STEP_LABEL)
+        ax_n.set_ylabel("flagged examples (count)")
+        ax_n.set_title("Flagged examples per checkpoint")
+        ax_n.grid(True, alpha=0.3)
+        if detectors:  # an empty table still gives a (blank) figure, without a legend warning
+            ax_n.legend(title="detector")
+
+        if has_auroc:
+            ax_a = axes[0, 1]
+            for det, color in zip(detectors, colors):
+                d = per_step[per_step["detector"] == det].sort_values("step")
+                if d["auroc"].notna().any():
+                    ax_a.plot(d["step"].to_numpy(dtype=float) + 1.0, d["auroc"].to_numpy(dtype=float),
+                              marker="o", ms=3.5, lw=1.5, color=color, label=det)
+            ax_a.axhline(0.5, color="0.35", ls="--", lw=1.2, label="chance (0.5)")
+            ax_a.set_xscale("log")
+            ax_a.set_ylim(0.0, 1.0)
+            ax_a.set_xlabel(STEP_LABEL)
+            ax_a.set_ylabel("AUROC vs planted examples")
+            ax_a.set_title("Detector score AUROC per checkpoint")
+            ax_a.grid(True, alpha=0.3)
+            ax_a.legend(loc="lower right")
+        fig.suptitle(title)
+        _save(fig, path, dpi)
+    finally:
+        plt.close(fig)
+
+
+def plot_curvature(curvature: pd.DataFrame, metrics: pd.DataFrame, path, *, title: str, dpi: int = 110) -> None:
+    """Train loss, sharpness against 2/lr, and Hessian trace, stacked on a shared linear step axis.
+
+    Sharpness (top Hessian eigenvalue) rising to and hovering at 2/lr is the edge of
+    stability (Cohen et al. 2021). When sharpness stays far below the threshold (e.g. Adam),
+    the sharpness axis is logarithmic so that both the curve and the line stay visible.
+    """
+    c = curvature.sort_values("step")
+    m = metrics.sort_values("step")
+    fig, (ax_l, ax_s, ax_t) = plt.subplots(3, 1, figsize=CURVATURE_FIGSIZE, sharex=True, layout="constrained")
+    try:
+        loss = m["train_loss"].to_numpy(dtype=float)
+        ax_l.plot(m["step"].to_numpy(), loss, color=TRAIN_COLOR, lw=1.4, label="train loss")
+        if np.nanmin(loss) > 0:  # losses span decades during training; log only when legal
+            ax_l.set_yscale("log")
+            ax_l.set_ylabel("train loss (log scale)")
+        else:
+            ax_l.set_ylabel("train loss")
+        ax_l.set_title("Train loss")
+        ax_l.grid(True, alpha=0.3)
+
+        steps = c["step"].to_numpy()
+        sharp = c["sharpness"].to_numpy(dtype=float)
+        ax_s.plot(steps, sharp, marker="o", ms=4, lw=1.4, color="tab:red", label="sharpness (top Hessian eigenvalue)")
+        thresholds = c["sharpness_threshold"].to_numpy(dtype=float)
+        thresholds = thresholds[np.isfinite(thresholds)]
+        threshold = float(np.median(thresholds)) if thresholds.size else math.nan
+        if np.isfinite(threshold):
+            ax_s.axhline(threshold, color="0.2", ls="--", lw=1.3, label=f"2/lr = {threshold:.4g}")
+        finite = sharp[np.isfinite(sharp)]
+        far_below = (np.isfinite(threshold) and finite.size and finite.min() > 0
+                     and threshold / finite.max() >= LOG_SHARPNESS_RATIO)
+        if far_below:
+            ax_s.set_yscale("log")
+            ax_s.set_ylabel("eigenvalue (log scale)")
+        else:
+            ax_s.set_ylabel("eigenvalue")
+            if np.isfinite(threshold):
+                top = max(threshold, finite.max() if finite.size else threshold)
+                ax_s.set_ylim(bottom=min(0.0, finite.min() if finite.size else 0.0), top=1.12 * top)
+        ax_s.set_title("Sharpness vs edge-of-stability threshold")
+        ax_s.grid(True, alpha=0.3)
+        ax_s.legend(loc="best")
+
+        trace = c["hessian_trace"].to_numpy(dtype=float)
+        err = c["hessian_trace_stderr"].to_numpy(dtype=float) if "hessian_trace_stderr" in c else None
+        ax_t.errorbar(steps, trace, yerr=err, fmt="o-", ms=4, lw=1.4, capsize=3, color="tab:purple",
+                      label="Hutchinson estimate ± 1 s.e.")
+        ax_t.set_ylabel("Hessian trace")
+        ax_t.set_xlabel("step")
+        ax_t.set_title("Hessian trace")
+        ax_t.grid(True, alpha=0.3)
+        ax_t.legend(loc="best")
+        fig.suptitle(title)
+        _save(fig, path, dpi)
+    finally:
+        plt.close(fig)
+
+
+def plot_sweep(metrics_by_run: dict[str, pd.DataFrame], path, *, title: str, dpi: int = 110) -> None:
+    """Train and test accuracy of every run of a sweep against step + 1 (log axis).
+
+    One colour per run, the same in both panels; one shared legend to the right keeps the
+    panels uncluttered for up to ~10 runs (more runs get a continuous colour map).
+    """
+    fig, (ax_tr, ax_te) = plt.subplots(1, 2, figsize=SWEEP_FIGSIZE, sharey=True, layout="constrained")
+    try:
+        names = list(metrics_by_run)
+        for name, color in zip(names, _colors(len(names))):
+            m = metrics_by_run[name].sort_values("step")
+            x = m["step"].to_numpy(dtype=float) + 1.0
+            ax_tr.plot(x, m["train_acc"].to_numpy(dtype=float), color=color, lw=1.5, label=name)
+            ax_te.plot(x, m["test_acc"].to_numpy(dtype=float), color=color, lw=1.5)
+        for ax, split in ((ax_tr, "Train"), (ax_te, "Test")):
+            ax.set_xscale("log")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel(STEP_LABEL)
+            ax.set_title(f"{split} accuracy")
+            ax.grid(True, alpha=0.3)
+        ax_tr.set_ylabel("accuracy (fraction correct)")
+        ax_te.tick_params(labelleft=True)  # sharey hides them; each panel should read on its own
+        if names:
+            fig.legend(loc="outside right upper", title="run", fontsize="small")
+        fig.suptitle(title)
+        _save(fig, path, dpi)
+    finally:
+        plt.close(fig)
+
+
+# ---- helpers ----------------------------------------------------------------------------
+def _save(fig, path, dpi: int) -> None:
+    # the temporary name ends in .tmp, so the format must be given, not inferred
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")
+
+
+def _colors(n: int) -> list:
+    """Distinct colours: tab10 while it lasts, then evenly spaced samples of a colour map."""
+    if n <= 10:
+        return [plt.get_cmap("tab10")(i) for i in range(n)]
+    cmap = plt.get_cmap("turbo")
+    return [cmap(v) for v in np.linspace(0.05, 0.95, n)]
+
+
+def _first_reaching(x: np.ndarray, y: np.ndarray, level: float):
+    """First x at which y >= level, or None if it never does."""
+    hit = np.flatnonzero(np.nan_to_num(y, nan=-np.inf) >= level)
+    return float(x[hit[0]]) if hit.size else None

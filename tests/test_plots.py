@@ -1,0 +1,195 @@
+"""Figures and the projection animation on small synthetic tables: files, shapes, fixed PCA axes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+imageio = pytest.importorskip("imageio.v3")
+
+from gradscope import animate, plots  # noqa: E402
+from gradscope.animate import (fit_pca, layout_projection, project, render_projection_animation,  # noqa: E402
+                               robust_limits, select_examples)
+
+DPI = 40  # small images keep the tests fast; the pixel size is still figsize * dpi
+
+
+def expected_shape(figsize, dpi=DPI):
+    return (round(figsize[1] * dpi), round(figsize[0] * dpi))
+
+
+def check_png(path, figsize):
+    img = imageio.imread(path)
+    assert img.shape[:2] == expected_shape(figsize)
+    assert img.std() > 0  # something was drawn
+    assert not list(path.parent.glob("*.tmp"))  # the atomic write left nothing behind
+
+
+def metrics_table(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    step = np.unique(np.concatenate([[0], np.geomspace(1, 5000, n).astype(int)]))
+    s = np.log(step + 1.0)
+    return pd.DataFrame({
+        "step": step,
+        "train_loss": np.exp(-s) + 1e-3,
+        "test_loss": 2.0 - s / 10,
+        "train_acc": 1 / (1 + np.exp(-(s - 4) * 4)),
+        "test_acc": np.clip(1 / (1 + np.exp(-(s - 7.5) * 4)) + rng.normal(0, 0.01, len(s)), 0, 1),
+    })
+
+
+def per_step_table(with_auroc=True):
+    rows = []
+    for step in (0, 10, 100, 1000):
+        for det in ("cos_rule", "delta_loss"):
+            row = {"detector": det, "step": step, "n_flagged": step % 7 + (3 if det == "cos_rule" else 5)}
+            if with_auroc:
+                row["auroc"] = np.nan if step == 0 else 0.5 + step / 4000
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def curvature_table(threshold):
+    step = np.arange(0, 1001, 100)
+    return pd.DataFrame({
+        "step": step,
+        "sharpness": 5 + step / 20,
+        "sharpness_threshold": threshold,
+        "hessian_trace": 100 + step / 5,
+        "hessian_trace_stderr": np.full(len(step), 4.0),
+    })
+
+
+# ---- static figures -----------------------------------------------------------------------
+def test_plot_training(tmp_path):
+    path = tmp_path / "training.png"
+    plots.plot_training(metrics_table(), path, title="training", dpi=DPI)
+    check_png(path, plots.TRAINING_FIGSIZE)
+
+
+@pytest.mark.parametrize("variant", ["auroc", "no_column", "all_nan"])
+def test_plot_flagged(tmp_path, variant):
+    table = per_step_table(with_auroc=variant != "no_column")
+    if variant == "all_nan":
+        table["auroc"] = np.nan
+    path = tmp_path / "flagged.png"
+    plots.plot_flagged(table, path, title="flagged", dpi=DPI)
+    # the AUROC panel (and the wider figure) only where there is ground truth
+    check_png(path, plots.FLAGGED_FIGSIZE if variant == "auroc" else plots.FLAGGED_FIGSIZE_ONE)
+
+
+@pytest.mark.parametrize("threshold", [60.0, 2000.0])  # near the edge (linear) and far below it (log)
+def test_plot_curvature(tmp_path, threshold):
+    path = tmp_path / "curvature.png"
+    plots.plot_curvature(curvature_table(threshold), metrics_table(), path, title="curvature", dpi=DPI)
+    check_png(path, plots.CURVATURE_FIGSIZE)
+
+
+def test_plot_sweep(tmp_path):
+    runs = {f"run{i}": metrics_table(seed=i) for i in range(12)}  # more runs than tab10 has colours
+    path = tmp_path / "sweep.png"
+    plots.plot_sweep(runs, path, title="sweep", dpi=DPI)
+    check_png(path, plots.SWEEP_FIGSIZE)
+
+
+# ---- PCA and layout -------------------------------------------------------------------------
+def test_fit_pca_matches_covariance_eigenvectors():
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(500, 6)) @ np.diag([5, 3, 1, 0.5, 0.2, 0.1]) @ np.linalg.qr(rng.normal(size=(6, 6)))[0]
+    mean, comps, explained = fit_pca(data)
+    evals, evecs = np.linalg.eigh(np.cov(data, rowvar=False))
+    order = np.argsort(evals)[::-1]
+    np.testing.assert_allclose(mean, data.mean(axis=0))
+    for i in range(2):
+        ref = evecs[:, order[i]]
+        assert abs(abs(comps[i] @ ref) - 1) < 1e-8  # same direction up to sign
+    np.testing.assert_allclose(explained, evals[order[:2]] / evals.sum(), rtol=1e-8)
+    np.testing.assert_allclose(comps @ comps.T, np.eye(2), atol=1e-12)
+    # the projection is the centred data in that basis
+    np.testing.assert_allclose(project(data, mean, comps), (data - data.mean(0)) @ comps.T)
+
+
+def projection_tables(n=80, k=8, steps=(0, 5, 50), planted_every=10, as_lists=False, seed=0):
+    """Planted examples drift along one direction over steps; the cos rule flags most of them."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, k))
+    direction = np.eye(k)[0]
+    planted = np.arange(n) % planted_every == 0
+    ex, fl = [], []
+    for i, step in enumerate(steps):
+        g = base + rng.normal(0, 0.1, (n, k)) + 3.0 * i * planted[:, None] * direction
+        for e in range(n):
+            vec = g[e].astype(np.float32)
+            ex.append({"step": step, "example_id": e, "grad_proj": vec.tolist() if as_lists else vec,
+                       "planted": bool(planted[e])})
+            fl.append({"step": step, "example_id": e, "flagged": bool(planted[e] and i > 0) or e == 1})
+    return pd.DataFrame(ex), pd.DataFrame(fl)
+
+
+def test_same_vector_same_coordinates_in_every_frame():
+    ex, fl = projection_tables()
+    # example 3 carries one identical gradient projection at the first and last checkpoints
+    fixed = np.linspace(-1, 1, 8).astype(np.float32)
+    for step in (0, 50):
+        ex.at[ex.index[(ex["step"] == step) & (ex["example_id"] == 3)][0], "grad_proj"] = fixed
+    layout = layout_projection(ex, fl, n_points=1000)
+    pts = layout.points[layout.points["example_id"] == 3].set_index("step")
+    np.testing.assert_array_equal(pts.loc[0, ["pc1", "pc2"]].to_numpy(), pts.loc[50, ["pc1", "pc2"]].to_numpy())
+    np.testing.assert_allclose(pts.loc[0, ["pc1", "pc2"]].to_numpy(dtype=float),
+                               project(fixed[None, :], layout.mean, layout.components)[0])
+    # one PCA over all checkpoints stacked, not one per frame
+    stacked = np.stack([np.asarray(v, dtype=float) for v in
+                        ex.sort_values(["step", "example_id"])["grad_proj"]])
+    mean, comps, _ = fit_pca(stacked)
+    np.testing.assert_allclose(layout.mean, mean)
+    np.testing.assert_allclose(np.abs(layout.components @ comps.T), np.eye(2), atol=1e-8)
+    # flags joined by (step, example): example 1 flagged everywhere, planted ones after step 0
+    p = layout.points.set_index(["step", "example_id"])
+    assert p.loc[(0, 1), "flagged"] and p.loc[(5, 1), "flagged"]
+    assert not p.loc[(0, 10), "flagged"] and p.loc[(5, 10), "flagged"] and p.loc[(5, 10), "planted"]
+
+
+def test_select_examples_keeps_planted_and_is_seeded():
+    ex, _ = projection_tables(n=200, planted_every=20)
+    planted = set(ex.loc[ex["planted"], "example_id"])
+    a = select_examples(ex, 50, seed=3)
+    assert len(a) == 50 and planted <= set(a)
+    np.testing.assert_array_equal(a, select_examples(ex, 50, seed=3))
+    assert not np.array_equal(a, select_examples(ex, 50, seed=4))
+    assert len(select_examples(ex, 5, seed=0)) == 5  # more planted than points: still capped
+    assert len(select_examples(ex, 10_000)) == 200
+
+
+def test_robust_limits_ignore_a_few_outliers():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(size=2000), [1e6]])
+    lo, hi = robust_limits(values, np.repeat([0, 1], [1000, 1001]))
+    assert -5 < lo < -1 and 1 < hi < 5
+
+
+# ---- animation ------------------------------------------------------------------------------
+def test_render_projection_animation(tmp_path):
+    steps = (0, 5, 50, 500)
+    ex, fl = projection_tables(steps=steps, as_lists=True)  # Parquet list columns come back as lists
+    frames = [tmp_path / "frames" / f"frame_{i:02d}.png" for i in range(len(steps))]
+    gif = tmp_path / "projection.gif"
+    layout = render_projection_animation(ex, fl, gif, frames, n_points=40, frame_duration_s=0.25, dpi=DPI,
+                                         title="synthetic")
+    assert layout.steps == list(steps)
+    assert layout.points.groupby("step")["example_id"].nunique().eq(40).all()
+    shapes = {imageio.imread(f).shape for f in frames}
+    assert shapes == {expected_shape(animate.FRAME_FIGSIZE) + (4,)}
+    gif_frames = imageio.imread(gif, index=None)
+    assert gif_frames.shape[0] == len(steps)
+    assert gif_frames.shape[1:3] == expected_shape(animate.FRAME_FIGSIZE)
+    meta = imageio.immeta(gif)
+    assert meta.get("loop") == 0 and meta.get("duration") == 250
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_render_projection_animation_needs_one_path_per_step(tmp_path):
+    ex, fl = projection_tables()
+    with pytest.raises(ValueError, match="frame paths"):
+        render_projection_animation(ex, fl, tmp_path / "a.gif", [tmp_path / "f.png"], dpi=DPI)
+    assert not (tmp_path / "a.gif").exists()

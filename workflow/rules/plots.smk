@@ -1,0 +1,60 @@
+rule plots:
+    input:
+        metrics="results/runs/{experiment}/{run}/train/metrics.parquet",
+        summary="results/runs/{experiment}/{run}/signals/summary.json",
+        curvature=get_curvature_files,
+    output:
+        training=report(
+            "results/runs/{experiment}/{run}/figures/training.png",
+            caption="../report/training.rst",
+            category="{experiment}",
+            subcategory="{run}",
+        ),
+        flagged=report(
+            "results/runs/{experiment}/{run}/figures/flagged.png",
+            caption="../report/flagged.rst",
+            category="{experiment}",
+            subcategory="{run}",
+        ),
+        curvature=report(
+            "results/runs/{experiment}/{run}/figures/curvature.png",
+            caption="../report/curvature.rst",
+            category="{experiment}",
+            subcategory="{run}",
+        ),
+    log:
+        "logs/plots/{experiment}/{run}.log",
+    params:
+        plots=get_settings("plots"),
+        run_id=lambda wc: get_run(wc).id,
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../../scripts/plots.py"
+
+
+rule animate:
+    input:
+        examples=get_examples_files,
+        detections="results/runs/{experiment}/{run}/signals/detections.parquet",
+    output:
+        gif=report(
+            "results/runs/{experiment}/{run}/figures/gradient_pca.gif",
+            caption="../report/gradient_pca.rst",
+            category="{experiment}",
+            subcategory="{run}",
+        ),
+        frames=directory("results/runs/{experiment}/{run}/figures/pca_frames"),
+    log:
+        "logs/animate/{experiment}/{run}.log",
+    params:
+        plots=get_settings("plots"),
+        run_id=lambda wc: get_run(wc).id,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    script:
+        "../../scripts/animate.py"

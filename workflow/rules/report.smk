@@ -1,0 +1,47 @@
+rule report:
+    input:
+        config="results/runs/{experiment}/{run}/config.yaml",
+        metrics="results/runs/{experiment}/{run}/train/metrics.parquet",
+        summary="results/runs/{experiment}/{run}/signals/summary.json",
+        curvature=get_curvature_files,
+        training="results/runs/{experiment}/{run}/figures/training.png",
+        flagged="results/runs/{experiment}/{run}/figures/flagged.png",
+        curvature_png="results/runs/{experiment}/{run}/figures/curvature.png",
+        gif="results/runs/{experiment}/{run}/figures/gradient_pca.gif",
+    output:
+        "results/runs/{experiment}/{run}/report.md",
+    log:
+        "logs/report/{experiment}/{run}.log",
+    params:
+        run_id=lambda wc: get_run(wc).id,
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../../scripts/report.py"
+
+
+rule sweep_report:
+    input:
+        unpack(get_sweep_inputs),
+    output:
+        runs="results/sweeps/{experiment}/runs.parquet",
+        comparison=report(
+            "results/sweeps/{experiment}/comparison.png",
+            caption="../report/comparison.rst",
+            category="{experiment}",
+            subcategory="sweep",
+        ),
+        report="results/sweeps/{experiment}/report.md",
+    log:
+        "logs/sweep_report/{experiment}.log",
+    params:
+        runs=lambda wc: [{"id": r.id, "name": r.name, "varying": r.varying} for r in get_experiment_runs(wc)],
+        plots=lambda wc: get_experiment_runs(wc)[0].settings["plots"],
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../../scripts/sweep_report.py"
