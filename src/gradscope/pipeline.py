@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gradscope import animate, artifacts, checkpoints, curvature, data, examples, plots, report, signals
+from gradscope import artifacts, checkpoints, curvature, data, examples, report, signals
 from gradscope import train as training
 from gradscope.models import InputSpec, resolve_device
 
@@ -104,6 +104,8 @@ def read_curvature(paths) -> pd.DataFrame:
 
 def render_plots(settings: dict, *, metrics_path, summary_path, curvature_paths, training_png, flagged_png,
                  curvature_png, run_id: str) -> None:
+    from gradscope import plots  # matplotlib loads only in the jobs that draw (each job is a fresh process)
+
     metrics = artifacts.read_parquet(metrics_path)
     per_step = pd.DataFrame(artifacts.read_json(summary_path)["per_step"])
     dpi = settings["dpi"]
@@ -113,6 +115,8 @@ def render_plots(settings: dict, *, metrics_path, summary_path, curvature_paths,
 
 
 def render_animation(settings: dict, *, examples_paths, detections_path, gif_path, frames_dir, run_id: str) -> None:
+    from gradscope import animate  # matplotlib loads only in the jobs that draw
+
     table = read_examples(examples_paths)
     train = table[table["split"] == "train"]
     detections = artifacts.read_parquet(detections_path)
@@ -144,6 +148,8 @@ def write_run_report(*, run_id: str, config_path, metrics_path, summary_path, cu
 def write_sweep_report(experiment: str, runs: list[dict], *, metrics_paths, summary_paths, curvature_paths, plots_settings,
                        runs_path, comparison_png, report_path) -> pd.DataFrame:
     """runs: [{id, name, varying}] in the order of metrics_paths/summary_paths; curvature_paths: all runs' files."""
+    from gradscope import plots  # matplotlib loads only in the jobs that draw
+
     rows, metrics_by_run = [], {}
     for run, metrics_path, summary_path in zip(runs, metrics_paths, summary_paths):
         mine = [p for p in curvature_paths if f"/{run['id']}/" in Path(p).as_posix()]

@@ -1,0 +1,85 @@
+import copy
+
+import pytest
+
+from gradscope.config import ConfigError, checkpoint_steps, dataset_id, expand_runs, load_config, train_slice
+
+BASE = {
+    "experiments": {
+        "grok": {
+            "data": {"generator": "modular", "modular": {"p": 11}},
+            "optim": {"name": "adamw", "lr": 0.01},
+            "grid": {"optim.weight_decay": [0.0, 1.0]},
+            "seeds": [0, 1],
+        }
+    }
+}
+
+
+def config(**changes):
+    c = copy.deepcopy(BASE)
+    c["experiments"]["grok"].update(changes)
+    return c
+
+
+def test_defaults_are_filled_and_runs_expand_with_readable_ids():
+    resolved = load_config(BASE)
+    runs = expand_runs(resolved)
+    assert [r.id for r in runs] == ["grok/wd~0.0_seed~0", "grok/wd~0.0_seed~1", "grok/wd~1.0_seed~0", "grok/wd~1.0_seed~1"]
+    s = runs[2].settings
+    assert s["optim"]["weight_decay"] == 1.0 and s["seed"] == 0 and s["device"] == "auto"
+    assert s["model"]["depth"] == 2 and s["train"]["checkpoints"] == {"log_spaced": 10}  # schema defaults
+    assert s["data"]["modular"]["train_fraction"] == 0.4
+    assert runs[2].varying == {"wd": 1.0, "seed": 0}
+
+
+def test_runs_share_a_dataset_unless_the_data_differ():
+    runs = expand_runs(load_config(BASE))
+    assert len({dataset_id(r.settings) for r in runs}) == 1
+    other = config(data={"generator": "modular", "modular": {"p": 13}})
+    assert dataset_id(expand_runs(load_config(other))[0].settings) != dataset_id(runs[0].settings)
+    # a setting of the generator not in use does not change the dataset
+    unused = config(data={"generator": "modular", "modular": {"p": 11}, "planted_flips": {"n_train": 7}})
+    assert dataset_id(expand_runs(load_config(unused))[0].settings) == dataset_id(runs[0].settings)
+
+
+def test_train_slice_leaves_out_what_training_does_not_use():
+    s = expand_runs(load_config(BASE))[0].settings
+    sl = train_slice(s)
+    assert set(sl) == {"data", "model", "optim", "train", "seed", "device"}
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"optim": {"name": "adamw", "lrr": 0.1}}, ["'lrr'", "experiments.grok.optim", "allowed:", "lr", "weight_decay"]),
+        ({"optim": {"name": "adamx"}}, ["experiments.grok.optim.name", "'adamx'", "allowed:", "'adamw'"]),
+        ({"optim": {"lr": -1}}, ["experiments.grok.optim.lr", "-1"]),
+        ({"grid": {"optim.weight_decay": [0.0, "big"]}}, ["experiments.grok", "weight_decay", "'big'", "number"]),
+        ({"grid": {"optim.nonsense": [1]}}, ["'nonsense'", "allowed:"]),
+        ({"train": {"checkpoints": {"every": 5, "at": [1]}}}, ["experiments.grok.train.checkpoints"]),
+    ],
+)
+def test_bad_config_names_key_value_and_what_is_allowed(changes, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(config(**changes))
+    for text in expected:
+        assert text in str(err.value)
+
+
+def test_unknown_top_level_key():
+    with pytest.raises(ConfigError, match="'experimentz'"):
+        load_config({**BASE, "experimentz": {}})
+
+
+@pytest.mark.parametrize("rule", [{"every": 7}, {"at": [3, 50, 999]}, {"log_spaced": 6}])
+def test_checkpoint_steps_include_first_and_last(rule):
+    steps = checkpoint_steps({"steps": 100, "checkpoints": rule})
+    assert steps[0] == 0 and steps[-1] == 100 and steps == sorted(set(steps))
+    assert all(0 <= s <= 100 for s in steps)
+    if "every" in rule:
+        assert steps == list(range(0, 100, 7)) + [100]
+    if "at" in rule:
+        assert steps == [0, 3, 50, 100]
+    if "log_spaced" in rule:
+        assert len(steps) <= 6 and 1 in steps

@@ -1,0 +1,79 @@
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from gradscope import checkpoints, data, train
+from gradscope.config import expand_runs, load_config, train_slice
+from gradscope.models import InputSpec
+
+
+def setup_run(tmp_path, **optim):
+    cfg = {"device": "cpu", "experiments": {"t": {
+        "data": {"generator": "planted_flips", "planted_flips": {"n_train": 64, "n_test": 32, "n_features": 4}},
+        "model": {"depth": 1, "width": 8},
+        "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, **optim},
+        "train": {"steps": 12, "batch_size": 16, "log_every": 4, "checkpoints": {"every": 5}},
+    }}}
+    settings = train_slice(expand_runs(load_config(cfg))[0].settings)
+    tr, te, meta = data.generate(settings["data"])
+    folder = tmp_path / "data"
+    data.write_dataset(tr, te, meta, folder / "train.parquet", folder / "test.parquet", folder / "meta.json")
+    splits = data.load_split(folder, "train")[:2], data.load_split(folder, "test")[:2]
+    return settings, splits, InputSpec.from_dict(meta["input"])
+
+
+def test_training_writes_metrics_and_checkpoints(tmp_path):
+    settings, (tr, te), spec = setup_run(tmp_path)
+    metrics = train.train(settings, tr, te, spec, tmp_path / "out", "t/seed~0")
+    assert list(metrics["step"]) == [0, 4, 8, 12]
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == [
+        "step_00000000.pt", "step_00000005.pt", "step_00000010.pt", "step_00000012.pt"]
+    stored = pd.read_parquet(tmp_path / "out" / "metrics.parquet")
+    pd.testing.assert_frame_equal(stored, metrics, check_dtype=False)
+    assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]
+
+
+def test_checkpoint_rebuilds_the_model_and_evaluates_like_the_log(tmp_path):
+    settings, (tr, te), spec = setup_run(tmp_path)
+    metrics = train.train(settings, tr, te, spec, tmp_path / "out", "x")
+    model, state = checkpoints.load(tmp_path / "out" / "checkpoints" / "step_00000012.pt")
+    assert state["step"] == 12 and state["settings"] == settings
+    loss, acc = train.evaluate(model, *tr, "cross_entropy")
+    assert loss == pytest.approx(metrics["train_loss"].iloc[-1], rel=1e-6)
+    assert acc == pytest.approx(metrics["train_acc"].iloc[-1])
+
+
+def test_same_config_same_numbers(tmp_path):
+    settings, (tr, te), spec = setup_run(tmp_path)
+    a = train.train(settings, tr, te, spec, tmp_path / "a", "x")
+    b = train.train(settings, tr, te, spec, tmp_path / "b", "x")
+    pd.testing.assert_frame_equal(a.drop(columns="wall_s"), b.drop(columns="wall_s"))
+    sa = torch.load(tmp_path / "a/checkpoints/step_00000012.pt", weights_only=False)["model_state"]
+    sb = torch.load(tmp_path / "b/checkpoints/step_00000012.pt", weights_only=False)["model_state"]
+    for k in sa:
+        assert torch.equal(sa[k], sb[k])
+
+
+def test_warmup_and_clipping_are_logged(tmp_path):
+    settings, (tr, te), spec = setup_run(tmp_path, warmup_steps=8, grad_clip=1e-6)
+    metrics = train.train(settings, tr, te, spec, tmp_path / "out", "x")
+    assert list(metrics["lr"]) == pytest.approx([0.1 / 8, 0.1 * 5 / 8, 0.1, 0.1])
+    assert metrics["clipped"].all()
+
+
+def test_sharpness_threshold():
+    assert train.sharpness_threshold({"name": "sgd", "lr": 0.1, "momentum": 0.0}) == pytest.approx(20.0)
+    assert train.sharpness_threshold({"name": "sgd", "lr": 0.1, "momentum": 0.9}) == pytest.approx(38.0)
+    assert train.sharpness_threshold({"name": "adam", "lr": 0.1, "momentum": 0.9}) == pytest.approx(20.0)
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_metrics(tmp_path):
+    settings, (tr, te), spec = setup_run(tmp_path, lr=1e30, momentum=0.0)
+    with pytest.raises(FloatingPointError) as err:
+        train.train(settings, tr, te, spec, tmp_path / "out", "x")
+    assert "at step" in str(err.value) and "metrics.partial.parquet" in str(err.value)
+    partial = pd.read_parquet(tmp_path / "out" / "metrics.partial.parquet")
+    assert len(partial) >= 1 and math.isfinite(partial["train_loss"].iloc[0])
+    assert not (tmp_path / "out" / "metrics.parquet").exists()
