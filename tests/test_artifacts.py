@@ -46,3 +46,15 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
 def test_missing_column_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="wall_s"):
         artifacts.write_parquet(pd.DataFrame({"step": [1]}), tmp_path / "x.parquet", COLUMNS)
+
+
+def test_partitions_read_back_with_their_step(tmp_path):
+    cols = {"loss": pa.float64()}
+    for step in (0, 10):
+        artifacts.write_parquet(pd.DataFrame({"loss": [step + 0.5]}), tmp_path / f"step={step}" / "part-0.parquet", cols)
+    table = artifacts.read_partitions(sorted(tmp_path.glob("step=*/part-0.parquet")))
+    assert list(table.columns) == ["step", "loss"] and list(table["step"]) == [0, 10]
+    whole = pd.read_parquet(tmp_path)  # the folder is a Hive-partitioned dataset for pandas too
+    assert sorted(whole["loss"]) == [0.5, 10.5]
+    with pytest.raises(ValueError, match="partition"):
+        artifacts.read_partitions([tmp_path / "x" / "part-0.parquet"])

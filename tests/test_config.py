@@ -83,3 +83,10 @@ def test_checkpoint_steps_include_first_and_last(rule):
         assert steps == [0, 3, 50, 100]
     if "log_spaced" in rule:
         assert len(steps) <= 6 and 1 in steps
+
+
+def test_numbers_given_as_text_by_command_line_overrides_are_values():
+    c = config(optim={"name": "adamw", "lr": "0.02", "grad_clip": "null"}, train={"steps": "7"})
+    s = expand_runs(load_config(c))[0].settings
+    assert s["optim"]["lr"] == 0.02 and s["optim"]["grad_clip"] is None and s["train"]["steps"] == 7
+    assert s["data"]["generator"] == "modular"

@@ -34,9 +34,17 @@ def test_precision_recall():
 
 def table(seed=0, n=30, steps=(0, 5, 10)):
     rng = np.random.default_rng(seed)
-    rows = [dict(step=s, split="train", example_id=i, loss=rng.random(), grad_cos_mean=rng.uniform(-1, 1))
+    rows = [dict(step=s, split="train", example_id=i, loss=rng.random(), grad_cos_mean=rng.uniform(-1, 1),
+                 correct=rng.random() < 0.5)
             for s in steps for i in range(n)]
     return pd.DataFrame(rows)
+
+
+def test_high_loss_flags_misclassified():
+    ex = table(seed=4)
+    det = signals.detect_high_loss(ex)
+    np.testing.assert_array_equal(det["flagged"], ~ex["correct"])
+    np.testing.assert_allclose(det["score"], ex["loss"])
 
 
 def test_delta_loss_top_k_by_brute_force():
@@ -72,6 +80,8 @@ def test_detect_signals_scores_planted_examples():
     per = pd.DataFrame(summary["per_step"])
     row = per[(per.detector == "cos_rule") & (per.step == 10)].iloc[0]
     assert row.auroc > 0.9 and row.recall == 1.0
-    assert len(det) == 30 * 3 + 30 * 2  # cos rows for every step, delta rows for every transition
+    assert len(det) == 2 * 30 * 3 + 30 * 2  # cos and loss rows for every step, delta rows for every transition
+    assert set(summary["headline"]) >= {"final_auroc_cos_rule", "final_auroc_delta_loss", "final_auroc_high_loss"}
+    assert summary["headline"]["final_auroc_cos_rule"] == row.auroc
     _, _, plain = signals.detect_signals(ex, cos_threshold=-0.1, top_k=3, planted_ids=None)
     assert "headline" not in plain and "auroc" not in plain["per_step"][0]

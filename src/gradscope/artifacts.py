@@ -44,8 +44,9 @@ METRICS = {
     "wall_s": pa.float64(),
 }
 
+# Per-checkpoint tables live in Hive partitions (`.../step=<step>/part-0.parquet`): the step is
+# in the path, not in the file, so pandas, pyarrow and DuckDB all read a folder of them as one table.
 EXAMPLES = {
-    "step": pa.int64(),
     "split": pa.string(),
     "example_id": pa.int64(),
     "label": pa.int64(),
@@ -77,7 +78,6 @@ GROUPS = {
 }
 
 CURVATURE = {
-    "step": pa.int64(),
     "sharpness": pa.float64(),
     "top_eigenvalues": pa.list_(pa.float64()),
     "hessian_trace": pa.float64(),
@@ -145,6 +145,20 @@ def read_parquet(path) -> pd.DataFrame:
         return pd.read_parquet(path)
     except Exception as e:  # pyarrow raises several types for a truncated or foreign file
         raise ValueError(f"cannot read Parquet file {path}: {e}") from e
+
+
+def read_partitions(paths) -> pd.DataFrame:
+    """Read Hive-partitioned files (`.../step=<n>/part-0.parquet`) into one table with an int64 `step` column."""
+    parts = []
+    for path in paths:
+        key, _, value = Path(path).parent.name.partition("=")
+        if key != "step" or not value.isdigit():
+            raise ValueError(f"{path} is not in a step=<n> partition folder")
+        parts.append(read_parquet(path).assign(step=int(value)))
+    if not parts:
+        raise ValueError("no partition files given")
+    table = pd.concat(parts, ignore_index=True)
+    return table[["step"] + [c for c in table.columns if c != "step"]]
 
 
 def read_metadata(path) -> dict:

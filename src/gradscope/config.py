@@ -96,9 +96,31 @@ def validate(config: dict, schema: dict, *, prefix: str = "", fill_defaults: boo
     return config
 
 
+def _coerce_scalars(value):
+    """Numbers, booleans and nulls given as text become values: `snakemake --config` passes nested
+    values as strings (e.g. experiments="{g: {optim: {lr: 0.02}}}" gives lr "0.02"). No schema
+    field takes numeric-looking text, so this never changes a real string."""
+    if isinstance(value, dict):
+        return {k: _coerce_scalars(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_coerce_scalars(v) for v in value]
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in ("true", "false"):
+            return low == "true"
+        if low in ("null", "none", "~"):
+            return None
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value
+
+
 def load_config(config: dict, schema_path: str | Path | None = None) -> dict:
     """Validate a raw config (as Snakemake or YAML gives it) and return a resolved deep copy."""
-    config = validate(copy.deepcopy(dict(config)), load_schema(schema_path))
+    config = validate(_coerce_scalars(copy.deepcopy(dict(config))), load_schema(schema_path))
     expand_runs(config, schema_path)  # grid values are validated too, before any job starts
     return config
 

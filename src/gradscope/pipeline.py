@@ -57,7 +57,7 @@ def extract_examples(settings: dict, *, loss: str, device: str, data_dir, manife
         stats = examples.per_example_stats(model, x.to(dev), y.to(dev), loss=loss, proj_dim=settings["proj_dim"],
                                            seed=settings["seed"], batch_size=settings["batch_size"], mean_grad=mean_grad)
         proj = stats.pop("grad_proj").astype(np.float16 if settings["proj_dtype"] == "float16" else np.float32)
-        tables.append(pd.DataFrame({"step": step, "split": split, "example_id": df["example_id"].to_numpy(),
+        tables.append(pd.DataFrame({"split": split, "example_id": df["example_id"].to_numpy(),
                                     "label": df["label"].to_numpy(), **stats, "planted": df["planted"].to_numpy(),
                                     "grad_proj": list(proj)}))
     table = pd.concat(tables, ignore_index=True)
@@ -67,7 +67,7 @@ def extract_examples(settings: dict, *, loss: str, device: str, data_dir, manife
 
 
 def read_examples(paths) -> pd.DataFrame:
-    return pd.concat([artifacts.read_parquet(p) for p in paths], ignore_index=True)
+    return artifacts.read_partitions(paths)
 
 
 def detect_signals(settings: dict, *, examples_paths, meta_path, detections_path, groups_path, summary_path, run_id: str):
@@ -90,7 +90,7 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
     result = curvature.compute_curvature(model, x[subset].to(dev), y[subset].to(dev), loss=loss, k=settings["top_k"],
                                          lanczos_iters=settings["lanczos_iters"], trace_tol=settings["trace_tol"],
                                          trace_max_samples=settings["trace_max_samples"], seed=settings["seed"])
-    row = {**result, "step": step, "lr": optim["lr"], "sharpness_threshold": training.sharpness_threshold(optim)}
+    row = {**result, "lr": optim["lr"], "sharpness_threshold": training.sharpness_threshold(optim)}
     artifacts.write_parquet(pd.DataFrame([row]), out, artifacts.CURVATURE, run_id=run_id,
                             config={"curvature": settings, "optim": optim, "loss": loss, "step": step})
     log.info("step %d: sharpness %.4g (2/lr %.4g), trace %.4g ± %.2g, %d HVPs", step, result["sharpness"],
@@ -99,7 +99,7 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
 
 
 def read_curvature(paths) -> pd.DataFrame:
-    return pd.concat([artifacts.read_parquet(p) for p in paths], ignore_index=True).sort_values("step")
+    return artifacts.read_partitions(paths).sort_values("step")
 
 
 def render_plots(settings: dict, *, metrics_path, summary_path, curvature_paths, training_png, flagged_png,

@@ -83,8 +83,9 @@ def render_run_report(run_id: str, *, config_yaml: str, head: dict, summary: dic
         f"![Loss and accuracy]({figures['training']})",
         "## Opposing signals and detection quality",
         f"Detectors: `cos_rule` flags an example whose gradient has cosine below "
-        f"{summary['settings']['cos_threshold']} with the mean training gradient; `delta_loss` flags the "
-        f"{summary['settings']['top_k']} examples with the largest |loss change| since the previous checkpoint. {truth}",
+        f"{summary['settings']['cos_threshold']} with the mean training gradient (score: −cosine); `delta_loss` flags "
+        f"the {summary['settings']['top_k']} examples with the largest |loss change| since the previous checkpoint "
+        f"(score: |Δloss|); `high_loss` flags misclassified examples (score: loss). {truth}",
         f"![Flagged examples]({figures['flagged']})",
         markdown_table(per_step[quality_cols]),
         "## Curvature",

@@ -1,6 +1,6 @@
 """Detectors of examples that pull against training, and their scores against planted truth.
 
-Two detectors to start, both on the training split of the per-example table:
+Three detectors to start, all on the training split of the per-example table:
 - `cos_rule`: an example whose gradient points against the mean training gradient,
   cos(g_i, mean g) < threshold (default -0.1, the seed notebook's rule); score = -cos.
 - `delta_loss`: at each pair of consecutive checkpoints, the top-k examples by
@@ -8,6 +8,13 @@ Two detectors to start, both on the training split of the per-example table:
   per-step loss changes; they publish no threshold, so k is ours and configurable).
   Score = |delta loss|, recorded at the later checkpoint. The flagged examples whose loss
   rose and fell form two groups, written to groups.parquet.
+- `high_loss`: the classic small-loss criterion for noisy labels, as a reference: score = the
+  example's loss, flagged when the network misclassifies it.
+
+Measured on the default `opposing` run: the cosine rule finds flipped labels early in
+training (AUROC about 0.98 while the network learns the clean rule) and fades once the clean
+examples are fit, because the flipped examples then dominate the mean gradient itself;
+the loss keeps separating them (AUROC about 0.97 at the end).
 
 Where the data plants ground truth, every detector's continuous score is judged per
 checkpoint by AUROC, and its flags by precision and recall; `opposition` (the mean of -cos
@@ -46,6 +53,17 @@ def detect_cos_rule(examples: pd.DataFrame, threshold: float) -> pd.DataFrame:
         "detector": "cos_rule",
         "score": -examples["grad_cos_mean"].to_numpy(),
         "flagged": examples["grad_cos_mean"].to_numpy() < threshold,
+    })
+
+
+def detect_high_loss(examples: pd.DataFrame) -> pd.DataFrame:
+    """One row per (step, example): score = loss; flagged when misclassified."""
+    return pd.DataFrame({
+        "step": examples["step"].to_numpy(),
+        "example_id": examples["example_id"].to_numpy(),
+        "detector": "high_loss",
+        "score": examples["loss"].to_numpy(),
+        "flagged": ~examples["correct"].to_numpy(dtype=bool),
     })
 
 
@@ -99,7 +117,7 @@ def detect_signals(examples: pd.DataFrame, *, cos_threshold: float, top_k: int, 
     train = examples[examples["split"] == "train"]
     cos = detect_cos_rule(train, cos_threshold)
     delta, groups = detect_delta_loss(loss_changes(train), top_k)
-    detections = pd.concat([cos, delta], ignore_index=True)
+    detections = pd.concat([cos, delta, detect_high_loss(train)], ignore_index=True)
     per_step = evaluate(detections, planted_ids)
     opposition = opposition_score(train)
     summary = {
@@ -111,10 +129,12 @@ def detect_signals(examples: pd.DataFrame, *, cos_threshold: float, top_k: int, 
     }
     if planted_ids is not None:
         truth = opposition.index.isin(list(planted_ids))
+        last = per_step.sort_values("step").groupby("detector").last()
         cos_rows = per_step[per_step["detector"] == "cos_rule"]
         summary["headline"] = {
+            **{f"final_auroc_{d}": float(last.loc[d, "auroc"]) for d in last.index},
+            "best_auroc_cos_rule": float(cos_rows["auroc"].max()),
+            "best_step_cos_rule": int(cos_rows.loc[cos_rows["auroc"].idxmax(), "step"]),
             "opposition_auroc": auroc(opposition.to_numpy(), truth),
-            "cos_rule_best_auroc": float(cos_rows["auroc"].max()),
-            "cos_rule_best_step": int(cos_rows.loc[cos_rows["auroc"].idxmax(), "step"]),
         }
     return detections, groups, summary

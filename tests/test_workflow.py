@@ -1,0 +1,186 @@
+"""Real Snakemake runs of the whole workflow on a tiny config, in a temporary folder."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+import yaml
+
+from gradscope import artifacts
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+
+
+def snakemake(cwd, *args, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def copy_workflow(dest: Path, config: dict) -> Path:
+    for item in ("Snakefile", "workflow", "scripts"):
+        src = REPO / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
+    (dest / "config").mkdir()
+    (dest / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return dest
+
+
+def planned(cwd, *args) -> dict[str, int]:
+    """Jobs per rule that a dry run plans, from Snakemake's job-stats table."""
+    proc = snakemake(cwd, "-n", "--cores", "1", "--quiet", "rules", *args)
+    out = proc.stdout + proc.stderr
+    # `--quiet rules` prints the job-count table: one "<rule> <count>" line per planned rule.
+    counts, in_table = {}, False
+    for line in out.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            in_table = True
+            continue
+        if in_table and len(parts) == 2 and parts[1].isdigit():
+            if parts[0] != "total":
+                counts[parts[0]] = int(parts[1])
+        elif in_table and parts and not set(line.strip()) <= {"-", " "}:
+            in_table = False
+    return counts
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """A complete run of the tiny config."""
+    cwd = copy_workflow(tmp_path_factory.mktemp("wf"), yaml.safe_load(TINY.read_text()))
+    snakemake(cwd, "--cores", "2")
+    return cwd
+
+
+def runs_of(cwd):
+    return sorted(p.relative_to(cwd / "results" / "runs").as_posix() for p in (cwd / "results" / "runs").glob("*/*"))
+
+
+def test_every_stage_writes_its_artifacts(done):
+    assert runs_of(done) == ["flips/seed~0", "mod/wd~0.0_seed~0", "mod/wd~1.0_seed~0"]
+    run = done / "results" / "runs" / "flips" / "seed~0"
+    for rel in ["config.yaml", "train/metrics.parquet", "train/manifest.json", "train/checkpoints/step_00000015.pt",
+                "examples/step=15/part-0.parquet", "curvature/step=30/part-0.parquet", "signals/detections.parquet",
+                "signals/groups.parquet", "signals/summary.json", "figures/training.png", "figures/flagged.png",
+                "figures/curvature.png", "figures/gradient_pca.gif", "figures/pca_frames/step_00000030.png", "report.md"]:
+        assert (run / rel).is_file(), rel
+    for exp in ("flips", "mod"):
+        for rel in ("runs.parquet", "report.md", "comparison.png"):
+            assert (done / "results" / "sweeps" / exp / rel).is_file()
+    assert not list(done.glob("results/**/*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_artifacts_read_back_with_pandas_and_duckdb(done):
+    os.chdir(done)
+    counts = duckdb.sql("select split, count(*) as n, count(distinct step) as steps "
+                        "from 'results/runs/*/*/examples/*/*.parquet' group by split order by split").df()
+    # flips: 120 train / 60 test at 3 checkpoints; mod p=7: 24 + 25 pairs at 3 checkpoints, two runs
+    assert counts.to_dict("list") == {"split": ["test", "train"], "n": [60 * 3 + 25 * 3 * 2, 120 * 3 + 24 * 3 * 2],
+                                      "steps": [5, 5]}
+    ex = pd.read_parquet("results/runs/flips/seed~0/examples")
+    assert {"step", "loss", "grad_norm", "grad_cos_mean", "grad_proj", "planted"} <= set(ex.columns)
+    assert len(ex["grad_proj"].iloc[0]) == 8
+    meta = artifacts.read_metadata(next(Path("results/runs/flips/seed~0/examples").glob("step=*/part-0.parquet")))
+    assert meta["gradscope.run_id"] == "flips/seed~0" and meta["gradscope.config"]["examples"]["proj_dim"] == 8
+    curv = duckdb.sql("select step, sharpness, sharpness_threshold from 'results/runs/flips/*/curvature/*/*.parquet' "
+                      "order by step").df()
+    assert list(curv["step"]) == [0, 15, 30] and (curv["sharpness_threshold"] == 2 * 1.5 / 0.2).all()
+    runs = pd.read_parquet("results/sweeps/mod/runs.parquet")
+    assert list(runs["wd"]) == [0.0, 1.0] and "final_test_acc" in runs
+
+
+def test_reports_hold_config_figures_and_detection_quality(done):
+    text = (done / "results/runs/flips/seed~0/report.md").read_text()
+    for needle in ["# Run `flips/seed~0`", "figures/training.png", "figures/gradient_pca.gif", "auroc",
+                   "opposition_auroc", "```yaml", "flip_fraction: 0.1"]:
+        assert needle in text, needle
+    sweep = (done / "results/sweeps/mod/report.md").read_text()
+    assert "wd~0.0_seed~0" in sweep and "wd~1.0_seed~0" in sweep and "comparison.png" in sweep
+    log = (done / "logs/train/flips/seed~0.log").read_text()
+    assert "resolved training config" in log and "flip_fraction: 0.1" in log and "steps/s" in log
+
+
+def test_nothing_is_planned_after_a_complete_run(done):
+    assert planned(done) == {}
+
+
+def test_lint_is_clean(done):
+    proc = snakemake(done, "--lint", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_snakemake_html_report(done):
+    snakemake(done, "--report", "report.html")
+    html = (done / "report.html").read_text(errors="replace")
+    assert "training.png" in html and "gradient_pca.gif" in html
+
+
+def test_plot_setting_plans_only_plots_and_reports(done):
+    counts = planned(done, "--config", "experiments={'flips': {'plots': {'dpi': 61}}}")
+    assert counts  # sanity: the override is seen
+    assert set(counts) <= {"plots", "animate", "report", "sweep_report", "resolve_config", "all"}, counts
+
+
+def with_config(done, tmp_path, change):
+    cfg = yaml.safe_load(TINY.read_text())
+    change(cfg)
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return planned(done, "--configfile", str(path))
+
+
+def test_learning_rate_change_reruns_that_run_from_training_and_reuses_its_data(done, tmp_path):
+    counts = with_config(done, tmp_path, lambda c: c["experiments"]["flips"]["optim"].update(lr=0.3))
+    assert "generate_data" not in counts
+    assert counts["train"] == 1 and counts["extract_examples"] == 3 and counts["curvature"] == 3
+    assert counts["sweep_report"] == 1 and counts["report"] == 1
+
+
+def test_new_seed_plans_only_the_new_seeds_jobs(done, tmp_path):
+    counts = with_config(done, tmp_path, lambda c: c["experiments"]["flips"].update(seeds=[0, 1]))
+    assert "generate_data" not in counts
+    assert counts["train"] == 1 and counts["report"] == 1 and counts["sweep_report"] == 1
+
+
+def test_config_override_reaches_the_rules_and_the_resolved_config(done, tmp_path):
+    cwd = copy_workflow(tmp_path / "wf", yaml.safe_load(TINY.read_text()))
+    target = "results/runs/mod/wd~1.0_seed~0/config.yaml"
+    snakemake(cwd, "--cores", "1", target, "--config", "experiments={'mod': {'train': {'steps': 7}}}")
+    resolved = yaml.safe_load((cwd / target).read_text())
+    assert resolved["train"]["steps"] == 7 and resolved["optim"]["weight_decay"] == 1.0
+    assert resolved["train"]["checkpoints"] == {"at": [10]}  # the rest of the config is kept
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["experiments"]["mod"]["optim"]["lrr"] = 0.1
+    cwd = copy_workflow(tmp_path, cfg)
+    proc = snakemake(cwd, "--cores", "1", check=False)
+    assert proc.returncode != 0
+    assert "'lrr'" in proc.stderr + proc.stdout and "allowed:" in proc.stderr + proc.stdout
+    assert not (cwd / "results").exists()
+
+
+def test_cli_lists_and_shows_runs(done):
+    from click.testing import CliRunner
+
+    from gradscope.cli import main
+
+    out = CliRunner().invoke(main, ["runs", "--results", str(done / "results")])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert "wd" in lines[0] and "final_test_acc" in lines[0] and "best_auroc_cos_rule" in lines[0]
+    assert any(line.startswith("mod/wd~1.0_seed~0") and " done " in f" {line} " for line in lines)
+    shown = CliRunner().invoke(main, ["show", "flips/seed~0", "--results", str(done / "results")])
+    assert shown.exit_code == 0 and "final_test_acc" in shown.output and "report.md" in shown.output
+    missing = CliRunner().invoke(main, ["show", "flips/seed~9", "--results", str(done / "results")])
+    assert missing.exit_code != 0 and "flips/seed~0" in missing.output
