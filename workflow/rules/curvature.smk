@@ -14,6 +14,8 @@ rule curvature:
         loss=lambda wc: get_run(wc).settings["train"]["loss"],
         device=lambda wc: get_run(wc).settings["device"],
         run_id=lambda wc: get_run(wc).id,
+    conda:
+        "../../envs/gradscope.yaml"
     threads: 1
     resources:
         mem_mb=2000,

@@ -7,6 +7,8 @@ rule generate_data:
         "logs/generate_data/{dataset}.log",
     params:
         data=lambda wc: DATASETS[wc.dataset],
+    conda:
+        "../../envs/gradscope.yaml"
     threads: 1
     resources:
         mem_mb=1000,

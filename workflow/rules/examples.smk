@@ -13,6 +13,8 @@ rule extract_examples:
         loss=lambda wc: get_run(wc).settings["train"]["loss"],
         device=lambda wc: get_run(wc).settings["device"],
         run_id=lambda wc: get_run(wc).id,
+    conda:
+        "../../envs/gradscope.yaml"
     threads: 1
     resources:
         mem_mb=2000,

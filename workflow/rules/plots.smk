@@ -27,6 +27,8 @@ rule plots:
     params:
         plots=get_settings("plots"),
         run_id=lambda wc: get_run(wc).id,
+    conda:
+        "../../envs/gradscope.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -52,6 +54,8 @@ rule animate:
     params:
         plots=get_settings("plots"),
         run_id=lambda wc: get_run(wc).id,
+    conda:
+        "../../envs/gradscope.yaml"
     threads: 1
     resources:
         mem_mb=2000,

@@ -14,6 +14,8 @@ rule report:
         "logs/report/{experiment}/{run}.log",
     params:
         run_id=lambda wc: get_run(wc).id,
+    conda:
+        "../../envs/gradscope.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -39,6 +41,8 @@ rule sweep_report:
     params:
         runs=lambda wc: [{"id": r.id, "name": r.name, "varying": r.varying} for r in get_experiment_runs(wc)],
         plots=lambda wc: get_experiment_runs(wc)[0].settings["plots"],
+    conda:
+        "../../envs/gradscope.yaml"
     threads: 1
     resources:
         mem_mb=1000,

@@ -11,6 +11,8 @@ rule detect_signals:
     params:
         signals=get_settings("signals"),
         run_id=lambda wc: get_run(wc).id,
+    conda:
+        "../../envs/gradscope.yaml"
     threads: 1
     resources:
         mem_mb=2000,

@@ -6,6 +6,8 @@ rule resolve_config:
     params:
         settings=lambda wc: get_run(wc).settings,
     localrule: True
+    conda:
+        "../../envs/gradscope.yaml"
     script:
         "../../scripts/resolve_config.py"
 
@@ -24,6 +26,8 @@ rule train:
     params:
         settings=lambda wc: train_slice(get_run(wc).settings),
         run_id=lambda wc: get_run(wc).id,
+    conda:
+        "../../envs/gradscope.yaml"
     threads: 1
     resources:
         mem_mb=2000,
