@@ -90,3 +90,10 @@ def test_numbers_given_as_text_by_command_line_overrides_are_values():
     s = expand_runs(load_config(c))[0].settings
     assert s["optim"]["lr"] == 0.02 and s["optim"]["grad_clip"] is None and s["train"]["steps"] == 7
     assert s["data"]["generator"] == "modular"
+
+
+def test_key_order_in_the_file_does_not_change_the_settings():
+    a = expand_runs(load_config(BASE))[0].settings
+    reordered = {"experiments": {"grok": dict(reversed(list(BASE["experiments"]["grok"].items())))}}
+    b = expand_runs(load_config(reordered))[0].settings
+    assert repr(a) == repr(b)  # Snakemake compares params by repr

@@ -26,6 +26,7 @@ def snakemake(cwd, *args, check=True):
 
 
 def copy_workflow(dest: Path, config: dict) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
     for item in ("Snakefile", "workflow", "scripts", "envs"):
         src = REPO / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)

@@ -144,6 +144,16 @@ def _set_dotted(d: dict, key: str, value) -> None:
     d[last] = copy.deepcopy(value)
 
 
+def _sorted(value):
+    """Dicts with keys in sorted order, recursively. Rule params are compared by repr, so key
+    order must not depend on how the config file happened to be written."""
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
 def expand_runs(config: dict, schema_path: str | Path | None = None) -> list[Run]:
     """All runs of all experiments, in config order; each run's settings validated on their own."""
     schema = load_schema(schema_path)
@@ -163,7 +173,7 @@ def expand_runs(config: dict, schema_path: str | Path | None = None) -> list[Run
                 name = "_".join([f"{short[k]}~{_format_value(v)}" for k, v in zip(keys, values)] + [f"seed~{seed}"])
                 validate(settings, experiment_schema, prefix=f"experiments.{exp_name} (run {name})")
                 settings.update(experiment=exp_name, run=name, seed=seed, device=config.get("device", "auto"))
-                runs.append(Run(exp_name, name, settings, {**varying, "seed": seed}))
+                runs.append(Run(exp_name, name, _sorted(settings), {**varying, "seed": seed}))
     return runs
 
 
