@@ -185,3 +185,25 @@ def test_cli_lists_and_shows_runs(done):
     assert shown.exit_code == 0 and "final_test_acc" in shown.output and "report.md" in shown.output
     missing = CliRunner().invoke(main, ["show", "flips/seed~9", "--results", str(done / "results")])
     assert missing.exit_code != 0 and "flips/seed~0" in missing.output
+
+
+def test_killed_snakemake_training_job_resumes(tmp_path):
+    from test_resume import kill_when_checkpointed
+
+    longer = "experiments={'flips': {'train': {'steps': 2000, 'log_every': 50, 'checkpoints': {'every': 250}}}}"
+    target = "results/runs/flips/seed~0/train/metrics.parquet"
+    args = ["--cores", "1", target, "--config", longer]
+    killed = copy_workflow(tmp_path / "killed", yaml.safe_load(TINY.read_text()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    kill_when_checkpointed([sys.executable, "-m", "snakemake", *args], killed / "results/runs/flips/seed~0/train/resume",
+                           500, env=env, cwd=killed)
+    snakemake(killed, "--unlock")  # a killed Snakemake leaves its lock, as it says when started again
+    snakemake(killed, *args)  # the default profile reruns the incomplete job
+    assert "resuming flips/seed~0 from its checkpoint at step" in (killed / "logs/train/flips/seed~0.log").read_text()
+
+    fresh = copy_workflow(tmp_path / "fresh", yaml.safe_load(TINY.read_text()))
+    snakemake(fresh, *args)
+    a, b = (pd.read_parquet(d / target).drop(columns="wall_s") for d in (killed, fresh))
+    pd.testing.assert_frame_equal(a, b)
+    assert sorted(p.name for p in (killed / "results/runs/flips/seed~0/train/checkpoints").glob("*.pt")) == [
+        f"step_{s:08d}.pt" for s in range(0, 2001, 250)]

@@ -21,7 +21,9 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}.pt"
 
 
-def save(path, *, model, optimizer, step: int, spec: InputSpec, settings: dict, batch_generator=None, lr: float) -> None:
+def save(path, *, model, optimizer, step: int, spec: InputSpec, settings: dict, batch_generator=None, lr: float,
+         extra: dict | None = None) -> None:
+    """Write a checkpoint atomically; `extra` holds what resuming needs beyond the states (batch order, metrics so far)."""
     state = {
         "step": step,
         "lr": lr,
@@ -34,10 +36,23 @@ def save(path, *, model, optimizer, step: int, spec: InputSpec, settings: dict, 
             "numpy": np.random.get_state(),
             "python": random.getstate(),
             "batches": None if batch_generator is None else batch_generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         },
+        **(extra or {}),
     }
     with artifacts.atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def restore_rng(rng: dict, batch_generator=None) -> None:
+    """Put back every RNG state a checkpoint saved, so training continues with the same draws."""
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if batch_generator is not None and rng.get("batches") is not None:
+        batch_generator.set_state(rng["batches"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def load_state(path) -> dict:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -65,14 +67,50 @@ def _global_norm(tensors) -> float:
     return math.sqrt(sum(float(t.detach().pow(2).sum()) for t in tensors))
 
 
+RESUME_DIR = "resume"  # beside the declared outputs: Snakemake deletes those before a rerun, not this
+
+
+def _resume_state(store: Path, settings: dict) -> dict | None:
+    """The latest whole checkpoint of these settings in the resume store; None to start afresh.
+
+    Files are written atomically, so a .pt file is whole unless something else damaged it;
+    one that does not load is skipped with a warning. Checkpoints of other settings are stale.
+    """
+    for path in sorted(store.glob("step_*.pt"), reverse=True):
+        try:
+            state = checkpoints.load_state(path)
+        except ValueError as e:
+            log.warning("skipping unreadable checkpoint: %s", e)
+            continue
+        if state["settings"] != settings:
+            log.info("resume store %s holds another config's checkpoints; starting afresh", store)
+            return None
+        return state
+    return None
+
+
+def _publish(store: Path, ckpt_dir: Path, steps) -> None:
+    """Make the declared checkpoint folder: hard links to the stored files (a copy where links fail)."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+        name = checkpoints.checkpoint_name(step)
+        try:
+            os.link(store / name, ckpt_dir / name)
+        except OSError:
+            shutil.copy2(store / name, ckpt_dir / name)
+
+
 def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run_id: str = "") -> pd.DataFrame:
     """Train one run; write checkpoints, metrics.parquet and manifest.json under `out_dir`.
 
     `settings` is the training slice of a run config (data, model, optim, train, seed, device);
-    each split is an (inputs, targets) pair of tensors.
+    each split is an (inputs, targets) pair of tensors. Checkpoints go first to
+    `out_dir/resume/`; a run killed at any moment and started again continues from the last
+    of them and ends with the same metrics (all but wall_s) as an uninterrupted run. The
+    declared `checkpoints/` folder is filled at the end, and the resume store removed.
     """
     out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir, store = out_dir / "checkpoints", out_dir / RESUME_DIR
     optim_cfg, train_cfg = settings["optim"], settings["train"]
     device = resolve_device(settings["device"])
     log.info("resolved training config of %s:\n%s", run_id, yaml.safe_dump(settings, sort_keys=False))
@@ -87,13 +125,26 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
     n, steps, loss_kind = len(y_train), train_cfg["steps"], train_cfg["loss"]
     batch_size = train_cfg["batch_size"] or n
     save_at = set(checkpoint_steps(train_cfg))
-    rows, start, order, cursor = [], time.perf_counter(), None, n
+    rows, order, cursor, first, wall_before = [], None, n, 0, 0.0
 
-    for step in range(steps + 1):
+    resumed = _resume_state(store, settings)
+    if resumed is not None:
+        model.load_state_dict(resumed["model_state"])
+        optimizer.load_state_dict(resumed["optimizer_state"])
+        checkpoints.restore_rng(resumed["rng"], batches)
+        order, cursor = resumed["batch_order"], resumed["batch_cursor"]
+        order = None if order is None else order.to(device)
+        rows, first, wall_before = resumed["metrics_rows"], resumed["step"], resumed["wall_s"]
+        log.info("resuming %s from its checkpoint at step %d (%s)", run_id, first, store)
+    start = time.perf_counter() - wall_before
+
+    for step in range(first, steps + 1):
         lr = lr_at(step, optim_cfg)
-        if step in save_at:
-            checkpoints.save(ckpt_dir / checkpoints.checkpoint_name(step), model=model, optimizer=optimizer, step=step,
-                             spec=spec, settings=settings, batch_generator=batches, lr=lr)
+        if step in save_at and not (resumed is not None and step == first):
+            checkpoints.save(store / checkpoints.checkpoint_name(step), model=model, optimizer=optimizer, step=step,
+                             spec=spec, settings=settings, batch_generator=batches, lr=lr,
+                             extra={"batch_order": order, "batch_cursor": cursor, "metrics_rows": list(rows),
+                                    "wall_s": time.perf_counter() - start})
         # Draw the minibatch: a fresh permutation each epoch, from the run's own generator.
         if batch_size >= n:
             idx = None
@@ -112,7 +163,7 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
             _write_metrics(rows, out_dir / "metrics.partial.parquet", run_id, settings)
             what = "loss" if not math.isfinite(batch_loss.item()) else "gradient norm"
             raise FloatingPointError(f"{run_id}: non-finite {what} at step {step}; metrics so far are in "
-                                     f"{out_dir / 'metrics.partial.parquet'}, checkpoints in {ckpt_dir}")
+                                     f"{out_dir / 'metrics.partial.parquet'}, checkpoints in {store}")
         clip = optim_cfg.get("grad_clip")
         clipped = bool(clip is not None and grad_norm > clip)
         if step % train_cfg["log_every"] == 0 or step == steps:
@@ -123,7 +174,7 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
             rows.append(dict(step=step, lr=lr, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                              test_acc=test_acc, grad_norm=grad_norm, clipped=clipped,
                              weight_norm=_global_norm(model.parameters()), wall_s=wall))
-            rate = (step + 1) / max(wall, 1e-9)
+            rate = (step + 1 - first) / max(wall - wall_before, 1e-9)
             log.info("step %d/%d  train loss %.4g acc %.3f  test loss %.4g acc %.3f  %.0f steps/s  %.0f s left",
                      step, steps, train_loss, train_acc, test_loss, test_acc, rate, (steps - step) / rate)
         if step == steps:
@@ -134,10 +185,12 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
             group["lr"] = lr
         optimizer.step()
 
+    _publish(store, ckpt_dir, sorted(save_at))
     metrics = _write_metrics(rows, out_dir / "metrics.parquet", run_id, settings)
     artifacts.write_json({"run_id": run_id, "steps": steps, "checkpoints": {
         str(s): f"checkpoints/{checkpoints.checkpoint_name(s)}" for s in sorted(save_at)},
         "wall_s": time.perf_counter() - start}, out_dir / "manifest.json")
+    shutil.rmtree(store)
     return metrics
 
 
