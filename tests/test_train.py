@@ -60,7 +60,8 @@ def test_warmup_and_clipping_are_logged(tmp_path):
     settings, (tr, te), spec = setup_run(tmp_path, warmup_steps=8, grad_clip=1e-6)
     metrics = train.train(settings, tr, te, spec, tmp_path / "out", "x")
     assert list(metrics["lr"]) == pytest.approx([0.1 / 8, 0.1 * 5 / 8, 0.1, 0.1])
-    assert metrics["clipped"].all()
+    assert metrics["clipped"].iloc[:-1].all() and not metrics["clipped"].iloc[-1]  # the last step takes no update
+    assert (metrics["clipped_fraction"] == 1.0).all()
 
 
 def test_sharpness_threshold():
@@ -77,3 +78,39 @@ def test_non_finite_loss_stops_with_step_and_keeps_metrics(tmp_path):
     partial = pd.read_parquet(tmp_path / "out" / "metrics.partial.parquet")
     assert len(partial) >= 1 and math.isfinite(partial["train_loss"].iloc[0])
     assert not (tmp_path / "out" / "metrics.parquet").exists()
+
+
+def test_dynamics_log_has_a_row_per_layer_and_logged_step(tmp_path):
+    settings, (tr, te), spec = setup_run(tmp_path)
+    settings["optim"] = {**settings["optim"], "name": "adamw", "weight_decay": 0.1}
+    settings["train"] = {**settings["train"], "dynamics_every": 4}
+    train.train(settings, tr, te, spec, tmp_path / "out", "x")
+    dyn = pd.read_parquet(tmp_path / "out" / "dynamics.parquet")
+    layers = ["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias"]
+    assert sorted(set(dyn["layer"])) == sorted(layers) and sorted(set(dyn["step"])) == [0, 4, 8, 12]
+    w = dyn[(dyn.layer == "body.0.weight") & (dyn.step == 4)].iloc[0]
+    # the three weight tiers partition the tensor, so their squared gradient norms add up
+    assert w.grad_norm**2 == pytest.approx(w.grad_norm_top5**2 + w.grad_norm_mid90**2 + w.grad_norm_bottom5**2)
+    assert w.adam_eff_lr_median > 0 and w.update_to_decay_ratio > 0
+    assert math.isnan(dyn[dyn.step == 0].iloc[0].adam_eff_lr_median)  # no Adam state before the first update
+
+
+def test_schedules():
+    from gradscope.optim import Plateau, lr_at
+    cos = {"lr": 1.0, "warmup_steps": 0, "schedule": {"kind": "cosine", "min_lr_ratio": 0.1}}
+    assert lr_at(0, cos, 100) == pytest.approx(1.0) and lr_at(100, cos, 100) == pytest.approx(0.1)
+    assert lr_at(50, cos, 100) == pytest.approx(0.55)
+    step = {"lr": 1.0, "schedule": {"kind": "step", "step_size": 10, "gamma": 0.5}}
+    assert [lr_at(s, step) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+    plateau = Plateau({"kind": "plateau", "metric": "train_loss", "factor": 0.5, "patience": 1})
+    for loss in (1.0, 0.5, 0.5, 0.5, 0.5):
+        plateau.observe({"train_loss": loss})
+    assert plateau.scale == 0.5
+
+
+@pytest.mark.parametrize("optim", [{"name": "rmsprop", "lr": 0.01, "momentum": 0.0}, {"name": "sgd", "nesterov": True, "momentum": 0.9},
+                                   {"name": "sgd", "schedule": {"kind": "plateau", "metric": "test_acc", "patience": 0}}])
+def test_other_optimizers_and_schedules_train(tmp_path, optim):
+    settings, (tr, te), spec = setup_run(tmp_path, **optim)
+    metrics = train.train(settings, tr, te, spec, tmp_path / "out", "x")
+    assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]

@@ -40,8 +40,18 @@ METRICS = {
     "test_acc": pa.float64(),
     "grad_norm": pa.float64(),
     "clipped": pa.bool_(),
+    "clipped_fraction": pa.float64(),
     "weight_norm": pa.float64(),
     "wall_s": pa.float64(),
+}
+
+# One row per (logged step, parameter tensor): see gradscope.dynamics.
+DYNAMICS = {
+    "step": pa.int64(),
+    "layer": pa.string(),
+    **{name: pa.float64() for name in ("weight_norm", "grad_norm", "grad_norm_top5", "grad_norm_mid90",
+                                       "grad_norm_bottom5", "adam_eff_lr_median", "adam_snr_median",
+                                       "update_to_decay_ratio")},
 }
 
 # Per-checkpoint tables live in Hive partitions (`.../step=<step>/part-0.parquet`): the step is

@@ -1,10 +1,11 @@
-"""Training with checkpoints and a metrics log.
+"""Training with checkpoints, a metrics log and a dynamics log.
 
-One run: build the model from the settings, optimize with SGD (heavy-ball momentum), Adam or
-AdamW under linear warmup, full batch or minibatch, optional clipping by global norm. At
-every logged step the metrics row describes the parameters *before* that step's update;
-checkpoint `step_t` holds the parameters after t updates. Seeded: the same settings give the
-same numbers on CPU.
+One run: build the model from the settings, optimize (see `optim`: SGD with momentum or
+Nesterov, Adam, AdamW, RMSprop; warmup and schedules), full batch or minibatch, optional
+clipping by global norm. At every logged step the metrics row describes the parameters
+*before* that step's update; checkpoint `step_t` holds the parameters after t updates. Every
+`dynamics_every` steps, per-layer rows go to dynamics.parquet (see `dynamics`). Seeded: the
+same settings give the same numbers on CPU.
 """
 
 from __future__ import annotations
@@ -21,35 +22,13 @@ import pandas as pd
 import torch
 import yaml
 
-from gradscope import artifacts, checkpoints
+from gradscope import artifacts, checkpoints, dynamics
 from gradscope.config import checkpoint_steps
+from gradscope.optim import Plateau, build_optimizer, lr_at, sharpness_threshold  # noqa: F401  (re-exported)
 from gradscope.losses import per_example_loss
 from gradscope.models import InputSpec, build_model, resolve_device
 
 log = logging.getLogger(__name__)
-
-
-def build_optimizer(params, optim: dict) -> torch.optim.Optimizer:
-    name, lr, wd = optim["name"], optim["lr"], optim["weight_decay"]
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=optim["momentum"], weight_decay=wd)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(optim["betas"]), eps=optim["eps"], weight_decay=wd)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(optim["betas"]), eps=optim["eps"], weight_decay=wd)
-    raise ValueError(f"unknown optimizer {name!r}; known: adam, adamw, sgd")
-
-
-def lr_at(step: int, optim: dict) -> float:
-    """Linear warmup to the peak lr over `warmup_steps` updates, then constant."""
-    warmup = optim.get("warmup_steps", 0)
-    return optim["lr"] * (min(1.0, (step + 1) / warmup) if warmup else 1.0)
-
-
-def sharpness_threshold(optim: dict) -> float:
-    """Stability threshold of gradient descent on a quadratic: 2/lr, 2(1+beta)/lr with heavy-ball momentum."""
-    beta = optim.get("momentum", 0.0) if optim["name"] == "sgd" else 0.0
-    return 2.0 * (1.0 + beta) / optim["lr"]
 
 
 @torch.no_grad()
@@ -125,7 +104,9 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
     n, steps, loss_kind = len(y_train), train_cfg["steps"], train_cfg["loss"]
     batch_size = train_cfg["batch_size"] or n
     save_at = set(checkpoint_steps(train_cfg))
-    rows, order, cursor, first, wall_before = [], None, n, 0, 0.0
+    rows, layer_rows, order, cursor, first, wall_before = [], [], None, n, 0, 0.0
+    plateau, clipped_since_log, steps_since_log = Plateau(optim_cfg.get("schedule")), 0, 0
+    dynamics_every = train_cfg.get("dynamics_every", 0)
 
     resumed = _resume_state(store, settings)
     if resumed is not None:
@@ -135,15 +116,20 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
         order, cursor = resumed["batch_order"], resumed["batch_cursor"]
         order = None if order is None else order.to(device)
         rows, first, wall_before = resumed["metrics_rows"], resumed["step"], resumed["wall_s"]
+        layer_rows = resumed["dynamics_rows"]
+        plateau.load_state_dict(resumed["plateau"])
+        clipped_since_log, steps_since_log = resumed["clip_counts"]
         log.info("resuming %s from its checkpoint at step %d (%s)", run_id, first, store)
     start = time.perf_counter() - wall_before
 
     for step in range(first, steps + 1):
-        lr = lr_at(step, optim_cfg)
+        lr = lr_at(step, optim_cfg, steps) * plateau.scale
         if step in save_at and not (resumed is not None and step == first):
             checkpoints.save(store / checkpoints.checkpoint_name(step), model=model, optimizer=optimizer, step=step,
                              spec=spec, settings=settings, batch_generator=batches, lr=lr,
                              extra={"batch_order": order, "batch_cursor": cursor, "metrics_rows": list(rows),
+                                    "dynamics_rows": list(layer_rows), "plateau": plateau.state_dict(),
+                                    "clip_counts": (clipped_since_log, steps_since_log),
                                     "wall_s": time.perf_counter() - start})
         # Draw the minibatch: a fresh permutation each epoch, from the run's own generator.
         if batch_size >= n:
@@ -165,7 +151,10 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
             raise FloatingPointError(f"{run_id}: non-finite {what} at step {step}; metrics so far are in "
                                      f"{out_dir / 'metrics.partial.parquet'}, checkpoints in {store}")
         clip = optim_cfg.get("grad_clip")
-        clipped = bool(clip is not None and grad_norm > clip)
+        clipped = bool(clip is not None and grad_norm > clip) and step < steps
+        clipped_since_log, steps_since_log = clipped_since_log + clipped, steps_since_log + (step < steps)
+        if dynamics_every and (step % dynamics_every == 0 or step == steps):
+            layer_rows += dynamics.layer_dynamics(model, optimizer, step, lr)
         if step % train_cfg["log_every"] == 0 or step == steps:
             model.eval()
             train_loss, train_acc = evaluate(model, x_train, y_train, loss_kind)
@@ -173,7 +162,10 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
             wall = time.perf_counter() - start
             rows.append(dict(step=step, lr=lr, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                              test_acc=test_acc, grad_norm=grad_norm, clipped=clipped,
+                             clipped_fraction=clipped_since_log / max(steps_since_log, 1),
                              weight_norm=_global_norm(model.parameters()), wall_s=wall))
+            clipped_since_log = steps_since_log = 0
+            plateau.observe(rows[-1])
             rate = (step + 1 - first) / max(wall - wall_before, 1e-9)
             log.info("step %d/%d  train loss %.4g acc %.3f  test loss %.4g acc %.3f  %.0f steps/s  %.0f s left",
                      step, steps, train_loss, train_acc, test_loss, test_acc, rate, (steps - step) / rate)
@@ -187,6 +179,8 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
 
     _publish(store, ckpt_dir, sorted(save_at))
     metrics = _write_metrics(rows, out_dir / "metrics.parquet", run_id, settings)
+    artifacts.write_parquet(pd.DataFrame(layer_rows, columns=dynamics.COLUMNS), out_dir / "dynamics.parquet",
+                            artifacts.DYNAMICS, run_id=run_id, config=settings)
     artifacts.write_json({"run_id": run_id, "steps": steps, "checkpoints": {
         str(s): f"checkpoints/{checkpoints.checkpoint_name(s)}" for s in sorted(save_at)},
         "wall_s": time.perf_counter() - start}, out_dir / "manifest.json")

@@ -1,0 +1,88 @@
+"""Optimizers and learning-rate schedules, built from the `optim` block of a run config.
+
+Schedules are a multiplier on the peak lr: linear warmup over `warmup_steps` updates, then
+`constant`, `cosine` (to `min_lr_ratio` of the peak at the last step), or `step` (times
+`gamma` every `step_size` updates). `plateau` (ReduceLROnPlateau) also multiplies by `factor`
+whenever a logged metric has not improved for `patience` logged evaluations; it keeps state,
+which checkpoints save.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+
+
+def build_optimizer(params, optim: dict) -> torch.optim.Optimizer:
+    name, lr, wd = optim["name"], optim["lr"], optim["weight_decay"]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=optim["momentum"], weight_decay=wd,
+                               nesterov=bool(optim.get("nesterov", False)))
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=tuple(optim["betas"]), eps=optim["eps"], weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(optim["betas"]), eps=optim["eps"], weight_decay=wd)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=optim.get("alpha", 0.99), eps=optim["eps"], weight_decay=wd,
+                                   momentum=optim["momentum"])
+    raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+
+
+def lr_at(step: int, optim: dict, total_steps: int | None = None) -> float:
+    """The scheduled lr of update `step` (without plateau reductions, which depend on metrics)."""
+    warmup = optim.get("warmup_steps", 0)
+    factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    schedule = optim.get("schedule") or {"kind": "constant"}
+    kind = schedule.get("kind", "constant")
+    if kind == "cosine":
+        if total_steps is None:
+            raise ValueError("the cosine schedule needs the total number of steps")
+        span = max(total_steps - warmup, 1)
+        progress = min(max(step - warmup, 0) / span, 1.0)
+        low = schedule.get("min_lr_ratio", 0.0)
+        factor *= low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
+    elif kind == "step":
+        factor *= schedule.get("gamma", 0.1) ** (step // schedule.get("step_size", 1000))
+    elif kind not in ("constant", "plateau"):
+        raise ValueError(f"unknown schedule {kind!r}; known: constant, cosine, step, plateau")
+    return optim["lr"] * factor
+
+
+class Plateau:
+    """ReduceLROnPlateau on a logged metric: a multiplier that drops by `factor` after `patience` flat evaluations."""
+
+    def __init__(self, schedule: dict):
+        self.on = (schedule or {}).get("kind") == "plateau"
+        s = schedule or {}
+        self.metric, self.factor = s.get("metric", "train_loss"), s.get("factor", 0.5)
+        self.patience, self.threshold = s.get("patience", 10), s.get("threshold", 1e-4)
+        self.maximize = self.metric.endswith("_acc")
+        self.best, self.bad, self.scale = None, 0, 1.0
+
+    def observe(self, row: dict) -> None:
+        if not self.on:
+            return
+        value = row[self.metric]
+        better = self.best is None or (value > self.best * (1 + self.threshold) if self.maximize
+                                       else value < self.best * (1 - self.threshold))
+        if better:
+            self.best, self.bad = value, 0
+        else:
+            self.bad += 1
+            if self.bad > self.patience:
+                self.scale, self.bad = self.scale * self.factor, 0
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad": self.bad, "scale": self.scale}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.bad, self.scale = state["best"], state["bad"], state["scale"]
+
+
+def sharpness_threshold(optim: dict) -> float:
+    """Stability threshold of gradient descent on a quadratic: 2/lr, 2(1+beta)/lr with heavy-ball momentum."""
+    beta = optim.get("momentum", 0.0) if optim["name"] == "sgd" else 0.0
+    return 2.0 * (1.0 + beta) / optim["lr"]
