@@ -115,8 +115,8 @@ def test_transformer_needs_tokens():
 
 
 def test_unknown_kind_lists_known():
-    with pytest.raises(ValueError, match="known: mlp, transformer"):
-        build_model({"kind": "cnn"}, TOKENS)
+    with pytest.raises(ValueError, match="known: mlp, transformer, cnn"):
+        build_model({"kind": "resnet"}, TOKENS)
 
 
 @pytest.mark.parametrize("spec", [DENSE, TOKENS])
@@ -175,3 +175,14 @@ def test_per_example_grads_vmap_match_loop(layer_norm):
             torch.testing.assert_close(g[name][i], t.grad, rtol=1e-10, atol=1e-12)
     # Examples differ, so their gradients do too (the "=" and positional rows are shared by all).
     assert not torch.allclose(g["embed.weight"][0], g["embed.weight"][1])
+
+
+def test_cnn_on_flat_square_images():
+    torch.manual_seed(0)
+    spec = InputSpec("dense", 64, 0, 10)
+    model = build_model({"kind": "cnn", "channels": [4, 8]}, spec)
+    out = model(torch.randn(5, 64))
+    assert out.shape == (5, 10)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == 2
+    with pytest.raises(ValueError, match="square"):
+        build_model({"kind": "cnn"}, InputSpec("dense", 20, 0, 2))

@@ -186,7 +186,36 @@ class Transformer(nn.Module):
         return self.unembed(self.ln_final(self.residual(tokens)[:, -1]))  # (b, n_classes)
 
 
-MODEL_KINDS = ("mlp", "transformer")
+MODEL_KINDS = ("mlp", "transformer", "cnn")
+
+
+class CNN(nn.Module):
+    """A small CNN for square single-channel images given as flat dense vectors (side * side).
+
+    [Conv 3x3 (padding 1) -> activation -> MaxPool 2] per entry of `channels`, then a linear
+    read-out of the flattened feature map. Convolutions are nn.Conv2d, so the per-example
+    engine handles them by unfolding.
+    """
+
+    def __init__(self, spec: InputSpec, channels: list[int], activation: str):
+        super().__init__()
+        side = math.isqrt(spec.dim)
+        if spec.kind != "dense" or side * side != spec.dim:
+            raise ValueError(f"the cnn needs dense square images (dim = side^2); got input {spec}")
+        self.side = side
+        layers: list[nn.Module] = []
+        in_ch = 1
+        for ch in channels:
+            layers += [nn.Conv2d(in_ch, ch, kernel_size=3, padding=1), ACTIVATIONS[activation](), nn.MaxPool2d(2)]
+            in_ch, side = ch, side // 2
+        if side < 1:
+            raise ValueError(f"{len(channels)} pooling stages shrink a {self.side}x{self.side} image to nothing")
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(in_ch * side * side, spec.n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x.reshape(-1, 1, self.side, self.side))  # (b, C, s, s)
+        return self.head(h.flatten(1))
 
 
 def build_model(model_config: dict, spec: InputSpec) -> nn.Module:
@@ -204,6 +233,9 @@ def build_model(model_config: dict, spec: InputSpec) -> nn.Module:
             n_layers=int(model_config.get("n_layers", 1)),
             layer_norm=bool(model_config.get("layer_norm", False)),
         )
+    elif kind == "cnn":
+        activation = model_config.get("activation", "relu")
+        model = CNN(spec, channels=[int(c) for c in model_config.get("channels", [16, 32])], activation=activation)
     else:
         raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(MODEL_KINDS)}")
     init_scale = float(model_config.get("init_scale", 1.0))
