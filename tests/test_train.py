@@ -114,3 +114,14 @@ def test_other_optimizers_and_schedules_train(tmp_path, optim):
     settings, (tr, te), spec = setup_run(tmp_path, **optim)
     metrics = train.train(settings, tr, te, spec, tmp_path / "out", "x")
     assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]
+
+
+def test_early_stopping_ends_training_and_fills_later_checkpoints(tmp_path):
+    settings, (tr, te), spec = setup_run(tmp_path, lr=1e-9)  # nothing improves
+    settings["train"] = {**settings["train"], "early_stopping": {"metric": "train_loss", "patience": 1, "min_delta": 0.1}}
+    metrics = train.train(settings, tr, te, spec, tmp_path / "out", "x")
+    assert list(metrics["step"]) == [0, 4, 8]  # the rule fires at the third evaluation
+    manifest = __import__("json").loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["stopped_early_at"] == 8
+    late = torch.load(tmp_path / "out" / "checkpoints" / "step_00000012.pt", weights_only=False)
+    assert late["stopped_early_at"] == 8 and late["step"] == 8

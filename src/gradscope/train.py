@@ -79,7 +79,28 @@ def _publish(store: Path, ckpt_dir: Path, steps) -> None:
             shutil.copy2(store / name, ckpt_dir / name)
 
 
-def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run_id: str = "") -> pd.DataFrame:
+class EarlyStop:
+    """Stop when a logged metric has not improved by `min_delta` for `patience` logged evaluations."""
+
+    def __init__(self, rule: dict | None):
+        rule = rule or {}
+        self.metric = rule.get("metric")
+        self.patience, self.min_delta = rule.get("patience", 10), rule.get("min_delta", 0.0)
+        self.sign = 1.0 if (self.metric or "").endswith("_acc") else -1.0  # accuracies rise, losses fall
+        self.best, self.bad = None, 0
+
+    def should_stop(self, row: dict) -> bool:
+        if self.metric is None:
+            return False
+        value = self.sign * row[self.metric]
+        if self.best is None or value > self.best + self.min_delta:
+            self.best, self.bad = value, 0
+        else:
+            self.bad += 1
+        return self.bad > self.patience
+
+
+def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run_id: str = "", progress=None) -> pd.DataFrame:
     """Train one run; write checkpoints, metrics.parquet and manifest.json under `out_dir`.
 
     `settings` is the training slice of a run config (data, model, optim, train, seed, device);
@@ -87,6 +108,9 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
     `out_dir/resume/`; a run killed at any moment and started again continues from the last
     of them and ends with the same metrics (all but wall_s) as an uninterrupted run. The
     declared `checkpoints/` folder is filled at the end, and the resume store removed.
+    With early stopping, training ends at the step the rule fires; the checkpoints scheduled
+    after it hold that final state (the workflow plans them in advance) and say so
+    (`stopped_early_at`), as does the manifest. `progress(step)` is called after every step.
     """
     out_dir = Path(out_dir)
     ckpt_dir, store = out_dir / "checkpoints", out_dir / RESUME_DIR
@@ -106,6 +130,7 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
     save_at = set(checkpoint_steps(train_cfg))
     rows, layer_rows, order, cursor, first, wall_before = [], [], None, n, 0, 0.0
     plateau, clipped_since_log, steps_since_log = Plateau(optim_cfg.get("schedule")), 0, 0
+    early, stopped_at = EarlyStop(train_cfg.get("early_stopping")), None
     dynamics_every = train_cfg.get("dynamics_every", 0)
 
     resumed = _resume_state(store, settings)
@@ -118,6 +143,7 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
         rows, first, wall_before = resumed["metrics_rows"], resumed["step"], resumed["wall_s"]
         layer_rows = resumed["dynamics_rows"]
         plateau.load_state_dict(resumed["plateau"])
+        early.best, early.bad = resumed["early_stop"]
         clipped_since_log, steps_since_log = resumed["clip_counts"]
         log.info("resuming %s from its checkpoint at step %d (%s)", run_id, first, store)
     start = time.perf_counter() - wall_before
@@ -129,6 +155,7 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
                              spec=spec, settings=settings, batch_generator=batches, lr=lr,
                              extra={"batch_order": order, "batch_cursor": cursor, "metrics_rows": list(rows),
                                     "dynamics_rows": list(layer_rows), "plateau": plateau.state_dict(),
+                                    "early_stop": (early.best, early.bad),
                                     "clip_counts": (clipped_since_log, steps_since_log),
                                     "wall_s": time.perf_counter() - start})
         # Draw the minibatch: a fresh permutation each epoch, from the run's own generator.
@@ -166,6 +193,11 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
                              weight_norm=_global_norm(model.parameters()), wall_s=wall))
             clipped_since_log = steps_since_log = 0
             plateau.observe(rows[-1])
+            if step < steps and early.should_stop(rows[-1]):
+                stopped_at = step
+                log.info("early stopping at step %d: %s has not improved for %d evaluations", step, early.metric,
+                         early.patience + 1)
+                break
             rate = (step + 1 - first) / max(wall - wall_before, 1e-9)
             log.info("step %d/%d  train loss %.4g acc %.3f  test loss %.4g acc %.3f  %.0f steps/s  %.0f s left",
                      step, steps, train_loss, train_acc, test_loss, test_acc, rate, (steps - step) / rate)
@@ -176,12 +208,19 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()
+        if progress is not None:
+            progress(step + 1)
 
+    if stopped_at is not None:
+        for later in sorted(s for s in save_at if s > stopped_at):
+            checkpoints.save(store / checkpoints.checkpoint_name(later), model=model, optimizer=optimizer,
+                             step=stopped_at, spec=spec, settings=settings, batch_generator=batches, lr=lr,
+                             extra={"stopped_early_at": stopped_at})
     _publish(store, ckpt_dir, sorted(save_at))
     metrics = _write_metrics(rows, out_dir / "metrics.parquet", run_id, settings)
     artifacts.write_parquet(pd.DataFrame(layer_rows, columns=dynamics.COLUMNS), out_dir / "dynamics.parquet",
                             artifacts.DYNAMICS, run_id=run_id, config=settings)
-    artifacts.write_json({"run_id": run_id, "steps": steps, "checkpoints": {
+    artifacts.write_json({"run_id": run_id, "steps": steps, "stopped_early_at": stopped_at, "checkpoints": {
         str(s): f"checkpoints/{checkpoints.checkpoint_name(s)}" for s in sorted(save_at)},
         "wall_s": time.perf_counter() - start}, out_dir / "manifest.json")
     shutil.rmtree(store)
