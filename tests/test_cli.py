@@ -32,3 +32,21 @@ def test_validate_names_a_bad_key(tmp_path):
 def test_runs_without_results_says_what_to_do(tmp_path):
     result = CliRunner().invoke(main, ["runs", "--results", str(tmp_path)])
     assert result.exit_code != 0 and "snakemake" in result.output
+
+
+def test_train_command_writes_the_run_like_the_workflow(tmp_path):
+    import pandas as pd
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"device": "cpu", "experiments": {"m": {
+        "data": {"generator": "modular", "modular": {"p": 5, "train_fraction": 0.6}},
+        "model": {"depth": 1, "width": 8}, "train": {"steps": 12, "log_every": 4, "checkpoints": {"every": 6}}}}}))
+    result = CliRunner().invoke(main, ["train", "m/seed~0", "--config", str(config), "--results", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "training m/seed~0" in result.output and "test acc" in result.output
+    run = tmp_path / "r" / "runs" / "m" / "seed~0"
+    assert list(pd.read_parquet(run / "train" / "metrics.parquet")["step"]) == [0, 4, 8, 12]
+    assert (run / "train" / "checkpoints" / "step_00000006.pt").exists() and (run / "config.yaml").exists()
+    missing = CliRunner().invoke(main, ["train", "m/seed~7", "--config", str(config)])
+    assert missing.exit_code != 0 and "m/seed~0" in missing.output

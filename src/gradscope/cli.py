@@ -87,6 +87,51 @@ def show(run: str, results: Path):
         click.echo(f"  {path.relative_to(folder)}")
 
 
+@main.command("train")
+@click.argument("run")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default="config/config.yaml", show_default=True, help="Config file that defines the run.")
+@click.option("--results", type=click.Path(path_type=Path), default="results", show_default=True,
+              help="Results folder (the same layout as the workflow's).")
+def train_command(run: str, config_path: Path, results: Path):
+    """Train one run of a config outside Snakemake, with a progress bar. RUN is e.g. grokking/wd~1.0_seed~0.
+
+    Generates the run's dataset if it is missing, then writes results/runs/RUN/config.yaml and
+    train/ exactly as the workflow's train rule does; a killed run resumes when started again.
+    """
+    import logging
+
+    from gradscope import artifacts, pipeline
+    from gradscope.config import ConfigError, dataset_id, expand_runs, load_config, train_slice
+
+    try:
+        runs = {r.id: r for r in expand_runs(load_config(yaml.safe_load(config_path.read_text()) or {}))}
+    except ConfigError as e:
+        raise click.ClickException(f"{config_path}: {e}")
+    if run not in runs:
+        raise click.ClickException(f"no run {run!r} in {config_path}; its runs: {', '.join(runs)}")
+    settings = runs[run].settings
+    data_dir = results / "data" / dataset_id(settings)
+    if not (data_dir / "meta.json").exists():
+        pipeline.generate_data(train_slice(settings)["data"], train_path=data_dir / "train.parquet",
+                               test_path=data_dir / "test.parquet", meta_path=data_dir / "meta.json")
+    out = results / "runs" / run
+    artifacts.write_yaml(settings, out / "config.yaml")
+    logging.basicConfig(level=logging.WARNING)
+    with click.progressbar(length=settings["train"]["steps"], label=f"training {run}") as bar:
+        last = [0]
+
+        def advance(step: int) -> None:
+            bar.update(step - last[0])
+            last[0] = step
+
+        metrics = pipeline.train(train_slice(settings), data_dir=data_dir, out_dir=out / "train", run_id=run,
+                                 progress=advance)
+    final = metrics.iloc[-1]
+    click.echo(f"{run}: step {int(final['step'])}, train acc {final['train_acc']:.3f}, test acc {final['test_acc']:.3f}; "
+               f"wrote {out / 'train'}")
+
+
 @main.command()
 @click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def validate(config: Path):

@@ -27,11 +27,11 @@ def generate_data(data_config: dict, *, train_path, test_path, meta_path) -> Non
     log.info("generated %s: %d train, %d test examples", data_config["generator"], len(train), len(test))
 
 
-def train(settings: dict, *, data_dir, out_dir, run_id: str) -> pd.DataFrame:
+def train(settings: dict, *, data_dir, out_dir, run_id: str, progress=None) -> pd.DataFrame:
     spec = InputSpec.from_dict(data.load_meta(data_dir)["input"])
     train_split = data.load_split(data_dir, "train")[:2]
     test_split = data.load_split(data_dir, "test")[:2]
-    return training.train(settings, train_split, test_split, spec, out_dir, run_id)
+    return training.train(settings, train_split, test_split, spec, out_dir, run_id, progress=progress)
 
 
 def _checkpoint_path(manifest_path, step: int) -> Path:
