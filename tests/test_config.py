@@ -1,4 +1,7 @@
 import copy
+from pathlib import Path
+
+import yaml
 
 import pytest
 
@@ -97,3 +100,10 @@ def test_key_order_in_the_file_does_not_change_the_settings():
     reordered = {"experiments": {"grok": dict(reversed(list(BASE["experiments"]["grok"].items())))}}
     b = expand_runs(load_config(reordered))[0].settings
     assert repr(a) == repr(b)  # Snakemake compares params by repr
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "config").rglob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    runs = expand_runs(load_config(yaml.safe_load(path.read_text())))
+    assert runs and len({r.id for r in runs}) == len(runs)
