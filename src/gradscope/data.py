@@ -45,6 +45,28 @@ def standardize_inputs(x: np.ndarray, n_train: int) -> tuple[np.ndarray, dict]:
     return out, {"mean": mean.tolist(), "std": std.tolist()}
 
 
+def flip_labels(clean: np.ndarray, n_train: int, fraction: float, n_classes: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Flip round(fraction * n_train) training labels, each to a uniformly chosen *different* class.
+
+    Returns the noisy labels and the sorted ids of the flipped examples (the planted truth)."""
+    labels = clean.copy()
+    n_flip = int(round(fraction * n_train))
+    flipped = np.sort(rng.choice(n_train, size=n_flip, replace=False))
+    labels[flipped] = (clean[flipped] + rng.integers(1, n_classes, size=n_flip)) % n_classes
+    return labels, flipped
+
+
+def _noisy_table(idx, x, labels, clean, flipped) -> pd.DataFrame:
+    """The table of examples `idx` of a dense dataset with (possibly) flipped labels."""
+    return pd.DataFrame({
+        "example_id": np.arange(len(idx), dtype=np.int64),
+        "x": list(x[idx]),
+        "label": labels[idx].astype(np.int64),
+        "clean_label": clean[idx].astype(np.int64),
+        "planted": np.isin(idx, flipped),
+    })
+
+
 def generate_planted_flips(n_train, n_test, n_features, n_classes, teacher, teacher_width, flip_fraction, seed,
                            standardize=False) -> Dataset:
     rng = np.random.default_rng(seed)
@@ -57,23 +79,13 @@ def generate_planted_flips(n_train, n_test, n_features, n_classes, teacher, teac
         w2 = rng.standard_normal((teacher_width, n_classes)) / np.sqrt(teacher_width)
         scores = np.tanh(x @ w1) @ w2
     clean = scores.argmax(axis=1)  # (n,)
-    labels = clean.copy()
-    n_flip = int(round(flip_fraction * n_train))
-    flipped = np.sort(rng.choice(n_train, size=n_flip, replace=False))
-    # A flip moves the label to a uniformly chosen *different* class.
-    labels[flipped] = (clean[flipped] + rng.integers(1, n_classes, size=n_flip)) % n_classes
+    labels, flipped = flip_labels(clean, n_train, flip_fraction, n_classes, rng)
     stats = None
     if standardize:  # after labelling: the teacher sees raw features, so labels do not depend on it
         x, stats = standardize_inputs(x, n_train)
 
     def table(idx):
-        return pd.DataFrame({
-            "example_id": np.arange(len(idx), dtype=np.int64),
-            "x": list(x[idx]),
-            "label": labels[idx].astype(np.int64),
-            "clean_label": clean[idx].astype(np.int64),
-            "planted": np.isin(idx, flipped),
-        })
+        return _noisy_table(idx, x, labels, clean, flipped)
 
     meta = {
         "input": {"kind": "dense", "dim": n_features, "vocab": 0, "n_classes": n_classes},
@@ -232,25 +244,16 @@ def generate_digits(train_fraction, label_noise, seed, standardize=True) -> Data
     if not 0 < n_train < n:
         raise ValueError(f"train_fraction={train_fraction} leaves an empty split of {n} digits")
     x, clean = x_all[order], y_all[order]
-    labels = clean.copy()
-    n_flip = int(round(label_noise * n_train))
-    flipped = np.sort(rng.choice(n_train, size=n_flip, replace=False))
-    labels[flipped] = (clean[flipped] + rng.integers(1, n_classes, size=n_flip)) % n_classes
+    labels, flipped = flip_labels(clean, n_train, label_noise, n_classes, rng)
     stats = None
     if standardize:
         x, stats = standardize_inputs(x, n_train)
 
     def table(idx):
-        return pd.DataFrame({
-            "example_id": np.arange(len(idx), dtype=np.int64),
-            "x": list(x[idx]),
-            "label": labels[idx].astype(np.int64),
-            "clean_label": clean[idx].astype(np.int64),
-            "planted": np.isin(idx, flipped),
-        })
+        return _noisy_table(idx, x, labels, clean, flipped)
 
     planted = ({"description": "training digits whose label was changed to another class", "train_ids": flipped.tolist()}
-               if n_flip else None)
+               if len(flipped) else None)
     meta = {"input": {"kind": "dense", "dim": x.shape[1], "vocab": 0, "n_classes": n_classes}, "planted": planted,
             "standardize": stats}
     return table(np.arange(n_train)), table(np.arange(n_train, n)), meta
