@@ -12,13 +12,22 @@ from torch.testing import assert_close
 
 from gradscope.curvature import (
     compute_curvature,
+    fisher_trace,
+    gauss_newton_trace,
     hessian_trace,
     hutchinson_trace,
     hvp_fn,
+    input_sensitivity,
     lanczos,
+    layer_top_eigenvalues,
+    optimizer_update,
+    slq,
+    spectral_density,
     top_eigenvalues,
+    update_sharpness,
 )
 from gradscope.losses import per_example_loss
+from gradscope.models import InputSpec, build_model
 
 # torch.func.hessian's forward-mode pass loads jit-scripted decompositions inside torch itself.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
@@ -201,6 +210,12 @@ def test_hutchinson_uses_rademacher_probes():
         hutchinson_trace(lambda v: v, 5, min_samples=10, max_samples=5)
 
 
+BASE_KEYS = {"top_eigenvalues", "sharpness", "hessian_trace", "hessian_trace_stderr", "hutchinson_samples",
+             "hvp_count", "n_examples", "n_params", "wall_s"}
+EXTRA_KEYS = {"fisher_trace", "gauss_newton_trace", "gauss_newton_stderr", "input_jacobian_norm",
+              "input_hessian_trace", "update_sharpness"}
+
+
 def test_compute_curvature_consistent():
     model, x, y = make_problem(60)
     H = exact_hessian(model, x, y, "cross_entropy")
@@ -209,8 +224,8 @@ def test_compute_curvature_consistent():
         out = compute_curvature(model, x, y, loss="cross_entropy", k=2, lanczos_iters=1000, trace_tol=0.05,
                                 trace_max_samples=50, seed=5)
     assert_untouched(model, before)
-    assert set(out) == {"top_eigenvalues", "sharpness", "hessian_trace", "hessian_trace_stderr",
-                        "hutchinson_samples", "hvp_count", "n_examples", "n_params", "wall_s"}
+    assert set(out) == BASE_KEYS | EXTRA_KEYS
+    assert all(np.isnan(out[key]) for key in EXTRA_KEYS)  # off unless asked
     assert len(out["top_eigenvalues"]) == 2 and all(isinstance(v, float) for v in out["top_eigenvalues"])
     assert out["sharpness"] == out["top_eigenvalues"][0] >= out["top_eigenvalues"][1]
     np.testing.assert_allclose(out["top_eigenvalues"], torch.linalg.eigvalsh(H).flip(0)[:2].numpy(), rtol=1e-4)
@@ -237,3 +252,235 @@ def test_float32_model_matches_float64():
     top32 = top_eigenvalues(model32, x.float(), y, iters=39)
     top64 = top_eigenvalues(model64, x, y, iters=39)
     np.testing.assert_allclose(top32, top64, rtol=1e-3)
+
+
+# ---- Fisher, Gauss-Newton, input sensitivity, update sharpness, SLQ, per-layer -----------------
+
+
+def flat_fn(model, x, fn):
+    """fn(logits) as a function of the parameters flattened in named_parameters order, and theta."""
+    names = [name for name, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    numels = [p.numel() for _, p in model.named_parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def f(flat):
+        params = {name: chunk.view(shape) for name, chunk, shape in zip(names, flat.split(numels), shapes)}
+        return fn(functional_call(model, params, (x,)))
+
+    return f, theta
+
+
+def exact_gauss_newton_trace(model, x, y, loss):
+    """(1/n) sum_i tr(J_i^T H_i J_i) from the full logits Jacobian and each example's output Hessian."""
+    f, theta = flat_fn(model, x, lambda logits: logits)
+    J = torch.func.jacrev(f)(theta)  # (n, classes, n_params)
+    logits = f(theta).detach()
+    total = 0.0
+    for i in range(len(x)):
+        H_out = torch.func.hessian(lambda z: per_example_loss(z[None], y[i : i + 1], loss)[0])(logits[i])  # (C, C)
+        total += float(torch.trace(J[i].T @ H_out @ J[i]))
+    return total / len(x)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_fisher_trace_is_mean_squared_per_example_gradient(loss):
+    model, x, y = make_problem(100 + LOSSES.index(loss))
+    f, theta = flat_fn(model, x, lambda logits: per_example_loss(logits, y, loss))
+    G = torch.func.jacrev(f)(theta)  # (n, n_params): row i is example i's gradient
+    exact = float(torch.trace(G.T @ G / len(x)))  # tr((1/n) sum_i g_i g_i^T)
+    before = snapshot(model)
+    assert fisher_trace(model, x, y, loss=loss, batch_size=5) == pytest.approx(exact, rel=1e-10)
+    assert_untouched(model, before)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_gauss_newton_trace_exact_and_monte_carlo(loss):
+    model, x, y = make_problem(110 + LOSSES.index(loss))
+    exact = exact_gauss_newton_trace(model, x, y, loss)
+    before = snapshot(model)
+    det = gauss_newton_trace(model, x, y, loss=loss, exact=True, batch_size=5)
+    assert det["trace"] == pytest.approx(exact, rel=1e-10) and det["stderr"] == 0.0
+    # The GGN drops the residual term of the Hessian: guard that the two differ on this problem.
+    assert abs(exact - float(torch.trace(exact_hessian(model, x, y, loss)))) > 0.05 * abs(exact)
+    mc = gauss_newton_trace(model, x, y, loss=loss, samples=150, seed=1)
+    assert_untouched(model, before)
+    assert mc["samples"] == 150 and 0 < mc["stderr"] < 0.04 * exact
+    assert abs(mc["trace"] - exact) <= 3 * mc["stderr"]
+    one = gauss_newton_trace(model, x, y, loss=loss, samples=1, seed=1)
+    assert one["samples"] == 1 and abs(one["trace"] - exact) <= 3 * one["stderr"]
+    assert gauss_newton_trace(model, x, y, loss=loss, samples=1, seed=1) == one
+    assert gauss_newton_trace(model, x, y, loss=loss, samples=1, seed=2) != one
+
+
+def test_gauss_newton_samples_labels_from_the_model():
+    # Confident model: labels drawn from p are almost always the argmax, so the GGN trace is tiny;
+    # the data's labels or uniform ones would give a large value, far outside the error bar.
+    model, x, y = make_problem(120)
+    with torch.no_grad():
+        model[2].weight.mul_(30.0)
+    exact = gauss_newton_trace(model, x, y, exact=True)["trace"]
+    assert exact < 0.05 * fisher_trace(model, x, y)  # guard: the data's labels are far from the model's
+    mc = gauss_newton_trace(model, x, y, samples=100, seed=0)
+    assert 0 < mc["stderr"] and abs(mc["trace"] - exact) <= 3 * mc["stderr"]
+
+
+def exact_input_sensitivity(model, x, y, loss):
+    norms, traces = [], []
+    for i in range(len(x)):
+        with torch.no_grad():
+            Jx = torch.func.jacrev(lambda xi: model(xi[None])[0])(x[i])  # (classes, dim)
+            Hx = torch.func.hessian(lambda xi: per_example_loss(model(xi[None]), y[i : i + 1], loss)[0])(x[i])
+        norms.append(float(Jx.norm()))
+        traces.append(float(torch.trace(Hx)))
+    return np.mean(norms), np.mean(traces)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_input_sensitivity_matches_exact(loss):
+    model, x, y = make_problem(130 + LOSSES.index(loss))
+    jac, tr = exact_input_sensitivity(model, x, y, loss)
+    before = snapshot(model)
+    out = input_sensitivity(model, x, y, loss=loss, batch_size=6)  # input dim 5: exact, basis vectors
+    assert_untouched(model, before)
+    assert out["input_jacobian_norm"] == pytest.approx(jac, rel=1e-10)
+    assert out["input_hessian_trace"] == pytest.approx(tr, rel=1e-10) and out["input_hessian_trace_stderr"] == 0
+    hutch = input_sensitivity(model, x, y, loss=loss, probes=64, seed=3, exact_max_dim=0, batch_size=6)
+    assert hutch["input_jacobian_norm"] == pytest.approx(jac, rel=1e-10)
+    assert 0 < hutch["input_hessian_trace_stderr"] < 0.2 * abs(tr)
+    assert abs(hutch["input_hessian_trace"] - tr) <= 3 * hutch["input_hessian_trace_stderr"]
+
+
+def test_input_sensitivity_is_nan_for_tokens():
+    torch.manual_seed(0)
+    model = build_model({"kind": "mlp", "depth": 1, "width": 8}, InputSpec("tokens", 2, 5, 5))
+    out = input_sensitivity(model, torch.randint(0, 5, (6, 2)), torch.randint(0, 5, (6,)))
+    assert set(out) == {"input_jacobian_norm", "input_hessian_trace", "input_hessian_trace_stderr"}
+    assert all(np.isnan(v) for v in out.values())
+
+
+def test_update_sharpness_is_rayleigh_quotient():
+    model, x, y = make_problem(140)
+    H = exact_hessian(model, x, y, "cross_entropy")
+    u = torch.randn(39, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    before = snapshot(model)
+    assert update_sharpness(model, u, x, y) == pytest.approx(float(u @ H @ u / (u @ u)), rel=1e-10)
+    assert update_sharpness(model, u.numpy() * 7, x, y) == pytest.approx(float(u @ H @ u / (u @ u)), rel=1e-10)
+    assert_untouched(model, before)
+    assert np.isnan(update_sharpness(model, torch.zeros(39), x, y))
+    with pytest.raises(ValueError):
+        update_sharpness(model, torch.ones(38), x, y)
+
+
+def flat_grad(model, x, y, loss="cross_entropy"):
+    f, theta = flat_fn(model, x, lambda logits: per_example_loss(logits, y, loss).mean())
+    return torch.func.grad(f)(theta), theta
+
+
+def test_optimizer_update_sgd_and_momentum():
+    model, x, y = make_problem(150)
+    g, theta = flat_grad(model, x, y)
+    before = snapshot(model)
+    sgd = {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "warmup_steps": 4}
+    u = optimizer_update(model, None, sgd, x, y, step=1)  # warmup: lr = 0.1 * 2 / 4
+    assert_close(u, -0.05 * g, rtol=1e-12, atol=1e-14)
+    clipped = optimizer_update(model, None, {**sgd, "grad_clip": 0.1 * float(g.norm())}, x, y, step=10)
+    assert_close(clipped, -0.1 * 0.1 * g, rtol=1e-5, atol=0)
+    # Heavy ball with weight decay and a nonzero momentum buffer from a checkpoint's optimizer state.
+    mom = {"name": "sgd", "lr": 0.2, "momentum": 0.9, "weight_decay": 0.01}
+    other = copy.deepcopy(model)
+    opt = torch.optim.SGD(other.parameters(), lr=0.2, momentum=0.9, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(1)
+    for p in other.parameters():
+        p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+    opt.step()
+    state = opt.state_dict()
+    buf = torch.cat([state["state"][i]["momentum_buffer"].reshape(-1) for i in range(4)])
+    saved = buf.clone()
+    assert buf.abs().sum() > 0
+    u = optimizer_update(model, state, mom, x, y, step=5)
+    assert_close(u, -0.2 * (0.9 * buf + g + 0.01 * theta), rtol=1e-12, atol=1e-14)
+    assert_untouched(model, before)
+    assert torch.equal(torch.cat([state["state"][i]["momentum_buffer"].reshape(-1) for i in range(4)]), saved)
+
+
+def test_slq_moments_exact_and_monte_carlo():
+    model, x, y = make_problem(160)
+    H = exact_hessian(model, x, y, "mse")
+    n = 39
+    e = torch.randn(n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    e = e / e.norm()
+    for iters, orders in ((n, range(7)), (3, range(6))):  # exact up to order 2 * steps - 1
+        nodes, weights = slq(lambda v: H @ v, n, iters=iters, start=e)
+        assert len(nodes) == len(weights) == iters
+        for m in orders:
+            want = float(e @ torch.linalg.matrix_power(H, m) @ e)
+            assert float(weights @ nodes**m) == pytest.approx(want, rel=1e-8, abs=1e-12), (iters, m)
+    # Rademacher starts: z^T D^m z / n = tr(D^m) / n exactly for diagonal D.
+    d = torch.linspace(-1.0, 2.0, 20, dtype=torch.float64)
+    nodes, weights = slq(lambda v: d * v, 20, iters=20, runs=3, seed=0)
+    assert weights.sum() == pytest.approx(1.0, rel=1e-12)
+    for m in (1, 2, 3):
+        assert float(weights @ nodes**m) == pytest.approx(float((d**m).mean()), rel=1e-9)
+    # On the model: moments of the spectral measure (1/n) sum delta(lambda_i), within 4 standard errors.
+    runs = 10
+    before = snapshot(model)
+    out = spectral_density(model, x, y, loss="mse", iters=n, runs=runs, seed=4)
+    assert_untouched(model, before)
+    w, theta = out["weights"], out["nodes"]
+    assert w.sum() == pytest.approx(1.0, rel=1e-12)
+    for m in (1, 2):
+        A = torch.linalg.matrix_power(H, m)
+        # Var(z^T A z) = 2 (|A|_F^2 - sum A_ii^2) for Rademacher z; v = z / sqrt(n).
+        se = np.sqrt(2 * float(A.pow(2).sum() - A.diag().pow(2).sum()) / n**2 / runs)
+        assert abs(float(w @ theta**m) - float(torch.trace(A)) / n) <= 4 * se
+    grid, dens = out["grid"], out["density"]
+    assert grid.shape == dens.shape == (1000,) and np.all(dens >= 0)
+    assert np.trapezoid(dens, grid) == pytest.approx(1.0, abs=1e-3)
+    assert np.trapezoid(grid * dens, grid) == pytest.approx(float(w @ theta), rel=1e-3, abs=1e-6)
+    on_grid = spectral_density(model, x, y, loss="mse", iters=n, runs=runs, seed=4, grid=np.linspace(-1, 1, 7))
+    assert on_grid["density"].shape == (7,)
+
+
+def test_layer_top_eigenvalues_match_exact_blocks():
+    model, x, y = make_problem(170)
+    H = exact_hessian(model, x, y, "cross_entropy")
+    before = snapshot(model)
+    out = layer_top_eigenvalues(model, x, y, iters=100, seed=0)
+    assert_untouched(model, before)
+    assert list(out) == [name for name, _ in model.named_parameters()]
+    start = 0
+    for name, p in model.named_parameters():
+        block = H[start : start + p.numel(), start : start + p.numel()]
+        assert out[name] == pytest.approx(float(torch.linalg.eigvalsh(block)[-1]), rel=1e-4), name
+        start += p.numel()
+    narrow = nn.Sequential(nn.Linear(5, 1), nn.Linear(1, 3)).double()  # 0.bias has one entry: skipped
+    assert list(layer_top_eigenvalues(narrow, x, y, iters=5)) == ["0.weight", "1.weight", "1.bias"]
+
+
+def test_compute_curvature_extras_match_the_standalone_measures():
+    model, x, y = make_problem(180)
+    u = torch.randn(39, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    base = compute_curvature(model, x, y, k=1, lanczos_iters=10, trace_tol=0.05, trace_max_samples=20, seed=3)
+    before = snapshot(model)
+    out = compute_curvature(model, x, y, k=1, lanczos_iters=10, trace_tol=0.05, trace_max_samples=20, seed=3,
+                            fisher=True, gauss_newton_samples=2, input_sensitivity=True, input_probes=4, update=u,
+                            density=True, density_iters=12, density_runs=2, per_layer=True, layer_iters=6)
+    assert_untouched(model, before)
+    assert set(out) == BASE_KEYS | EXTRA_KEYS | {"density_grid", "density", "layer_sharpness"}
+    for key in ("top_eigenvalues", "hessian_trace", "hessian_trace_stderr", "hutchinson_samples"):
+        assert out[key] == base[key]
+    assert out["fisher_trace"] == fisher_trace(model, x, y)
+    gn = gauss_newton_trace(model, x, y, samples=2, seed=3)
+    assert (out["gauss_newton_trace"], out["gauss_newton_stderr"]) == (gn["trace"], gn["stderr"])
+    sens = input_sensitivity(model, x, y, probes=4, seed=3)
+    assert (out["input_jacobian_norm"], out["input_hessian_trace"]) == (
+        sens["input_jacobian_norm"], sens["input_hessian_trace"])
+    assert out["update_sharpness"] == pytest.approx(update_sharpness(model, u, x, y), rel=1e-12)
+    dens = spectral_density(model, x, y, iters=12, runs=2, seed=3)
+    assert_close(torch.tensor(out["density"], dtype=torch.float64), torch.from_numpy(dens["density"]))
+    assert isinstance(out["density_grid"], list) and len(out["density_grid"]) == 1000
+    assert out["layer_sharpness"] == layer_top_eigenvalues(model, x, y, iters=6, seed=3)
+    # Every HVP is counted: Lanczos, Hutchinson, one for the update, SLQ steps, block Lanczos steps.
+    block_steps = sum(min(6, p.numel()) for p in model.parameters())
+    assert out["hvp_count"] == base["hvp_count"] + 1 + len(dens["nodes"]) + block_steps

@@ -94,6 +94,15 @@ CURVATURE = {
     "hessian_trace_stderr": pa.float64(),
     "hutchinson_samples": pa.int64(),
     "hvp_count": pa.int64(),
+    "fisher_trace": pa.float64(),
+    "gauss_newton_trace": pa.float64(),
+    "gauss_newton_stderr": pa.float64(),
+    "input_jacobian_norm": pa.float64(),
+    "input_hessian_trace": pa.float64(),
+    "update_sharpness": pa.float64(),
+    "density_grid": pa.list_(pa.float64()),  # empty unless the spectral density is asked for
+    "density": pa.list_(pa.float64()),
+    "layer_sharpness": pa.map_(pa.string(), pa.float64()),  # empty unless per_layer
     "lr": pa.float64(),
     "sharpness_threshold": pa.float64(),
     "n_examples": pa.int64(),

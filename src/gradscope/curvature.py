@@ -1,31 +1,123 @@
-"""Curvature of the training loss: top Hessian eigenvalues (sharpness) and the Hessian trace.
+"""Curvature of the training loss: Hessian spectrum and trace, Fisher and Gauss-Newton traces,
+sensitivity to the input and sharpness along the optimizer's update.
 
-Everything goes through Hessian-vector products (HVPs) of the MEAN loss over the given
-examples w.r.t. all parameters, flattened in `model.named_parameters()` order; the Hessian
-itself is never formed.
+Every Hessian here is that of the MEAN loss over the given examples w.r.t. all parameters,
+flattened in `model.named_parameters()` order, reached through Hessian-vector products (HVPs);
+the Hessian itself is never formed. All functions are pure computation: the model is never
+mutated (no `.grad` is written, requires_grad is untouched).
 
 - Top eigenvalues: Lanczos with full reorthogonalization (Lanczos 1950; Golub & Van Loan,
   Matrix Computations, ch. 10). Sharpness as tracked by Cohen et al. 2021, "Gradient Descent on
   Neural Networks Typically Occurs at the Edge of Stability" (locuslab/edge-of-stability runs
-  scipy's eigsh, i.e. implicitly restarted Lanczos, on HVPs).
+  scipy's eigsh, i.e. implicitly restarted Lanczos, on HVPs). Per-layer sharpness runs the same
+  Lanczos on one diagonal block of the Hessian (one parameter tensor).
 - Trace: Hutchinson 1989, "A stochastic estimator of the trace of the influence matrix for
   Laplacian smoothing splines", with Rademacher probes, as in PyHessian (Yao et al. 2020,
   "PyHessian: Neural Networks Through the Lens of the Hessian").
+- Spectral density: stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017, "Fast estimation of
+  tr(f(A)) via stochastic Lanczos quadrature"; Ghorbani, Krishnan & Xiao 2019, "An investigation
+  into neural net optimization via Hessian eigenvalue density").
+- Empirical Fisher and generalized Gauss-Newton (Schraudolph 2002; Martens 2020, "New insights
+  and perspectives on the natural gradient method"; Kunstner et al. 2019, "Limitations of the
+  empirical Fisher approximation"). The GGN trace is estimated with labels sampled from the
+  model, as K-FAC does (Martens & Grosse 2015).
+- Input sensitivity: the input-Jacobian norm of Novak et al. 2018, "Sensitivity and
+  generalization in neural networks", and the trace of the loss Hessian w.r.t. the input.
+- Update sharpness u'Hu/|u|^2 along the optimizer's actual update u (Thilak et al. 2022, "The
+  slingshot mechanism: an empirical study of adaptive optimizers and the grokking phenomenon").
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import time
 from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, grad, vmap
 
-from gradscope.losses import per_example_loss
+from gradscope.examples import per_example_stats
+from gradscope.losses import one_hot, per_example_loss
+from gradscope.optim import build_optimizer, lr_at
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------
+# Hessian-vector products
+# --------------------------------------------------------------------------------------------
+
+
+class _LossGraph(NamedTuple):
+    """The gradient of the mean loss, built with create_graph so that HVPs are one backward each."""
+
+    names: list[str]
+    leaves: list[torch.Tensor]  # detached stand-ins for the parameters
+    grads: tuple  # d(mean loss)/d(leaf), each with its graph (or None when unused)
+    shapes: list[torch.Size]
+    numels: list[int]
+    dtype: torch.dtype
+    device: torch.device
+
+
+def _loss_graph(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss: str) -> _LossGraph:
+    named = list(model.named_parameters())
+    if not named:
+        raise ValueError("model has no parameters")
+    dtype, device = named[0][1].dtype, named[0][1].device
+    # Detached leaves share storage with the parameters and are never written: the model is not mutated.
+    leaves = {name: p.detach().requires_grad_(True) for name, p in named}
+    inputs, targets = inputs.to(device), targets.to(device)
+    if inputs.is_floating_point():
+        inputs = inputs.to(dtype)  # token ids stay integer
+    with torch.enable_grad():
+        logits = functional_call(model, {**dict(model.named_buffers()), **leaves}, (inputs,))
+        mean_loss = per_example_loss(logits, targets, loss).mean()
+        grads = torch.autograd.grad(mean_loss, list(leaves.values()), create_graph=True, allow_unused=True)
+    return _LossGraph(list(leaves), list(leaves.values()), grads, [p.shape for _, p in named],
+                      [p.numel() for _, p in named], dtype, device)
+
+
+def _has_curvature(g) -> bool:
+    """A gradient that is None or constant has zero second derivative: leave it out of the backward."""
+    return g is not None and g.requires_grad
+
+
+def _full_hvp(graph: _LossGraph) -> MatVec:
+    live = [i for i, g in enumerate(graph.grads) if _has_curvature(g)]
+
+    def hvp(v: torch.Tensor) -> torch.Tensor:
+        chunks = v.to(dtype=graph.dtype, device=graph.device).split(graph.numels)  # per-parameter pieces of (n,)
+        out = [torch.zeros(s, dtype=graph.dtype, device=graph.device) for s in graph.shapes]
+        if live:
+            with torch.enable_grad():
+                parts = torch.autograd.grad(
+                    [graph.grads[i] for i in live], graph.leaves,
+                    grad_outputs=[chunks[i].view(graph.shapes[i]) for i in live],
+                    retain_graph=True, allow_unused=True,
+                )
+            out = [o if p is None else p for o, p in zip(out, parts)]
+        return torch.cat([o.reshape(-1) for o in out])  # (n,)
+
+    return hvp
+
+
+def _block_hvp(graph: _LossGraph, i: int) -> MatVec:
+    """v -> H_ii v for the diagonal block of parameter tensor i (v and the result flat, (numel_i,))."""
+    g, leaf, shape = graph.grads[i], graph.leaves[i], graph.shapes[i]
+
+    def hvp(v: torch.Tensor) -> torch.Tensor:
+        if not _has_curvature(g):
+            return torch.zeros(graph.numels[i], dtype=graph.dtype, device=graph.device)
+        with torch.enable_grad():
+            (part,) = torch.autograd.grad(g, leaf, grad_outputs=v.to(graph.dtype).view(shape), retain_graph=True,
+                                          allow_unused=True)
+        return torch.zeros_like(v) if part is None else part.reshape(-1)
+
+    return hvp
 
 
 def hvp_fn(
@@ -42,38 +134,13 @@ def hvp_fn(
     # float32, batch 512, torch 2.13 CPU, 2 threads, mean of 20 calls after warm-up, 3 runs):
     # 6.4-8.1 ms vs 14.5-17.0 ms per HVP, i.e. double backward ~2.2x faster (6.8-8.4 ms even
     # counting the one-off graph build). The price is holding that graph for the closure's life.
-    named = list(model.named_parameters())
-    if not named:
-        raise ValueError("model has no parameters")
-    dtype, device = named[0][1].dtype, named[0][1].device
-    leaves = {name: p.detach().requires_grad_(True) for name, p in named}
-    shapes = [p.shape for _, p in named]
-    numels = [p.numel() for _, p in named]
-    n = sum(numels)
-    inputs, targets = inputs.to(device), targets.to(device)
-    if inputs.is_floating_point():
-        inputs = inputs.to(dtype)  # token ids stay integer
-    with torch.enable_grad():
-        logits = functional_call(model, {**dict(model.named_buffers()), **leaves}, (inputs,))
-        mean_loss = per_example_loss(logits, targets, loss).mean()
-        grads = torch.autograd.grad(mean_loss, list(leaves.values()), create_graph=True, allow_unused=True)
-    # A gradient that is None or constant has zero second derivative: leave it out of the backward.
-    live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+    graph = _loss_graph(model, inputs, targets, loss)
+    return _full_hvp(graph), sum(graph.numels)
 
-    def hvp(v: torch.Tensor) -> torch.Tensor:
-        chunks = v.to(dtype=dtype, device=device).split(numels)  # per-parameter pieces of (n,)
-        out = [torch.zeros(s, dtype=dtype, device=device) for s in shapes]
-        if live:
-            with torch.enable_grad():
-                parts = torch.autograd.grad(
-                    [grads[i] for i in live], list(leaves.values()),
-                    grad_outputs=[chunks[i].view(shapes[i]) for i in live],
-                    retain_graph=True, allow_unused=True,
-                )
-            out = [o if p is None else p for o, p in zip(out, parts)]
-        return torch.cat([o.reshape(-1) for o in out])  # (n,)
 
-    return hvp, n
+# --------------------------------------------------------------------------------------------
+# Lanczos, top eigenvalues, spectral density
+# --------------------------------------------------------------------------------------------
 
 
 class LanczosResult(NamedTuple):
@@ -82,19 +149,20 @@ class LanczosResult(NamedTuple):
     steps: int  # m = matvecs used (< iters on breakdown)
 
 
-def lanczos(matvec: MatVec, n: int, *, iters: int, seed: int = 0, dtype: torch.dtype = torch.float64,
-            device: torch.device | str = "cpu", return_eigenvectors: bool = False) -> LanczosResult:
-    """Lanczos on the symmetric operator `matvec` on R^n: at most `min(iters, n)` matvecs, fewer on breakdown.
+def lanczos_tridiagonal(matvec: MatVec, start: torch.Tensor, *,
+                        iters: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """Lanczos from `start` (any nonzero (n,) vector; normalized here): (alphas (m,), betas (m-1,), Q (m, n)).
 
-    Returns (eigenvalues of T ascending, Ritz vectors (steps, n) if asked else None, steps).
+    T = tridiag(betas, alphas, betas) = Q A Q^T with Q's rows orthonormal; m = min(iters, n) matvecs,
+    fewer on breakdown. T's leading j x j block is what Lanczos stopped after j steps would give.
     """
+    n = start.shape[0]
     m = min(int(iters), n)
     if m < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
-    gen = torch.Generator().manual_seed(seed)  # CPU generator: same start vector on any device
-    q = torch.randn(n, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
-    Q = torch.zeros(m, n, dtype=dtype, device=device)  # rows: orthonormal Lanczos vectors
-    Q[0] = q / q.norm()
+    dtype = start.dtype
+    Q = torch.zeros(m, n, dtype=dtype, device=start.device)  # rows: orthonormal Lanczos vectors
+    Q[0] = start / start.norm()
     alphas, betas = [], []
     eps = torch.finfo(dtype).eps
     for j in range(m):
@@ -114,41 +182,29 @@ def lanczos(matvec: MatVec, n: int, *, iters: int, seed: int = 0, dtype: torch.d
             break
         betas.append(beta)
         Q[j + 1] = w / beta
-    steps = len(alphas)
-    T = np.diag(np.array(alphas)) + np.diag(np.array(betas), 1) + np.diag(np.array(betas), -1)
-    evals, S = np.linalg.eigh(T)  # T = S diag(evals) S^T, float64
+    return np.array(alphas), np.array(betas), Q[: len(alphas)]
+
+
+def tridiagonal(alphas: np.ndarray, betas: np.ndarray) -> np.ndarray:
+    """The symmetric tridiagonal matrix T (m, m) with diagonal `alphas` (m,) and off-diagonals `betas` (m-1,)."""
+    return np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+
+
+def lanczos(matvec: MatVec, n: int, *, iters: int, seed: int = 0, dtype: torch.dtype = torch.float64,
+            device: torch.device | str = "cpu", return_eigenvectors: bool = False) -> LanczosResult:
+    """Lanczos on the symmetric operator `matvec` on R^n from a seeded Gaussian start vector:
+    at most `min(iters, n)` matvecs, fewer on breakdown.
+
+    Returns (eigenvalues of T ascending, Ritz vectors (steps, n) if asked else None, steps).
+    """
+    gen = torch.Generator().manual_seed(seed)  # CPU generator: same start vector on any device
+    q = torch.randn(n, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+    alphas, betas, Q = lanczos_tridiagonal(matvec, q, iters=iters)
+    evals, S = np.linalg.eigh(tridiagonal(alphas, betas))  # T = S diag(evals) S^T, float64
     vecs = None
     if return_eigenvectors:
-        vecs = torch.from_numpy(S.T).to(dtype=dtype, device=device) @ Q[:steps]  # (m, m) @ (m, n)
-    return LanczosResult(evals, vecs, steps)
-
-
-def hutchinson_trace(matvec: MatVec, n: int, *, tol: float = 0.01, min_samples: int = 10, max_samples: int = 200,
-                     seed: int = 0, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> dict:
-    """Hutchinson estimate of tr(A) = E[z^T A z] with Rademacher z.
-
-    Stops at the first n >= min_samples with stderr <= tol * |mean| (tol is RELATIVE to the
-    estimate; stderr = sample std (ddof=1) / sqrt(n)), else at max_samples. A trace near zero
-    therefore usually runs to max_samples.
-    """
-    if not 2 <= min_samples <= max_samples:
-        raise ValueError(f"need 2 <= min_samples <= max_samples, got {min_samples}, {max_samples}")
-    gen = torch.Generator().manual_seed(seed)
-    samples: list[float] = []
-    while True:
-        z = (torch.randint(0, 2, (n,), generator=gen) * 2 - 1).to(dtype=dtype, device=device)  # (n,) of +-1
-        samples.append(float(z @ matvec(z)))
-        if len(samples) < min_samples:
-            continue
-        s = np.asarray(samples)
-        mean, stderr = float(s.mean()), float(s.std(ddof=1) / np.sqrt(len(s)))
-        if len(s) >= max_samples or stderr <= tol * abs(mean):
-            return {"trace": mean, "stderr": stderr, "n_samples": len(s)}
-
-
-def _param_kind(model: nn.Module) -> tuple[torch.dtype, torch.device]:
-    p = next(model.parameters())
-    return p.dtype, p.device
+        vecs = torch.from_numpy(S.T).to(dtype=dtype, device=device) @ Q  # (m, m) @ (m, n)
+    return LanczosResult(evals, vecs, len(alphas))
 
 
 def _top(hvp: MatVec, n: int, k: int, iters: int, seed: int, dtype, device, vectors: bool):
@@ -159,6 +215,11 @@ def _top(hvp: MatVec, n: int, k: int, iters: int, seed: int, dtype, device, vect
     order = np.argsort(res.eigenvalues)[::-1][:k]
     vecs = res.eigenvectors[torch.from_numpy(order.copy())].double().cpu().numpy() if vectors else None
     return res.eigenvalues[order], vecs, res.steps
+
+
+def _param_kind(model: nn.Module) -> tuple[torch.dtype, torch.device]:
+    p = next(model.parameters())
+    return p.dtype, p.device
 
 
 def top_eigenvalues(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, k: int = 1,
@@ -174,6 +235,115 @@ def top_eigenvalues(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
     return (vals, vecs) if return_eigenvectors else vals
 
 
+def _layer_top(graph: _LossGraph, iters: int, seed: int) -> tuple[dict[str, float], int]:
+    out, hvps = {}, 0
+    for i, (name, numel) in enumerate(zip(graph.names, graph.numels)):
+        if numel < 2:
+            continue
+        res = lanczos(_block_hvp(graph, i), numel, iters=min(iters, numel), seed=seed, dtype=graph.dtype,
+                      device=graph.device)
+        out[name], hvps = float(res.eigenvalues[-1]), hvps + res.steps
+    return out, hvps
+
+
+def layer_top_eigenvalues(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
+                          loss: str = "cross_entropy", iters: int = 20, seed: int = 0) -> dict[str, float]:
+    """Top (largest algebraic) eigenvalue of each parameter tensor's diagonal Hessian block H_ii, by name.
+
+    Lanczos (`min(iters, numel)` steps) on block HVPs, each one backward pass restricted to that
+    tensor. Tensors with fewer than 2 entries are skipped.
+    """
+    graph = _loss_graph(model, inputs, targets, loss)
+    return _layer_top(graph, iters, seed)[0]
+
+
+def _rademacher(n: int, gen: torch.Generator, dtype, device) -> torch.Tensor:
+    return (torch.randint(0, 2, (n,), generator=gen) * 2 - 1).to(dtype=dtype, device=device)  # (n,) of +-1
+
+
+def slq(matvec: MatVec, n: int, *, iters: int, runs: int = 1, seed: int = 0, dtype: torch.dtype = torch.float64,
+        device: torch.device | str = "cpu", start: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stochastic Lanczos quadrature: (nodes, weights), 1-D float64 arrays over all runs, weights summing to 1.
+
+    Each run starts Lanczos from a Rademacher vector v (or `start`, with runs=1); the nodes are
+    the Ritz values theta_j (eigenvalues of T) and the weights tau_j^2 / runs, tau_j the first
+    component of T's j-th eigenvector. Then sum_j tau_j^2 theta_j^m = v^T A^m v / |v|^2 exactly
+    for m <= 2 * steps - 1, and E over Rademacher v of that is tr(A^m) / n: the quadrature
+    approximates the spectral measure (1/n) sum_i delta(lambda_i).
+    """
+    if runs < 1 or (start is not None and runs != 1):
+        raise ValueError(f"need runs >= 1, and runs == 1 with a start vector; got runs={runs}")
+    gen = torch.Generator().manual_seed(seed)
+    nodes, weights = [], []
+    for _ in range(runs):
+        v = _rademacher(n, gen, dtype, device) if start is None else start.to(dtype=dtype, device=device)
+        alphas, betas, _ = lanczos_tridiagonal(matvec, v, iters=iters)
+        theta, S = np.linalg.eigh(tridiagonal(alphas, betas))
+        nodes.append(theta)
+        weights.append(S[0] ** 2 / runs)
+    return np.concatenate(nodes), np.concatenate(weights)
+
+
+def smoothed_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:
+    """sum_j w_j N(t; theta_j, sigma^2) on the grid: a density that integrates to sum(w)."""
+    z = (np.asarray(grid)[:, None] - nodes[None, :]) / sigma  # (grid, nodes)
+    return (np.exp(-0.5 * z**2) / (sigma * math.sqrt(2 * math.pi))) @ weights
+
+
+def _density(matvec, n, iters, runs, seed, grid, sigma, dtype, device) -> dict:
+    nodes, weights = slq(matvec, n, iters=iters, runs=runs, seed=seed, dtype=dtype, device=device)
+    lo, hi = float(nodes.min()), float(nodes.max())
+    width = sigma * ((hi - lo) or max(abs(hi), 1.0))  # sigma is relative to the Ritz-value range
+    if grid is None:
+        grid = np.linspace(lo - 5 * width, hi + 5 * width, 1000)
+    grid = np.asarray(grid, dtype=np.float64)
+    return {"grid": grid, "density": smoothed_density(nodes, weights, grid, width), "nodes": nodes,
+            "weights": weights, "sigma": width}
+
+
+def spectral_density(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
+                     iters: int = 50, runs: int = 1, seed: int = 0, grid: np.ndarray | None = None,
+                     sigma: float = 0.01) -> dict:
+    """Hessian eigenvalue density by stochastic Lanczos quadrature (see `slq`), Gaussian-smoothed.
+
+    Returns dict(grid, density, nodes, weights, sigma): `sigma` on input is the Gaussian width as
+    a fraction of the range of the Ritz values (the absolute width used is returned as `sigma`);
+    the default grid is 1000 points spanning the Ritz values +- 5 widths. The density integrates
+    to 1 (the nodes' weights sum to 1): it estimates (1/n) sum_i delta(t - lambda_i), smoothed.
+    Costs runs * min(iters, n_params) HVPs at most (fewer on breakdown).
+    """
+    hvp, n = hvp_fn(model, inputs, targets, loss=loss)
+    return _density(hvp, n, iters, runs, seed, grid, sigma, *_param_kind(model))
+
+
+# --------------------------------------------------------------------------------------------
+# Hessian trace, update sharpness
+# --------------------------------------------------------------------------------------------
+
+
+def hutchinson_trace(matvec: MatVec, n: int, *, tol: float = 0.01, min_samples: int = 10, max_samples: int = 200,
+                     seed: int = 0, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> dict:
+    """Hutchinson estimate of tr(A) = E[z^T A z] with Rademacher z.
+
+    Stops at the first n >= min_samples with stderr <= tol * |mean| (tol is RELATIVE to the
+    estimate; stderr = sample std (ddof=1) / sqrt(n)), else at max_samples. A trace near zero
+    therefore usually runs to max_samples.
+    """
+    if not 2 <= min_samples <= max_samples:
+        raise ValueError(f"need 2 <= min_samples <= max_samples, got {min_samples}, {max_samples}")
+    gen = torch.Generator().manual_seed(seed)
+    samples: list[float] = []
+    while True:
+        z = _rademacher(n, gen, dtype, device)
+        samples.append(float(z @ matvec(z)))
+        if len(samples) < min_samples:
+            continue
+        s = np.asarray(samples)
+        mean, stderr = float(s.mean()), float(s.std(ddof=1) / np.sqrt(len(s)))
+        if len(s) >= max_samples or stderr <= tol * abs(mean):
+            return {"trace": mean, "stderr": stderr, "n_samples": len(s)}
+
+
 def hessian_trace(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
                   tol: float = 0.01, min_samples: int = 10, max_samples: int = 200, seed: int = 0) -> dict:
     """Hutchinson estimate of the Hessian trace: dict(trace, stderr, n_samples); tol is relative."""
@@ -183,25 +353,341 @@ def hessian_trace(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                             dtype=dtype, device=device)
 
 
+def _rayleigh(hvp: MatVec, u: torch.Tensor) -> float:
+    norm2 = float(u @ u)
+    return float(u @ hvp(u)) / norm2 if norm2 > 0 else math.nan
+
+
+def _flat_update(model: nn.Module, update) -> torch.Tensor:
+    dtype, device = _param_kind(model)
+    u = torch.as_tensor(update).detach().to(dtype=dtype, device=device).reshape(-1)
+    n = sum(p.numel() for p in model.parameters())
+    if u.shape != (n,):
+        raise ValueError(f"update has {u.numel()} entries, the model has {n} parameters")
+    return u
+
+
+def update_sharpness(model: nn.Module, update, inputs: torch.Tensor, targets: torch.Tensor, *,
+                     loss: str = "cross_entropy") -> float:
+    """u^T H u / |u|^2 along a flat update u (named_parameters order): the curvature the step sees.
+
+    NaN for u = 0. One HVP. See `optimizer_update` for the optimizer's actual update.
+    """
+    u = _flat_update(model, update)
+    hvp, _ = hvp_fn(model, inputs, targets, loss=loss)
+    return _rayleigh(hvp, u)
+
+
+def _flat_params(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def optimizer_update(model: nn.Module, optimizer_state: dict | None, optim_config: dict, inputs: torch.Tensor,
+                     targets: torch.Tensor, *, loss: str = "cross_entropy", step: int,
+                     lr: float | None = None) -> torch.Tensor:
+    """theta_new - theta (flat, named_parameters order) for one optimizer step taken as training takes it.
+
+    On a deep copy of the model (the model and `optimizer_state` are left untouched): rebuild the
+    optimizer (`gradscope.train.build_optimizer`), load `optimizer_state` (a checkpoint's; None
+    for a fresh optimizer), take the gradient of the mean loss over `inputs`, clip it by global
+    norm when `optim_config["grad_clip"]` is set and exceeded (as training does), set the lr to
+    `lr` (a checkpoint stores the lr of its step, schedules and plateaus included) or else
+    `gradscope.optim.lr_at(step, optim_config)`, and step once. With full-batch training and
+    `inputs` the whole training set this is the update the run made at `step`; on a subset it is
+    the update that subset's gradient would give (momentum and Adam moments from the run).
+    """
+
+    clone = copy.deepcopy(model)
+    clone.train()  # the mode training steps in
+    optimizer = build_optimizer(clone.parameters(), optim_config)
+    if optimizer_state is not None:
+        # load_state_dict keeps the given tensors (momentum buffers, Adam moments) when dtype and
+        # device already match, and step() updates them in place: copy, so the caller's stay put.
+        optimizer.load_state_dict(copy.deepcopy(optimizer_state))
+    dtype, device = _param_kind(clone)
+    inputs, targets = inputs.to(device), targets.to(device)
+    if inputs.is_floating_point():
+        inputs = inputs.to(dtype)
+    before = _flat_params(clone).clone()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        per_example_loss(clone(inputs), targets, loss).mean().backward()
+    clip = optim_config.get("grad_clip")
+    if clip is not None:
+        norm = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in clone.parameters() if p.grad is not None))
+        if norm > clip:
+            torch.nn.utils.clip_grad_norm_(clone.parameters(), clip)
+    for group in optimizer.param_groups:
+        group["lr"] = lr if lr is not None else lr_at(step, optim_config)
+    optimizer.step()
+    return _flat_params(clone) - before
+
+
+# --------------------------------------------------------------------------------------------
+# Empirical Fisher and Gauss-Newton traces
+# --------------------------------------------------------------------------------------------
+
+
+def _sq_grad_norms(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, loss: str,
+                   batch_size: int) -> np.ndarray:
+    """|g_i|^2, g_i the gradient of example i's loss at `labels`, float64 (n,), from the per-example engine."""
+    n_params = sum(p.numel() for p in model.parameters())
+    dtype, device = _param_kind(model)
+    # A zero mean gradient skips the engine's extra pass for it (its cosine is unused here).
+    stats = per_example_stats(model, inputs, labels, loss=loss, proj_dim=1, batch_size=batch_size,
+                              mean_grad=torch.zeros(n_params, dtype=dtype, device=device))
+    return stats["grad_norm"].astype(np.float64) ** 2
+
+
+def fisher_trace(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
+                 batch_size: int = 256) -> float:
+    """Trace of the empirical Fisher F = (1/n) sum_i g_i g_i^T, g_i the gradient of example i's loss
+    at its true label: tr F = mean_i |g_i|^2, exact, from the per-example engine
+    (`gradscope.examples.per_example_stats`, its grad_norm)."""
+    return float(_sq_grad_norms(model, inputs, targets, loss, batch_size).mean())
+
+
+def _params(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach() for name, p in model.named_parameters()}
+
+
+def _as_model_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    dtype, device = _param_kind(model)
+    x = x.to(device)
+    return x.to(dtype) if x.is_floating_point() else x
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
+    params = _params(model)
+    return torch.cat([functional_call(model, params, (_as_model_input(model, inputs[i : i + batch_size]),))
+                      for i in range(0, len(inputs), batch_size)])  # (n, classes)
+
+
+def _vjp_sq_norms(model: nn.Module, inputs: torch.Tensor, cotangents: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """|J_i^T c_i|^2 for every example i, J_i = d f(x_i) / d theta (classes, n_params): float64 (n,).
+
+    J_i^T c_i is the gradient of <f(x_i), c_i> with c_i held fixed: per-example gradients by
+    vmap(grad), as in the per-example engine.
+    """
+    params = _params(model)
+
+    def out_dot(params, xi, ci):
+        return (functional_call(model, params, (xi.unsqueeze(0),))[0] * ci).sum()
+
+    per_example_grad = vmap(grad(out_dot), in_dims=(None, 0, 0))
+    parts = []
+    for i in range(0, len(inputs), batch_size):
+        x = _as_model_input(model, inputs[i : i + batch_size])
+        g = per_example_grad(params, x, cotangents[i : i + batch_size].to(device=x.device))
+        parts.append(sum(t.reshape(len(x), -1).double().pow(2).sum(1) for t in g.values()))
+    return torch.cat(parts).cpu()
+
+
+def gauss_newton_trace(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None = None, *,
+                       loss: str = "cross_entropy", samples: int = 1, seed: int = 0, exact: bool = False,
+                       batch_size: int = 256) -> dict:
+    """Trace of the generalized Gauss-Newton G = (1/n) sum_i J_i^T H_i J_i: dict(trace, stderr, samples).
+
+    J_i = d f(x_i)/d theta is the Jacobian of the logits, H_i the Hessian of the loss w.r.t. them:
+    diag(p_i) - p_i p_i^T for cross-entropy (p_i = softmax(f(x_i))), the identity for mse, so
+    G needs no labels (`targets` is accepted for a uniform signature and ignored).
+
+    Monte Carlo (default): for cross-entropy, labels y ~ p_i sampled from the model; the gradient
+    of the loss at y is J_i^T (p_i - e_y) and E_y[(p - e_y)(p - e_y)^T] = diag(p) - p p^T, so the
+    mean squared per-example gradient norm (from the per-example engine, as for the Fisher) is
+    unbiased for tr G: the "true" Fisher, unlike the empirical one at the data's labels. For mse,
+    outputs t = f(x_i) + eps, eps ~ N(0, I), give gradients J_i^T (f - t) = -J_i^T eps with
+    E|J_i^T eps|^2 = |J_i|_F^2 = tr(J_i^T J_i); t is not a class label, so these per-example
+    gradients come from vmap(grad). `samples` draws per example, all in one pass over the inputs
+    repeated `samples` times. stderr is the stratified one, sqrt(sum_i s_i^2 / (n^2 samples))
+    with s_i^2 example i's sample variance over its draws; with samples = 1 it is the
+    conservative std over examples / sqrt(n) (between-example spread counted as noise).
+
+    exact=True: the deterministic form, sum_c p_ic |J_i^T (p_i - e_c)|^2 (cross-entropy: the
+    loss gradient at every label c, weighted by p) or sum_c |J_i^T e_c|^2 = |J_i|_F^2 (mse), over
+    all classes: `classes` per-example gradients per example; stderr 0 and samples 0.
+    """
+    if loss not in ("cross_entropy", "mse"):
+        raise ValueError(f"gauss_newton_trace supports cross_entropy and mse, got {loss!r}")
+    if not exact and samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    logits = _logits(model, inputs, batch_size)
+    n, classes = logits.shape
+    probs = logits.double().softmax(dim=1).cpu()  # (n, classes)
+    draws = classes if exact else samples
+    repeated = inputs.repeat(draws, *[1] * (inputs.dim() - 1))  # one pass for all draws, draw-major
+    gen = torch.Generator().manual_seed(seed)
+    if loss == "cross_entropy":
+        if exact:
+            labels = torch.arange(classes).repeat_interleave(n)  # every class for every example
+        else:
+            labels = torch.multinomial(probs, samples, replacement=True, generator=gen).T.reshape(-1)
+        a = _sq_grad_norms(model, repeated, labels.to(inputs.device), loss, batch_size)
+    else:
+        if exact:
+            cot = torch.eye(classes, dtype=torch.float64).repeat_interleave(n, dim=0)  # e_c for every example
+        else:
+            cot = torch.randn(samples * n, classes, generator=gen, dtype=torch.float64)
+        a = _vjp_sq_norms(model, repeated, cot.to(logits.dtype), batch_size).numpy()
+    a = a.reshape(draws, n)
+    if exact:
+        weights = probs.T.numpy() if loss == "cross_entropy" else np.ones_like(a)  # (classes, n)
+        return {"trace": float((weights * a).sum(0).mean()), "stderr": 0.0, "samples": 0}
+    if samples >= 2:
+        stderr = math.sqrt(a.var(axis=0, ddof=1).sum() / (n * n * samples))
+    else:
+        stderr = float(a[0].std(ddof=1) / math.sqrt(n)) if n >= 2 else math.nan
+    return {"trace": float(a.mean()), "stderr": stderr, "samples": samples}
+
+
+# --------------------------------------------------------------------------------------------
+# Sensitivity to the input
+# --------------------------------------------------------------------------------------------
+
+
+def _input_jacobian_sq_norms(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """|d f(x_i) / d x_i|_F^2 per example, float64 (b,): row c of every Jacobian in one backward pass."""
+    out = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+    for c in range(logits.shape[1]):
+        (row,) = torch.autograd.grad(logits[:, c].sum(), x, retain_graph=True)
+        out += row.reshape(len(x), -1).double().pow(2).sum(1)
+    return out
+
+
+def _input_hessian_traces(gx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """tr(d^2 loss_i / d x_i^2) per example, float64 (b,), from gx = d(sum_i loss_i)/dx (b, dim):
+    the HVP with the basis vector e_j (for all examples at once) has entry j = H_i[j, j]."""
+    out = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+    if gx.requires_grad:  # else the loss is linear in x: zero Hessian
+        for j in range(gx.shape[1]):
+            (hj,) = torch.autograd.grad(gx[:, j].sum(), x, retain_graph=True)
+            out += hj.reshape(len(x), -1)[:, j].double()
+    return out
+
+
+def _input_hessian_probes(gx: torch.Tensor, x: torch.Tensor, probes: int, gen: torch.Generator) -> torch.Tensor:
+    """z_ik^T H_i z_ik for Rademacher z_ik, float64 (probes, b): Hutchinson's samples per example."""
+    out = torch.zeros(probes, len(x), dtype=torch.float64)
+    for k in range(probes):
+        z = (torch.randint(0, 2, gx.shape, generator=gen) * 2 - 1).to(gx)  # drawn even if unused: same stream
+        if gx.requires_grad:
+            (hz,) = torch.autograd.grad(gx, x, grad_outputs=z, retain_graph=True)
+            out[k] = (z * hz.reshape(len(x), -1)).double().sum(1).cpu()
+    return out
+
+
+def input_sensitivity(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
+                      probes: int = 32, seed: int = 0, exact_max_dim: int = 256, batch_size: int = 256) -> dict:
+    """Sensitivity to the input, averaged over examples: dict(input_jacobian_norm, input_hessian_trace,
+    input_hessian_trace_stderr).
+
+    - input_jacobian_norm: mean_i |d f(x_i) / d x_i|_F, the Frobenius norm of the logits'
+      Jacobian w.r.t. the example's own input (one backward pass per class).
+    - input_hessian_trace: mean_i tr(d^2 loss_i / d x_i^2). Exact when the input has at most
+      `exact_max_dim` entries (one input HVP per basis vector e_j, reading off entry j; stderr 0),
+      else Hutchinson with `probes` Rademacher probes per example (stderr over the probes).
+
+    Each example's outputs must depend on its own input only (true of these models; not of batch
+    norm in training mode): the passes run on a whole chunk of examples at once. Defined for
+    float (dense) inputs only: for integer token ids the input is discrete, and every value is NaN.
+    """
+    if not inputs.is_floating_point():
+        return {"input_jacobian_norm": math.nan, "input_hessian_trace": math.nan,
+                "input_hessian_trace_stderr": math.nan}
+    n, dim = len(inputs), int(np.prod(inputs.shape[1:]))
+    exact = dim <= exact_max_dim
+    if not exact and probes < 2:
+        raise ValueError(f"probes must be >= 2 for Hutchinson, got {probes}")
+    params = _params(model)
+    gen = torch.Generator().manual_seed(seed)
+    jac_norms, traces, probe_sums = [], [], torch.zeros(probes, dtype=torch.float64)
+    for start in range(0, n, batch_size):
+        x = _as_model_input(model, inputs[start : start + batch_size]).detach().requires_grad_(True)
+        y = targets[start : start + batch_size].to(x.device)
+        with torch.enable_grad():
+            logits = functional_call(model, params, (x,))  # (b, classes)
+            jac_norms.append(_input_jacobian_sq_norms(logits, x).sqrt().cpu())
+            (gx,) = torch.autograd.grad(per_example_loss(logits, y, loss).sum(), x, create_graph=True)
+            gx = gx.reshape(len(x), -1)  # (b, dim)
+            if exact:
+                traces.append(_input_hessian_traces(gx, x).cpu())
+            else:
+                quad = _input_hessian_probes(gx, x, probes, gen)  # (probes, b)
+                probe_sums += quad.sum(1)
+                traces.append(quad.mean(0))
+    # Probes are independent: the spread of the per-probe means over all examples gives the stderr.
+    stderr = 0.0 if exact else float((probe_sums / n).std() / math.sqrt(probes))
+    return {"input_jacobian_norm": float(torch.cat(jac_norms).mean()),
+            "input_hessian_trace": float(torch.cat(traces).mean()), "input_hessian_trace_stderr": stderr}
+
+
+_input_sensitivity = input_sensitivity  # compute_curvature's flag of the same name shadows it
+
+
+# --------------------------------------------------------------------------------------------
+# Everything at once
+# --------------------------------------------------------------------------------------------
+
+
 def compute_curvature(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
                       k: int = 1, lanczos_iters: int = 30, trace_tol: float = 0.01, trace_max_samples: int = 200,
-                      seed: int = 0) -> dict:
-    """Sharpness, top-k eigenvalues and Hessian trace from one HVP closure (what the curvature rule records)."""
+                      seed: int = 0, fisher: bool = False, gauss_newton_samples: int = 0,
+                      input_sensitivity: bool = False, input_probes: int = 32, update=None, density: bool = False,
+                      density_iters: int = 50, density_runs: int = 1, per_layer: bool = False,
+                      layer_iters: int = 20) -> dict:
+    """Sharpness, top-k eigenvalues and Hessian trace from one HVP closure (what the curvature rule records),
+    plus the optional measures.
+
+    Always present: top_eigenvalues, sharpness, hessian_trace, hessian_trace_stderr,
+    hutchinson_samples, hvp_count (HVPs of every kind, full or one-block), n_examples, n_params,
+    wall_s, and the scalar extras fisher_trace, gauss_newton_trace, gauss_newton_stderr,
+    input_jacobian_norm, input_hessian_trace, update_sharpness, each NaN unless turned on:
+    fisher=True; gauss_newton_samples > 0 (Monte Carlo draws per example); input_sensitivity=True
+    (NaN anyway for token inputs); update = a flat update vector (see `optimizer_update`).
+    density=True adds density_grid and density (lists; SLQ with density_iters x density_runs
+    HVPs); per_layer=True adds layer_sharpness ({parameter name: top block eigenvalue}).
+    """
     start = time.perf_counter()
-    hvp, n = hvp_fn(model, inputs, targets, loss=loss)
-    dtype, device = _param_kind(model)
+    graph = _loss_graph(model, inputs, targets, loss)
+    hvp, n = _full_hvp(graph), sum(graph.numels)
+    dtype, device = graph.dtype, graph.device
     vals, _, steps = _top(hvp, n, k, min(lanczos_iters, n), seed, dtype, device, False)
     tr = hutchinson_trace(hvp, n, tol=trace_tol, min_samples=min(10, trace_max_samples),
                           max_samples=trace_max_samples, seed=seed, dtype=dtype, device=device)
     top = [float(v) for v in vals]
-    return {
+    out = {
         "top_eigenvalues": top,
         "sharpness": top[0],
         "hessian_trace": tr["trace"],
         "hessian_trace_stderr": tr["stderr"],
         "hutchinson_samples": tr["n_samples"],
-        "hvp_count": steps + tr["n_samples"],
-        "n_examples": int(inputs.shape[0]),
-        "n_params": n,
-        "wall_s": time.perf_counter() - start,
+        "fisher_trace": math.nan,
+        "gauss_newton_trace": math.nan,
+        "gauss_newton_stderr": math.nan,
+        "input_jacobian_norm": math.nan,
+        "input_hessian_trace": math.nan,
+        "update_sharpness": math.nan,
     }
+    hvps = steps + tr["n_samples"]
+    if fisher:
+        out["fisher_trace"] = fisher_trace(model, inputs, targets, loss=loss)
+    if gauss_newton_samples:
+        gn = gauss_newton_trace(model, inputs, targets, loss=loss, samples=gauss_newton_samples, seed=seed)
+        out["gauss_newton_trace"], out["gauss_newton_stderr"] = gn["trace"], gn["stderr"]
+    if input_sensitivity:
+        sens = _input_sensitivity(model, inputs, targets, loss=loss, probes=input_probes, seed=seed)
+        out["input_jacobian_norm"] = sens["input_jacobian_norm"]
+        out["input_hessian_trace"] = sens["input_hessian_trace"]
+    if update is not None:
+        out["update_sharpness"], hvps = _rayleigh(hvp, _flat_update(model, update)), hvps + 1
+    if density:
+        dens = _density(hvp, n, density_iters, density_runs, seed, None, 0.01, dtype, device)
+        out["density_grid"], out["density"] = dens["grid"].tolist(), dens["density"].tolist()
+        hvps += len(dens["nodes"])  # one Ritz value per Lanczos step
+    if per_layer:
+        out["layer_sharpness"], layer_hvps = _layer_top(graph, layer_iters, seed)
+        hvps += layer_hvps
+    out |= {"hvp_count": hvps, "n_examples": int(inputs.shape[0]), "n_params": n,
+            "wall_s": time.perf_counter() - start}
+    return out

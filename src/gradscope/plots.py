@@ -133,16 +133,27 @@ def plot_flagged(per_step: pd.DataFrame, path, *, title: str, dpi: int = 110) ->
         plt.close(fig)
 
 
-def plot_curvature(curvature: pd.DataFrame, metrics: pd.DataFrame, path, *, title: str, dpi: int = 110) -> None:
-    """Train loss, sharpness against 2/lr, and Hessian trace, stacked on a shared linear step axis.
+def _finite(c: pd.DataFrame, column: str) -> bool:
+    return column in c and np.isfinite(c[column].to_numpy(dtype=float)).any()
 
-    Sharpness (top Hessian eigenvalue) rising to and hovering at 2/lr is the edge of
+
+def plot_curvature(curvature: pd.DataFrame, metrics: pd.DataFrame, path, *, title: str, dpi: int = 110) -> None:
+    """Every curvature measure over training, stacked on the train loss's linear step axis.
+
+    Panels: train loss; sharpness (top Hessian eigenvalue; lighter: the next eigenvalues; the
+    update sharpness u'Hu/|u|^2 when measured) against 2/lr; the Hessian trace (± 1 s.e.) with
+    the empirical Fisher and Gauss-Newton traces; and, for dense inputs, the input-Jacobian
+    norm and input-Hessian trace. Sharpness rising to and hovering at 2/lr is the edge of
     stability (Cohen et al. 2021). When sharpness stays far below the threshold (e.g. Adam),
     the sharpness axis is logarithmic so that both the curve and the line stay visible.
     """
     c = curvature.sort_values("step")
     m = metrics.sort_values("step")
-    fig, (ax_l, ax_s, ax_t) = plt.subplots(3, 1, figsize=CURVATURE_FIGSIZE, sharex=True, layout="constrained")
+    sensitivity = _finite(c, "input_jacobian_norm") or _finite(c, "input_hessian_trace")
+    n_panels = 4 if sensitivity else 3
+    fig, axes = plt.subplots(n_panels, 1, figsize=(CURVATURE_FIGSIZE[0], CURVATURE_FIGSIZE[1] * n_panels / 3),
+                             sharex=True, layout="constrained")
+    ax_l, ax_s, ax_t = axes[:3]
     try:
         loss = m["train_loss"].to_numpy(dtype=float)
         ax_l.plot(m["step"].to_numpy(), loss, color=TRAIN_COLOR, lw=1.4, label="train loss")
@@ -156,7 +167,16 @@ def plot_curvature(curvature: pd.DataFrame, metrics: pd.DataFrame, path, *, titl
 
         steps = c["step"].to_numpy()
         sharp = c["sharpness"].to_numpy(dtype=float)
+        if "top_eigenvalues" in c:
+            k = max(len(v) for v in c["top_eigenvalues"])
+            for j in range(1, k):
+                vals = [v[j] if len(v) > j else np.nan for v in c["top_eigenvalues"]]
+                ax_s.plot(steps, vals, marker=".", lw=1.0, color="tab:red", alpha=0.35,
+                          label="next eigenvalues" if j == 1 else None)
         ax_s.plot(steps, sharp, marker="o", ms=4, lw=1.4, color="tab:red", label="sharpness (top Hessian eigenvalue)")
+        if _finite(c, "update_sharpness"):
+            ax_s.plot(steps, c["update_sharpness"].to_numpy(dtype=float), marker="s", ms=3, lw=1.2, color="tab:orange",
+                      label="update sharpness u'Hu/|u|²")
         thresholds = c["sharpness_threshold"].to_numpy(dtype=float)
         thresholds = thresholds[np.isfinite(thresholds)]
         threshold = float(np.median(thresholds)) if thresholds.size else math.nan
@@ -166,8 +186,8 @@ def plot_curvature(curvature: pd.DataFrame, metrics: pd.DataFrame, path, *, titl
         far_below = (np.isfinite(threshold) and finite.size and finite.min() > 0
                      and threshold / finite.max() >= LOG_SHARPNESS_RATIO)
         if far_below:
-            ax_s.set_yscale("log")
-            ax_s.set_ylabel("eigenvalue (log scale)")
+            ax_s.set_yscale("symlog", linthresh=max(finite.min(), 1e-12))
+            ax_s.set_ylabel("eigenvalue (symlog scale)")
         else:
             ax_s.set_ylabel("eigenvalue")
             if np.isfinite(threshold):
@@ -175,18 +195,59 @@ def plot_curvature(curvature: pd.DataFrame, metrics: pd.DataFrame, path, *, titl
                 ax_s.set_ylim(bottom=min(0.0, finite.min() if finite.size else 0.0), top=1.12 * top)
         ax_s.set_title("Sharpness vs edge-of-stability threshold")
         ax_s.grid(True, alpha=0.3)
-        ax_s.legend(loc="best")
+        ax_s.legend(loc="best", fontsize="small")
 
         trace = c["hessian_trace"].to_numpy(dtype=float)
         err = c["hessian_trace_stderr"].to_numpy(dtype=float) if "hessian_trace_stderr" in c else None
         ax_t.errorbar(steps, trace, yerr=err, fmt="o-", ms=4, lw=1.4, capsize=3, color="tab:purple",
-                      label="Hutchinson estimate ± 1 s.e.")
-        ax_t.set_ylabel("Hessian trace")
-        ax_t.set_xlabel("step")
-        ax_t.set_title("Hessian trace")
+                      label="Hessian (Hutchinson ± 1 s.e.)")
+        if _finite(c, "fisher_trace"):
+            ax_t.plot(steps, c["fisher_trace"].to_numpy(dtype=float), "s-", ms=3, lw=1.2, color="tab:green",
+                      label="empirical Fisher")
+        if _finite(c, "gauss_newton_trace"):
+            gn_err = c["gauss_newton_stderr"].to_numpy(dtype=float) if "gauss_newton_stderr" in c else None
+            ax_t.errorbar(steps, c["gauss_newton_trace"].to_numpy(dtype=float), yerr=gn_err, fmt="^-", ms=3, lw=1.2,
+                          capsize=2, color="tab:brown", label="Gauss-Newton (Monte Carlo ± 1 s.e.)")
+        ax_t.set_ylabel("trace")
+        ax_t.set_title("Curvature traces")
         ax_t.grid(True, alpha=0.3)
-        ax_t.legend(loc="best")
+        ax_t.legend(loc="best", fontsize="small")
+        if sensitivity:
+            ax_i = axes[3]
+            ax_i.plot(steps, c["input_jacobian_norm"].to_numpy(dtype=float), "o-", ms=3, lw=1.2, color="tab:blue",
+                      label="input-Jacobian norm ‖∂f/∂x‖_F")
+            ax_i2 = ax_i.twinx()
+            ax_i2.plot(steps, c["input_hessian_trace"].to_numpy(dtype=float), "s--", ms=3, lw=1.2, color="tab:cyan",
+                       label="input-Hessian trace of the loss")
+            ax_i.set_ylabel("input-Jacobian norm")
+            ax_i2.set_ylabel("input-Hessian trace")
+            ax_i.set_title("Sensitivity to the input (mean over the subset)")
+            ax_i.grid(True, alpha=0.3)
+            lines = ax_i.get_legend_handles_labels(), ax_i2.get_legend_handles_labels()
+            ax_i.legend(lines[0][0] + lines[1][0], lines[0][1] + lines[1][1], loc="best", fontsize="small")
+        axes[-1].set_xlabel("step")
         fig.suptitle(title)
+        _save(fig, path, dpi)
+    finally:
+        plt.close(fig)
+
+
+def plot_density(curvature: pd.DataFrame, path, *, title: str, dpi: int = 110) -> None:
+    """Hessian spectral density (stochastic Lanczos quadrature) at each checkpoint, coloured by step."""
+    c = curvature.sort_values("step")
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    try:
+        colors = plt.get_cmap("viridis")(np.linspace(0, 1, max(len(c), 2)))
+        for color, (_, row) in zip(colors, c.iterrows()):
+            grid, dens = np.asarray(row["density_grid"], dtype=float), np.asarray(row["density"], dtype=float)
+            if grid.size:
+                ax.plot(grid, np.maximum(dens, 1e-12), color=color, lw=1.2, label=f"step {int(row['step'])}")
+        ax.set_yscale("log")
+        ax.set_xlabel("Hessian eigenvalue")
+        ax.set_ylabel("density (log scale)")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="upper right", fontsize="small", ncol=2)
         _save(fig, path, dpi)
     finally:
         plt.close(fig)

@@ -68,8 +68,10 @@ def render_run_report(run_id: str, *, config_yaml: str, head: dict, summary: dic
     """The run's report.md; `figures` maps names (training, flagged, curvature, gif) to paths relative to it."""
     per_step = pd.DataFrame(summary["per_step"])
     quality_cols = [c for c in ("detector", "step", "n_flagged", "auroc", "precision", "recall") if c in per_step]
-    curv = curvature.sort_values("step")[["step", "sharpness", "sharpness_threshold", "hessian_trace",
-                                          "hessian_trace_stderr", "hvp_count"]]
+    columns = ["step", "sharpness", "sharpness_threshold", "update_sharpness", "hessian_trace", "hessian_trace_stderr",
+               "fisher_trace", "gauss_newton_trace", "input_jacobian_norm", "input_hessian_trace", "hvp_count"]
+    curv = curvature.sort_values("step")[[c for c in columns if c in curvature
+                                          and not (curvature[c].dtype.kind == "f" and curvature[c].isna().all())]]
     planted = summary.get("planted_count")
     truth = (f"The data plants {planted} examples (ground truth); AUROC scores each detector's continuous score "
              "against them, precision and recall its flags." if planted else
@@ -89,10 +91,13 @@ def render_run_report(run_id: str, *, config_yaml: str, head: dict, summary: dic
         f"![Flagged examples]({figures['flagged']})",
         markdown_table(per_step[quality_cols]),
         "## Curvature",
-        "Sharpness (top Hessian eigenvalue, Lanczos) and Hessian trace (Hutchinson, ± standard error) on the "
-        "fixed curvature subset, with the stability threshold 2/lr (2(1+β)/lr with momentum).",
+        "On the fixed curvature subset: sharpness (top Hessian eigenvalue, Lanczos) against the stability "
+        "threshold 2/lr (2(1+β)/lr with momentum); update sharpness u'Hu/|u|² along the optimizer's next update; "
+        "traces of the Hessian (Hutchinson, ± standard error), the empirical Fisher and the Gauss-Newton matrix "
+        "(Monte Carlo); the input-Jacobian norm and input-Hessian trace (dense inputs).",
         f"![Curvature]({figures['curvature']})",
         markdown_table(curv),
+        *([f"![Spectral density]({figures['density']})"] if figures.get("density") else []),
         "## Gradient projections",
         "Each example's gradient, randomly projected (fixed seed), in a PCA plane fitted once over all checkpoints; "
         f"frames are in `figures/pca_frames/`.\n\n![Gradient projections]({figures['gif']})",
