@@ -384,6 +384,7 @@ def test_optimizer_update_sgd_and_momentum():
     sgd = {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "warmup_steps": 4}
     u = optimizer_update(model, None, sgd, x, y, step=1)  # warmup: lr = 0.1 * 2 / 4
     assert_close(u, -0.05 * g, rtol=1e-12, atol=1e-14)
+    assert_close(optimizer_update(model, None, sgd, x, y, step=1, lr=0.3), -0.3 * g, rtol=1e-12, atol=1e-14)
     clipped = optimizer_update(model, None, {**sgd, "grad_clip": 0.1 * float(g.norm())}, x, y, step=10)
     assert_close(clipped, -0.1 * 0.1 * g, rtol=1e-5, atol=0)
     # Heavy ball with weight decay and a nonzero momentum buffer from a checkpoint's optimizer state.

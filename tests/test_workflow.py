@@ -90,8 +90,11 @@ def test_artifacts_read_back_with_pandas_and_duckdb(done):
     ex = pd.read_parquet("results/runs/flips/seed~0/examples")
     assert {"step", "loss", "grad_norm", "grad_cos_mean", "grad_proj", "planted"} <= set(ex.columns)
     assert len(ex["grad_proj"].iloc[0]) == 8
+    first = ex[ex["step"] == 15].iloc[0]  # per-layer norms (4 parameter tensors) make up the total norm
+    assert abs(float((first["layer_grad_norm"].astype(float) ** 2).sum()) ** 0.5 - first["grad_norm"]) < 1e-4 * max(1.0, first["grad_norm"])
     meta = artifacts.read_metadata(next(Path("results/runs/flips/seed~0/examples").glob("step=*/part-0.parquet")))
     assert meta["gradscope.run_id"] == "flips/seed~0" and meta["gradscope.config"]["examples"]["proj_dim"] == 8
+    assert meta["gradscope.config"]["layer_names"] == ["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias"]
     curv = duckdb.sql("select step, sharpness, sharpness_threshold from 'results/runs/flips/*/curvature/*/*.parquet' "
                       "order by step").df()
     assert list(curv["step"]) == [0, 15, 30] and (curv["sharpness_threshold"] == 2 * 1.5 / 0.2).all()
@@ -150,6 +153,23 @@ def test_new_seed_plans_only_the_new_seeds_jobs(done, tmp_path):
     counts = with_config(done, tmp_path, lambda c: c["experiments"]["flips"].update(seeds=[0, 1]))
     assert "generate_data" not in counts
     assert counts["train"] == 1 and counts["report"] == 1 and counts["sweep_report"] == 1
+
+
+def test_new_grid_value_runs_only_the_new_run_and_the_sweep_report_covers_all(done, tmp_path):
+    extended = shutil.copytree(done, tmp_path / "extended", symlinks=True)  # copy2 keeps the mtimes
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["experiments"]["mod"]["grid"]["optim.weight_decay"] = [0.0, 1.0, 0.1]
+    (extended / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    counts = planned(extended)
+    assert "generate_data" not in counts and counts["train"] == 1 and counts["report"] == 1
+    assert counts["extract_examples"] == 3 and counts["curvature"] == 3 and counts["sweep_report"] == 1  # mod's only
+    old = extended / "results/runs/mod/wd~1.0_seed~0/train/metrics.parquet"
+    before = old.stat().st_mtime_ns
+    snakemake(extended, "--cores", "2")
+    assert old.stat().st_mtime_ns == before and planned(extended) == {}
+    runs = pd.read_parquet(extended / "results/sweeps/mod/runs.parquet")
+    assert sorted(runs["wd"]) == [0.0, 0.1, 1.0]
+    assert "wd~0.1_seed~0" in (extended / "results/sweeps/mod/report.md").read_text()
 
 
 def test_config_override_reaches_the_rules_and_the_resolved_config(done, tmp_path):

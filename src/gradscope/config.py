@@ -9,6 +9,7 @@ block alone, so runs that differ only in model or optimizer share one dataset.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -50,14 +51,25 @@ class Run:
 
 
 # ---- validation ---------------------------------------------------------------------------
+_SCHEMAS: dict = {}  # parsed schema files by (path, mtime): a Snakefile loads the schema more than once
+
+
+def _schema(path: str | Path | None = None) -> dict:
+    """The parsed schema, read once per version of the file. Shared: callers must not modify it."""
+    p = Path(path or SCHEMA_PATH)
+    key = (str(p.resolve()), p.stat().st_mtime_ns)
+    if key not in _SCHEMAS:
+        _SCHEMAS[key] = yaml.load(p.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return _SCHEMAS[key]
+
+
 def load_schema(path: str | Path | None = None) -> dict:
-    return yaml.safe_load(Path(path or SCHEMA_PATH).read_text())
+    return copy.deepcopy(_schema(path))
 
 
-def _validator(schema: dict, fill_defaults: bool):
-    base = jsonschema.Draft202012Validator
-    if not fill_defaults:
-        return base(schema)
+@functools.lru_cache(maxsize=None)
+def _filling_validator_class():
+    """Draft 2020-12 validation that also fills in each property's default where it is missing."""
 
     def properties_with_defaults(validator, properties, instance, schema_):
         if isinstance(instance, dict):
@@ -66,8 +78,11 @@ def _validator(schema: dict, fill_defaults: bool):
                     instance[name] = copy.deepcopy(sub["default"])
         yield from jsonschema.Draft202012Validator.VALIDATORS["properties"](validator, properties, instance, schema_)
 
-    cls = jsonschema.validators.extend(base, {"properties": properties_with_defaults})
-    return cls(schema)
+    return jsonschema.validators.extend(jsonschema.Draft202012Validator, {"properties": properties_with_defaults})
+
+
+def _validator(schema: dict, fill_defaults: bool):
+    return (_filling_validator_class() if fill_defaults else jsonschema.Draft202012Validator)(schema)
 
 
 def _describe(error: jsonschema.ValidationError, prefix: str) -> str:
@@ -89,7 +104,10 @@ def _describe(error: jsonschema.ValidationError, prefix: str) -> str:
 
 def validate(config: dict, schema: dict, *, prefix: str = "", fill_defaults: bool = True) -> dict:
     """Validate `config` in place (defaults filled in) and return it; raise ConfigError listing every problem."""
-    validator = _validator(schema, fill_defaults)
+    return _check(_validator(schema, fill_defaults), config, prefix)
+
+
+def _check(validator, config: dict, prefix: str = "") -> dict:
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise ConfigError("invalid gradscope config:\n  " + "\n  ".join(_describe(e, prefix) for e in errors))
@@ -120,9 +138,13 @@ def _coerce_scalars(value):
 
 def load_config(config: dict, schema_path: str | Path | None = None) -> dict:
     """Validate a raw config (as Snakemake or YAML gives it) and return a resolved deep copy."""
-    config = validate(_coerce_scalars(copy.deepcopy(dict(config))), load_schema(schema_path))
-    expand_runs(config, schema_path)  # grid values are validated too, before any job starts
-    return config
+    return load_runs(config, schema_path)[0]
+
+
+def load_runs(config: dict, schema_path: str | Path | None = None) -> tuple[dict, list[Run]]:
+    """`load_config` and `expand_runs` in one pass: the resolved config and its runs."""
+    config = validate(_coerce_scalars(copy.deepcopy(dict(config))), _schema(schema_path))
+    return config, expand_runs(config, schema_path)  # grid values are validated too, before any job starts
 
 
 # ---- runs ---------------------------------------------------------------------------------
@@ -156,8 +178,8 @@ def _sorted(value):
 
 def expand_runs(config: dict, schema_path: str | Path | None = None) -> list[Run]:
     """All runs of all experiments, in config order; each run's settings validated on their own."""
-    schema = load_schema(schema_path)
-    experiment_schema = {"$defs": schema["$defs"], **schema["$defs"]["experiment"]}
+    schema = _schema(schema_path)
+    experiment = _validator({"$defs": schema["$defs"], **schema["$defs"]["experiment"]}, True)
     runs = []
     for exp_name, exp in config["experiments"].items():
         grid = exp.get("grid", {})
@@ -171,7 +193,7 @@ def expand_runs(config: dict, schema_path: str | Path | None = None) -> list[Run
                     _set_dotted(settings, k, v)
                 varying = {short[k]: v for k, v in zip(keys, values)}
                 name = "_".join([f"{short[k]}~{_format_value(v)}" for k, v in zip(keys, values)] + [f"seed~{seed}"])
-                validate(settings, experiment_schema, prefix=f"experiments.{exp_name} (run {name})")
+                _check(experiment, settings, prefix=f"experiments.{exp_name} (run {name})")
                 settings.update(experiment=exp_name, run=name, seed=seed, device=config.get("device", "auto"))
                 runs.append(Run(exp_name, name, _sorted(settings), {**varying, "seed": seed}))
     return runs

@@ -388,7 +388,7 @@ def optimizer_update(model: nn.Module, optimizer_state: dict | None, optim_confi
     """theta_new - theta (flat, named_parameters order) for one optimizer step taken as training takes it.
 
     On a deep copy of the model (the model and `optimizer_state` are left untouched): rebuild the
-    optimizer (`gradscope.train.build_optimizer`), load `optimizer_state` (a checkpoint's; None
+    optimizer (`gradscope.optim.build_optimizer`), load `optimizer_state` (a checkpoint's; None
     for a fresh optimizer), take the gradient of the mean loss over `inputs`, clip it by global
     norm when `optim_config["grad_clip"]` is set and exceeded (as training does), set the lr to
     `lr` (a checkpoint stores the lr of its step, schedules and plateaus included) or else
@@ -396,7 +396,6 @@ def optimizer_update(model: nn.Module, optimizer_state: dict | None, optim_confi
     `inputs` the whole training set this is the update the run made at `step`; on a subset it is
     the update that subset's gradient would give (momentum and Adam moments from the run).
     """
-
     clone = copy.deepcopy(model)
     clone.train()  # the mode training steps in
     optimizer = build_optimizer(clone.parameters(), optim_config)

@@ -41,8 +41,12 @@ def _checkpoint_path(manifest_path, step: int) -> Path:
     return Path(manifest_path).parent / manifest["checkpoints"][str(step)]
 
 
-def examples_columns(proj_dim: int, proj_dtype: str) -> dict:
-    return {**artifacts.EXAMPLES, "grad_proj": artifacts.projection_type(proj_dim, proj_dtype)}
+def examples_columns(proj_dim: int, proj_dtype: str, n_layers: int | None = None) -> dict:
+    """Columns of a per-example table; with n_layers, also the per-layer gradient norms (names in the metadata)."""
+    columns = {**artifacts.EXAMPLES, "grad_proj": artifacts.projection_type(proj_dim, proj_dtype)}
+    if n_layers is not None:
+        columns["layer_grad_norm"] = artifacts.projection_type(n_layers, "float32")
+    return columns
 
 
 def extract_examples(settings: dict, *, loss: str, device: str, data_dir, manifest, step: int, out, run_id: str) -> pd.DataFrame:
@@ -55,14 +59,17 @@ def extract_examples(settings: dict, *, loss: str, device: str, data_dir, manife
     for split in ("train", "test"):
         x, y, df = (x_train, y_train, train_df) if split == "train" else data.load_split(data_dir, split)
         stats = examples.per_example_stats(model, x.to(dev), y.to(dev), loss=loss, proj_dim=settings["proj_dim"],
-                                           seed=settings["seed"], batch_size=settings["batch_size"], mean_grad=mean_grad)
+                                           seed=settings["seed"], batch_size=settings["batch_size"], mean_grad=mean_grad,
+                                           layer_norms=True)
         proj = stats.pop("grad_proj").astype(np.float16 if settings["proj_dtype"] == "float16" else np.float32)
+        stats["layer_grad_norm"] = list(stats.pop("layer_grad_norm").astype(np.float32))
         tables.append(pd.DataFrame({"split": split, "example_id": df["example_id"].to_numpy(),
                                     "label": df["label"].to_numpy(), **stats, "planted": df["planted"].to_numpy(),
                                     "grad_proj": list(proj)}))
     table = pd.concat(tables, ignore_index=True)
-    artifacts.write_parquet(table, out, examples_columns(settings["proj_dim"], settings["proj_dtype"]), run_id=run_id,
-                            config={"examples": settings, "loss": loss, "step": step})
+    names = examples.layer_names(model)
+    artifacts.write_parquet(table, out, examples_columns(settings["proj_dim"], settings["proj_dtype"], len(names)),
+                            run_id=run_id, config={"examples": settings, "loss": loss, "step": step, "layer_names": names})
     return table
 
 
@@ -82,19 +89,35 @@ def detect_signals(settings: dict, *, examples_paths, meta_path, detections_path
 
 
 def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, data_dir, manifest, step: int, out, run_id: str):
-    """Curvature at one checkpoint on a fixed, seeded subset of the training set (the same at every step)."""
+    """Curvature at one checkpoint on a fixed, seeded subset of the training set (the same at every step).
+
+    Update sharpness uses the optimizer's own next update, rebuilt from the checkpoint's
+    optimizer state and lr with the gradient of the whole training set (the update of
+    full-batch training; for minibatch training, its expectation over batches).
+    """
     dev = resolve_device(device)
-    model, _ = checkpoints.load(_checkpoint_path(manifest, step), device=dev)
+    model, state = checkpoints.load(_checkpoint_path(manifest, step), device=dev)
     x, y, _ = data.load_split(data_dir, "train")
+    x, y = x.to(dev), y.to(dev)
     subset = np.sort(np.random.default_rng(settings["seed"]).permutation(len(y))[: settings["subset_size"]])
-    result = curvature.compute_curvature(model, x[subset].to(dev), y[subset].to(dev), loss=loss, k=settings["top_k"],
-                                         lanczos_iters=settings["lanczos_iters"], trace_tol=settings["trace_tol"],
-                                         trace_max_samples=settings["trace_max_samples"], seed=settings["seed"])
-    row = {**result, "lr": optim["lr"], "sharpness_threshold": training.sharpness_threshold(optim)}
+    update = None
+    if settings["update_sharpness"]:
+        update = curvature.optimizer_update(model, state["optimizer_state"], optim, x, y, loss=loss, step=step,
+                                            lr=state["lr"])
+    result = curvature.compute_curvature(
+        model, x[subset], y[subset], loss=loss, k=settings["top_k"], lanczos_iters=settings["lanczos_iters"],
+        trace_tol=settings["trace_tol"], trace_max_samples=settings["trace_max_samples"], seed=settings["seed"],
+        fisher=settings["fisher"], gauss_newton_samples=settings["gauss_newton_samples"],
+        input_sensitivity=settings["input_sensitivity"], update=update, density=settings["density"],
+        density_iters=settings["density_iters"], per_layer=settings["per_layer"])
+    row = {"density_grid": [], "density": [], "layer_sharpness": {}, **result, "lr": optim["lr"],
+           "sharpness_threshold": training.sharpness_threshold(optim)}
     artifacts.write_parquet(pd.DataFrame([row]), out, artifacts.CURVATURE, run_id=run_id,
-                            config={"curvature": settings, "optim": optim, "loss": loss, "step": step})
-    log.info("step %d: sharpness %.4g (2/lr %.4g), trace %.4g ± %.2g, %d HVPs", step, result["sharpness"],
-             row["sharpness_threshold"], result["hessian_trace"], result["hessian_trace_stderr"], result["hvp_count"])
+                            config={"curvature": settings, "optim": optim, "loss": loss, "step": step,
+                                    "subset_ids": subset.tolist()})
+    log.info("step %d: sharpness %.4g (2/lr %.4g), trace %.4g ± %.2g, update sharpness %.4g, %d HVPs", step,
+             result["sharpness"], row["sharpness_threshold"], result["hessian_trace"], result["hessian_trace_stderr"],
+             result["update_sharpness"], result["hvp_count"])
     return row
 
 
@@ -112,6 +135,12 @@ def render_plots(settings: dict, *, metrics_path, summary_path, curvature_paths,
     plots.plot_training(metrics, training_png, title=f"{run_id}: loss and accuracy", dpi=dpi)
     plots.plot_flagged(per_step, flagged_png, title=f"{run_id}: flagged examples", dpi=dpi)
     plots.plot_curvature(read_curvature(curvature_paths), metrics, curvature_png, title=f"{run_id}: curvature", dpi=dpi)
+
+
+def render_density(settings: dict, *, curvature_paths, out, run_id: str) -> None:
+    from gradscope import plots  # matplotlib loads only in the jobs that draw
+
+    plots.plot_density(read_curvature(curvature_paths), out, title=f"{run_id}: Hessian spectral density", dpi=settings["dpi"])
 
 
 def render_animation(settings: dict, *, examples_paths, detections_path, gif_path, frames_dir, run_id: str) -> None:
@@ -137,7 +166,7 @@ def run_headline(*, metrics_path, summary_path, curvature_paths) -> dict:
 def write_run_report(*, run_id: str, config_path, metrics_path, summary_path, curvature_paths, figures: dict, out) -> None:
     """figures: paths of training, flagged, curvature and gif, made relative to the report's folder."""
     folder = Path(out).parent
-    rel = {k: Path(v).relative_to(folder).as_posix() for k, v in figures.items()}
+    rel = {k: Path(v).relative_to(folder).as_posix() for k, v in figures.items() if v}
     head = run_headline(metrics_path=metrics_path, summary_path=summary_path, curvature_paths=curvature_paths)
     text = report.render_run_report(run_id, config_yaml=Path(config_path).read_text(), head=head,
                                     summary=artifacts.read_json(summary_path),

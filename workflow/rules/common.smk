@@ -4,16 +4,28 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from gradscope.config import ConfigError, checkpoint_steps, data_slice, dataset_id, expand_runs, load_config, train_slice
+from gradscope import resources as gs_resources
+from gradscope.config import ConfigError, checkpoint_steps, data_slice, dataset_id, load_runs, train_slice
 
 
 try:
-    CONFIG = load_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+    CONFIG, _runs = load_runs(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
-RUNS = {run.id: run for run in expand_runs(CONFIG)}
+RUNS = {run.id: run for run in _runs}
 EXPERIMENTS = sorted({run.experiment for run in RUNS.values()})
-DATASETS = {dataset_id(run.settings): data_slice(run.settings) for run in RUNS.values()}
+# Everything an input function needs per run is computed once here, not once per job: a
+# sweep of 100 runs with 20 checkpoints each has about 4,600 jobs (bench/bench_dag.py).
+DATASET_OF = {run.id: dataset_id(run.settings) for run in RUNS.values()}
+DATASETS = {DATASET_OF[run.id]: data_slice(run.settings) for run in RUNS.values()}
+STEPS = {run.id: checkpoint_steps(run.settings["train"]) for run in RUNS.values()}
+DATASET_FILES = {
+    run_id: {"train": f"results/data/{d}/train.parquet", "test": f"results/data/{d}/test.parquet", "meta": f"results/data/{d}/meta.json"}
+    for run_id, d in DATASET_OF.items()
+}
+# Cluster submission: the per-checkpoint jobs of one run form one Snakemake group (one
+# cluster job, packed by the profile's group-components); local runs ignore groups.
+CHECKPOINT_GROUP = "checkpoints_{experiment}_{run}" if CONFIG["cluster"]["group_checkpoint_jobs"] else None
 
 
 wildcard_constraints:
@@ -32,12 +44,11 @@ def run_dir(run):
 
 
 def get_dataset_files(wc):
-    folder = f"results/data/{dataset_id(get_run(wc).settings)}"
-    return {"train": f"{folder}/train.parquet", "test": f"{folder}/test.parquet", "meta": f"{folder}/meta.json"}
+    return dict(DATASET_FILES[f"{wc.experiment}/{wc.run}"])
 
 
 def get_steps(run):
-    return checkpoint_steps(run.settings["train"])
+    return STEPS[run.id]
 
 
 def get_examples_files(wc):
@@ -48,6 +59,12 @@ def get_examples_files(wc):
 def get_curvature_files(wc):
     run = get_run(wc)
     return [f"{run_dir(run)}/curvature/step={s}/part-0.parquet" for s in get_steps(run)]
+
+
+def get_density_figure(wc):
+    """The spectral density figure, for runs that compute the density (an optional report input)."""
+    run = get_run(wc)
+    return [f"{run_dir(run)}/figures/density.png"] if run.settings["curvature"]["density"] else []
 
 
 def get_settings(section):
@@ -73,3 +90,43 @@ def get_all_targets():
     targets = [f"results/sweeps/{e}/report.md" for e in EXPERIMENTS]
     targets += [f"{run_dir(r)}/report.md" for r in RUNS.values()]
     return targets
+
+
+# ---- resources: what each job asks a cluster for (gradscope.resources), per rule and run ----
+# Sized from the run's settings, doubled on each retry (`attempt`); a profile's or the command
+# line's --set-resources RULE:mem_mb=... wins over these.
+_ESTIMATES = {}
+
+
+def _estimate(rule_name, wc):
+    if rule_name == "sweep_report":
+        key = (rule_name, wc.experiment)
+        if key not in _ESTIMATES:
+            _ESTIMATES[key] = gs_resources.estimate_sweep([r.settings for r in get_experiment_runs(wc)])
+    elif rule_name == "generate_data":
+        key = (rule_name, wc.dataset)
+        if key not in _ESTIMATES:
+            run_id = next(i for i, d in DATASET_OF.items() if d == wc.dataset)
+            _ESTIMATES[key] = gs_resources.estimate(rule_name, RUNS[run_id].settings)
+    else:
+        key = (rule_name, f"{wc.experiment}/{wc.run}")
+        if key not in _ESTIMATES:
+            _ESTIMATES[key] = gs_resources.estimate(rule_name, RUNS[key[1]].settings)
+    return _ESTIMATES[key]
+
+
+def get_mem_mb(rule_name):
+    return lambda wc, attempt: _estimate(rule_name, wc)["mem_mb"] * attempt
+
+
+def get_runtime(rule_name):
+    return lambda wc, attempt: _estimate(rule_name, wc)["runtime"] * attempt
+
+
+def get_gpu(rule_name):
+    """1 when the run's device is "cuda" (sbatch --gpus=1), else 0 (no GPU request). A plain
+    number when every run has the same device (one function call less per job)."""
+    devices = {run.settings["device"] for run in RUNS.values()}
+    if len(devices) == 1:
+        return int(devices == {"cuda"} and rule_name in gs_resources.TORCH_RULES)
+    return lambda wc: _estimate(rule_name, wc)["gpu"]

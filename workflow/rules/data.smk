@@ -11,7 +11,7 @@ rule generate_data:
         "../../envs/gradscope.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=get_mem_mb("generate_data"),
+        runtime=get_runtime("generate_data"),
     script:
         "../../scripts/generate_data.py"

@@ -11,13 +11,16 @@ rule extract_examples:
     params:
         examples=get_settings("examples"),
         loss=lambda wc: get_run(wc).settings["train"]["loss"],
-        device=lambda wc: get_run(wc).settings["device"],
-        run_id=lambda wc: get_run(wc).id,
+        device=CONFIG["device"],  # one device for every run; a plain value costs no call per job
+        run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
+    group:
+        CHECKPOINT_GROUP
     conda:
         "../../envs/gradscope.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=get_mem_mb("extract_examples"),
+        runtime=get_runtime("extract_examples"),
+        gpu=get_gpu("extract_examples"),
     script:
         "../../scripts/extract_examples.py"

@@ -31,8 +31,8 @@ rule plots:
         "../../envs/gradscope.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=get_mem_mb("plots"),
+        runtime=get_runtime("plots"),
     script:
         "../../scripts/plots.py"
 
@@ -58,7 +58,32 @@ rule animate:
         "../../envs/gradscope.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=15,
+        mem_mb=get_mem_mb("animate"),
+        runtime=get_runtime("animate"),
     script:
         "../../scripts/animate.py"
+
+
+rule plot_density:
+    input:
+        curvature=get_curvature_files,
+    output:
+        report(
+            "results/runs/{experiment}/{run}/figures/density.png",
+            caption="../report/density.rst",
+            category="{experiment}",
+            subcategory="{run}",
+        ),
+    log:
+        "logs/plot_density/{experiment}/{run}.log",
+    params:
+        plots=get_settings("plots"),
+        run_id=lambda wc: get_run(wc).id,
+    conda:
+        "../../envs/gradscope.yaml"
+    threads: 1
+    resources:
+        mem_mb=get_mem_mb("plots"),
+        runtime=get_runtime("plots"),
+    script:
+        "../../scripts/plot_density.py"

@@ -8,6 +8,7 @@ rule report:
         flagged="results/runs/{experiment}/{run}/figures/flagged.png",
         curvature_png="results/runs/{experiment}/{run}/figures/curvature.png",
         gif="results/runs/{experiment}/{run}/figures/gradient_pca.gif",
+        density=get_density_figure,
     output:
         "results/runs/{experiment}/{run}/report.md",
     log:
@@ -18,8 +19,8 @@ rule report:
         "../../envs/gradscope.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=get_mem_mb("report"),
+        runtime=get_runtime("report"),
     script:
         "../../scripts/report.py"
 
@@ -45,7 +46,7 @@ rule sweep_report:
         "../../envs/gradscope.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=get_mem_mb("sweep_report"),
+        runtime=get_runtime("sweep_report"),
     script:
         "../../scripts/sweep_report.py"

@@ -15,7 +15,7 @@ rule detect_signals:
         "../../envs/gradscope.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=15,
+        mem_mb=get_mem_mb("detect_signals"),
+        runtime=get_runtime("detect_signals"),
     script:
         "../../scripts/detect_signals.py"

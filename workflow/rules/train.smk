@@ -8,6 +8,10 @@ rule resolve_config:
     localrule: True
     conda:
         "../../envs/gradscope.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
     script:
         "../../scripts/resolve_config.py"
 
@@ -30,7 +34,8 @@ rule train:
         "../../envs/gradscope.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=60,
+        mem_mb=get_mem_mb("train"),
+        runtime=get_runtime("train"),
+        gpu=get_gpu("train"),
     script:
         "../../scripts/train.py"

@@ -1,0 +1,140 @@
+"""What each rule's job asks a cluster for, estimated from a run's settings.
+
+Snakemake passes these to the scheduler (`mem_mb` -> sbatch --mem, `runtime` in minutes -> -t,
+`gpu` -> --gpus). The estimates only need to be safe and to grow with the work: a bigger
+model, more data, more steps or checkpoints ask for more. They are deliberately generous
+(a queue wait costs less than a job killed at its limit), they double on each retry
+(Snakemake's `attempt`), and any of them can be overridden per rule from a profile or the
+command line (`--set-resources train:mem_mb=8000`), which wins over these.
+
+Memory is a fixed base (Python with torch, numpy, pandas and pyarrow imported: about 350 MB
+resident, measured on the tiny test config) plus the large tensors of the job; time is a
+fixed start-up allowance plus the job's floating-point work at a conservative rate. A job asks
+for a GPU only when the run's `device` is "cuda"; "auto" asks for none (on a cluster, set
+`device: cuda` to get GPU nodes; "auto" still uses a GPU if the node it lands on has one).
+"""
+
+from __future__ import annotations
+
+import math
+
+BASE_MB = 800  # interpreter, torch, numpy, pandas, pyarrow: ~350 MB resident, with headroom
+MIN_RUNTIME = 10  # minutes: start-up, imports, reading and writing Parquet
+# Deliberately low rates (small models keep both far from their peaks): 5 GFLOP/s on CPU
+# cores, 50 GFLOP/s on a GPU.
+FLOPS_PER_MINUTE = {"cpu": 300e9, "cuda": 3000e9}
+SAFETY = 2.0  # on every estimate
+TORCH_RULES = ("train", "extract_examples", "curvature")  # the rules that put work on the device
+
+
+def data_size(settings: dict) -> dict:
+    """Examples in each split, the input width the model sees, and the classes."""
+    data = settings["data"]
+    gen = data["generator"]
+    g = data.get(gen, {})
+    if gen == "modular":
+        p = int(g.get("p", 47))
+        n = p * (p - 1) if g.get("op") == "div" else p * p
+        n_train = int(round(float(g.get("train_fraction", 0.4)) * n))
+        return {"n_train": n_train, "n_test": n - n_train, "tokens": 2, "vocab": p, "features": 0, "classes": p}
+    return {"n_train": int(g.get("n_train", 2000)), "n_test": int(g.get("n_test", 1000)), "tokens": 0, "vocab": 0,
+            "features": int(g.get("n_features", 20)), "classes": int(g.get("n_classes", 2))}
+
+
+def model_size(settings: dict) -> tuple[int, int]:
+    """(parameters, activations per example): counted from the model settings, without building it."""
+    m, d = settings.get("model", {}), data_size(settings)
+    kind = m.get("kind", "mlp")
+    if kind == "transformer":
+        dm, heads, dh = int(m.get("d_model", 128)), int(m.get("n_heads", 4)), int(m.get("d_head", 32))
+        dmlp, layers, seq = int(m.get("d_mlp", 512)), int(m.get("n_layers", 1)), d["tokens"] + 1
+        params = (d["vocab"] + 1 + seq) * dm + layers * (4 * dm * heads * dh + 2 * dm * dmlp + dmlp + dm) + dm * d["classes"]
+        acts = layers * seq * (4 * dm + 3 * heads * dh + heads * seq + dmlp)
+        return params, acts
+    if kind == "cnn":
+        channels = [int(c) for c in m.get("channels", [16, 32])]
+        side, prev, params, acts = max(1, math.isqrt(max(d["features"], 1))), 1, 0, 0
+        for ch in channels:
+            params += 9 * prev * ch + ch
+            acts += 2 * ch * side * side
+            prev, side = ch, max(1, side // 2)
+        return params + prev * side * side * d["classes"] + d["classes"], acts
+    # mlp (and the fallback for any other kind): input encoding, hidden layers, output layer
+    depth, width = int(m.get("depth", 2)), int(m.get("width", 128))
+    if d["tokens"] and m.get("input_encoding", "onehot") == "embedding":
+        embed = int(m.get("embed_dim", 32))
+        params, fan_in = d["vocab"] * embed, d["tokens"] * embed
+    else:
+        params, fan_in = 0, d["tokens"] * d["vocab"] if d["tokens"] else d["features"]
+    acts = fan_in
+    for _ in range(depth):
+        params += fan_in * width + width
+        acts += 2 * width
+        fan_in = width
+    return params + fan_in * d["classes"] + d["classes"], acts + d["classes"]
+
+
+def n_checkpoints(settings: dict) -> int:
+    from gradscope.config import checkpoint_steps
+
+    return len(checkpoint_steps(settings["train"]))
+
+
+def _mb(n_bytes: float) -> float:
+    return n_bytes / 1e6
+
+
+def _round_mb(mb: float) -> int:
+    return int(math.ceil((BASE_MB + SAFETY * mb) / 500.0) * 500)
+
+
+def _round_min(flops: float, device: str = "cpu") -> int:
+    return int(math.ceil((MIN_RUNTIME + SAFETY * flops / FLOPS_PER_MINUTE[device]) / 5.0) * 5)
+
+
+def estimate(rule: str, settings: dict) -> dict:
+    """{"mem_mb", "runtime", "gpu"} of one rule's job for one run, before retries."""
+    d = data_size(settings)
+    n = d["n_train"] + d["n_test"]
+    width_in = d["tokens"] or d["features"]
+    params, acts = model_size(settings)
+    train, ex, curv = settings["train"], settings.get("examples", {}), settings.get("curvature", {})
+    steps = int(train["steps"])
+    batch = int(train.get("batch_size") or d["n_train"])
+    ckpts = n_checkpoints(settings)
+    proj_dim = int(ex.get("proj_dim", 32))
+    data_bytes = 8 * n * (width_in + 4)
+    mem, flops = 0.0, 0.0
+    if rule == "generate_data":
+        mem = _mb(4 * data_bytes)
+        flops = 100.0 * n * max(width_in, 1)
+    elif rule == "train":
+        # weights, gradient, two optimizer moments, the resume checkpoint and its copy; activations of a batch
+        mem = _mb(4 * params * 6 + 4 * 3 * acts * batch + data_bytes)
+        evals = steps / max(int(train.get("log_every", 10)), 1)
+        flops = 6.0 * params * batch * steps + 2.0 * params * n * evals
+    elif rule == "extract_examples":
+        chunk = int(ex.get("batch_size", 256))
+        # one chunk of per-example gradients (and their projections), activations, the whole table
+        mem = _mb(4 * 3 * params * chunk + 4 * 3 * acts * chunk + n * (4 * proj_dim + 100) + data_bytes)
+        flops = n * (8.0 * params + 4.0 * params * proj_dim / max(math.sqrt(params), 1.0))
+    elif rule == "curvature":
+        subset = min(int(curv.get("subset_size", 512)), d["n_train"])
+        hvps = int(curv.get("lanczos_iters", 20)) + int(curv.get("trace_max_samples", 50))
+        # Lanczos basis (float64), a double-backward graph over the subset
+        mem = _mb(8 * params * (int(curv.get("lanczos_iters", 20)) + 4) + 4 * 6 * acts * subset + 4 * 4 * params + data_bytes)
+        flops = 12.0 * params * subset * hvps
+    elif rule in ("detect_signals", "animate"):
+        mem = _mb(4 * n * ckpts * (4 * proj_dim + 100))
+        flops = 50.0 * n * ckpts * proj_dim
+    elif rule in ("plots", "report"):
+        mem = _mb(100 * ckpts * 1000)
+    gpu = settings.get("device", "auto") == "cuda" and rule in TORCH_RULES
+    return {"mem_mb": _round_mb(mem), "runtime": _round_min(flops, "cuda" if gpu else "cpu"), "gpu": int(gpu)}
+
+
+def estimate_sweep(runs_settings: list[dict]) -> dict:
+    """The sweep report of an experiment reads every run's metrics and curvature tables."""
+    total = sum(n_checkpoints(s) + int(s["train"]["steps"]) // max(int(s["train"].get("log_every", 10)), 1)
+                for s in runs_settings)
+    return {"mem_mb": _round_mb(_mb(200 * total)), "runtime": _round_min(1e4 * total), "gpu": 0}
