@@ -93,7 +93,8 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
 
     Update sharpness uses the optimizer's own next update, rebuilt from the checkpoint's
     optimizer state and lr with the gradient of the whole training set (the update of
-    full-batch training; for minibatch training, its expectation over batches).
+    full-batch training; for minibatch SGD, its expectation over batches; for Adam-family
+    optimizers, the update the full-batch gradient would give).
     """
     dev = resolve_device(device)
     model, state = checkpoints.load(_checkpoint_path(manifest, step), device=dev)
