@@ -73,6 +73,23 @@ def test_attention_is_causal():
     assert not torch.allclose(r[:, 2], r_b[:, 2])
 
 
+@pytest.mark.parametrize("n_layers,layer_norm", [(1, False), (2, True)])
+def test_last_position_forward_matches_full_stream(n_layers, layer_norm):
+    """forward() runs the last block at the "=" position only: same logits and gradients as
+    reading the last position of the full residual stream."""
+    torch.manual_seed(1)
+    model = build_model({**SMALL, "n_layers": n_layers, "layer_norm": layer_norm}, TOKENS).double()
+    x = torch.randint(0, P, (9, 2))
+    y = torch.randint(0, P, (9,))
+    fast = model(x)
+    full = model.unembed(model.ln_final(model.residual(x)[:, -1]))
+    torch.testing.assert_close(fast, full, rtol=1e-12, atol=1e-12)
+    g_fast = torch.autograd.grad(torch.nn.functional.cross_entropy(fast, y), list(model.parameters()))
+    g_full = torch.autograd.grad(torch.nn.functional.cross_entropy(full, y), list(model.parameters()))
+    for a, b in zip(g_fast, g_full):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("layer_norm", [False, True])
 def test_layer_norm_switch(layer_norm):
     torch.manual_seed(0)

@@ -45,9 +45,11 @@ layer: the weight-gradient product of a backward), the dots with it (one forward
 matmul per layer) and the projection (2 b T k (in + out) flops per layer), i.e. about 1.5
 plain batched backwards plus the projection. With n > batch_size and no `mean_grad`, a first
 pass computes the mean gradient (a plain batched backward per chunk), then the statistics
-pass: about 2.5 backward passes. Measured (bench/bench_examples.py) on 2 CPU cores at batch
-1024: about 2x a batched backward at proj_dim 32 for the 784-256-256-1 MLP and the p = 113
-transformer; at proj_dim 512 the projection alone costs more than the backward (about 4x).
+pass: about 2.5 backward passes. Measured (bench/bench_examples.py, batch 1024, one CPU
+thread on a busy 2-core machine): 2.0-2.3x a batched backward at proj_dim 32 for the
+784-256-256-1 MLP and 1.7-1.9x for the p = 113 transformer, against 26-340x for vmap(grad),
+Opacus and BackPACK doing the same work; at proj_dim 512 the MLP's projection alone costs
+more than its backward (4-4.8x in all).
 Memory is that of one chunk: the captured inputs and output-gradients (the activations a
 backward keeps anyway) plus, for fallback parameters, their (chunk, numel) gradients,
 whatever the dataset size; their peak size is logged (INFO) at the end of each call.

@@ -111,14 +111,18 @@ class Attention(nn.Module):
         b, s, _ = t.shape
         return t.reshape(b, s, self.n_heads, self.d_head).transpose(1, 2)  # (b, heads, s, d_head)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """(b, s, d_model) -> (b, s, d_model); with last_only, only the last position's output
+        (b, 1, d_model): its query attends to every position, so no mask is needed."""
         b, s, _ = x.shape
-        q, k, v = self._heads(self.W_Q(x)), self._heads(self.W_K(x)), self._heads(self.W_V(x))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)  # (b, heads, s, s)
-        causal = torch.ones(s, s, dtype=torch.bool, device=x.device).tril()
-        scores = scores.masked_fill(~causal, float("-inf"))
-        z = scores.softmax(dim=-1) @ v  # (b, heads, s, d_head)
-        return self.W_O(z.transpose(1, 2).reshape(b, s, self.n_heads * self.d_head))
+        q = self._heads(self.W_Q(x[:, -1:] if last_only else x))
+        k, v = self._heads(self.W_K(x)), self._heads(self.W_V(x))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)  # (b, heads, s_q, s)
+        if not last_only:
+            causal = torch.ones(s, s, dtype=torch.bool, device=x.device).tril()
+            scores = scores.masked_fill(~causal, float("-inf"))
+        z = scores.softmax(dim=-1) @ v  # (b, heads, s_q, d_head)
+        return self.W_O(z.transpose(1, 2).reshape(b, q.shape[2], self.n_heads * self.d_head))
 
 
 class Block(nn.Module):
@@ -131,8 +135,9 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
         self.mlp = nn.Sequential(nn.Linear(d_model, d_mlp), nn.ReLU(), nn.Linear(d_mlp, d_model))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """With last_only, the block's output at the last position only, (b, 1, d_model)."""
+        x = (x[:, -1:] if last_only else x) + self.attn(self.ln1(x), last_only=last_only)
         return x + self.mlp(self.ln2(x))
 
 
@@ -171,19 +176,23 @@ class Transformer(nn.Module):
         self.ln_final = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
         self.unembed = nn.Linear(d_model, spec.n_classes, bias=False)
 
-    def residual(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Final residual stream (batch, n + 1, d_model) of the sequences [tokens..., =]."""
+    def residual(self, tokens: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Final residual stream (batch, n + 1, d_model) of the sequences [tokens..., =].
+
+        With last_only, (batch, 1, d_model) at the "=" position: the last block computes its
+        query and MLP there only (the read-out needs nothing else), the same numbers for about
+        a third of that block's work; earlier blocks still run on every position."""
         if tokens.shape[-1] != self.n_tokens:
             raise ValueError(f"expected {self.n_tokens} tokens per example, got shape {tuple(tokens.shape)}")
         # full_like (not torch.full) so the "=" column follows tokens under torch.func.vmap.
         seq = torch.cat([tokens, torch.full_like(tokens[:, :1], self.eq_token)], dim=1)  # (b, n + 1)
         x = self.embed(seq) + self.pos_embed(torch.arange(seq.shape[1], device=seq.device))
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, last_only=last_only and i == len(self.blocks) - 1)
         return x
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.unembed(self.ln_final(self.residual(tokens)[:, -1]))  # (b, n_classes)
+        return self.unembed(self.ln_final(self.residual(tokens, last_only=True)[:, -1]))  # (b, n_classes)
 
 
 MODEL_KINDS = ("mlp", "transformer", "cnn")

@@ -67,9 +67,18 @@ def get_density_figure(wc):
     return [f"{run_dir(run)}/figures/density.png"] if run.settings["curvature"]["density"] else []
 
 
-def get_settings(section):
-    """A params function giving one section of the run's settings (what a rule depends on)."""
-    return lambda wc: get_run(wc).settings[section]
+def get_settings(section, key=None):
+    """A params value: one section of the run's settings, or one key of it (what a rule depends on).
+
+    Where every run has the same value (same repr, which is what Snakemake compares), it is
+    that value rather than a function: a sweep over optimizer settings has thousands of
+    per-checkpoint jobs with the same examples and curvature settings, and a plain value
+    costs Snakemake no function call per job."""
+    pick = (lambda s: s[section]) if key is None else (lambda s: s[section][key])
+    values = [pick(run.settings) for run in RUNS.values()]
+    if len({repr(v) for v in values}) == 1:
+        return values[0]
+    return lambda wc: pick(get_run(wc).settings)
 
 
 def get_experiment_runs(wc):

@@ -10,7 +10,7 @@ rule extract_examples:
         "benchmarks/extract_examples/{experiment}/{run}/step={step}.tsv"
     params:
         examples=get_settings("examples"),
-        loss=lambda wc: get_run(wc).settings["train"]["loss"],
+        loss=get_settings("train", "loss"),
         device=CONFIG["device"],  # one device for every run; a plain value costs no call per job
         run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     group:
