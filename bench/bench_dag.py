@@ -31,6 +31,9 @@ BARE = r'''
 RUNS = {runs!r}
 STEPS = {steps!r}
 DATASET = "planted_flips-0123456789"
+SIGNALS = ["detections.parquet", "evaluation.parquet", "groups.parquet", "group_pairs.parquet", "group_losses.parquet",
+           "loss_changes.parquet", "per_example.parquet", "summary.json"]
+SIGNAL_FIGURES = ["group_losses", "loss_changes", "cartography"]
 
 wildcard_constraints:
     experiment="[A-Za-z0-9_-]+",
@@ -82,8 +85,18 @@ rule detect_signals:
     input:
         lambda wc: expand("results/runs/{{e}}/{{r}}/examples/step={{s}}/part-0.parquet", e=wc.experiment, r=wc.run, s=STEPS),
         "results/data/" + DATASET + "/meta.json",
-    output: "results/runs/{{experiment}}/{{run}}/signals/detections.parquet", "results/runs/{{experiment}}/{{run}}/signals/groups.parquet", "results/runs/{{experiment}}/{{run}}/signals/summary.json"
+        "results/runs/{{experiment}}/{{run}}/train/metrics.parquet",
+    output: expand("results/runs/{{{{experiment}}}}/{{{{run}}}}/signals/{{f}}", f=SIGNALS)
     log: "logs/detect_signals/{{experiment}}/{{run}}.log"
+    shell: "touch {{output}} {{log}}"
+
+rule plot_signals:
+    input:
+        "results/runs/{{experiment}}/{{run}}/train/metrics.parquet",
+        "results/data/" + DATASET + "/meta.json",
+        expand("results/runs/{{{{experiment}}}}/{{{{run}}}}/signals/{{f}}", f=SIGNALS[2:7]),
+    output: expand("results/runs/{{{{experiment}}}}/{{{{run}}}}/figures/{{f}}.png", f=SIGNAL_FIGURES)
+    log: "logs/plot_signals/{{experiment}}/{{run}}.log"
     shell: "touch {{output}} {{log}}"
 
 rule plots:
@@ -113,6 +126,7 @@ rule report:
         "results/runs/{{experiment}}/{{run}}/figures/flagged.png",
         "results/runs/{{experiment}}/{{run}}/figures/curvature.png",
         "results/runs/{{experiment}}/{{run}}/figures/gradient_pca.gif",
+        expand("results/runs/{{{{experiment}}}}/{{{{run}}}}/figures/{{f}}.png", f=SIGNAL_FIGURES),
     output: "results/runs/{{experiment}}/{{run}}/report.md"
     log: "logs/report/{{experiment}}/{{run}}.log"
     shell: "touch {{output}} {{log}}"
@@ -123,7 +137,7 @@ rule sweep_report:
         expand("results/runs/bench/{{r}}/train/metrics.parquet", r=RUNS),
         expand("results/runs/bench/{{r}}/signals/summary.json", r=RUNS),
         expand("results/runs/bench/{{r}}/curvature/step={{s}}/part-0.parquet", r=RUNS, s=STEPS),
-    output: "results/sweeps/{{experiment}}/runs.parquet", "results/sweeps/{{experiment}}/comparison.png", "results/sweeps/{{experiment}}/report.md"
+    output: "results/sweeps/{{experiment}}/runs.parquet", "results/sweeps/{{experiment}}/detectors.parquet", "results/sweeps/{{experiment}}/comparison.png", "results/sweeps/{{experiment}}/report.md"
     log: "logs/sweep_report/{{experiment}}.log"
     shell: "touch {{output}} {{log}}"
 '''

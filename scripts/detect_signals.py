@@ -4,5 +4,5 @@ from gradscope.pipeline import detect_signals
 
 with log_to(snakemake.log[0]):
     detect_signals(snakemake.params.signals, examples_paths=snakemake.input.examples, meta_path=snakemake.input.meta,
-                   detections_path=snakemake.output.detections, groups_path=snakemake.output.groups,
-                   summary_path=snakemake.output.summary, run_id=snakemake.params.run_id)
+                   metrics_path=snakemake.input.metrics, out=dict(snakemake.output.items()),
+                   run_id=snakemake.params.run_id)

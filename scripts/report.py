@@ -7,4 +7,5 @@ with log_to(snakemake.log[0]):
     write_run_report(run_id=snakemake.params.run_id, config_path=i.config, metrics_path=i.metrics,
                      summary_path=i.summary, curvature_paths=i.curvature, out=snakemake.output[0],
                      figures={"training": i.training, "flagged": i.flagged, "curvature": i.curvature_png, "gif": i.gif,
+                              "group_losses": i.group_losses, "loss_changes": i.loss_changes, "cartography": i.cartography,
                               "density": i.density[0] if i.density else None})

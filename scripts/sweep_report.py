@@ -6,4 +6,5 @@ with log_to(snakemake.log[0]):
     write_sweep_report(snakemake.wildcards.experiment, snakemake.params.runs, metrics_paths=snakemake.input.metrics,
                        summary_paths=snakemake.input.summaries, curvature_paths=snakemake.input.curvature,
                        plots_settings=snakemake.params.plots, runs_path=snakemake.output.runs,
+                       detectors_path=snakemake.output.detectors,
                        comparison_png=snakemake.output.comparison, report_path=snakemake.output.report)

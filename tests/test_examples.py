@@ -147,7 +147,7 @@ def tokens(gen, n, length, vocab):
 def loop_reference(model, x, y, loss):
     """One forward/backward per example on a copy of the model."""
     model = copy.deepcopy(model)
-    rows = {k: [] for k in ("loss", "pred", "margin", "p_true", "correct")}
+    rows = {k: [] for k in ("loss", "pred", "margin", "p_true", "el2n", "correct")}
     grads = []
     for i in range(len(x)):
         model.zero_grad(set_to_none=True)
@@ -161,6 +161,8 @@ def loop_reference(model, x, y, loss):
         rows["pred"].append(int(z.argmax()))
         rows["margin"].append(z[t].item() - max(z[j].item() for j in range(len(z)) if j != t))
         rows["p_true"].append((z[t].exp() / z.exp().sum()).item())
+        out = [(z[j].exp() / z.exp().sum()).item() if loss == "cross_entropy" else z[j].item() for j in range(len(z))]
+        rows["el2n"].append(math.sqrt(sum((o - (j == t)) ** 2 for j, o in enumerate(out))))
         rows["correct"].append(rows["pred"][-1] == t)
     ref = {k: np.array(v) for k, v in rows.items()}
     return ref, torch.stack(grads)  # (n, n_params)
@@ -194,7 +196,7 @@ def documented_projection(model, proj_dim, seed):
 
 def check(stats, ref, grads, mean, dtype):
     tol = TOL[dtype]
-    for key in ("loss", "margin", "p_true"):
+    for key in ("loss", "margin", "p_true", "el2n"):
         torch.testing.assert_close(torch.from_numpy(stats[key]), torch.tensor(ref[key], dtype=dtype), **tol, msg=key)
     np.testing.assert_array_equal(stats["pred"], ref["pred"])
     np.testing.assert_array_equal(stats["correct"], ref["correct"])

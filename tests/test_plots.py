@@ -46,6 +46,7 @@ def per_step_table(with_auroc=True):
             row = {"detector": det, "step": step, "n_flagged": step % 7 + (3 if det == "cos_rule" else 5)}
             if with_auroc:
                 row["auroc"] = np.nan if step == 0 else 0.5 + step / 4000
+                row["average_precision"] = np.nan if step == 0 else 0.1 + step / 2000
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -72,11 +73,53 @@ def test_plot_training(tmp_path):
 def test_plot_flagged(tmp_path, variant):
     table = per_step_table(with_auroc=variant != "no_column")
     if variant == "all_nan":
-        table["auroc"] = np.nan
+        table["auroc"] = table["average_precision"] = np.nan
     path = tmp_path / "flagged.png"
     plots.plot_flagged(table, path, title="flagged", dpi=DPI)
     # the AUROC panel (and the wider figure) only where there is ground truth
     check_png(path, plots.FLAGGED_FIGSIZE if variant == "auroc" else plots.FLAGGED_FIGSIZE_ONE)
+
+
+def signal_tables():
+    from test_signals import planted_pair_trajectories
+
+    from gradscope import opposing, scoring, signals
+
+    tr = planted_pair_trajectories()
+    groups, pairs, losses = opposing.find_groups(tr, top_k=20, n_groups=3, seed=0)
+    planted = {"A": list(range(10)), "B": list(range(10, 20))}
+    composition = scoring.group_composition(groups, list(range(20)), planted)
+    metrics = pd.DataFrame({"step": tr.steps, "train_loss": tr.values["loss"].mean(1)})
+    return tr, groups, pairs, losses, composition, metrics, signals.per_example(tr, list(range(20)), planted)
+
+
+def test_signal_figures(tmp_path):
+    from gradscope import opposing, signal_plots
+
+    tr, groups, pairs, losses, composition, metrics, per_example = signal_tables()
+    path = tmp_path / "group_losses.png"
+    signal_plots.plot_group_losses(losses, pairs, composition, metrics, path, title="groups", dpi=DPI)
+    check_png(path, signal_plots.GROUP_LOSSES_FIGSIZE)
+    path = tmp_path / "loss_changes.png"
+    signal_plots.plot_loss_changes(opposing.loss_changes(tr), list(range(20)), path, title="changes", dpi=DPI)
+    check_png(path, signal_plots.LOSS_CHANGES_FIGSIZE)
+    path = tmp_path / "cartography.png"
+    signal_plots.plot_cartography(per_example, path, title="cartography", dpi=DPI)
+    check_png(path, signal_plots.CARTOGRAPHY_FIGSIZE)
+    # no opposing pair: the figure says so rather than failing
+    path = tmp_path / "none.png"
+    signal_plots.plot_group_losses(losses, pairs.assign(opposing=False), composition, metrics, path, title="g", dpi=DPI)
+    check_png(path, signal_plots.GROUP_LOSSES_FIGSIZE)
+
+
+def test_strongest_pairs_one_per_interval_most_negative_first():
+    from gradscope.signal_plots import strongest_pairs
+
+    pairs = pd.DataFrame({"step_from": [0, 0, 10, 20, 30], "step_to": [10, 10, 20, 30, 40], "group_a": 0,
+                          "group_b": [1, 2, 1, 1, 1], "cosine": [-0.2, -0.9, -0.5, 0.3, -0.1],
+                          "opposing": [True, True, True, False, True]})
+    chosen = strongest_pairs(pairs, n=2)
+    assert chosen[["step_to", "group_b"]].values.tolist() == [[10, 2], [20, 1]]
 
 
 @pytest.mark.parametrize("threshold", [60.0, 2000.0])  # near the edge (linear) and far below it (log)

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from test_workflow import TINY, copy_workflow, planned
+from test_workflow import SIGNALS_FILES, TINY, copy_workflow, planned
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED = os.environ.get("GRADSCOPE_REQUIRE_SLURM") == "1"
@@ -171,13 +171,13 @@ def test_tiny_config_runs_on_slurm(cluster, runs):
     for run in ("flips/seed~0", "mod/wd~0.0_seed~0", "mod/wd~1.0_seed~0"):
         steps = (0, 15, 30) if run.startswith("flips") else (0, 10, 20)
         for rel in ["config.yaml", "train/metrics.parquet", "train/manifest.json", "signals/detections.parquet",
-                    "signals/groups.parquet", "signals/summary.json", "figures/training.png", "figures/flagged.png",
+                    "signals/groups.parquet", "signals/summary.json", *SIGNALS_FILES, "figures/training.png", "figures/flagged.png",
                     "figures/curvature.png", "figures/gradient_pca.gif", "report.md",
                     *(f"examples/step={s}/part-0.parquet" for s in steps),
                     *(f"curvature/step={s}/part-0.parquet" for s in steps)]:
             assert (cwd / "results/runs" / run / rel).is_file(), f"{run}/{rel}"
     for exp in ("flips", "mod"):
-        for rel in ("runs.parquet", "report.md", "comparison.png"):
+        for rel in ("runs.parquet", "detectors.parquet", "report.md", "comparison.png"):
             assert (cwd / "results/sweeps" / exp / rel).is_file(), f"{exp}/{rel}"
     assert planned(cwd) == {}  # nothing left to do
 

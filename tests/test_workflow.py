@@ -15,6 +15,9 @@ from gradscope import artifacts
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
+SIGNALS_FILES = [f"signals/{name}.parquet" for name in ("evaluation", "group_pairs", "group_losses", "loss_changes",
+                                                       "per_example")]
+SIGNALS_FILES += [f"figures/{name}.png" for name in ("group_losses", "loss_changes", "cartography")]
 
 
 def snakemake(cwd, *args, check=True):
@@ -71,11 +74,11 @@ def test_every_stage_writes_its_artifacts(done):
     run = done / "results" / "runs" / "flips" / "seed~0"
     for rel in ["config.yaml", "train/metrics.parquet", "train/manifest.json", "train/checkpoints/step_00000015.pt",
                 "examples/step=15/part-0.parquet", "curvature/step=30/part-0.parquet", "signals/detections.parquet",
-                "signals/groups.parquet", "signals/summary.json", "figures/training.png", "figures/flagged.png",
+                "signals/groups.parquet", "signals/summary.json", *SIGNALS_FILES, "figures/training.png", "figures/flagged.png",
                 "figures/curvature.png", "figures/gradient_pca.gif", "figures/pca_frames/step_00000030.png", "report.md"]:
         assert (run / rel).is_file(), rel
     for exp in ("flips", "mod"):
-        for rel in ("runs.parquet", "report.md", "comparison.png"):
+        for rel in ("runs.parquet", "detectors.parquet", "report.md", "comparison.png"):
             assert (done / "results" / "sweeps" / exp / rel).is_file()
     assert not list(done.glob("results/**/*.tmp"))  # atomic writes leave no temporaries
 
@@ -105,10 +108,31 @@ def test_artifacts_read_back_with_pandas_and_duckdb(done):
 def test_reports_hold_config_figures_and_detection_quality(done):
     text = (done / "results/runs/flips/seed~0/report.md").read_text()
     for needle in ["# Run `flips/seed~0`", "figures/training.png", "figures/gradient_pca.gif", "auroc",
-                   "opposition_auroc", "```yaml", "flip_fraction: 0.1"]:
+                   "opposition_auroc", "```yaml", "flip_fraction: 0.1", "average_precision", "### Opposing groups",
+                   "figures/group_losses.png", "figures/cartography.png", "### Generalization events"]:
         assert needle in text, needle
     sweep = (done / "results/sweeps/mod/report.md").read_text()
     assert "wd~0.0_seed~0" in sweep and "wd~1.0_seed~0" in sweep and "comparison.png" in sweep
+    assert "## Detectors compared" in (done / "results/sweeps/flips/report.md").read_text()
+
+
+def test_signals_artifacts_read_back_across_runs(done):
+    os.chdir(done)
+    # one query over every run's evaluation table: the planted flips are scored, the modular runs have no truth
+    ev = duckdb.sql("select filename like '%flips%' as flips, detector, count(*) as n, count(auroc) as scored "
+                    "from read_parquet('results/runs/*/*/signals/evaluation.parquet', filename=true) "
+                    "group by all order by all").df()
+    assert (ev.loc[ev.flips, "scored"] == ev.loc[ev.flips, "n"]).all() and (ev.loc[~ev.flips, "scored"] == 0).all()
+    assert set(ev["detector"]) >= {"cos_rule", "opposing_groups", "cartography", "forgetting", "el2n", "grand", "aum",
+                                   "tracin", "loss_increasing", "loss_volatile", "high_loss"}
+    det = pd.read_parquet("results/runs/flips/seed~0/signals/detections.parquet")
+    assert len(det[det.detector == "cos_rule"]) == 120 * 3  # every training example at every checkpoint
+    per_example = pd.read_parquet("results/runs/flips/seed~0/signals/per_example.parquet")
+    assert len(per_example) == 120 and per_example["planted"].sum() == 12
+    groups = pd.read_parquet("results/runs/flips/seed~0/signals/groups.parquet")
+    assert groups.groupby("step_to").size().tolist() == [5, 5]  # top_k 5 at each of the two intervals
+    detectors = pd.read_parquet("results/sweeps/flips/detectors.parquet")
+    assert {"detector", "auroc", "best_auroc", "run_id"} <= set(detectors.columns)
     log = (done / "logs/train/flips/seed~0.log").read_text()
     assert "resolved training config" in log and "flip_fraction: 0.1" in log and "steps/s" in log
 
@@ -131,7 +155,7 @@ def test_snakemake_html_report(done):
 def test_plot_setting_plans_only_plots_and_reports(done):
     counts = planned(done, "--config", "experiments={'flips': {'plots': {'dpi': 61}}}")
     assert counts  # sanity: the override is seen
-    assert set(counts) <= {"plots", "animate", "report", "sweep_report", "resolve_config", "all"}, counts
+    assert set(counts) <= {"plots", "plot_signals", "animate", "report", "sweep_report", "resolve_config", "all"}, counts
 
 
 def with_config(done, tmp_path, change):

@@ -64,6 +64,7 @@ EXAMPLES = {
     "pred": pa.int64(),
     "margin": pa.float64(),
     "p_true": pa.float64(),
+    "el2n": pa.float64(),
     "correct": pa.bool_(),
     "grad_norm": pa.float64(),
     "grad_dot_mean": pa.float64(),
@@ -79,12 +80,68 @@ DETECTIONS = {
     "flagged": pa.bool_(),
 }
 
+EVALUATION = {
+    "detector": pa.string(),
+    "step": pa.int64(),
+    "n_flagged": pa.int64(),
+    "auroc": pa.float64(),
+    "average_precision": pa.float64(),
+    "precision_at_k": pa.float64(),
+    "recall_at_k": pa.float64(),
+    "precision": pa.float64(),
+    "recall": pa.float64(),
+}
+
 GROUPS = {
     "step_from": pa.int64(),
     "step_to": pa.int64(),
-    "group": pa.string(),
+    "group": pa.int64(),
     "example_id": pa.int64(),
     "delta_loss": pa.float64(),
+}
+
+GROUP_PAIRS = {
+    "step_from": pa.int64(),
+    "step_to": pa.int64(),
+    "group_a": pa.int64(),
+    "group_b": pa.int64(),
+    "size_a": pa.int64(),
+    "size_b": pa.int64(),
+    "mean_delta_a": pa.float64(),
+    "mean_delta_b": pa.float64(),
+    "cosine": pa.float64(),
+    "opposing": pa.bool_(),
+}
+
+GROUP_LOSSES = {
+    "step_from": pa.int64(),
+    "step_to": pa.int64(),
+    "group": pa.int64(),
+    "step": pa.int64(),
+    "mean_loss": pa.float64(),
+}
+
+LOSS_CHANGES = {
+    "step_from": pa.int64(),
+    "step_to": pa.int64(),
+    "example_id": pa.int64(),
+    "delta_loss": pa.float64(),
+}
+
+PER_EXAMPLE = {
+    "example_id": pa.int64(),
+    "confidence": pa.float64(),
+    "variability": pa.float64(),
+    "correctness": pa.float64(),
+    "forgetting_events": pa.int64(),
+    "never_learned": pa.bool_(),
+    "aum": pa.float64(),
+    "opposition": pa.float64(),
+    "tracin_self_influence": pa.float64(),
+    "final_loss": pa.float64(),
+    "final_correct": pa.bool_(),
+    "planted": pa.bool_(),
+    "planted_group": pa.string(),
 }
 
 CURVATURE = {

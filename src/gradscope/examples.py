@@ -829,7 +829,7 @@ def per_example_stats(
     """Statistics of every example, in input order.
 
     Keys: loss, pred, margin (true logit minus the largest other), p_true (softmax probability
-    of the true class), correct, grad_norm (exact L2 norm of the example's gradient),
+    of the true class), el2n (see `el2n`), correct, grad_norm (exact L2 norm of the example's gradient),
     grad_dot_mean and grad_cos_mean (against `mean_grad`, a flat vector in named_parameters
     order, by default the mean gradient of the examples given), and grad_proj (float32
     (n, proj_dim), see the module docstring for the projection). The cosine is defined as 0
@@ -851,6 +851,13 @@ def per_example_stats(
         return _run(engine, model, inputs, targets, loss, batch_size, mean_grad, layer_norms)
     finally:
         engine.close()  # no hook left behind, whatever happened
+
+
+def el2n(logits: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
+    """EL2N (Paul et al. 2021): the L2 norm of the error vector, softmax(logits) - onehot(y) for
+    cross-entropy, logits - onehot(y) for "mse" (whose outputs are regressed on the one-hot code)."""
+    out = logits.softmax(dim=1) if loss == "cross_entropy" else logits
+    return torch.linalg.vector_norm(out - F.one_hot(targets, logits.shape[1]).to(out.dtype), dim=1)
 
 
 def _run(engine: _Engine, model, inputs, targets, loss, batch_size, mean_grad, layer_norms) -> dict[str, np.ndarray]:
@@ -906,6 +913,7 @@ def _run(engine: _Engine, model, inputs, targets, loss, batch_size, mean_grad, l
         "pred": pred,
         "margin": true_logit - others.max(dim=1).values,
         "p_true": logits.softmax(dim=1).gather(1, y[:, None]).squeeze(1),
+        "el2n": el2n(logits, y, loss),
         "correct": pred == y,
         "grad_norm": grad_norm,
         "grad_dot_mean": out["grad_dot_mean"],

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gradscope import artifacts, checkpoints, curvature, data, examples, report, signals
+from gradscope import artifacts, checkpoints, curvature, data, examples, opposing, report, scoring, signals
 from gradscope import train as training
 from gradscope.models import InputSpec, resolve_device
 
@@ -77,15 +77,70 @@ def read_examples(paths) -> pd.DataFrame:
     return artifacts.read_partitions(paths)
 
 
-def detect_signals(settings: dict, *, examples_paths, meta_path, detections_path, groups_path, summary_path, run_id: str):
-    table = read_examples(examples_paths)
-    planted = (data.load_meta(Path(meta_path).parent).get("planted") or {}).get("train_ids")
-    detections, groups, summary = signals.detect_signals(table, cos_threshold=settings["cos_threshold"],
-                                                          top_k=settings["top_k"], planted_ids=planted)
-    artifacts.write_parquet(detections, detections_path, artifacts.DETECTIONS, run_id=run_id, config=settings)
-    artifacts.write_parquet(groups, groups_path, artifacts.GROUPS, run_id=run_id, config=settings)
-    artifacts.write_json({"run_id": run_id, **summary}, summary_path)
+SIGNALS_OUTPUTS = ("detections", "evaluation", "groups", "group_pairs", "group_losses", "loss_changes", "per_example",
+                   "summary")
+
+
+def detect_signals(settings: dict, *, examples_paths, meta_path, metrics_path, out: dict, run_id: str) -> dict:
+    """Every configured detector on the training split, scored against the planted truth where the data has one.
+
+    out: a path for each of SIGNALS_OUTPUTS (the tables of the README's artifact list)."""
+    missing = [k for k in SIGNALS_OUTPUTS if k not in out]
+    if missing:
+        raise ValueError(f"detect_signals needs output paths for {missing}")
+    planted_meta = data.load_meta(Path(meta_path).parent).get("planted") or {}
+    planted, planted_groups = planted_meta.get("train_ids"), planted_meta.get("groups")
+    metrics = artifacts.read_parquet(metrics_path)
+    tr = signals.Trajectories.from_table(read_examples(examples_paths), lr=metrics.set_index("step")["lr"])
+    detections = signals.detect(tr, settings)
+    evaluation = scoring.evaluate(detections, planted)
+    groups, pairs, group_losses = opposing.find_groups(tr, **settings["opposing_groups"])
+    per_example = signals.per_example(tr, planted, planted_groups)
+    events = signals.generalization_events(metrics, train_threshold=settings["generalization"]["train_acc"],
+                                           test_threshold=settings["generalization"]["test_acc"])
+    around = signals.flagged_around(detections, events["step_generalized"])
+    summary = {
+        "run_id": run_id,
+        "settings": settings,
+        "n_train": len(tr.example_ids),
+        "steps": tr.steps.tolist(),
+        "planted_count": None if planted is None else len(planted),
+        "planted_groups": sorted(planted_groups) if planted_groups else [],
+        "per_step": evaluation.to_dict(orient="records"),
+        "generalization": {**events, "flagged_around": around.to_dict(orient="records")},
+        "groups": scoring.evaluate_groups(groups, pairs, planted, planted_groups),
+        "headline": signals_headline(evaluation, per_example, pairs, planted),
+    }
+    config = {"signals": settings}
+    for name, table, schema in (("detections", detections, artifacts.DETECTIONS), ("evaluation", evaluation, artifacts.EVALUATION),
+                                ("groups", groups, artifacts.GROUPS), ("group_pairs", pairs, artifacts.GROUP_PAIRS),
+                                ("group_losses", group_losses, artifacts.GROUP_LOSSES),
+                                ("loss_changes", opposing.loss_changes(tr), artifacts.LOSS_CHANGES),
+                                ("per_example", per_example, artifacts.PER_EXAMPLE)):
+        artifacts.write_parquet(table, out[name], schema, run_id=run_id, config=config)
+    artifacts.write_json(summary, out["summary"])
+    log.info("signals: %d detectors, %d checkpoints, %d training examples; %d opposing group pairs",
+             detections["detector"].nunique(), len(tr.steps), len(tr.example_ids), int(pairs["opposing"].sum()))
     return summary
+
+
+def signals_headline(evaluation: pd.DataFrame, per_example: pd.DataFrame, pairs: pd.DataFrame, planted) -> dict:
+    """Run-level figures of the signals stage for the sweep table."""
+    head = {"opposing_pairs": int(pairs["opposing"].sum()),
+            "min_group_cosine": float(pairs["cosine"].min()) if len(pairs) else float("nan")}
+    if planted is None:
+        return head
+    final = evaluation.sort_values("step").groupby("detector").last()
+    best = final["auroc"].idxmax() if final["auroc"].notna().any() else None
+    cos = evaluation[evaluation["detector"] == "cos_rule"]
+    head.update({
+        "best_detector": best,
+        "best_detector_final_auroc": float(final.loc[best, "auroc"]) if best else float("nan"),
+        "final_auroc_cos_rule": float(final.loc["cos_rule", "auroc"]) if "cos_rule" in final.index else float("nan"),
+        "best_auroc_cos_rule": float(cos["auroc"].max()) if len(cos) else float("nan"),
+        "opposition_auroc": scoring.auroc(per_example["opposition"], per_example["planted"]),
+    })
+    return head
 
 
 def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, data_dir, manifest, step: int, out, run_id: str):
@@ -138,6 +193,24 @@ def render_plots(settings: dict, *, metrics_path, summary_path, curvature_paths,
     plots.plot_curvature(read_curvature(curvature_paths), metrics, curvature_png, title=f"{run_id}: curvature", dpi=dpi)
 
 
+def render_signal_plots(settings: dict, *, metrics_path, meta_path, groups_path, group_pairs_path, group_losses_path,
+                        loss_changes_path, per_example_path, out: dict, run_id: str) -> None:
+    """out: paths of group_losses, loss_changes and cartography PNGs."""
+    from gradscope import signal_plots  # matplotlib loads only in the jobs that draw
+
+    planted_meta = data.load_meta(Path(meta_path).parent).get("planted") or {}
+    planted, planted_groups = planted_meta.get("train_ids"), planted_meta.get("groups")
+    composition = scoring.group_composition(artifacts.read_parquet(groups_path), planted, planted_groups)
+    dpi = settings["dpi"]
+    signal_plots.plot_group_losses(artifacts.read_parquet(group_losses_path), artifacts.read_parquet(group_pairs_path),
+                                   composition, artifacts.read_parquet(metrics_path), out["group_losses"],
+                                   title=f"{run_id}: loss of opposing groups", dpi=dpi)
+    signal_plots.plot_loss_changes(artifacts.read_parquet(loss_changes_path), planted, out["loss_changes"],
+                                   title=f"{run_id}: per-example loss change between checkpoints", dpi=dpi)
+    signal_plots.plot_cartography(artifacts.read_parquet(per_example_path), out["cartography"],
+                                  title=f"{run_id}: dataset cartography", dpi=dpi)
+
+
 def render_density(settings: dict, *, curvature_paths, out, run_id: str) -> None:
     from gradscope import plots  # matplotlib loads only in the jobs that draw
 
@@ -176,20 +249,24 @@ def write_run_report(*, run_id: str, config_path, metrics_path, summary_path, cu
 
 
 def write_sweep_report(experiment: str, runs: list[dict], *, metrics_paths, summary_paths, curvature_paths, plots_settings,
-                       runs_path, comparison_png, report_path) -> pd.DataFrame:
+                       runs_path, detectors_path, comparison_png, report_path) -> pd.DataFrame:
     """runs: [{id, name, varying}] in the order of metrics_paths/summary_paths; curvature_paths: all runs' files."""
     from gradscope import plots  # matplotlib loads only in the jobs that draw
 
-    rows, metrics_by_run = [], {}
+    rows, metrics_by_run, detector_rows = [], {}, []
     for run, metrics_path, summary_path in zip(runs, metrics_paths, summary_paths):
         mine = [p for p in curvature_paths if f"/{run['id']}/" in Path(p).as_posix()]
         metrics_by_run[run["name"]] = artifacts.read_parquet(metrics_path)
         head = run_headline(metrics_path=metrics_path, summary_path=summary_path, curvature_paths=mine)
         rows.append({"run_id": run["id"], "run": run["name"], **run["varying"], **head})
+        per_step = pd.DataFrame(artifacts.read_json(summary_path)["per_step"])
+        detector_rows.append(report.detector_table(per_step).assign(run_id=run["id"], run=run["name"]))
+    detectors = pd.concat(detector_rows, ignore_index=True)
+    artifacts.write_parquet(detectors, detectors_path, None, run_id=experiment, config={"experiment": experiment})
     table = pd.DataFrame(rows)
     # Columns vary with the grid, so their types are inferred; list-valued grid values become text.
     table = table.apply(lambda col: col.map(str) if col.map(lambda v: isinstance(v, (list, tuple))).any() else col)
     artifacts.write_parquet(table, runs_path, None, run_id=experiment, config={"experiment": experiment, "runs": runs})
     plots.plot_sweep(metrics_by_run, comparison_png, title=f"{experiment}: accuracy of every run", dpi=plots_settings["dpi"])
-    artifacts.write_text(report.render_sweep_report(experiment, table, Path(comparison_png).name), report_path)
+    artifacts.write_text(report.render_sweep_report(experiment, table, detectors, Path(comparison_png).name), report_path)
     return table

@@ -28,8 +28,8 @@ from gradscope.artifacts import atomic_path  # noqa: E402
 # Fixed figure sizes in inches; chosen so that size * dpi is a whole number of pixels at
 # common dpis, which keeps PNG shapes predictable.
 TRAINING_FIGSIZE = (12.0, 4.5)
-FLAGGED_FIGSIZE = (12.0, 4.5)  # two panels (count and AUROC)
-FLAGGED_FIGSIZE_ONE = (7.0, 4.5)  # count only: no ground truth
+FLAGGED_FIGSIZE = (16.0, 4.5)  # three panels (count, AUROC, average precision) and the legend
+FLAGGED_FIGSIZE_ONE = (8.5, 4.5)  # count only: no ground truth
 CURVATURE_FIGSIZE = (8.0, 9.0)
 SWEEP_FIGSIZE = (13.0, 5.0)
 
@@ -86,47 +86,44 @@ def plot_training(metrics: pd.DataFrame, path, *, title: str, dpi: int = 110) ->
 
 
 def plot_flagged(per_step: pd.DataFrame, path, *, title: str, dpi: int = 110) -> None:
-    """Examples flagged per checkpoint by each detector, and AUROC against planted truth.
+    """Detector comparison: examples flagged per checkpoint by each detector and, where the
+    data plants ground truth, each detector's AUROC and average precision against it.
 
-    The AUROC panel appears only where `auroc` exists and is not all NaN (runs with planted
-    examples); a dashed line marks chance (0.5).
+    The quality panels appear only where `auroc` exists and is not all NaN (runs with planted
+    examples); dashed lines mark chance (AUROC 0.5; average precision = the planted fraction
+    is not known here, so none is drawn there). One legend, outside the panels, names the
+    detectors.
     """
-    has_auroc = "auroc" in per_step.columns and per_step["auroc"].notna().any()
-    ncols = 2 if has_auroc else 1
-    fig, axes = plt.subplots(1, ncols, figsize=FLAGGED_FIGSIZE if has_auroc else FLAGGED_FIGSIZE_ONE,
+    has_truth = "auroc" in per_step.columns and per_step["auroc"].notna().any()
+    panels = [("n_flagged", "flagged examples (count)", "Flagged per checkpoint")]
+    if has_truth:
+        panels += [("auroc", "AUROC vs planted examples", "AUROC per checkpoint"),
+                   ("average_precision", "average precision vs planted", "Average precision per checkpoint")]
+    fig, axes = plt.subplots(1, len(panels), figsize=FLAGGED_FIGSIZE if has_truth else FLAGGED_FIGSIZE_ONE,
                              layout="constrained", squeeze=False)
-    ax_n = axes[0, 0]
     try:
-        detectors = sorted(per_step["detector"].unique())
+        detectors = sorted(per_step["detector"].unique()) if len(per_step) else []
         colors = _colors(len(detectors))
-        for det, color in zip(detectors, colors):
-            d = per_step[per_step["detector"] == det].sort_values("step")
-            ax_n.plot(d["step"].to_numpy(dtype=float) + 1.0, d["n_flagged"].to_numpy(dtype=float),
-                      marker="o", ms=3.5, lw=1.5, color=color, label=det)
-        ax_n.set_xscale("log")
-        ax_n.set_ylim(bottom=0)
-        ax_n.set_xlabel(STEP_LABEL)
-        ax_n.set_ylabel("flagged examples (count)")
-        ax_n.set_title("Flagged examples per checkpoint")
-        ax_n.grid(True, alpha=0.3)
-        if detectors:  # an empty table still gives a (blank) figure, without a legend warning
-            ax_n.legend(title="detector")
-
-        if has_auroc:
-            ax_a = axes[0, 1]
-            for det, color in zip(detectors, colors):
+        markers = "osD^v<>ph*XP"
+        for ax, (column, ylabel, panel_title) in zip(axes[0], panels):
+            for i, (det, color) in enumerate(zip(detectors, colors)):
                 d = per_step[per_step["detector"] == det].sort_values("step")
-                if d["auroc"].notna().any():
-                    ax_a.plot(d["step"].to_numpy(dtype=float) + 1.0, d["auroc"].to_numpy(dtype=float),
-                              marker="o", ms=3.5, lw=1.5, color=color, label=det)
-            ax_a.axhline(0.5, color="0.35", ls="--", lw=1.2, label="chance (0.5)")
-            ax_a.set_xscale("log")
-            ax_a.set_ylim(0.0, 1.0)
-            ax_a.set_xlabel(STEP_LABEL)
-            ax_a.set_ylabel("AUROC vs planted examples")
-            ax_a.set_title("Detector score AUROC per checkpoint")
-            ax_a.grid(True, alpha=0.3)
-            ax_a.legend(loc="lower right")
+                if d[column].notna().any():
+                    ax.plot(d["step"].to_numpy(dtype=float) + 1.0, d[column].to_numpy(dtype=float),
+                            marker=markers[i % len(markers)], ms=3.5, lw=1.4, color=color, label=det)
+            if column == "auroc":
+                ax.axhline(0.5, color="0.35", ls="--", lw=1.2)
+            if column != "n_flagged":
+                ax.set_ylim(0.0, 1.02)
+            else:
+                ax.set_ylim(bottom=0)
+            ax.set_xscale("log")
+            ax.set_xlabel(STEP_LABEL)
+            ax.set_ylabel(ylabel)
+            ax.set_title(panel_title)
+            ax.grid(True, alpha=0.3)
+        if detectors:  # an empty table still gives a (blank) figure, without a legend warning
+            fig.legend(*axes[0, 0].get_legend_handles_labels(), title="detector", loc="outside right center")
         fig.suptitle(title)
         _save(fig, path, dpi)
     finally:

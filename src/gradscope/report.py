@@ -1,8 +1,8 @@
 """Markdown reports: one per run, one per sweep, built from a run's artifacts.
 
 `headline` condenses a run into the figures a researcher compares across a sweep: final
-accuracies, when train and test accuracy crossed their thresholds (the grokking delay),
-sharpness against 2/lr, and detection quality where the data plants ground truth.
+accuracies, when train and test accuracy crossed their thresholds (the grokking delay, from
+the signals stage's generalization events), sharpness against 2/lr, and detection quality where the data plants ground truth.
 """
 
 from __future__ import annotations
@@ -12,28 +12,19 @@ import math
 import numpy as np
 import pandas as pd
 
-TRAIN_FIT = 0.99  # train accuracy taken as "memorized"
-TEST_FIT = 0.95  # test accuracy taken as "generalized"
-
-
-def first_step(metrics: pd.DataFrame, column: str, threshold: float) -> float:
-    """First logged step at which `column` reaches `threshold`; NaN if never."""
-    hit = metrics.loc[metrics[column] >= threshold, "step"]
-    return float(hit.iloc[0]) if len(hit) else float("nan")
-
 
 def headline(metrics: pd.DataFrame, summary: dict, curvature: pd.DataFrame) -> dict:
     last = metrics.iloc[-1]
-    fit, gen = first_step(metrics, "train_acc", TRAIN_FIT), first_step(metrics, "test_acc", TEST_FIT)
+    gen = summary["generalization"]  # thresholds from the signals config (signals.generalization)
     cos_rule = [r for r in summary["per_step"] if r["detector"] == "cos_rule"]
     out = {
         "final_train_acc": float(last["train_acc"]),
         "final_test_acc": float(last["test_acc"]),
         "final_train_loss": float(last["train_loss"]),
         "final_test_loss": float(last["test_loss"]),
-        f"step_train_acc_{int(TRAIN_FIT * 100)}": fit,
-        f"step_test_acc_{int(TEST_FIT * 100)}": gen,
-        "generalization_delay_steps": gen - fit,
+        "step_memorized": gen["step_memorized"],
+        "step_generalized": gen["step_generalized"],
+        "generalization_delay_steps": gen["delay_steps"],
         "max_sharpness": float(curvature["sharpness"].max()),
         "final_sharpness": float(curvature.sort_values("step")["sharpness"].iloc[-1]),
         "sharpness_threshold": float(curvature["sharpness_threshold"].iloc[0]),
@@ -67,29 +58,19 @@ def render_run_report(run_id: str, *, config_yaml: str, head: dict, summary: dic
                       figures: dict[str, str]) -> str:
     """The run's report.md; `figures` maps names (training, flagged, curvature, gif) to paths relative to it."""
     per_step = pd.DataFrame(summary["per_step"])
-    quality_cols = [c for c in ("detector", "step", "n_flagged", "auroc", "precision", "recall") if c in per_step]
     columns = ["step", "sharpness", "sharpness_threshold", "update_sharpness", "hessian_trace", "hessian_trace_stderr",
                "fisher_trace", "gauss_newton_trace", "input_jacobian_norm", "input_hessian_trace", "hvp_count"]
     curv = curvature.sort_values("step")[[c for c in columns if c in curvature
                                           and not (curvature[c].dtype.kind == "f" and curvature[c].isna().all())]]
-    planted = summary.get("planted_count")
-    truth = (f"The data plants {planted} examples (ground truth); AUROC scores each detector's continuous score "
-             "against them, precision and recall its flags." if planted else
-             "This dataset plants no ground truth, so only flag counts are shown.")
     parts = [
         f"# Run `{run_id}`",
         "## Headline figures",
         markdown_table(pd.DataFrame({"figure": list(head), "value": list(head.values())})),
-        f"Memorized = first logged step with train accuracy ≥ {TRAIN_FIT}; generalized = test accuracy ≥ {TEST_FIT}.",
+        f"Memorized = first logged step with train accuracy ≥ {summary['generalization']['train_threshold']}; "
+        f"generalized = first logged step from then on with test accuracy ≥ {summary['generalization']['test_threshold']}.",
         "## Training",
         f"![Loss and accuracy]({figures['training']})",
-        "## Opposing signals and detection quality",
-        f"Detectors: `cos_rule` flags an example whose gradient has cosine below "
-        f"{summary['settings']['cos_threshold']} with the mean training gradient (score: −cosine); `delta_loss` flags "
-        f"the {summary['settings']['top_k']} examples with the largest |loss change| since the previous checkpoint "
-        f"(score: |Δloss|); `high_loss` flags misclassified examples (score: loss). {truth}",
-        f"![Flagged examples]({figures['flagged']})",
-        markdown_table(per_step[quality_cols]),
+        *signals_section(summary, per_step, figures),
         "## Curvature",
         "On the fixed curvature subset: sharpness (top Hessian eigenvalue, Lanczos) against the stability "
         "threshold 2/lr (2(1+β)/lr with momentum); update sharpness u'Hu/|u|² along the optimizer's next update; "
@@ -107,13 +88,92 @@ def render_run_report(run_id: str, *, config_yaml: str, head: dict, summary: dic
     return "\n\n".join(parts) + "\n"
 
 
-def render_sweep_report(experiment: str, runs: pd.DataFrame, comparison: str) -> str:
-    """The sweep's report.md: one table row per run (varying parameters, then headline figures)."""
+DETECTOR_TEXT = {
+    "cos_rule": "cosine between the example's gradient and the mean training gradient below {threshold} (score −cosine)",
+    "opposing_groups": "the {top_k} largest |loss change| since the previous checkpoint (score |Δloss|), then split "
+                       "into {n_groups} groups by gradient direction",
+    "loss_trajectory": "loss_increasing / loss_decreasing: least-squares loss slope over the last {window} checkpoints "
+                       "beyond ±{slope_threshold}; loss_volatile: volatility above {volatility_threshold}",
+    "cartography": "confidence (mean p(label) so far) below {confidence_threshold} (score 1 − confidence)",
+    "forgetting": "forgotten (correct, then wrong at the next checkpoint) at least {min_events} time(s), or never "
+                  "learned (score: forgetting events; never learned above any count)",
+    "el2n": "EL2N, the norm of softmax error (top {flag_fraction:.0%} flagged)",
+    "grand": "GraNd, the gradient norm (top {flag_fraction:.0%} flagged)",
+    "aum": "area under the margin so far below {threshold} (score −AUM)",
+    "tracin": "TracIn self-influence, Σ lr·|g|² over checkpoints so far (top {flag_fraction:.0%} flagged)",
+    "high_loss": "misclassified (score: loss)",
+}
+
+
+def detector_table(per_step: pd.DataFrame) -> pd.DataFrame:
+    """Per detector: its figures at the last checkpoint, and its best AUROC over checkpoints with the step."""
+    last = per_step.sort_values("step").groupby("detector").last().reset_index()
+    out = last[["detector", "step", "n_flagged", "auroc", "average_precision", "precision_at_k", "recall_at_k",
+                "precision", "recall"]].rename(columns={"step": "last_step"})
+    if per_step["auroc"].notna().any():
+        best = per_step.loc[per_step["auroc"].fillna(-1).groupby(per_step["detector"]).idxmax()]
+        out = out.merge(best[["detector", "auroc", "step"]].rename(columns={"auroc": "best_auroc", "step": "best_step"}),
+                        on="detector")
+    else:
+        out = out[["detector", "last_step", "n_flagged"]]
+    return out
+
+
+def signals_section(summary: dict, per_step: pd.DataFrame, figures: dict) -> list[str]:
+    settings = summary["settings"]
+    planted = summary.get("planted_count")
+    truth = (f"The data plants {planted} training examples (ground truth); each detector's continuous score is "
+             f"judged by AUROC, average precision and precision/recall at k = {planted}, its flags by precision and "
+             "recall." if planted else "This dataset plants no ground truth, so only flag counts are shown.")
+    described = [f"- `{name}`: " + DETECTOR_TEXT[name].format(**settings.get(name, {}))
+                 for name in settings["detectors"]]
+    g, gen = summary["groups"], summary["generalization"]
+    pair = {None: "not applicable (the data plants no pair of groups)", True: "yes, at the intervals ending at steps "
+            + ", ".join(map(str, g["planted_pair_steps"])), False: "no"}[g["planted_pair_found"]]
+    delay = (f"Train accuracy first reached {gen['train_threshold']} at step {_fmt(gen['step_memorized'])} and test "
+             f"accuracy {gen['test_threshold']} at step {_fmt(gen['step_generalized'])} (delay "
+             f"{_fmt(gen['delay_steps'])} steps; – = never).")
+    around = pd.DataFrame(gen["flagged_around"])
+    if not math.isnan(gen["step_generalized"]) and not around.empty:
+        delay += " Mean flagged examples per checkpoint before and after that step, per detector:"
+    return [
+        "## Per-example dynamics and opposing signals",
+        "Detectors, each scoring every training example at every checkpoint (all scores in "
+        "`signals/detections.parquet`, per-checkpoint quality in `signals/evaluation.parquet`):",
+        "\n".join(described),
+        truth,
+        f"![Detector comparison]({figures['flagged']})",
+        markdown_table(detector_table(per_step)),
+        "### Opposing groups",
+        f"Recovered groups: size-weighted purity {_fmt(g['mean_purity'])} (groups drawn at random from the same "
+        f"selected examples: {_fmt(g['chance_purity'])}); groups with a planted majority: "
+        f"{_fmt(g['planted_group_purity'])}. Planted pair found as an opposing pair: {pair}.",
+        f"![Opposing groups' losses]({figures['group_losses']})",
+        f"![Loss changes]({figures['loss_changes']})",
+        "### Dataset cartography",
+        f"![Cartography]({figures['cartography']})",
+        "### Generalization events",
+        delay,
+        *([markdown_table(around)] if delay.endswith(":") else []),
+    ]
+
+
+def render_sweep_report(experiment: str, runs: pd.DataFrame, detectors: pd.DataFrame, comparison: str) -> str:
+    """The sweep's report.md: one table row per run (varying parameters, then headline figures),
+    and the detectors compared (their figures averaged over the runs)."""
     shown = [c for c in runs.columns if c not in ("run_id",)]
+    numeric = [c for c in detectors.columns if c not in ("detector", "run_id", "run", "last_step")]
+    compared = detectors.groupby("detector", sort=True)[numeric].mean().reset_index()
+    if "best_auroc" in compared:
+        compared = compared.sort_values("auroc", ascending=False)
     parts = [
         f"# Sweep `{experiment}`",
         f"{len(runs)} runs. Full table: `runs.parquet` (one row per run). Each run's own report: `results/runs/{experiment}/<run>/report.md`.",
         markdown_table(runs[shown]),
         f"![Accuracy of every run]({comparison})",
+        "## Detectors compared",
+        "Each detector's figures at the last checkpoint (and its best AUROC over checkpoints), averaged over the "
+        f"{len(runs)} runs; per run in `detectors.parquet`.",
+        markdown_table(compared),
     ]
     return "\n\n".join(parts) + "\n"

@@ -8,6 +8,9 @@ rule report:
         flagged="results/runs/{experiment}/{run}/figures/flagged.png",
         curvature_png="results/runs/{experiment}/{run}/figures/curvature.png",
         gif="results/runs/{experiment}/{run}/figures/gradient_pca.gif",
+        group_losses="results/runs/{experiment}/{run}/figures/group_losses.png",
+        loss_changes="results/runs/{experiment}/{run}/figures/loss_changes.png",
+        cartography="results/runs/{experiment}/{run}/figures/cartography.png",
         density=get_density_figure,
     output:
         "results/runs/{experiment}/{run}/report.md",
@@ -30,6 +33,7 @@ rule sweep_report:
         unpack(get_sweep_inputs),
     output:
         runs="results/sweeps/{experiment}/runs.parquet",
+        detectors="results/sweeps/{experiment}/detectors.parquet",
         comparison=report(
             "results/sweeps/{experiment}/comparison.png",
             caption="../report/comparison.rst",
