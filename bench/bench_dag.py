@@ -137,7 +137,7 @@ rule sweep_report:
         expand("results/runs/bench/{{r}}/train/metrics.parquet", r=RUNS),
         expand("results/runs/bench/{{r}}/signals/summary.json", r=RUNS),
         expand("results/runs/bench/{{r}}/curvature/step={{s}}/part-0.parquet", r=RUNS, s=STEPS),
-    output: "results/sweeps/{{experiment}}/runs.parquet", "results/sweeps/{{experiment}}/detectors.parquet", "results/sweeps/{{experiment}}/comparison.png", "results/sweeps/{{experiment}}/report.md"
+    output: "results/sweeps/{{experiment}}/runs.parquet", "results/sweeps/{{experiment}}/detectors.parquet", "results/sweeps/{{experiment}}/comparison.png", "results/sweeps/{{experiment}}/sharpness.png", "results/sweeps/{{experiment}}/report.md"
     log: "logs/sweep_report/{{experiment}}.log"
     shell: "touch {{output}} {{log}}"
 '''

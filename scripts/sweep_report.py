@@ -7,4 +7,5 @@ with log_to(snakemake.log[0]):
                        summary_paths=snakemake.input.summaries, curvature_paths=snakemake.input.curvature,
                        plots_settings=snakemake.params.plots, runs_path=snakemake.output.runs,
                        detectors_path=snakemake.output.detectors,
-                       comparison_png=snakemake.output.comparison, report_path=snakemake.output.report)
+                       comparison_png=snakemake.output.comparison,
+                       sharpness_png=snakemake.output.sharpness, report_path=snakemake.output.report)

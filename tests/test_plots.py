@@ -136,6 +136,14 @@ def test_plot_sweep(tmp_path):
     check_png(path, plots.SWEEP_FIGSIZE)
 
 
+def test_plot_sweep_sharpness(tmp_path):
+    curv = {f"lr~{lr}": curvature_table(2 / lr) for lr in (0.125, 0.25, 0.5)}  # thresholds 16, 8, 4
+    metrics = {name: metrics_table(seed=i) for i, name in enumerate(curv)}
+    path = tmp_path / "sharpness.png"
+    plots.plot_sweep_sharpness(curv, metrics, path, title="sharpness", dpi=DPI)
+    check_png(path, plots.SWEEP_SHARPNESS_FIGSIZE)
+
+
 # ---- PCA and layout -------------------------------------------------------------------------
 def test_fit_pca_matches_covariance_eigenvectors():
     rng = np.random.default_rng(0)

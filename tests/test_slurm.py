@@ -177,7 +177,7 @@ def test_tiny_config_runs_on_slurm(cluster, runs):
                     *(f"curvature/step={s}/part-0.parquet" for s in steps)]:
             assert (cwd / "results/runs" / run / rel).is_file(), f"{run}/{rel}"
     for exp in ("flips", "mod"):
-        for rel in ("runs.parquet", "detectors.parquet", "report.md", "comparison.png"):
+        for rel in ("runs.parquet", "detectors.parquet", "report.md", "comparison.png", "sharpness.png"):
             assert (cwd / "results/sweeps" / exp / rel).is_file(), f"{exp}/{rel}"
     assert planned(cwd) == {}  # nothing left to do
 

@@ -78,7 +78,7 @@ def test_every_stage_writes_its_artifacts(done):
                 "figures/curvature.png", "figures/gradient_pca.gif", "figures/pca_frames/step_00000030.png", "report.md"]:
         assert (run / rel).is_file(), rel
     for exp in ("flips", "mod"):
-        for rel in ("runs.parquet", "detectors.parquet", "report.md", "comparison.png"):
+        for rel in ("runs.parquet", "detectors.parquet", "report.md", "comparison.png", "sharpness.png"):
             assert (done / "results" / "sweeps" / exp / rel).is_file()
     assert not list(done.glob("results/**/*.tmp"))  # atomic writes leave no temporaries
 

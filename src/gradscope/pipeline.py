@@ -249,14 +249,15 @@ def write_run_report(*, run_id: str, config_path, metrics_path, summary_path, cu
 
 
 def write_sweep_report(experiment: str, runs: list[dict], *, metrics_paths, summary_paths, curvature_paths, plots_settings,
-                       runs_path, detectors_path, comparison_png, report_path) -> pd.DataFrame:
+                       runs_path, detectors_path, comparison_png, sharpness_png, report_path) -> pd.DataFrame:
     """runs: [{id, name, varying}] in the order of metrics_paths/summary_paths; curvature_paths: all runs' files."""
     from gradscope import plots  # matplotlib loads only in the jobs that draw
 
-    rows, metrics_by_run, detector_rows = [], {}, []
+    rows, metrics_by_run, curvature_by_run, detector_rows = [], {}, {}, []
     for run, metrics_path, summary_path in zip(runs, metrics_paths, summary_paths):
         mine = [p for p in curvature_paths if f"/{run['id']}/" in Path(p).as_posix()]
         metrics_by_run[run["name"]] = artifacts.read_parquet(metrics_path)
+        curvature_by_run[run["name"]] = read_curvature(mine)
         head = run_headline(metrics_path=metrics_path, summary_path=summary_path, curvature_paths=mine)
         rows.append({"run_id": run["id"], "run": run["name"], **run["varying"], **head})
         per_step = pd.DataFrame(artifacts.read_json(summary_path)["per_step"])
@@ -268,5 +269,8 @@ def write_sweep_report(experiment: str, runs: list[dict], *, metrics_paths, summ
     table = table.apply(lambda col: col.map(str) if col.map(lambda v: isinstance(v, (list, tuple))).any() else col)
     artifacts.write_parquet(table, runs_path, None, run_id=experiment, config={"experiment": experiment, "runs": runs})
     plots.plot_sweep(metrics_by_run, comparison_png, title=f"{experiment}: accuracy of every run", dpi=plots_settings["dpi"])
-    artifacts.write_text(report.render_sweep_report(experiment, table, detectors, Path(comparison_png).name), report_path)
+    plots.plot_sweep_sharpness(curvature_by_run, metrics_by_run, sharpness_png, title=f"{experiment}: sharpness of every run",
+                               dpi=plots_settings["dpi"])
+    artifacts.write_text(report.render_sweep_report(experiment, table, detectors, Path(comparison_png).name,
+                                                    Path(sharpness_png).name), report_path)
     return table

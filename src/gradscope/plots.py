@@ -32,6 +32,7 @@ FLAGGED_FIGSIZE = (16.0, 4.5)  # three panels (count, AUROC, average precision) 
 FLAGGED_FIGSIZE_ONE = (8.5, 4.5)  # count only: no ground truth
 CURVATURE_FIGSIZE = (8.0, 9.0)
 SWEEP_FIGSIZE = (13.0, 5.0)
+SWEEP_SHARPNESS_FIGSIZE = (10.0, 8.0)
 
 STEP_LABEL = "step + 1 (log scale)"
 TRAIN_COLOR, TEST_COLOR = "tab:blue", "tab:orange"
@@ -274,6 +275,45 @@ def plot_sweep(metrics_by_run: dict[str, pd.DataFrame], path, *, title: str, dpi
         ax_te.tick_params(labelleft=True)  # sharey hides them; each panel should read on its own
         if names:
             fig.legend(loc="outside right upper", title="run", fontsize="small")
+        fig.suptitle(title)
+        _save(fig, path, dpi)
+    finally:
+        plt.close(fig)
+
+
+def plot_sweep_sharpness(curvature_by_run: dict[str, pd.DataFrame], metrics_by_run: dict[str, pd.DataFrame], path, *,
+                         title: str, dpi: int = 110) -> None:
+    """Edge of stability across a sweep: each run's sharpness against (linear) steps with its
+    own 2/lr line dashed in the same colour, above each run's training loss on the same axis.
+
+    Sharpness is drawn on a log axis when the runs' thresholds span more than a factor of 3
+    (a sweep over learning rates), so that every run's 2/lr line is readable.
+    """
+    fig, (ax_s, ax_l) = plt.subplots(2, 1, figsize=SWEEP_SHARPNESS_FIGSIZE, sharex=True, layout="constrained",
+                                     height_ratios=[2, 1])
+    try:
+        names = list(curvature_by_run)
+        thresholds = []
+        for name, color in zip(names, _colors(len(names))):
+            c = curvature_by_run[name].sort_values("step")
+            threshold = float(c["sharpness_threshold"].iloc[0])
+            thresholds.append(threshold)
+            ax_s.plot(c["step"], c["sharpness"], color=color, lw=1.8, marker="o", ms=3, label=f"{name}")
+            ax_s.axhline(threshold, color=color, ls="--", lw=1.2, label=f"2/lr = {threshold:.3g}")
+            m = metrics_by_run[name].sort_values("step")
+            loss = m["train_loss"].to_numpy(dtype=float)
+            ax_l.plot(m["step"], np.where(loss > 0, loss, np.nan), color=color, lw=1.2)
+        if thresholds and max(thresholds) > 3 * min(thresholds):
+            ax_s.set_yscale("log")
+        ax_s.set_ylabel("sharpness (top Hessian eigenvalue)")
+        ax_s.set_title("Sharpness and its stability threshold per run")
+        ax_s.grid(True, alpha=0.3)
+        if names:
+            ax_s.legend(loc="best", fontsize="small", ncols=2)
+        ax_l.set_yscale("log")
+        ax_l.set_xlabel("step")
+        ax_l.set_ylabel("train loss (log scale)")
+        ax_l.grid(True, alpha=0.3)
         fig.suptitle(title)
         _save(fig, path, dpi)
     finally:

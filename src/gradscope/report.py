@@ -158,7 +158,8 @@ def signals_section(summary: dict, per_step: pd.DataFrame, figures: dict) -> lis
     ]
 
 
-def render_sweep_report(experiment: str, runs: pd.DataFrame, detectors: pd.DataFrame, comparison: str) -> str:
+def render_sweep_report(experiment: str, runs: pd.DataFrame, detectors: pd.DataFrame, comparison: str,
+                        sharpness: str) -> str:
     """The sweep's report.md: one table row per run (varying parameters, then headline figures),
     and the detectors compared (their figures averaged over the runs)."""
     shown = [c for c in runs.columns if c not in ("run_id",)]
@@ -171,6 +172,10 @@ def render_sweep_report(experiment: str, runs: pd.DataFrame, detectors: pd.DataF
         f"{len(runs)} runs. Full table: `runs.parquet` (one row per run). Each run's own report: `results/runs/{experiment}/<run>/report.md`.",
         markdown_table(runs[shown]),
         f"![Accuracy of every run]({comparison})",
+        "## Sharpness",
+        "Each run's sharpness (top Hessian eigenvalue on its curvature subset) with its own stability threshold 2/lr "
+        "(dashed, same colour), above its training loss on the same step axis.",
+        f"![Sharpness of every run]({sharpness})",
         "## Detectors compared",
         "Each detector's figures at the last checkpoint (and its best AUROC over checkpoints), averaged over the "
         f"{len(runs)} runs; per run in `detectors.parquet`.",

@@ -40,6 +40,12 @@ rule sweep_report:
             category="{experiment}",
             subcategory="sweep",
         ),
+        sharpness=report(
+            "results/sweeps/{experiment}/sharpness.png",
+            caption="../report/sweep_sharpness.rst",
+            category="{experiment}",
+            subcategory="sweep",
+        ),
         report="results/sweeps/{experiment}/report.md",
     log:
         "logs/sweep_report/{experiment}.log",
