@@ -263,3 +263,10 @@ def test_random_groups_do_not_find_a_planted_pair():
     shuffled = {"A": list(range(0, 20, 2)), "B": list(range(1, 20, 2))}  # each true group split across both
     result = scoring.evaluate_groups(groups, pairs, list(range(20)), shuffled)
     assert result["planted_pair_found"] is False and result["mean_purity"] == 0.5
+
+
+def test_groups_without_planted_truth_are_not_scored():
+    tr = planted_pair_trajectories()
+    groups, pairs, _ = opposing.find_groups(tr, top_k=20, n_groups=2, seed=0)
+    result = scoring.evaluate_groups(groups, pairs, None, None)
+    assert math.isnan(result["mean_purity"]) and result["planted_pair_found"] is None

@@ -136,6 +136,10 @@ def signals_section(summary: dict, per_step: pd.DataFrame, figures: dict) -> lis
     around = pd.DataFrame(gen["flagged_around"])
     if not math.isnan(gen["step_generalized"]) and not around.empty:
         delay += " Mean flagged examples per checkpoint before and after that step, per detector:"
+    groups_text = (f"Recovered groups: size-weighted purity {_fmt(g['mean_purity'])} (groups drawn at random from the "
+                   f"same selected examples: {_fmt(g['chance_purity'])}); groups with a planted majority: "
+                   f"{_fmt(g['planted_group_purity'])}. Planted pair found as an opposing pair: {pair}."
+                   if planted else "No planted truth to judge the groups against.")
     return [
         "## Per-example dynamics and opposing signals",
         "Detectors, each scoring every training example at every checkpoint (all scores in "
@@ -145,9 +149,7 @@ def signals_section(summary: dict, per_step: pd.DataFrame, figures: dict) -> lis
         f"![Detector comparison]({figures['flagged']})",
         markdown_table(detector_table(per_step)),
         "### Opposing groups",
-        f"Recovered groups: size-weighted purity {_fmt(g['mean_purity'])} (groups drawn at random from the same "
-        f"selected examples: {_fmt(g['chance_purity'])}); groups with a planted majority: "
-        f"{_fmt(g['planted_group_purity'])}. Planted pair found as an opposing pair: {pair}.",
+        groups_text,
         f"![Opposing groups' losses]({figures['group_losses']})",
         f"![Loss changes]({figures['loss_changes']})",
         "### Dataset cartography",

@@ -109,12 +109,13 @@ def evaluate_groups(groups: pd.DataFrame, pairs: pd.DataFrame, planted_ids, plan
     groups whose majority is planted. With two or more named planted groups,
     planted_pair_found says whether some opposing pair has a different planted group as the
     majority of each side (each purity > 0.5), and planted_pair_steps at which intervals' ends.
+    Without planted truth every figure is NaN (None for the pair).
     """
-    comp = group_composition(groups, planted_ids, planted_groups)
     out = {"mean_purity": float("nan"), "chance_purity": float("nan"), "planted_group_purity": float("nan"),
            "planted_pair_found": None, "planted_pair_steps": []}
-    if comp.empty:
+    if planted_ids is None or groups.empty:  # nothing to be pure about
         return out
+    comp = group_composition(groups, planted_ids, planted_groups)
     labelled = groups.assign(truth=truth_labels(groups["example_id"], planted_ids, planted_groups))
     chance = labelled.groupby(["step_from", "step_to"])["truth"].agg(lambda t: t.value_counts().iloc[0] / len(t))
     sizes = labelled.groupby(["step_from", "step_to"]).size()
