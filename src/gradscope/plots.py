@@ -328,9 +328,12 @@ def _save(fig, path, dpi: int) -> None:
 
 
 def _colors(n: int) -> list:
-    """Distinct colours: tab10 while it lasts, then evenly spaced samples of a colour map."""
+    """Distinct colours: tab10 while it lasts, then tab20 (its ten hues first, then their light
+    variants), then evenly spaced samples of a colour map."""
     if n <= 10:
         return [plt.get_cmap("tab10")(i) for i in range(n)]
+    if n <= 20:
+        return [plt.get_cmap("tab20")(i) for i in [*range(0, 20, 2), *range(1, 20, 2)][:n]]
     cmap = plt.get_cmap("turbo")
     return [cmap(v) for v in np.linspace(0.05, 0.95, n)]
 

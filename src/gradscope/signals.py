@@ -292,4 +292,4 @@ def flagged_around(detections: pd.DataFrame, step: float) -> pd.DataFrame:
     before = counts[counts["step"] < step].groupby("detector")["flagged"].mean()
     after = counts[counts["step"] >= step].groupby("detector")["flagged"].mean()
     out = pd.DataFrame({"flagged_before": before, "flagged_after": after}).reindex(sorted(counts["detector"].unique()))
-    return out.rename_axis("detector").reset_index()
+    return out.rename_axis("detector").reset_index()[["detector", "flagged_before", "flagged_after"]]
