@@ -120,6 +120,8 @@ def test_strongest_pairs_one_per_interval_most_negative_first():
                           "opposing": [True, True, True, False, True]})
     chosen = strongest_pairs(pairs, n=2)
     assert chosen[["step_to", "group_b"]].values.tolist() == [[10, 2], [20, 1]]
+    preferred = strongest_pairs(pairs, n=2, preferred=[False, False, False, False, True])  # e.g. the planted pair
+    assert preferred[["step_to", "group_b"]].values.tolist() == [[10, 2], [40, 1]]
 
 
 @pytest.mark.parametrize("threshold", [60.0, 2000.0])  # near the edge (linear) and far below it (log)

@@ -126,15 +126,22 @@ def evaluate_groups(groups: pd.DataFrame, pairs: pd.DataFrame, planted_ids, plan
         "planted_group_purity": (float((planted_majority["purity"] * planted_majority["size"]).sum()
                                        / planted_majority["size"].sum()) if len(planted_majority) else float("nan")),
     })
-    names = sorted(planted_groups or {})
-    if len(names) >= 2:
-        key = comp.set_index(["step_from", "step_to", "group"])
-        found = []
-        for p in pairs[pairs["opposing"]].itertuples(index=False):
-            a, b = key.loc[(p.step_from, p.step_to, p.group_a)], key.loc[(p.step_from, p.step_to, p.group_b)]
-            if (a["majority"] in names and b["majority"] in names and a["majority"] != b["majority"]
-                    and a["purity"] > 0.5 and b["purity"] > 0.5):
-                found.append(int(p.step_to))
-        out["planted_pair_found"] = bool(found)
-        out["planted_pair_steps"] = sorted(set(found))
+    if len(planted_groups or {}) >= 2:
+        found = pairs.loc[planted_pairs(pairs, comp), "step_to"]
+        out["planted_pair_found"] = bool(len(found))
+        out["planted_pair_steps"] = sorted(set(int(s) for s in found))
     return out
+
+
+def planted_pairs(pairs: pd.DataFrame, composition: pd.DataFrame) -> np.ndarray:
+    """Per row of `pairs`: an opposing pair whose two groups have different named planted
+    groups as their majorities, each with purity over one half (the planted pair recovered)."""
+    if composition.empty or pairs.empty:
+        return np.zeros(len(pairs), dtype=bool)
+    key = composition.set_index(["step_from", "step_to", "group"])
+    named = key[~key["majority"].isin(["none", "planted"]) & (key["purity"] > 0.5)]["majority"]
+    a = pd.MultiIndex.from_arrays([pairs["step_from"], pairs["step_to"], pairs["group_a"]])
+    b = pd.MultiIndex.from_arrays([pairs["step_from"], pairs["step_to"], pairs["group_b"]])
+    major_a, major_b = named.reindex(a).to_numpy(), named.reindex(b).to_numpy()
+    return (pairs["opposing"].to_numpy(dtype=bool) & pd.notna(major_a) & pd.notna(major_b)
+            & (major_a != major_b))

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from gradscope.plots import STEP_LABEL, TRAIN_COLOR, _save, plt
+from gradscope.scoring import planted_pairs
 
 GROUP_LOSSES_FIGSIZE = (15.0, 4.8)  # up to three intervals side by side
 LOSS_CHANGES_FIGSIZE = (15.0, 8.0)  # up to 4 x 3 intervals
@@ -18,12 +19,14 @@ MAX_INTERVALS = 12
 PAIR_COLORS = ("tab:red", "tab:blue")
 
 
-def strongest_pairs(pairs: pd.DataFrame, n: int = 3) -> pd.DataFrame:
+def strongest_pairs(pairs: pd.DataFrame, n: int = 3, preferred=None) -> pd.DataFrame:
     """The opposing pair with the most negative cosine in each interval, for the n intervals
-    where it is most negative, in step order."""
-    opposing = pairs[pairs["opposing"]].sort_values("cosine")
+    where it is most negative, in step order; pairs marked `preferred` (a boolean per row of
+    `pairs`, e.g. the planted pair recovered) come before all others."""
+    marked = pairs.assign(_preferred=False if preferred is None else np.asarray(preferred, dtype=bool))
+    opposing = marked[marked["opposing"]].sort_values(["_preferred", "cosine"], ascending=[False, True])
     best = opposing.drop_duplicates(["step_from", "step_to"]).head(n)
-    return best.sort_values("step_to")
+    return best.sort_values("step_to").drop(columns="_preferred")
 
 
 def plot_group_losses(group_losses: pd.DataFrame, pairs: pd.DataFrame, composition: pd.DataFrame,
@@ -31,8 +34,10 @@ def plot_group_losses(group_losses: pd.DataFrame, pairs: pd.DataFrame, compositi
     """The signature plot of opposing signals: for the intervals with the most strongly
     opposing pair of groups, both groups' mean loss at every checkpoint, the interval in which
     they were selected shaded, and the mean training loss in grey. The legend gives each
-    group's size and its majority planted class with its share (purity)."""
-    chosen = strongest_pairs(pairs)
+    group's size and its majority planted class with its share (purity). Where the planted
+    pair was recovered (two different planted groups as majorities, each over half), those
+    intervals are shown first."""
+    chosen = strongest_pairs(pairs, preferred=planted_pairs(pairs, composition))
     n = max(len(chosen), 1)
     fig, axes = plt.subplots(1, n, figsize=GROUP_LOSSES_FIGSIZE, layout="constrained", squeeze=False)
     try:
