@@ -100,12 +100,12 @@ def batch_positions(model):
     if not hasattr(model, "pos_embed"):
         return model
 
-    def residual(self, tokens):
+    def residual(self, tokens, last_only=False):
         seq = torch.cat([tokens, torch.full_like(tokens[:, :1], self.eq_token)], dim=1)
         pos = torch.arange(seq.shape[1], device=seq.device).expand_as(seq)
         x = self.embed(seq) + self.pos_embed(pos)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, last_only=last_only and i == len(self.blocks) - 1)
         return x
 
     model.residual = types.MethodType(residual, model)
@@ -266,6 +266,9 @@ def time_methods(model_name: str, methods: list[str], k: int, batch: int, rounds
 
 
 # ---- Parquet throughput ------------------------------------------------------------------------
+LAYERS = 6  # per-layer gradient norms stored per example: the MLP's 3 weights and 3 biases
+
+
 def parquet_throughput(n_rows: int) -> list[dict]:
     import pandas as pd
 
@@ -280,16 +283,17 @@ def parquet_throughput(n_rows: int) -> list[dict]:
             df = pd.DataFrame({
                 "split": "train", "example_id": np.arange(n_rows), "label": rng.integers(0, 113, n_rows),
                 "loss": rng.random(n_rows), "pred": rng.integers(0, 113, n_rows), "margin": rng.standard_normal(n_rows),
-                "p_true": rng.random(n_rows), "correct": rng.random(n_rows) < 0.5, "grad_norm": rng.random(n_rows),
-                "grad_dot_mean": rng.standard_normal(n_rows), "grad_cos_mean": rng.uniform(-1, 1, n_rows),
-                "planted": rng.random(n_rows) < 0.1, "grad_proj": list(proj),
+                "p_true": rng.random(n_rows), "el2n": rng.random(n_rows), "correct": rng.random(n_rows) < 0.5,
+                "grad_norm": rng.random(n_rows), "grad_dot_mean": rng.standard_normal(n_rows),
+                "grad_cos_mean": rng.uniform(-1, 1, n_rows), "planted": rng.random(n_rows) < 0.1, "grad_proj": list(proj),
+                "layer_grad_norm": list(rng.random((n_rows, LAYERS)).astype(np.float32)),
             })
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "part-0.parquet"
                 times = []
                 for _ in range(3):
                     t0 = time.perf_counter()
-                    artifacts.write_parquet(df, path, examples_columns(k, dtype), run_id="bench", config={})
+                    artifacts.write_parquet(df, path, examples_columns(k, dtype, LAYERS), run_id="bench", config={})
                     times.append(time.perf_counter() - t0)
                 size = path.stat().st_size
             t = statistics.median(times)

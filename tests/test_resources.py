@@ -114,9 +114,9 @@ def test_slurm_profile_plans_one_submission_per_run_for_its_checkpoint_jobs(tmp_
     assert "slurm_partition=gpu" in out and out.count("rule train:") == 3  # the profile parses; overrides reach rules
     groups = re.findall(r"Group job (checkpoints_\S+) ", out)
     assert sorted(groups) == ["checkpoints_flips_seed~0", "checkpoints_mod_wd~0.0_seed~0", "checkpoints_mod_wd~1.0_seed~0"]
-    # every extract_examples job of a run is inside its run's group (and, once the curvature rule joins the group, those too)
+    # every extract_examples and curvature job of a run is inside its run's group
     grouped = re.findall(r"\n    rule (\w+):", out)
-    assert grouped.count("extract_examples") == 9
+    assert grouped.count("extract_examples") == 9 and grouped.count("curvature") == 9
 
     off = yaml.safe_load(TINY.read_text())
     off["cluster"] = {"group_checkpoint_jobs": False}

@@ -102,8 +102,8 @@ def get_all_targets():
 
 
 # ---- resources: what each job asks a cluster for (gradscope.resources), per rule and run ----
-# Sized from the run's settings, doubled on each retry (`attempt`); a profile's or the command
-# line's --set-resources RULE:mem_mb=... wins over these.
+# Sized from the run's settings; a profile's or the command line's --set-resources
+# RULE:mem_mb=... wins over these.
 _ESTIMATES = {}
 
 
@@ -125,11 +125,24 @@ def _estimate(rule_name, wc):
 
 
 def get_mem_mb(rule_name):
-    return lambda wc, attempt: _estimate(rule_name, wc)["mem_mb"] * attempt
+    return _sized(rule_name, "mem_mb")
 
 
 def get_runtime(rule_name):
-    return lambda wc, attempt: _estimate(rule_name, wc)["runtime"] * attempt
+    return _sized(rule_name, "runtime")
+
+
+def _sized(rule_name, key):
+    """The torch rules' memory and time double on each retry (`attempt`), from their estimate for
+    the job's run. The light rules ask for their estimate as is: a plain number where every run
+    has the same one (no function call per job), else a function of the job's run."""
+    if rule_name in gs_resources.TORCH_RULES:
+        return lambda wc, attempt: _estimate(rule_name, wc)[key] * attempt
+    if rule_name not in ("sweep_report", "generate_data"):
+        values = {gs_resources.estimate(rule_name, run.settings)[key] for run in RUNS.values()}
+        if len(values) == 1:
+            return values.pop()
+    return lambda wc: _estimate(rule_name, wc)[key]
 
 
 def get_gpu(rule_name):

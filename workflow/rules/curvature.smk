@@ -11,14 +11,17 @@ rule curvature:
     params:
         curvature=get_settings("curvature"),
         optim=get_settings("optim"),
-        loss=lambda wc: get_run(wc).settings["train"]["loss"],
-        device=lambda wc: get_run(wc).settings["device"],
-        run_id=lambda wc: get_run(wc).id,
+        loss=get_settings("train", "loss"),
+        device=CONFIG["device"],  # one device for every run; a plain value costs no call per job
+        run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
+    group:
+        CHECKPOINT_GROUP
     conda:
         "../../envs/gradscope.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        mem_mb=get_mem_mb("curvature"),
+        runtime=get_runtime("curvature"),
+        gpu=get_gpu("curvature"),
     script:
         "../../scripts/curvature.py"
