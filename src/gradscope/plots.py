@@ -305,8 +305,11 @@ def plot_sweep_sharpness(curvature_by_run: dict[str, pd.DataFrame], metrics_by_r
             ax_l.plot(m["step"], np.where(loss > 0, loss, np.nan), color=color, lw=1.2)
         if thresholds and max(thresholds) > 3 * min(thresholds):
             ax_s.set_yscale("log")
+            plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 4, not 4 x 10^0
+            ax_s.yaxis.set_major_formatter(plain)
+            ax_s.yaxis.set_minor_formatter(plain)
         ax_s.set_ylabel("sharpness (top Hessian eigenvalue)")
-        ax_s.set_title("Sharpness and its stability threshold per run")
+        ax_s.set_title("Sharpness (solid) and its stability threshold 2/lr (dashed), per run")
         ax_s.grid(True, alpha=0.3)
         if names:
             ax_s.legend(loc="best", fontsize="small", ncols=2)
