@@ -77,6 +77,12 @@ def read_examples(paths) -> pd.DataFrame:
     return artifacts.read_partitions(paths)
 
 
+def planted_truth(meta_path) -> tuple[list | None, dict | None]:
+    """The dataset's planted training ids (None without planted truth) and named planted groups (or None)."""
+    planted = data.load_meta(Path(meta_path).parent).get("planted") or {}
+    return planted.get("train_ids"), planted.get("groups")
+
+
 SIGNALS_OUTPUTS = ("detections", "evaluation", "groups", "group_pairs", "group_losses", "loss_changes", "per_example",
                    "summary")
 
@@ -88,8 +94,7 @@ def detect_signals(settings: dict, *, examples_paths, meta_path, metrics_path, o
     missing = [k for k in SIGNALS_OUTPUTS if k not in out]
     if missing:
         raise ValueError(f"detect_signals needs output paths for {missing}")
-    planted_meta = data.load_meta(Path(meta_path).parent).get("planted") or {}
-    planted, planted_groups = planted_meta.get("train_ids"), planted_meta.get("groups")
+    planted, planted_groups = planted_truth(meta_path)
     metrics = artifacts.read_parquet(metrics_path)
     tr = signals.Trajectories.from_table(read_examples(examples_paths), lr=metrics.set_index("step")["lr"])
     detections = signals.detect(tr, settings)
@@ -198,8 +203,7 @@ def render_signal_plots(settings: dict, *, metrics_path, meta_path, groups_path,
     """out: paths of group_losses, loss_changes and cartography PNGs."""
     from gradscope import signal_plots  # matplotlib loads only in the jobs that draw
 
-    planted_meta = data.load_meta(Path(meta_path).parent).get("planted") or {}
-    planted, planted_groups = planted_meta.get("train_ids"), planted_meta.get("groups")
+    planted, planted_groups = planted_truth(meta_path)
     composition = scoring.group_composition(artifacts.read_parquet(groups_path), planted, planted_groups)
     dpi = settings["dpi"]
     signal_plots.plot_group_losses(artifacts.read_parquet(group_losses_path), artifacts.read_parquet(group_pairs_path),
