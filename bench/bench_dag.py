@@ -7,7 +7,8 @@ has `runs` points (seed 0), `checkpoints` checkpoints a run, and (2) a bare Snak
 same rules, wildcards, paths and dependencies whose rules only `touch` their outputs, with the
 runs and steps as plain Python lists. Times `snakemake -n --cores 1 --quiet rules` (parse, DAG,
 dry-run summary; the same flags for both) from a fresh process, checks both plan the same jobs
-per rule, and prints both times and the ratio. The README quotes this script's output.
+per rule, and prints both times and the ratio. The README quotes this script's output. The
+gradscope copy is made by the tests' `copy_workflow`, so it needs the test extra installed.
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -164,12 +163,11 @@ def sweep_config(n_runs: int, n_checkpoints: int) -> dict:
 
 
 def gradscope_workflow(dest: Path, config: dict) -> Path:
-    for item in ("Snakefile", "workflow", "scripts", "envs"):
-        src = REPO / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
-    (dest / "config").mkdir()
-    (dest / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return dest
+    """The workflow as the tests copy it (tests/test_workflow.py: Snakefile, rules, scripts, envs, the config)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_workflow import copy_workflow
+
+    return copy_workflow(dest, config)
 
 
 def bare_workflow(dest: Path, config: dict) -> Path:

@@ -48,18 +48,24 @@ def make_problem(seed: int):
     return model, x, y
 
 
-def exact_hessian(model, x, y, loss):
-    """Dense Hessian (n, n) of the mean loss w.r.t. the parameters flattened in named_parameters order."""
+def flat_fn(model, x, fn):
+    """fn(logits) as a function of the parameters flattened in named_parameters order, and theta."""
     names = [name for name, _ in model.named_parameters()]
     shapes = [p.shape for _, p in model.named_parameters()]
     numels = [p.numel() for _, p in model.named_parameters()]
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
-    def flat_loss(flat):
+    def f(flat):
         params = {name: chunk.view(shape) for name, chunk, shape in zip(names, flat.split(numels), shapes)}
-        return per_example_loss(functional_call(model, params, (x,)), y, loss).mean()
+        return fn(functional_call(model, params, (x,)))
 
-    return torch.func.hessian(flat_loss)(theta)
+    return f, theta
+
+
+def exact_hessian(model, x, y, loss):
+    """Dense Hessian (n, n) of the mean loss w.r.t. the parameters flattened in named_parameters order."""
+    f, theta = flat_fn(model, x, lambda logits: per_example_loss(logits, y, loss).mean())
+    return torch.func.hessian(f)(theta)
 
 
 def snapshot(model):
@@ -255,20 +261,6 @@ def test_float32_model_matches_float64():
 
 
 # ---- Fisher, Gauss-Newton, input sensitivity, update sharpness, SLQ, per-layer -----------------
-
-
-def flat_fn(model, x, fn):
-    """fn(logits) as a function of the parameters flattened in named_parameters order, and theta."""
-    names = [name for name, _ in model.named_parameters()]
-    shapes = [p.shape for _, p in model.named_parameters()]
-    numels = [p.numel() for _, p in model.named_parameters()]
-    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    def f(flat):
-        params = {name: chunk.view(shape) for name, chunk, shape in zip(names, flat.split(numels), shapes)}
-        return fn(functional_call(model, params, (x,)))
-
-    return f, theta
 
 
 def exact_gauss_newton_trace(model, x, y, loss):

@@ -135,14 +135,14 @@ def signals_headline(evaluation: pd.DataFrame, per_example: pd.DataFrame, pairs:
             "min_group_cosine": float(pairs["cosine"].min()) if len(pairs) else float("nan")}
     if planted is None:
         return head
-    final = evaluation.sort_values("step").groupby("detector").last()
-    best = final["auroc"].idxmax() if final["auroc"].notna().any() else None
-    cos = evaluation[evaluation["detector"] == "cos_rule"]
+    table = report.detector_table(evaluation).set_index("detector")  # last-checkpoint figures and best AUROC
+    best = table["auroc"].idxmax() if table["auroc"].notna().any() else None
+    cos = table.loc["cos_rule"] if "cos_rule" in table.index else None
     head.update({
         "best_detector": best,
-        "best_detector_final_auroc": float(final.loc[best, "auroc"]) if best else float("nan"),
-        "final_auroc_cos_rule": float(final.loc["cos_rule", "auroc"]) if "cos_rule" in final.index else float("nan"),
-        "best_auroc_cos_rule": float(cos["auroc"].max()) if len(cos) else float("nan"),
+        "best_detector_final_auroc": float(table.loc[best, "auroc"]) if best else float("nan"),
+        "final_auroc_cos_rule": float(cos["auroc"]) if cos is not None else float("nan"),
+        "best_auroc_cos_rule": float(cos["best_auroc"]) if cos is not None else float("nan"),
         "opposition_auroc": scoring.auroc(per_example["opposition"], per_example["planted"]),
     })
     return head
