@@ -99,7 +99,8 @@ def test_top_eigenvalues_match_eigvalsh(loss, k):
     H = exact_hessian(model, x, y, loss)
     exact = torch.linalg.eigvalsh(H).flip(0)[:k].numpy()  # largest first
     before = snapshot(model)
-    vals, vecs = top_eigenvalues(model, x, y, k=k, loss=loss, iters=1000, return_eigenvectors=True)  # clipped to 39
+    vals, vecs = top_eigenvalues(model, x, y, k=k, loss=loss, tol=None, iters=1000,  # clipped to 39
+                                 return_eigenvectors=True)
     assert_untouched(model, before)
     assert vals.shape == (k,) and vecs.shape == (k, 39)
     np.testing.assert_allclose(vals, exact, rtol=1e-4)
@@ -108,7 +109,7 @@ def test_top_eigenvalues_match_eigvalsh(loss, k):
     assert_close(U @ U.T, torch.eye(k, dtype=torch.float64), atol=1e-8, rtol=0)
     lam = torch.from_numpy(vals)
     assert_close(U @ H, lam[:, None] * U, atol=1e-6 * abs(exact[0]), rtol=0)  # H symmetric: rows of (H U^T)^T
-    assert np.array_equal(top_eigenvalues(model, x, y, k=k, loss=loss, iters=1000), vals)
+    assert np.array_equal(top_eigenvalues(model, x, y, k=k, loss=loss, tol=None, iters=1000), vals)
 
 
 def test_lanczos_converges_before_n_and_stops_on_breakdown():
@@ -129,6 +130,70 @@ def test_lanczos_converges_before_n_and_stops_on_breakdown():
     np.testing.assert_allclose(res.eigenvalues, [-2.0, 1.0, 3.0], rtol=1e-10)
     # iters beyond n is clipped to n.
     assert lanczos(lambda v: A[:5, :5] @ v, 5, iters=30, seed=0).steps == 5
+
+
+def operator_with_spectrum(spectrum: torch.Tensor, seed: int) -> torch.Tensor:
+    """Q diag(spectrum) Q^T for a random orthogonal Q: a symmetric matrix with known eigenvalues."""
+    n = len(spectrum)
+    Qm, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    return Qm @ torch.diag(spectrum) @ Qm.T
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("tol", [1e-2, 1e-4])
+def test_lanczos_tol_stops_at_first_certified_step(seed, k, tol):
+    # Top eigenvalues 10, 9.5, 9.2, 9.0 over a bulk in [-1, 8]: gaps small enough that Lanczos takes a while.
+    gen = torch.Generator().manual_seed(100 + seed)
+    bulk = torch.rand(296, generator=gen, dtype=torch.float64) * 9 - 1
+    spectrum = torch.cat([torch.tensor([10.0, 9.5, 9.2, 9.0], dtype=torch.float64), bulk])
+    A = operator_with_spectrum(spectrum, seed)
+    exact = np.sort(spectrum.numpy())[::-1]
+    res = lanczos(lambda v: A @ v, 300, iters=200, seed=seed, k=k, tol=tol, return_eigenvectors=True)
+    top = np.argsort(res.eigenvalues)[::-1][:k]
+    theta, Y = res.eigenvalues[top], res.eigenvectors[torch.from_numpy(top.copy())]
+    # The reported residuals are the true ones, |A y - theta y|, computed here directly.
+    direct = (Y @ A - torch.from_numpy(theta)[:, None] * Y).norm(dim=1).numpy()
+    np.testing.assert_allclose(res.residuals[top], direct, rtol=1e-6, atol=1e-12)
+    assert np.all(direct <= tol * np.abs(theta))
+    # The bound holds: each theta is within tol of an eigenvalue (here, of the true i-th largest).
+    assert np.all(np.abs(theta - exact[:k]) <= tol * np.abs(theta))
+    # It stopped at the first step where the bound held: one step fewer does not certify.
+    fewer = lanczos(lambda v: A @ v, 300, iters=res.steps - 1, seed=seed)
+    top_fewer = np.argsort(fewer.eigenvalues)[::-1][:k]
+    assert np.any(fewer.residuals[top_fewer] > tol * np.abs(fewer.eigenvalues[top_fewer]))
+    assert 5 <= res.steps < 200  # not trivially short, nor run to the cap
+
+
+def test_warm_start_from_nearby_eigenvectors_saves_steps():
+    gen = torch.Generator().manual_seed(7)
+    spectrum = torch.cat([torch.tensor([10.0, 9.0], dtype=torch.float64),
+                          torch.rand(398, generator=gen, dtype=torch.float64) * 8])
+    A = operator_with_spectrum(spectrum, 3)
+    E = torch.randn(400, 400, generator=gen, dtype=torch.float64)
+    B = A + 0.05 * (E + E.T) / 400**0.5  # the next checkpoint's Hessian: a small symmetric change
+    before = lanczos(lambda v: A @ v, 400, iters=100, k=2, tol=1e-8, return_eigenvectors=True)
+    warm = before.eigenvectors.flip(0)[:2]  # A's top two eigenvectors
+    exact = torch.linalg.eigvalsh(B).flip(0)[:2].numpy()
+    cold = lanczos(lambda v: B @ v, 400, iters=100, seed=1, k=2, tol=1e-4)
+    hot = lanczos(lambda v: B @ v, 400, iters=100, seed=1, k=2, tol=1e-4, warm=warm)
+    for res in (cold, hot):
+        np.testing.assert_allclose(np.sort(res.eigenvalues)[::-1][:2], exact, rtol=1e-4)
+    assert hot.steps < 0.8 * cold.steps
+    # The warm start keeps a random part: a top direction missing from `warm` is still found.
+    hidden = lanczos(lambda v: B @ v, 400, iters=100, seed=1, k=1, tol=1e-4, warm=warm[1:])
+    np.testing.assert_allclose(hidden.eigenvalues.max(), exact[0], rtol=1e-4)
+
+
+def test_top_eigenvalues_tol_on_a_network():
+    model, x, y = make_problem(80)
+    exact = torch.linalg.eigvalsh(exact_hessian(model, x, y, "cross_entropy")).flip(0)[:2].numpy()
+    vals, vecs = top_eigenvalues(model, x, y, k=2, tol=1e-6, return_eigenvectors=True)
+    np.testing.assert_allclose(vals, exact, rtol=1e-6)
+    again = top_eigenvalues(model, x, y, k=2, tol=1e-6, warm=vecs, seed=4)
+    np.testing.assert_allclose(again, exact, rtol=1e-6)
+    with pytest.raises(ValueError, match="no vectors"):
+        top_eigenvalues(model, x, y, warm=np.zeros((0, 39)))
 
 
 @pytest.mark.parametrize("loss", LOSSES)
@@ -216,7 +281,7 @@ def test_hutchinson_uses_rademacher_probes():
         hutchinson_trace(lambda v: v, 5, min_samples=10, max_samples=5)
 
 
-BASE_KEYS = {"top_eigenvalues", "sharpness", "hessian_trace", "hessian_trace_stderr", "hutchinson_samples",
+BASE_KEYS = {"top_eigenvalues", "sharpness", "lanczos_steps", "lanczos_residual", "hessian_trace", "hessian_trace_stderr", "hutchinson_samples",
              "hvp_count", "n_examples", "n_params", "wall_s"}
 EXTRA_KEYS = {"fisher_trace", "gauss_newton_trace", "gauss_newton_stderr", "input_jacobian_norm",
               "input_hessian_trace", "update_sharpness"}
@@ -227,8 +292,8 @@ def test_compute_curvature_consistent():
     H = exact_hessian(model, x, y, "cross_entropy")
     before = snapshot(model)
     with torch.no_grad():  # callers may sit in an inference context
-        out = compute_curvature(model, x, y, loss="cross_entropy", k=2, lanczos_iters=1000, trace_tol=0.05,
-                                trace_max_samples=50, seed=5)
+        out = compute_curvature(model, x, y, loss="cross_entropy", k=2, lanczos_iters=1000, lanczos_tol=None,
+                                trace_tol=0.05, trace_max_samples=50, seed=5)
     assert_untouched(model, before)
     assert set(out) == BASE_KEYS | EXTRA_KEYS
     assert all(np.isnan(out[key]) for key in EXTRA_KEYS)  # off unless asked
@@ -239,12 +304,13 @@ def test_compute_curvature_consistent():
     # Softmax ignores a shift of all logits, so this H has a repeated zero eigenvalue and Lanczos
     # breaks down before 39 steps: count the steps on the same start vector.
     steps = lanczos(lambda v: H @ v, 39, iters=1000, seed=5).steps
-    assert steps < 39 and out["hvp_count"] == steps + out["hutchinson_samples"]
+    assert steps < 39 and out["hvp_count"] == steps + out["hutchinson_samples"] and out["lanczos_steps"] == steps
+    assert out["lanczos_residual"] < 1e-8  # breakdown: the Ritz values are exact
     trace = hessian_trace(model, x, y, tol=0.05, max_samples=50, seed=5)
     assert (out["hessian_trace"], out["hessian_trace_stderr"], out["hutchinson_samples"]) == (
         trace["trace"], trace["stderr"], trace["n_samples"])
-    short = compute_curvature(model, x, y, loss="cross_entropy", k=1, lanczos_iters=8, trace_tol=0.05,
-                              trace_max_samples=50, seed=5)
+    short = compute_curvature(model, x, y, loss="cross_entropy", k=1, lanczos_iters=8, lanczos_tol=None,
+                              trace_tol=0.05, trace_max_samples=50, seed=5)
     assert short["hvp_count"] == 8 + short["hutchinson_samples"]
     with pytest.raises(ValueError):
         compute_curvature(model, x, y, k=5, lanczos_iters=3)
@@ -255,8 +321,8 @@ def test_float32_model_matches_float64():
     model32 = copy.deepcopy(model64).float()
     hvp, n = hvp_fn(model32, x.float(), y)
     assert hvp(torch.ones(n)).dtype == torch.float32
-    top32 = top_eigenvalues(model32, x.float(), y, iters=39)
-    top64 = top_eigenvalues(model64, x, y, iters=39)
+    top32 = top_eigenvalues(model32, x.float(), y, tol=None, iters=39)
+    top64 = top_eigenvalues(model64, x, y, tol=None, iters=39)
     np.testing.assert_allclose(top32, top64, rtol=1e-3)
 
 

@@ -147,6 +147,8 @@ PER_EXAMPLE = {
 CURVATURE = {
     "sharpness": pa.float64(),
     "top_eigenvalues": pa.list_(pa.float64()),
+    "lanczos_steps": pa.int64(),
+    "lanczos_residual": pa.float64(),
     "hessian_trace": pa.float64(),
     "hessian_trace_stderr": pa.float64(),
     "hutchinson_samples": pa.int64(),

@@ -167,7 +167,8 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
                                             lr=state["lr"])
     result = curvature.compute_curvature(
         model, x[subset], y[subset], loss=loss, k=settings["top_k"], lanczos_iters=settings["lanczos_iters"],
-        trace_tol=settings["trace_tol"], trace_max_samples=settings["trace_max_samples"], seed=settings["seed"],
+        lanczos_tol=settings["lanczos_tol"] or None, trace_tol=settings["trace_tol"],
+        trace_max_samples=settings["trace_max_samples"], seed=settings["seed"],
         fisher=settings["fisher"], gauss_newton_samples=settings["gauss_newton_samples"],
         input_sensitivity=settings["input_sensitivity"], update=update, density=settings["density"],
         density_iters=settings["density_iters"], per_layer=settings["per_layer"])
@@ -176,8 +177,9 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
     artifacts.write_parquet(pd.DataFrame([row]), out, artifacts.CURVATURE, run_id=run_id,
                             config={"curvature": settings, "optim": optim, "loss": loss, "step": step,
                                     "subset_ids": subset.tolist()})
-    log.info("step %d: sharpness %.4g (2/lr %.4g), trace %.4g ± %.2g, update sharpness %.4g, %d HVPs", step,
-             result["sharpness"], row["sharpness_threshold"], result["hessian_trace"], result["hessian_trace_stderr"],
+    log.info("step %d: sharpness %.4g (2/lr %.4g; %d Lanczos steps), trace %.4g ± %.2g, update sharpness %.4g, "
+             "%d HVPs", step, result["sharpness"], row["sharpness_threshold"], result["lanczos_steps"],
+             result["hessian_trace"], result["hessian_trace_stderr"],
              result["update_sharpness"], result["hvp_count"])
     return row
 
