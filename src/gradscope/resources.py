@@ -120,9 +120,9 @@ def estimate(rule: str, settings: dict) -> dict:
         flops = n * (8.0 * params + 4.0 * params * proj_dim / max(math.sqrt(params), 1.0))
     elif rule == "curvature":
         subset = min(int(curv.get("subset_size", 512)), d["n_train"])
-        hvps = int(curv.get("lanczos_iters", 20)) + int(curv.get("trace_max_samples", 50))
+        hvps = int(curv.get("lanczos_iters", 50)) + int(curv.get("trace_max_samples", 50))
         # Lanczos basis (float64), a double-backward graph over the subset
-        mem = _mb(8 * params * (int(curv.get("lanczos_iters", 20)) + 4) + 4 * 6 * acts * subset + 4 * 4 * params + data_bytes)
+        mem = _mb(8 * params * (int(curv.get("lanczos_iters", 50)) + 4) + 4 * 6 * acts * subset + 4 * 4 * params + data_bytes)
         flops = 12.0 * params * subset * hvps
     elif rule in ("detect_signals", "animate"):
         mem = _mb(4 * n * ckpts * (4 * proj_dim + 100))
