@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from gradscope import artifacts
+from gradscope import artifacts, pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
@@ -114,6 +115,34 @@ def test_reports_hold_config_figures_and_detection_quality(done):
     sweep = (done / "results/sweeps/mod/report.md").read_text()
     assert "wd~0.0_seed~0" in sweep and "wd~1.0_seed~0" in sweep and "comparison.png" in sweep
     assert "## Detectors compared" in (done / "results/sweeps/flips/report.md").read_text()
+
+
+def test_eigenvectors_saved_and_warm_start_chains_a_runs_curvature_jobs(done, tmp_path):
+    flips = done / "results/runs/flips/seed~0/curvature"
+    for step in (0, 15, 30):  # flips has warm_start: each step's top eigenvector is saved
+        vecs = np.load(flips / f"step={step}/eigenvectors.npy")
+        assert vecs.shape == (1, 6 * 16 + 16 + 16 * 3 + 3) and vecs.dtype == np.float32  # MLP 6-16-3
+        assert abs(float(np.linalg.norm(vecs[0])) - 1) < 1e-5
+    mod = np.load(done / "results/runs/mod/wd~0.0_seed~0/curvature/step=10/eigenvectors.npy")
+    assert mod.shape[0] == 0  # neither eigenvectors nor warm_start: an empty (0, n_params) array
+    row = pd.read_parquet(flips / "step=30/part-0.parquet").iloc[0]
+    assert 1 <= row["lanczos_steps"] <= 8 and row["lanczos_residual"] >= 0
+    # Step 15 starts from step 0's eigenvectors and step 30 from step 15's: redoing step 0 redoes
+    # both (--forcerun takes what depends on the job along), where mod's steps stand alone.
+    first = "results/runs/{}/curvature/step=0/part-0.parquet"
+    assert planned(done, "--forcerun", first.format("flips/seed~0"))["curvature"] == 3
+    assert planned(done, "--forcerun", first.format("mod/wd~0.0_seed~0"))["curvature"] == 1
+    # Eigenvectors of another model: the job names the file and writes nothing.
+    config = artifacts.read_metadata(flips / "step=30/part-0.parquet")["gradscope.config"]
+    bad = tmp_path / "other_model.npy"
+    np.save(bad, np.ones((1, 5), np.float32))
+    with pytest.raises(ValueError, match="other_model.npy"):
+        pipeline.compute_curvature(config["curvature"], optim=config["optim"], loss=config["loss"], device="cpu",
+                                   data_dir=next(done.glob("results/data/planted_flips-*")),
+                                   manifest=done / "results/runs/flips/seed~0/train/manifest.json", step=30,
+                                   out=tmp_path / "c.parquet", eigenvectors_out=tmp_path / "e.npy", run_id="flips/seed~0",
+                                   warm=bad)
+    assert not (tmp_path / "c.parquet").exists() and not (tmp_path / "e.npy").exists()
 
 
 def test_signals_artifacts_read_back_across_runs(done):

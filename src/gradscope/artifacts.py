@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -246,6 +247,21 @@ def read_metadata(path) -> dict:
     if "gradscope.config" in out:
         out["gradscope.config"] = json.loads(out["gradscope.config"])
     return out
+
+
+def write_npy(array: np.ndarray, path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
+def read_npy(path) -> np.ndarray:
+    """np.load, with the file named when it is missing or unreadable."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable .npy array ({e})") from None
 
 
 def write_text(text: str, path) -> None:

@@ -702,7 +702,7 @@ def compute_curvature(model: nn.Module, inputs: torch.Tensor, targets: torch.Ten
                       seed: int = 0, fisher: bool = False, gauss_newton_samples: int = 0,
                       input_sensitivity: bool = False, input_probes: int = 32, update=None, density: bool = False,
                       density_iters: int = 50, density_runs: int = 1, per_layer: bool = False,
-                      layer_iters: int = 20) -> dict:
+                      layer_iters: int = 20, return_eigenvectors: bool = False) -> dict:
     """Sharpness, top-k eigenvalues and Hessian trace from one HVP closure (what the curvature rule records),
     plus the optional measures.
 
@@ -717,13 +717,16 @@ def compute_curvature(model: nn.Module, inputs: torch.Tensor, targets: torch.Ten
     fisher=True; gauss_newton_samples > 0 (Monte Carlo draws per example); input_sensitivity=True
     (NaN anyway for token inputs); update = a flat update vector (see `optimizer_update`).
     density=True adds density_grid and density (lists; SLQ with density_iters x density_runs
-    HVPs); per_layer=True adds layer_sharpness ({parameter name: top block eigenvalue}).
+    HVPs); per_layer=True adds layer_sharpness ({parameter name: top block eigenvalue});
+    return_eigenvectors=True adds eigenvectors, the top-k unit Ritz vectors (k, n_params) float64
+    in the order of top_eigenvalues.
     """
     start = time.perf_counter()
     graph = _loss_graph(model, inputs, targets, loss)
     hvp, n = _full_hvp(graph), sum(graph.numels)
     dtype, device = graph.dtype, graph.device
-    vals, _, steps, bound = _top(hvp, n, k, min(lanczos_iters, n), seed, dtype, device, False, lanczos_tol, warm)
+    vals, vecs, steps, bound = _top(hvp, n, k, min(lanczos_iters, n), seed, dtype, device, return_eigenvectors,
+                                    lanczos_tol, warm)
     tr = hutchinson_trace(hvp, n, tol=trace_tol, min_samples=min(10, trace_max_samples),
                           max_samples=trace_max_samples, seed=seed, dtype=dtype, device=device)
     top = [float(v) for v in vals]
@@ -743,6 +746,8 @@ def compute_curvature(model: nn.Module, inputs: torch.Tensor, targets: torch.Ten
         "update_sharpness": math.nan,
     }
     hvps = steps + tr["n_samples"]
+    if return_eigenvectors:
+        out["eigenvectors"] = vecs
     if fisher:
         out["fisher_trace"] = fisher_trace(model, inputs, targets, loss=loss)
     if gauss_newton_samples:

@@ -148,8 +148,13 @@ def signals_headline(evaluation: pd.DataFrame, per_example: pd.DataFrame, pairs:
     return head
 
 
-def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, data_dir, manifest, step: int, out, run_id: str):
+def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, data_dir, manifest, step: int, out,
+                      eigenvectors_out, run_id: str, warm=None):
     """Curvature at one checkpoint on a fixed, seeded subset of the training set (the same at every step).
+
+    eigenvectors_out: the .npy of the top-k eigenvectors (float32, (k, n_params)), or a
+    (0, n_params) array unless `eigenvectors` or `warm_start` is set. warm: the previous
+    checkpoint's eigenvectors file, where Lanczos starts (`warm_start`).
 
     Update sharpness uses the optimizer's own next update, rebuilt from the checkpoint's
     optimizer state and lr with the gradient of the whole training set (the update of
@@ -165,13 +170,23 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
     if settings["update_sharpness"]:
         update = curvature.optimizer_update(model, state["optimizer_state"], optim, x, y, loss=loss, step=step,
                                             lr=state["lr"])
+    n_params = sum(p.numel() for p in model.parameters())
+    start = None
+    if warm is not None:
+        start = artifacts.read_npy(warm)
+        if start.ndim != 2 or start.shape[0] == 0 or start.shape[1] != n_params:
+            raise ValueError(f"{warm}: expected eigenvectors of shape (k, {n_params}), found {start.shape}")
+    keep = settings["eigenvectors"] or settings["warm_start"]
     result = curvature.compute_curvature(
         model, x[subset], y[subset], loss=loss, k=settings["top_k"], lanczos_iters=settings["lanczos_iters"],
         lanczos_tol=settings["lanczos_tol"] or None, trace_tol=settings["trace_tol"],
         trace_max_samples=settings["trace_max_samples"], seed=settings["seed"],
         fisher=settings["fisher"], gauss_newton_samples=settings["gauss_newton_samples"],
         input_sensitivity=settings["input_sensitivity"], update=update, density=settings["density"],
-        density_iters=settings["density_iters"], per_layer=settings["per_layer"])
+        density_iters=settings["density_iters"], per_layer=settings["per_layer"], warm=start,
+        return_eigenvectors=keep)
+    vectors = result.pop("eigenvectors", None)
+    artifacts.write_npy(vectors.astype(np.float32) if keep else np.zeros((0, n_params), np.float32), eigenvectors_out)
     row = {"density_grid": [], "density": [], "layer_sharpness": {}, **result, "lr": optim["lr"],
            "sharpness_threshold": training.sharpness_threshold(optim)}
     artifacts.write_parquet(pd.DataFrame([row]), out, artifacts.CURVATURE, run_id=run_id,

@@ -56,6 +56,15 @@ def get_examples_files(wc):
     return [f"{run_dir(run)}/examples/step={s}/part-0.parquet" for s in get_steps(run)]
 
 
+def get_warm_start(wc):
+    """With curvature.warm_start, the previous checkpoint's eigenvectors (Lanczos starts from them)."""
+    run = get_run(wc)
+    if not run.settings["curvature"]["warm_start"]:
+        return {}
+    earlier = [s for s in get_steps(run) if s < int(wc.step)]
+    return {"warm": f"{run_dir(run)}/curvature/step={earlier[-1]}/eigenvectors.npy"} if earlier else {}
+
+
 def get_curvature_files(wc):
     run = get_run(wc)
     return [f"{run_dir(run)}/curvature/step={s}/part-0.parquet" for s in get_steps(run)]

@@ -1,9 +1,11 @@
 rule curvature:
     input:
         unpack(get_dataset_files),
+        unpack(get_warm_start),
         manifest="results/runs/{experiment}/{run}/train/manifest.json",
     output:
-        "results/runs/{experiment}/{run}/curvature/step={step}/part-0.parquet",
+        table="results/runs/{experiment}/{run}/curvature/step={step}/part-0.parquet",
+        eigenvectors="results/runs/{experiment}/{run}/curvature/step={step}/eigenvectors.npy",
     log:
         "logs/curvature/{experiment}/{run}/step={step}.log",
     benchmark:
