@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score
 
-from gradscope import opposing, scoring, signals
+from gradscope import artifacts, opposing, pipeline, scoring, signals
 from gradscope.config import load_config
 
 DEFAULTS = load_config({"experiments": {"e": {"data": {"generator": "planted_flips"}}}})["experiments"]["e"]["signals"]
@@ -270,3 +270,17 @@ def test_groups_without_planted_truth_are_not_scored():
     groups, pairs, _ = opposing.find_groups(tr, top_k=20, n_groups=2, seed=0)
     result = scoring.evaluate_groups(groups, pairs, None, None)
     assert math.isnan(result["mean_purity"]) and result["planted_pair_found"] is None
+
+
+@pytest.mark.parametrize("planted", [None, {}, {"train_ids": [], "groups": {}}])
+def test_data_planting_nothing_has_no_truth_to_score(tmp_path, planted):
+    # flip_fraction 0 (the edge-of-stability experiment) writes an empty list of planted ids: the
+    # signals stage must take that as no truth, not as a truth with no positives.
+    artifacts.write_json({} if planted is None else {"planted": planted}, tmp_path / "meta.json")
+    assert pipeline.planted_truth(tmp_path / "meta.json") == (None, None)
+    _, tr = trajectories(3)
+    evaluation = scoring.evaluate(signals.detect(tr, DEFAULTS), None)
+    assert evaluation["auroc"].isna().all()
+    _, pairs, _ = opposing.find_groups(tr, **DEFAULTS["opposing_groups"])
+    head = pipeline.signals_headline(evaluation, signals.per_example(tr, None, None), pairs, None)
+    assert set(head) == {"opposing_pairs", "min_group_cosine"}

@@ -78,9 +78,10 @@ def read_examples(paths) -> pd.DataFrame:
 
 
 def planted_truth(meta_path) -> tuple[list | None, dict | None]:
-    """The dataset's planted training ids (None without planted truth) and named planted groups (or None)."""
+    """The dataset's planted training ids and named planted groups, each None where the data
+    plants none (flip_fraction 0 plants an empty list: nothing to score against either)."""
     planted = data.load_meta(Path(meta_path).parent).get("planted") or {}
-    return planted.get("train_ids"), planted.get("groups")
+    return planted.get("train_ids") or None, planted.get("groups") or None
 
 
 SIGNALS_OUTPUTS = ("detections", "evaluation", "groups", "group_pairs", "group_losses", "loss_changes", "per_example",

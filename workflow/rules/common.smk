@@ -56,13 +56,16 @@ def get_examples_files(wc):
     return [f"{run_dir(run)}/examples/step={s}/part-0.parquet" for s in get_steps(run)]
 
 
-def get_warm_start(wc):
-    """With curvature.warm_start, the previous checkpoint's eigenvectors (Lanczos starts from them)."""
+def get_curvature_inputs(wc):
+    """The dataset files and, with curvature.warm_start, the previous checkpoint's eigenvectors
+    (Lanczos starts from them): one call per job, as for the other per-checkpoint rules."""
+    files = get_dataset_files(wc)
     run = get_run(wc)
-    if not run.settings["curvature"]["warm_start"]:
-        return {}
-    earlier = [s for s in get_steps(run) if s < int(wc.step)]
-    return {"warm": f"{run_dir(run)}/curvature/step={earlier[-1]}/eigenvectors.npy"} if earlier else {}
+    if run.settings["curvature"]["warm_start"]:
+        earlier = [s for s in get_steps(run) if s < int(wc.step)]
+        if earlier:
+            files["warm"] = f"{run_dir(run)}/curvature/step={earlier[-1]}/eigenvectors.npy"
+    return files
 
 
 def get_curvature_files(wc):

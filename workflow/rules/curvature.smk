@@ -1,7 +1,6 @@
 rule curvature:
     input:
-        unpack(get_dataset_files),
-        unpack(get_warm_start),
+        unpack(get_curvature_inputs),
         manifest="results/runs/{experiment}/{run}/train/manifest.json",
     output:
         table="results/runs/{experiment}/{run}/curvature/step={step}/part-0.parquet",
