@@ -1,5 +1,6 @@
 import os
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -58,3 +59,15 @@ def test_partitions_read_back_with_their_step(tmp_path):
     assert sorted(whole["loss"]) == [0.5, 10.5]
     with pytest.raises(ValueError, match="partition"):
         artifacts.read_partitions([tmp_path / "x" / "part-0.parquet"])
+
+
+def test_npy_round_trip_and_bad_files_are_named(tmp_path):
+    vecs = np.arange(12, dtype=np.float32).reshape(2, 6)
+    artifacts.write_npy(vecs, tmp_path / "eigenvectors.npy")
+    assert np.array_equal(artifacts.read_npy(tmp_path / "eigenvectors.npy"), vecs)
+    assert not list(tmp_path.glob("*.tmp"))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "eigenvectors.npy").read_bytes()[:60])  # a crash mid-copy
+    with pytest.raises(ValueError, match="cut.npy"):
+        artifacts.read_npy(tmp_path / "cut.npy")
+    with pytest.raises(FileNotFoundError, match="absent.npy"):
+        artifacts.read_npy(tmp_path / "absent.npy")
