@@ -131,8 +131,13 @@ def plot_flagged(per_step: pd.DataFrame, path, *, title: str, dpi: int = 110) ->
         plt.close(fig)
 
 
+def _finite_values(c: pd.DataFrame, column: str) -> np.ndarray:
+    values = c[column].to_numpy(dtype=float) if column in c else np.array([])
+    return values[np.isfinite(values)]
+
+
 def _finite(c: pd.DataFrame, column: str) -> bool:
-    return column in c and np.isfinite(c[column].to_numpy(dtype=float)).any()
+    return _finite_values(c, column).size > 0
 
 
 def plot_curvature(curvature: pd.DataFrame, metrics: pd.DataFrame, path, *, title: str, dpi: int = 110) -> None:
@@ -190,7 +195,9 @@ def plot_curvature(curvature: pd.DataFrame, metrics: pd.DataFrame, path, *, titl
             ax_s.set_ylabel("eigenvalue")
             if np.isfinite(threshold):
                 top = max(threshold, finite.max() if finite.size else threshold)
-                ax_s.set_ylim(bottom=min(0.0, finite.min() if finite.size else 0.0), top=1.12 * top)
+                drawn = np.concatenate([finite, _finite_values(c, "update_sharpness")])  # both curves in view
+                bottom = min(0.0, drawn.min() if drawn.size else 0.0)
+                ax_s.set_ylim(bottom=bottom - 0.04 * (1.12 * top - bottom) * (bottom < 0), top=1.12 * top)
         ax_s.set_title("Sharpness vs edge-of-stability threshold")
         ax_s.grid(True, alpha=0.3)
         ax_s.legend(loc="best", fontsize="small")
