@@ -120,14 +120,19 @@ def train(model, x, y, opt, steps, batch_size, gen, loss):
         return per_example_loss(logits, y, loss).mean().item(), (logits.argmax(1) == y).float().mean().item()
 
 
-def mlp_problem(seed, steps):
+def flips_mlp(seed, data: dict, model: dict):
+    """planted_flips data (an MLP teacher) and a seeded MLP on it: (model, x, y)."""
     train_df, _, meta = generate({"generator": "planted_flips", "planted_flips": dict(
-        n_train=1024, n_test=16, n_features=784, n_classes=10, teacher="mlp", teacher_width=64, flip_fraction=0.1,
-        seed=seed)})
+        teacher="mlp", **data, seed=seed)})
     x = torch.from_numpy(np.stack(train_df["x"].to_numpy()))
     y = torch.tensor(train_df["label"].to_numpy())
     torch.manual_seed(seed)
-    model = build_model({"kind": "mlp", "depth": 2, "width": 256}, InputSpec.from_dict(meta["input"]))
+    return build_model({"kind": "mlp", "depth": 2, **model}, InputSpec.from_dict(meta["input"])), x, y
+
+
+def mlp_problem(seed, steps):
+    model, x, y = flips_mlp(seed, dict(n_train=1024, n_test=16, n_features=784, n_classes=10, teacher_width=64,
+                                       flip_fraction=0.1), {"width": 256})
     optim = {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}
     return "mlp 784-256-256-10", model, x, y, optim, len(y), np.arange(len(y)), "cross_entropy", steps
 
@@ -135,14 +140,8 @@ def mlp_problem(seed, steps):
 def eos_problem(seed, steps):
     """config/experiments/edge_of_stability.yaml's lr 0.25 run, 1000 steps: at the edge of
     stability, where the top eigenvalues crowd together just under 2/lr = 8."""
-    train_df, _, meta = generate({"generator": "planted_flips", "planted_flips": dict(
-        n_train=1000, n_test=200, n_features=20, n_classes=4, teacher="mlp", teacher_width=32, flip_fraction=0.0,
-        seed=seed)})
-    x = torch.from_numpy(np.stack(train_df["x"].to_numpy()))
-    y = torch.tensor(train_df["label"].to_numpy())
-    torch.manual_seed(seed)
-    model = build_model({"kind": "mlp", "depth": 2, "width": 128, "activation": "tanh"},
-                        InputSpec.from_dict(meta["input"]))
+    model, x, y = flips_mlp(seed, dict(n_train=1000, n_test=200, n_features=20, n_classes=4, teacher_width=32,
+                                       flip_fraction=0.0), {"width": 128, "activation": "tanh"})
     optim = {"name": "sgd", "lr": 0.25, "momentum": 0.0, "weight_decay": 0.0}
     return "mlp 20-128-128-4, EoS (mse)", model, x, y, optim, len(y), np.arange(len(y)), "mse", 1000
 

@@ -164,6 +164,12 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
     """
     dev = resolve_device(device)
     model, state = checkpoints.load(_checkpoint_path(manifest, step), device=dev)
+    n_params = sum(p.numel() for p in model.parameters())
+    start = None  # the previous checkpoint's eigenvectors, checked before any work
+    if warm is not None:
+        start = artifacts.read_npy(warm)
+        if start.ndim != 2 or start.shape[0] == 0 or start.shape[1] != n_params:
+            raise ValueError(f"{warm}: expected eigenvectors of shape (k, {n_params}), found {start.shape}")
     x, y, _ = data.load_split(data_dir, "train")
     x, y = x.to(dev), y.to(dev)
     subset = np.sort(np.random.default_rng(settings["seed"]).permutation(len(y))[: settings["subset_size"]])
@@ -171,12 +177,6 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
     if settings["update_sharpness"]:
         update = curvature.optimizer_update(model, state["optimizer_state"], optim, x, y, loss=loss, step=step,
                                             lr=state["lr"])
-    n_params = sum(p.numel() for p in model.parameters())
-    start = None
-    if warm is not None:
-        start = artifacts.read_npy(warm)
-        if start.ndim != 2 or start.shape[0] == 0 or start.shape[1] != n_params:
-            raise ValueError(f"{warm}: expected eigenvectors of shape (k, {n_params}), found {start.shape}")
     keep = settings["eigenvectors"] or settings["warm_start"]
     result = curvature.compute_curvature(
         model, x[subset], y[subset], loss=loss, k=settings["top_k"], lanczos_iters=settings["lanczos_iters"],

@@ -197,7 +197,9 @@ def plot_curvature(curvature: pd.DataFrame, metrics: pd.DataFrame, path, *, titl
                 top = max(threshold, finite.max() if finite.size else threshold)
                 drawn = np.concatenate([finite, _finite_values(c, "update_sharpness")])  # both curves in view
                 bottom = min(0.0, drawn.min() if drawn.size else 0.0)
-                ax_s.set_ylim(bottom=bottom - 0.04 * (1.12 * top - bottom) * (bottom < 0), top=1.12 * top)
+                if bottom < 0:  # a margin below a negative value, as matplotlib leaves one
+                    bottom -= 0.04 * (1.12 * top - bottom)
+                ax_s.set_ylim(bottom=bottom, top=1.12 * top)
         ax_s.set_title("Sharpness vs edge-of-stability threshold")
         ax_s.grid(True, alpha=0.3)
         ax_s.legend(loc="best", fontsize="small")
