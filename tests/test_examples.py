@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 import gradscope.examples as ex
+import gradscope.grad_rules.base
+from gradscope import grad_rules
 from gradscope.examples import (
     SEED_STRIDE,
     fallback_parameters,
@@ -155,7 +157,7 @@ def loop_reference(model, x, y, loss):
         value = per_example_loss(logits, y[i : i + 1], loss)[0]
         value.backward()
         grads.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                                for p in model.parameters()]))
+                                for p in model.parameters() if p.requires_grad]))
         z, t = logits[0].detach(), int(y[i])
         rows["loss"].append(value.item())
         rows["pred"].append(int(z.argmax()))
@@ -176,21 +178,17 @@ def expected_grad_stats(grads, mean):
 
 def documented_projection(model, proj_dim, seed):
     """Dense projection from the seeding rule in the gradscope.examples docstring, built here independently."""
-    owner = {}
-    for mod_name, mod in model.named_modules():
-        for attr, _ in mod.named_parameters(recurse=False):
-            owner.setdefault(f"{mod_name}.{attr}" if mod_name else attr, (mod, attr))
     blocks = []
     for i, (name, p) in enumerate(model.named_parameters()):
         gen = torch.Generator().manual_seed(seed * SEED_STRIDE + i)
-        mod, attr = owner[name]
-        if attr == "weight" and isinstance(mod, (nn.Linear, nn.Conv2d, nn.Embedding)):
+        if p.dim() >= 2:
             A = torch.randn(p.shape[0], proj_dim, generator=gen)
             B = torch.randn(p[0].numel(), proj_dim, generator=gen)
             block = torch.stack([torch.kron(A[:, j], B[:, j]) for j in range(proj_dim)], dim=1)
         else:
             block = torch.randn(p.numel(), proj_dim, generator=gen)
-        blocks.append(block / math.sqrt(proj_dim))
+        if p.requires_grad:
+            blocks.append(block / math.sqrt(proj_dim))
     return torch.cat(blocks).to(next(model.parameters()).dtype)
 
 
@@ -212,7 +210,7 @@ def check_everything(model, x, y, loss, *, batch_size, proj_dim=6, seed=3):
     stats = per_example_stats(model, x, y, loss=loss, batch_size=batch_size, proj_dim=proj_dim, seed=seed,
                               layer_norms=True)
     check(stats, ref, grads, mean, dtype)
-    sizes = [p.numel() for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters() if p.requires_grad]
     layer = torch.stack([g.norm(dim=1) for g in grads.split(sizes, dim=1)], dim=1)
     assert stats["layer_grad_norm"].shape == (len(x), len(sizes)) == (len(x), len(layer_names(model)))
     torch.testing.assert_close(torch.from_numpy(stats["layer_grad_norm"]), layer, **TOL[dtype])
@@ -277,7 +275,7 @@ def test_token_model_matches_loop(length, d, padding_idx, loss):
 
 def test_embedding_segment_sums(monkeypatch):
     # Long sequences: the embedding norm by segment sums over distinct tokens instead of a T x T Gram.
-    monkeypatch.setattr(ex, "EMBEDDING_GRAM_MAX_T", 2)
+    monkeypatch.setattr(grad_rules.base, "EMBEDDING_GRAM_MAX_T", 2)
     gen = torch.Generator().manual_seed(5)
     torch.manual_seed(5)
     model = TokenMixer(vocab=5, length=12, d=4, n_classes=3, padding_idx=2).double()
@@ -302,19 +300,17 @@ def test_transformer_matches_loop(layer_norm, loss):
     x = torch.randint(spec.vocab, (10, 2), generator=gen)
     x[:3, 1] = x[:3, 0]  # sequences [a, a, =] repeat a token
     y = torch.randint(spec.n_classes, (10,), generator=gen)
-    fallback = fallback_parameters(model, x, y, loss=loss)
-    assert all(".ln" in name or name.startswith("ln_final") for name in fallback)
-    assert bool(fallback) == layer_norm
+    assert fallback_parameters(model, x, y, loss=loss) == []  # LayerNorm has its own rule
     check_everything(model, x, y, loss, batch_size=4)
 
 
 @pytest.mark.parametrize("loss", LOSSES)
-def test_fallback_layer_norm_and_raw_parameter(loss):
+def test_layer_norm_rule_and_raw_parameter_fallback(loss):
     gen = torch.Generator().manual_seed(9)
     torch.manual_seed(9)
     model = Normed(5, 6, 4).double()
     x, y = torch.randn(10, 5, generator=gen, dtype=torch.float64), torch.randint(4, (10,), generator=gen)
-    assert sorted(fallback_parameters(model, x, y, loss=loss)) == ["ln.bias", "ln.weight", "scale"]
+    assert sorted(fallback_parameters(model, x, y, loss=loss)) == ["scale"]
     check_everything(model, x, y, loss, batch_size=3)
 
 
@@ -332,7 +328,7 @@ def test_batch_axis_grouped_conv_unused_module():
     torch.manual_seed(15)
     model = Odd(vocab=5, d=4, n_classes=3).double()
     x, y = tokens(gen, 9, 4, 5), torch.randint(3, (9,), generator=gen)
-    assert sorted(fallback_parameters(model, x, y)) == ["grouped.bias", "grouped.weight"]
+    assert fallback_parameters(model, x, y) == []  # grouped convolutions have their own rule
     stats = check_everything(model, x, y, "cross_entropy", batch_size=4)
     unused = [i for i, name in enumerate(layer_names(model)) if name.startswith("unused")]
     assert (stats["layer_grad_norm"][:, unused] == 0).all()

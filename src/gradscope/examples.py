@@ -6,65 +6,60 @@ and which pull against it (the opposing signals of Rosenfeld & Risteski 2023). F
 per-example gradients are too big to keep, so each is also stored as a Johnson-Lindenstrauss
 sketch: a fixed-seed random projection to k dimensions (TRAK, Park et al. 2023).
 
-Engine ("auto", the default). For the parameters of nn.Linear, nn.Conv2d and nn.Embedding
-the per-example gradient is a sum of outer products, and every statistic is computed from
-each layer's inputs h and output-gradients g, captured in one batched backward of the summed
-loss, without ever forming a per-example gradient:
+What is measured: the model in eval mode (BatchNorm on running statistics, no dropout; see
+gradscope.modes: a model in training mode with such layers is an error unless `eval=True`),
+over its trainable parameters (`requires_grad`; `trainable_only=False` includes frozen ones).
 
-- Linear (inputs (b, in) or (b, ..., in); the middle axes are tokens t): example n's weight
-  gradient is G_n = sum_t g_t h_t^T, so ||G_n||^2 = sum_{t,s} (g_t.g_s)(h_t.h_s) (Gram form,
-  2 T^2 (in + out) flops per example) and <G_n, M> = sum_t g_t^T M h_t for the mean gradient
-  M. When T (in + out) > in * out the engine forms G_n explicitly instead (2 T in out flops,
-  in sub-batches of at most EXPLICIT_MAX_ELEMENTS numbers), whichever is cheaper. Bias:
-  sum_t g_t.
-- Conv2d (groups=1, padding_mode "zeros"; any stride, padding, dilation): the input is
-  unfolded to (b, L, C kh kw) and the L output positions are the tokens of a Linear.
-- Embedding: G_n = sum_t e_{id_t} g_t^T, so ||G_n||^2 = sum_{t,s} [id_t = id_s] g_t.g_s
-  (Gram form for T <= EMBEDDING_GRAM_MAX_T, else a segment sum over the example's distinct
-  tokens) and <G_n, M> = sum_t M[id_t].g_t. Rows at padding_idx get no gradient.
-- A module called several times in one forward (shared weights, a Linear applied to several
-  tensors) contributes all its calls as tokens. A module whose input has no batch axis (the
-  positional embedding indexed by arange of the transformer in gradscope.models) is handled
-  by broadcasting its output along a new batch axis, after checking on a probe batch that
-  the model's output is unchanged by it.
-- Every other parameter (LayerNorm weights, raw nn.Parameter, Conv1d, grouped convolutions,
-  parameters shared by two modules, Embedding with max_norm or scale_grad_by_freq) falls back
-  to torch.func vmap(grad) with respect to those parameters only, chunk by chunk.
+Engine ("auto", the default). One batched forward runs under a capture (a
+TorchFunctionMode, gradscope.grad_rules.capture) that hands every call of a registered torch
+function to its rule (gradscope.grad_rules: one file per layer type, like opacus's
+grad_sample/). A rule saves the call's input and output; one backward of the summed loss to
+those outputs gives each example's output-gradient, and the rule turns (input,
+output-gradient) into exact per-example statistics without forming per-example gradients:
 
-Before the main pass a probe (a forward of one example, a forward and a backward of two, and
-a second forward of two when some module's output is broadcast) finds each module's batch
-axis and checks, for every fast parameter, that the gradient rebuilt from the captured
-tensors equals autograd's; a module that fails goes to the fallback. So a weight also used
-outside its module is still exact, only slower. A module output overwritten in place (e.g.
-by ReLU(inplace=True)) is detected and the chunk is redone with copies. The examples must be
-processed independently (no BatchNorm in training mode); the model runs in its current mode.
+- F.linear (nn.Linear, attention projections, any functional use): G_n = sum_t g_t h_t^T
+  over the tokens t of the example, so ||G_n||^2 = sum_{t,s} (g_t.g_s)(h_t.h_s) (Gram form)
+  and <G_n, M> = sum_t g_t^T M h_t. When T (in + out) > in * out, G_n is formed explicitly
+  instead, in sub-batches of at most EXPLICIT_MAX_ELEMENTS numbers.
+- F.conv1d / F.conv2d (any stride, padding, dilation, groups; depthwise): the input is
+  unfolded and the output positions are the tokens of a Linear per group.
+- F.embedding: G_n = sum_t e_{id_t} g_t^T (padding_idx rows get none).
+- F.layer_norm, F.group_norm, F.batch_norm (running statistics): per-example gradients of
+  the affine parameters are formed explicitly ((b, C): small).
+- F.multi_head_attention_forward: the packed in-projection and the out-projection run
+  through the Linear rule.
+- A parameter used by several calls (tied or shared weights) gets the sum of its uses.
+- A call whose input has no batch axis (positions indexed by arange) has its output
+  broadcast along a new batch axis, after checking that the model's output is unchanged.
+Every other parameter (LSTM weights, raw parameters used in matmuls, Embedding with
+max_norm) falls back to torch.func vmap(grad) with respect to those parameters only, chunk
+by chunk, and is named in a log line.
+
+Before the main pass a probe (a forward of one example, a forward and backward of two) finds
+each use's batch axis and checks, for every parameter, that the gradient rebuilt from the
+captured tensors equals autograd's; a parameter that fails, or that autograd gives a
+gradient where no rule saw it, goes to the fallback: it is never silently zero. A tensor
+overwritten in place (ReLU(inplace=True)) is detected and the chunk is redone with copies.
 
 Cost model: with n <= batch_size and no `mean_grad`, one pass: a forward and a backward to
-the layer outputs (no weight gradients), plus the mean gradient (one g^T h product per
-layer: the weight-gradient product of a backward), the dots with it (one forward-sized
-matmul per layer) and the projection (2 b T k (in + out) flops per layer), i.e. about 1.5
-plain batched backwards plus the projection. With n > batch_size and no `mean_grad`, a first
-pass computes the mean gradient (a plain batched backward per chunk), then the statistics
-pass: about 2.5 backward passes. Measured (bench/bench_examples.py, batch 1024, one CPU
-thread on a busy 2-core machine): 2.0-2.3x a batched backward at proj_dim 32 for the
-784-256-256-1 MLP and 1.7-1.9x for the p = 113 transformer, against 26-340x for vmap(grad),
-Opacus and BackPACK doing the same work; at proj_dim 512 the MLP's projection alone costs
-more than its backward (4-4.8x in all).
+the captured outputs (no weight gradients), plus the mean gradient (one g^T h product per
+layer), the dots with it (one forward-sized matmul per layer) and the projection (2 b T k
+(in + out) flops per layer): about 1.5 batched backwards plus the projection. With n >
+batch_size and no `mean_grad`, a first pass computes the mean gradient: about 2.5.
+Figures in bench/bench_examples.py and bench/bench_architectures.py (README).
 Memory is that of one chunk: the captured inputs and output-gradients (the activations a
-backward keeps anyway) plus, for fallback parameters, their (chunk, numel) gradients,
-whatever the dataset size; their peak size is logged (INFO) at the end of each call.
+backward keeps anyway) plus, for fallback parameters, their (chunk, numel) gradients.
 
-Projection (the seeding rule, independent of batch size, chunking and call order): parameter
-tensor i (named_parameters order) gets `gen = torch.Generator().manual_seed(seed * SEED_STRIDE
-+ i)`. If it is the weight of an nn.Linear, nn.Conv2d or nn.Embedding, seen as a matrix (rows,
-cols) = (shape[0], prod(shape[1:])), A = randn(rows, k, generator=gen) then B = randn(cols, k,
-generator=gen) are drawn (float32, CPU, then cast to the parameter's dtype and device), and
-the weight gradient G projects to proj_j = A[:, j]^T G B[:, j] / sqrt(k): column j of the
-equivalent dense matrix is kron(A[:, j], B[:, j]) / sqrt(k) in the row-major flattening of G.
-For a per-token sum this is sum_t (g_t.A_j)(h_t.B_j) / sqrt(k), at 2 T k (in + out) flops
-instead of 2 k in out. Every other parameter gets a dense block randn(numel, k, generator=gen)
-/ sqrt(k). The sketch is the sum over parameters. The rule depends on the module type only,
-not on which path computes the gradient.
+Projection (the seeding rule, independent of batch size, chunking, call order and of which
+path computes a gradient): parameter tensor i (named_parameters order, frozen ones counted)
+gets `gen = torch.Generator().manual_seed(seed * SEED_STRIDE + i)`. A parameter of two or
+more dimensions, seen as a matrix (rows, cols) = (shape[0], prod(shape[1:])), draws A =
+randn(rows, k, generator=gen) then B = randn(cols, k, generator=gen) (float32, CPU, then cast
+to the parameter's dtype and device), and its gradient G projects to proj_j = A[:, j]^T G
+B[:, j] / sqrt(k): column j of the equivalent dense matrix is kron(A[:, j], B[:, j]) / sqrt(k)
+in the row-major flattening of G. For a per-token sum this is sum_t (g_t.A_j)(h_t.B_j) /
+sqrt(k), at 2 T k (in + out) flops instead of 2 k in out. A one-dimensional parameter gets a
+dense block randn(numel, k, generator=gen) / sqrt(k). The sketch is the sum over parameters.
 
 Its accuracy: inner products are preserved in expectation (E[a a^T] kron E[b b^T] = I). The
 Kronecker columns have variance-1 entries but are not Gaussian vectors. For unit gradients
@@ -78,7 +73,7 @@ for a 3-layer MLP (Gaussian columns: 0.9 and 1.1), 1.2 and 1.6 for one rank-one 
 
 Everything here is pure computation: a model and tensors in, numpy arrays out. The model is
 never mutated: gradients come from torch.autograd.grad and torch.func on detached copies of
-its parameters, so no `.grad` is written; hooks are removed and the training flag is kept.
+its parameters, so no `.grad` is written and no buffer changes; the training flags are kept.
 """
 
 from __future__ import annotations
@@ -86,7 +81,6 @@ from __future__ import annotations
 import logging
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -94,72 +88,39 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from gradscope.grad_rules import EXPLICIT_MAX_ELEMENTS, Explicit, Factor, Stat, combine, project_dense  # noqa: F401
+from gradscope.grad_rules.capture import Capture
 from gradscope.losses import per_example_loss
+from gradscope.modes import eval_mode
 
 log = logging.getLogger(__name__)
 
 # Multiplier combining (seed, parameter index) into one generator seed; larger than any
 # realistic number of parameter tensors, so distinct pairs never share a stream.
 SEED_STRIDE = 1_000_003
-# Sub-batch bound (numbers) for explicitly formed per-example weight gradients (b, out, in).
-EXPLICIT_MAX_ELEMENTS = 1 << 24
-# Embedding: Gram form (T x T token-equality mask) up to this many tokens per example,
-# segment sums over distinct tokens beyond.
-EMBEDDING_GRAM_MAX_T = 32
 METHODS = ("auto", "vmap")
-
-_KRON_MODULES = (nn.Linear, nn.Conv2d, nn.Embedding)
 
 
 # ---- parameters, names, projection ----------------------------------------------------------
-def _params(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach() for name, p in model.named_parameters()}
+def _included(model: nn.Module, trainable_only: bool = True) -> list[tuple[int, str, torch.Tensor]]:
+    """(index in named_parameters, name, parameter) of the parameters the statistics cover."""
+    return [(i, name, p) for i, (name, p) in enumerate(model.named_parameters())
+            if p.requires_grad or not trainable_only]
 
 
-def layer_names(model: nn.Module) -> list[str]:
+def layer_names(model: nn.Module, trainable_only: bool = True) -> list[str]:
     """Names of the columns of `layer_grad_norm`: one "layer" per parameter tensor, in
-    named_parameters order (the granularity of Opacus's per-layer clipping)."""
-    return [name for name, _ in model.named_parameters()]
+    named_parameters order (the granularity of Opacus's per-layer clipping); trainable ones only
+    unless trainable_only=False."""
+    return [name for _, name, _ in _included(model, trainable_only)]
 
 
-def _owners(model: nn.Module) -> dict[str, tuple[nn.Module, str, int]]:
-    """Parameter name -> (owning module, attribute, number of (module, attribute) slots holding it)."""
-    slots: dict[int, int] = {}
-    for mod in model.modules():
-        for p in mod._parameters.values():
-            if p is not None:
-                slots[id(p)] = slots.get(id(p), 0) + 1
-    out = {}
-    for mod_name, mod in model.named_modules():
-        for attr, p in mod._parameters.items():
-            if p is None:
-                continue
-            name = f"{mod_name}.{attr}" if mod_name else attr
-            out.setdefault(name, (mod, attr, slots[id(p)]))
-    return out
+def n_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Length of a flat gradient (mean_grad, per_example_gradients' rows)."""
+    return sum(p.numel() for _, _, p in _included(model, trainable_only))
 
 
-def _kron_shape(module: nn.Module, attr: str, p: torch.Tensor) -> tuple[int, int] | None:
-    if attr == "weight" and isinstance(module, _KRON_MODULES) and p.dim() >= 2:
-        return p.shape[0], p[0].numel()
-    return None
-
-
-@dataclass
-class Factor:
-    """Projection factors of one parameter tensor: kron (A scaled by 1/sqrt(k), B) or dense R."""
-
-    A: torch.Tensor | None = None  # (rows, k) / sqrt(k)
-    B: torch.Tensor | None = None  # (cols, k)
-    R: torch.Tensor | None = None  # (numel, k) / sqrt(k)
-
-    def dense(self) -> torch.Tensor:
-        if self.R is not None:
-            return self.R
-        return (self.A[:, None, :] * self.B[None, :, :]).reshape(-1, self.A.shape[1])
-
-
-def projection_factors(model: nn.Module, proj_dim: int, seed: int = 0) -> dict[str, Factor]:
+def projection_factors(model: nn.Module, proj_dim: int, seed: int = 0, trainable_only: bool = True) -> dict[str, Factor]:
     """The per-parameter projection factors of the seeding rule in the module docstring.
 
     They depend on the parameters' names, shapes, dtypes and devices only (not their values),
@@ -167,21 +128,17 @@ def projection_factors(model: nn.Module, proj_dim: int, seed: int = 0) -> dict[s
     """
     if proj_dim < 1:
         raise ValueError(f"proj_dim must be >= 1, got {proj_dim}")
-    owners = _owners(model)
-    layout = []
-    for name, p in model.named_parameters():
-        module, attr, _ = owners[name]
-        layout.append((name, tuple(p.shape), _kron_shape(module, attr, p), p.dtype, p.device))
-    key = (proj_dim, seed, tuple(layout))
+    layout = tuple((i, name, tuple(p.shape), p.dtype, p.device) for i, name, p in _included(model, trainable_only))
+    key = (proj_dim, seed, layout)
     if key in _FACTOR_CACHE:
         return _FACTOR_CACHE[key]
     scale = 1.0 / math.sqrt(proj_dim)
     out = {}
-    for i, (name, shape, kron, dtype, device) in enumerate(layout):
+    for i, name, shape, dtype, device in layout:
         gen = torch.Generator().manual_seed(seed * SEED_STRIDE + i)
-        if kron is not None:
-            A = torch.randn(kron[0], proj_dim, generator=gen)
-            B = torch.randn(kron[1], proj_dim, generator=gen)
+        if len(shape) >= 2:
+            A = torch.randn(shape[0], proj_dim, generator=gen)
+            B = torch.randn(math.prod(shape[1:]), proj_dim, generator=gen)
             out[name] = Factor(A=(A * scale).to(dtype=dtype, device=device), B=B.to(dtype=dtype, device=device))
         else:
             R = torch.randn(math.prod(shape), proj_dim, generator=gen) * scale
@@ -199,370 +156,112 @@ _FACTOR_CACHE_ENTRIES = 4
 _FACTOR_CACHE_MAX_ELEMENTS = 1 << 25
 
 
-def random_projection(model: nn.Module, proj_dim: int, seed: int = 0) -> torch.Tensor:
+def random_projection(model: nn.Module, proj_dim: int, seed: int = 0, trainable_only: bool = True) -> torch.Tensor:
     """Dense equivalent R (n_params, proj_dim) of the projection: a flat gradient g sketches to g @ R.
 
     For reference and small models only (it has n_params * proj_dim entries); the engine uses
     the factors (`projection_factors`) and never builds it.
     """
-    return torch.cat([f.dense() for f in projection_factors(model, proj_dim, seed).values()], dim=0)
+    return torch.cat([f.dense() for f in projection_factors(model, proj_dim, seed, trainable_only).values()], dim=0)
 
 
-def _project_dense_grads(grads: torch.Tensor, factor: Factor) -> torch.Tensor:
-    """Projection (b, k) of materialized per-example gradients (b, *param_shape)."""
-    b = grads.shape[0]
-    if factor.R is not None:
-        return grads.reshape(b, -1) @ factor.R
-    rows, cols = factor.A.shape[0], factor.B.shape[0]
-    return ((grads.reshape(b, rows, cols) @ factor.B) * factor.A).sum(dim=1)
-
-
-def project_gradients(flat: torch.Tensor, model: nn.Module, proj_dim: int, seed: int = 0) -> torch.Tensor:
+def project_gradients(flat: torch.Tensor, model: nn.Module, proj_dim: int, seed: int = 0,
+                      trainable_only: bool = True) -> torch.Tensor:
     """Sketch (b, proj_dim) of flat per-example gradients (b, n_params) in named_parameters order,
     with the same projection as `per_example_stats`, without building the dense matrix."""
-    factors = projection_factors(model, proj_dim, seed)
+    factors = projection_factors(model, proj_dim, seed, trainable_only)
     out, start = None, 0
-    for name, p in model.named_parameters():
-        part = _project_dense_grads(flat[:, start : start + p.numel()], factors[name])
+    for _, name, p in _included(model, trainable_only):
+        part = project_dense(flat[:, start : start + p.numel()], factors[name])
         out = part if out is None else out + part
         start += p.numel()
     return out
 
 
 # ---- mean gradient and the vmap reference -----------------------------------------------------------
-def _flatten(grads: dict[str, torch.Tensor], names: list[str], batch: int) -> torch.Tensor:
-    return torch.cat([_dense(grads[name]).reshape(batch, -1) for name in names], dim=1)  # (b, n_params)
-
-
 def _dense(t: torch.Tensor) -> torch.Tensor:
     return t.to_dense() if t.is_sparse else t
 
 
-def mean_gradient(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy", batch_size: int = 1024
-) -> torch.Tensor:
-    """Flat gradient (n_params,) of the mean loss over all examples, in named_parameters order.
+def _detached(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """Detached copies of every parameter; those in `names` require grad (gradients never reach .grad)."""
+    keep = set(names)
+    return {name: p.detach().requires_grad_(name in keep) for name, p in model.named_parameters()}
+
+
+def mean_gradient(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
+                  batch_size: int = 1024, trainable_only: bool = True, eval: bool = False) -> torch.Tensor:
+    """Flat gradient (n_params,) of the mean loss over all examples, in named_parameters order
+    (trainable parameters only unless trainable_only=False), in eval mode (see gradscope.modes).
 
     One plain batched forward and backward (torch.autograd.grad, no `.grad` written) per chunk.
     """
     n = len(inputs)
     if n == 0:
         raise ValueError("mean_gradient needs at least one example")
-    params = {name: p.detach().requires_grad_(True) for name, p in model.named_parameters()}
-    names = list(params)
+    names = layer_names(model, trainable_only)
+    params = _detached(model, names)
     total = None
-    for start in range(0, n, batch_size):
-        x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
-        with torch.enable_grad():
-            logits = functional_call(model, params, (x,))
-            value = per_example_loss(logits, y, loss).sum()
-            g = torch.autograd.grad(value, [params[k] for k in names], allow_unused=True)
-        flat = torch.cat([(_dense(gi) if gi is not None else torch.zeros_like(params[k])).reshape(-1)
-                          for gi, k in zip(g, names)])
-        total = flat if total is None else total + flat
+    with eval_mode(model, eval, what="mean_gradient"):
+        for start in range(0, n, batch_size):
+            x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
+            with torch.enable_grad():
+                logits = functional_call(model, params, (x,))
+                value = per_example_loss(logits, y, loss).sum()
+                g = torch.autograd.grad(value, [params[k] for k in names], allow_unused=True)
+            flat = torch.cat([(_dense(gi) if gi is not None else torch.zeros_like(params[k])).reshape(-1)
+                              for gi, k in zip(g, names)])
+            total = flat if total is None else total + flat
     return total / n
 
 
 def _per_example_grads(model, params: dict, names: list[str], x, y, loss: str) -> dict[str, torch.Tensor]:
     """vmap(grad) of each example's loss w.r.t. params[names] only: {name: (b, *shape)}."""
-    fixed = {k: v for k, v in params.items() if k not in names}
+    fixed = {k: v.detach() for k, v in params.items() if k not in names}
 
     def one(sub, xi, yi):
         # vmap strips the batch dimension; the model and loss expect one.
         logits = functional_call(model, {**fixed, **sub}, (xi.unsqueeze(0),))
         return per_example_loss(logits, yi.unsqueeze(0), loss)[0]
 
-    return vmap(grad(one), in_dims=(None, 0, 0))({k: params[k] for k in names}, x, y)
+    sub = {k: params[k].detach() for k in names}
+    try:
+        return vmap(grad(one), in_dims=(None, 0, 0), randomness="different")(sub, x, y)
+    except RuntimeError as e:  # ops without a batching rule (the float64 LSTM's in-place cell): one at a time
+        log.warning("vmap(grad) failed (%s); per-example gradients of %s by a loop over examples",
+                    str(e).splitlines()[0], ", ".join(names))
+        rows = [grad(one)(sub, x[i], y[i]) for i in range(len(x))]
+        return {k: torch.stack([r[k] for r in rows]) for k in names}
 
 
-def fallback_parameters(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy"
-) -> list[str]:
+def fallback_parameters(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
+                        trainable_only: bool = True, eval: bool = False) -> list[str]:
     """Names of the parameters that `per_example_stats` computes through vmap(grad) for this
     model and input layout (the probe of the module docstring, on the first two examples)."""
-    engine = _Engine(model, loss, 1, 0, "auto")
-    try:
-        engine.make_plan(inputs[:2], targets[:2])
-        return list(engine.plan.fallback)
-    finally:
-        engine.close()
+    with eval_mode(model, eval, what="fallback_parameters"):
+        engine = _Engine(model, loss, 1, 0, "auto", trainable_only)
+        with engine:
+            engine.make_plan(inputs[:2], targets[:2])
+            return list(engine.fallback)
 
 
-def per_example_gradients(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy", batch_size: int = 256
-) -> torch.Tensor:
+def per_example_gradients(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
+                          batch_size: int = 256, trainable_only: bool = True, eval: bool = False) -> torch.Tensor:
     """Full per-example gradients (n, n_params) in named_parameters order, via torch.func vmap(grad).
 
     For small models: the result has n * n_params entries.
     """
     if len(inputs) == 0:
         raise ValueError("per_example_gradients needs at least one example")
-    params = _params(model)
-    names = list(params)
+    names = layer_names(model, trainable_only)
+    params = _detached(model, names)
     parts = []
-    for start in range(0, len(inputs), batch_size):
-        x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
-        parts.append(_flatten(_per_example_grads(model, params, names, x, y, loss), names, len(x)))
+    with eval_mode(model, eval, what="per_example_gradients"):
+        for start in range(0, len(inputs), batch_size):
+            x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
+            grads = _per_example_grads(model, params, names, x, y, loss)
+            parts.append(torch.cat([_dense(grads[k]).reshape(len(x), -1) for k in names], dim=1))
     return torch.cat(parts)
-
-
-# ---- capture: hooks on supported modules -----------------------------------------------------
-@dataclass
-class _Record:
-    inp: torch.Tensor
-    out: torch.Tensor  # the tensor whose gradient is the per-example output-gradient
-    versions: tuple[int, int]
-    src_inp: torch.Tensor  # the tensors the module really used, for the in-place check
-    src_out: torch.Tensor
-
-
-@dataclass
-class _Plan:
-    mode: dict = field(default_factory=dict)  # module -> ("batched", axis) | ("broadcast",) | None (not called)
-    names: dict = field(default_factory=dict)  # module -> {"weight": name, "bias": name or None}
-    fallback: list = field(default_factory=list)  # parameter names through vmap
-
-
-class _Capture:
-    """Forward hooks saving each supported module's input and output, per call."""
-
-    def __init__(self, modules):
-        self.modules = list(modules)
-        self.active = False
-        self.modes: dict = {}
-        self.records: dict = {}
-        self.shapes: dict = {}
-        self.batch = 0
-        self.safe = False
-        self.handles = []
-
-    def __enter__(self):
-        for m in self.modules:
-            self.handles.append(m.register_forward_hook(self._hook, with_kwargs=True))
-        return self
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
-        self.active = False
-        self.records = {}
-        self.shapes = {}
-
-    def start(self, *, batch: int, modes: dict | None, safe: bool = False):
-        """modes None: probe, record every call's input shape and (input, output) unchanged;
-        else capture with these modes."""
-        self.active, self.batch, self.safe = True, batch, safe
-        self.modes = modes
-        self.records = {m: [] for m in self.modules}
-        self.shapes = {m: [] for m in self.modules}
-
-    def stop(self):
-        self.active = False
-
-    def _hook(self, module, args, kwargs, output):
-        if not self.active:
-            return None
-        inp = args[0] if args else kwargs.get("input")
-        if self.modes is None:
-            ok = torch.is_tensor(inp) and torch.is_tensor(output)
-            self.shapes[module].append(tuple(inp.shape) if ok else None)
-            if not ok:
-                return None
-            out, ret = output, None
-        else:
-            mode = self.modes.get(module, "skip")
-            if mode == "skip":
-                return None
-            if mode is None:
-                raise RuntimeError(f"{type(module).__name__} was called in the main pass but not in the probe "
-                                   "(data-dependent control flow); use method='vmap'")
-            if mode[0] == "batched":
-                if inp.dim() <= mode[1] or inp.shape[mode[1]] != self.batch:
-                    raise RuntimeError(f"{type(module).__name__} input {tuple(inp.shape)} lacks batch axis "
-                                       f"{mode[1]} of size {self.batch}; use method='vmap'")
-                out, ret = output, None
-            else:  # broadcast: the output of an input without batch axis gets one, as the model broadcasts it
-                out = output.expand(self.batch, *output.shape)
-                ret = out
-        if self.safe:  # the model may overwrite the output in place: hand it a copy, keep the original
-            saved_inp = inp.detach().clone()
-            ret = out.clone()
-        else:
-            saved_inp = inp.detach()
-        self.records[module].append(_Record(saved_inp, out, (inp._version, output._version), inp, output))
-        return ret
-
-    def tampered(self) -> bool:
-        return any(r.src_inp._version != r.versions[0] or r.src_out._version != r.versions[1]
-                   for recs in self.records.values() for r in recs)
-
-
-def _supported_statically(module: nn.Module) -> bool:
-    if isinstance(module, nn.Linear):
-        return True
-    if isinstance(module, nn.Conv2d):
-        return module.groups == 1 and module.padding_mode == "zeros"
-    if isinstance(module, nn.Embedding):
-        return module.max_norm is None and not module.scale_grad_by_freq
-    return False
-
-
-def _call_mode(module, s1, s2):
-    """Mode of one call from its input shapes at batch 1 and batch 2."""
-    if s1 is None or s2 is None or len(s1) != len(s2):
-        return "bad"
-    diff = [i for i, (a, b) in enumerate(zip(s1, s2)) if a != b]
-    if isinstance(module, nn.Conv2d):
-        return ("batched", 0) if len(s1) == 4 and diff == [0] and (s1[0], s2[0]) == (1, 2) else "bad"
-    if not diff:
-        return ("broadcast",)
-    if len(diff) == 1 and (s1[diff[0]], s2[diff[0]]) == (1, 2):
-        if isinstance(module, nn.Linear) and diff[0] == len(s1) - 1:
-            return "bad"
-        return ("batched", diff[0])
-    return "bad"
-
-
-# ---- per-layer features and statistics -------------------------------------------------------
-def _unfold(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """Conv2d input (b, C, H, W) -> patches (b, L, C kh kw) in the order of weight.reshape(out, -1)."""
-    padding = module.padding
-    if isinstance(padding, str):
-        if padding == "valid":
-            padding = (0, 0)
-        else:  # "same": possibly asymmetric, as F.conv2d pads it
-            pads = []
-            for d, k in zip(reversed(module.dilation), reversed(module.kernel_size)):
-                total = d * (k - 1)
-                pads += [total // 2, total - total // 2]
-            x, padding = F.pad(x, pads), (0, 0)
-    cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
-    return cols.transpose(1, 2)
-
-
-def _features(module, records: list[_Record], grads: list, batch: int, mode):
-    """Concatenate a module's calls into tokens: (H (b, T, in), G (b, T, out)) or (ids (b, T), G (b, T, d))."""
-    hs, gs = [], []
-    for rec, g in zip(records, grads):
-        if g is None:
-            continue
-        inp = rec.inp
-        if isinstance(module, nn.Conv2d):
-            hs.append(_unfold(module, inp))
-            gs.append(g.reshape(batch, g.shape[1], -1).transpose(1, 2))
-            continue
-        width = g.shape[-1]
-        if mode[0] == "batched":
-            a = mode[1]
-            inp = inp.movedim(a, 0)
-            g = g.movedim(a, 0)
-            if isinstance(module, nn.Embedding):
-                hs.append(inp.reshape(batch, -1))
-            else:
-                hs.append(inp.reshape(batch, -1, inp.shape[-1]))
-        else:
-            if isinstance(module, nn.Embedding):
-                hs.append(inp.reshape(1, -1).expand(batch, -1))
-            else:
-                hs.append(inp.reshape(1, -1, inp.shape[-1]).expand(batch, -1, -1))
-        gs.append(g.reshape(batch, -1, width))
-    if not gs:
-        return None
-    H, G = (hs[0], gs[0]) if len(hs) == 1 else (torch.cat(hs, 1), torch.cat(gs, 1))
-    if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-        G = G.masked_fill((H == module.padding_idx).unsqueeze(-1), 0.0)
-    return H, G
-
-
-def _linear_sums(H, G, has_bias: bool):
-    """Sum over the batch of the weight (and bias) gradients."""
-    b, T, n_in = H.shape
-    w = G.reshape(b * T, -1).T @ H.reshape(b * T, n_in)
-    return w, (G.sum(dim=(0, 1)) if has_bias else None)
-
-
-def _embedding_sum(module: nn.Embedding, ids, G):
-    d = G.shape[-1]
-    out = torch.zeros(module.num_embeddings, d, dtype=G.dtype, device=G.device)
-    return out.index_add_(0, ids.reshape(-1), G.reshape(-1, d))
-
-
-@dataclass
-class _Stat:
-    sq: torch.Tensor  # (b,) squared norm
-    dot: torch.Tensor  # (b,) inner product with the mean gradient
-    proj: torch.Tensor  # (b, k)
-
-
-def _linear_stats(H, G, Mw, fw: Factor, Mb, fb: Factor | None) -> list[_Stat]:
-    """Weight (and bias) statistics of a Linear-like layer from tokens H (b, T, in), G (b, T, out)."""
-    b, T, n_in = H.shape
-    n_out = G.shape[-1]
-    k = fw.A.shape[1]
-    out = []
-    bias_proj = None
-    if T > 1 and T * (n_in + n_out) > n_in * n_out:
-        # Explicit per-example weight gradients, sub-batched.
-        sq, dot, proj = [], [], []
-        step = max(1, EXPLICIT_MAX_ELEMENTS // (n_in * n_out))
-        for s in range(0, b, step):
-            E = G[s : s + step].transpose(1, 2) @ H[s : s + step]  # (sb, out, in)
-            sq.append(E.pow(2).sum(dim=(1, 2)))
-            dot.append((E * Mw).sum(dim=(1, 2)))
-            proj.append(((E @ fw.B) * fw.A).sum(dim=1))
-        out.append(_Stat(torch.cat(sq), torch.cat(dot), torch.cat(proj)))
-    else:
-        Hf, Gf = H.reshape(b * T, n_in), G.reshape(b * T, n_out)
-        if T == 1:
-            g_sq = torch.linalg.vector_norm(Gf, dim=1).square()  # also the bias gradient's
-            sq = g_sq * torch.linalg.vector_norm(Hf, dim=1).square()
-        else:
-            sq = _gram_sum(G, H @ H.transpose(1, 2))
-        dot = ((Hf @ Mw.T) * Gf).sum(1)  # g^T M h, at the cost of a forward matmul
-        if T == 1 and fb is not None:  # the bias gradient is g itself: one matmul for g A and g R
-            GA = Gf @ torch.cat([fw.A, fb.R], dim=1)  # (b, 2k)
-            proj, bias_proj = GA[:, :k] * (Hf @ fw.B), GA[:, k:]
-        else:
-            proj = (Gf @ fw.A) * (Hf @ fw.B)
-        if T > 1:
-            dot, proj = dot.reshape(b, T).sum(1), proj.reshape(b, T, k).sum(1)
-        out.append(_Stat(sq, dot, proj))
-    if fb is not None:
-        gb = G[:, 0] if T == 1 else G.sum(dim=1)  # (b, out)
-        gb_sq = g_sq if bias_proj is not None else torch.linalg.vector_norm(gb, dim=1).square()
-        out.append(_Stat(gb_sq, gb @ Mb, bias_proj if bias_proj is not None else gb @ fb.R))
-    return out
-
-
-def _gram_sum(G: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """sum_{t,s} (g_t.g_s) W_ts per example: (b, T, d), (b, T, T) -> (b,)."""
-    return ((G @ G.transpose(1, 2)) * W).sum(dim=(1, 2))
-
-
-def _embedding_stats(ids, G, Mw, fw: Factor) -> _Stat:
-    b, T, d = G.shape
-    k = fw.A.shape[1]
-    if T == 1:
-        sq = G.reshape(b, d).pow(2).sum(1)
-    elif T <= EMBEDDING_GRAM_MAX_T:
-        same = (ids.unsqueeze(2) == ids.unsqueeze(1)).to(G.dtype)  # (b, T, T)
-        sq = _gram_sum(G, same)
-    else:  # segment sums over each example's distinct tokens
-        V = int(ids.max()) + 1
-        key = torch.arange(b, device=ids.device).unsqueeze(1) * V + ids
-        uniq, inv = torch.unique(key.reshape(-1), return_inverse=True)
-        S = torch.zeros(len(uniq), d, dtype=G.dtype, device=G.device).index_add_(0, inv, G.reshape(-1, d))
-        sq = torch.zeros(b, dtype=G.dtype, device=G.device).index_add_(0, uniq // V, S.pow(2).sum(1))
-    dot = (Mw[ids] * G).sum(dim=(1, 2))
-    proj = (fw.A[ids] * (G.reshape(-1, d) @ fw.B).reshape(b, T, k)).sum(1)
-    return _Stat(sq, dot, proj)
-
-
-def _fallback_stat(g: torch.Tensor, M: torch.Tensor, f: Factor) -> _Stat:
-    b = g.shape[0]
-    flat = g.reshape(b, -1)
-    return _Stat(flat.pow(2).sum(1), flat @ M.reshape(-1), _project_dense_grads(g, f))
 
 
 # ---- the engine -------------------------------------------------------------------------------
@@ -581,236 +280,186 @@ def _one_thread():
         torch.set_num_threads(old)
 
 
+def _call_mode(use, s1: tuple | None) -> tuple | None:
+    """Mode of one use from its input shapes at batch 1 (s1) and batch 2 (use.shape)."""
+    s2 = use.shape
+    if s1 is None or len(s1) != len(s2):
+        return None
+    diff = [i for i, (a, b) in enumerate(zip(s1, s2)) if a != b]
+    if not diff:
+        return ("broadcast",) if use.broadcastable else None
+    if len(diff) == 1 and (s1[diff[0]], s2[diff[0]]) == (1, 2) and diff[0] in use.axes:
+        return ("batched", diff[0])
+    return None
+
 
 class _Engine:
-    def __init__(self, model: nn.Module, loss: str, proj_dim: int, seed: int, method: str):
+    def __init__(self, model: nn.Module, loss: str, proj_dim: int, seed: int, method: str, trainable_only: bool = True):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
         self.model, self.loss, self.method = model, loss, method
-        self.names = layer_names(model)
+        self.names = layer_names(model, trainable_only)
         self.shapes = {name: p.shape for name, p in model.named_parameters()}
-        self.factors = projection_factors(model, proj_dim, seed)
+        self.factors = projection_factors(model, proj_dim, seed, trainable_only)
         self.proj_dim = proj_dim
-        # Detached copies that require grad: gradients flow to layer outputs, never to .grad.
-        self.params = {name: p.detach().requires_grad_(True) for name, p in model.named_parameters()}
-        self.frozen = _params(model)
-        self.plan = _Plan()
+        # Detached copies; the included ones require grad: gradients flow to captured outputs, never to .grad.
+        self.params = _detached(model, self.names)
+        self.frozen = {name: p.detach() for name, p in model.named_parameters()}
+        self.plan: list | None = None  # per use: ("batched", axis) | ("broadcast",) | None
+        self.fast: set[str] = set()
+        self.fallback: list[str] = list(self.names)
         self.capture = None
         self.peak_bytes = 0
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.capture = None
+
     # -- probe ------------------------------------------------------------------------------
     def make_plan(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        owners = _owners(self.model)
-        candidates = {}
-        if self.method == "auto":
-            for name, (mod, attr, slots) in owners.items():
-                if attr in ("weight", "bias") and slots == 1 and _supported_statically(mod):
-                    candidates.setdefault(mod, {"weight": None, "bias": None})[attr] = name
-            candidates = {m: v for m, v in candidates.items() if v["weight"] is not None}
-        self.capture = _Capture(candidates).__enter__()  # hooks stay until close()
-        self.plan.names = candidates
-        if candidates:
-            with _one_thread():
-                self._probe(x, y)
-        fast = {n for m in self.plan.mode for n in self.plan.names[m].values() if n is not None}
-        self.plan.fallback = [n for n in self.names if n not in fast]
-        log.debug("per-example engine: %d fast parameter tensors, fallback (vmap) for %s",
-                  len(fast), self.plan.fallback)
+        if self.method != "auto" or not self.names:
+            return
+        self.capture = Capture({id(self.params[n]): n for n in self.names})
+        with _one_thread():
+            self._probe(x, y)
+        self.fallback = [n for n in self.names if n not in self.fast]
+        if self.fallback:
+            log.info("per-example engine: vmap fallback for %s", ", ".join(self.fallback))
 
-    def _forward(self, x, params, rng_seed=0):
-        devices = []
-        if x.device.type == "cuda":
-            devices = [x.device.index if x.device.index is not None else torch.cuda.current_device()]
-        with torch.random.fork_rng(devices=devices):
-            # Identical dropout masks across the probe's forwards (torch.manual_seed would also
-            # seed every lazily initialized accelerator, which is slow).
-            torch.default_generator.manual_seed(rng_seed)
-            for d in devices:
-                torch.cuda.default_generators[d].manual_seed(rng_seed)
-            return functional_call(self.model, params, (x,))
+    def _forward(self, x, params, phase, **kw):
+        cap = self.capture
+        cap.start(phase, batch=len(x), **kw)
+        try:
+            with cap:
+                out = functional_call(self.model, params, (x,))
+            tampered = cap.tampered()
+        finally:
+            uses = cap.stop()
+        return out, uses, tampered
 
     def _probe(self, x, y):
-        """Find each candidate module's batch axis, then check the fast path on two examples."""
-        cap = self.capture
+        """Find each use's batch axis, then check the rebuilt gradients on two examples against autograd."""
         x2, y2 = (x[:2], y[:2]) if len(x) >= 2 else (torch.cat([x, x]), torch.cat([y, y]))
         with torch.no_grad():
-            cap.start(batch=1, modes=None)
-            try:
-                self._forward(x[:1], self.frozen)
-            finally:
-                cap.stop()
-        shapes1 = cap.shapes
-        cap.start(batch=2, modes=None, safe=True)
-        try:
+            _, uses1, _ = self._forward(x[:1], self.params, "probe")
+        with torch.enable_grad():
+            logits, uses, _ = self._forward(x2, self.params, "probe", safe=True)
+        shapes1 = [u.shape for u in uses1]
+        if len(shapes1) != len(uses):  # data-dependent calls: nothing is trusted
+            return
+        plan = [_call_mode(u, s1) for u, s1 in zip(uses, shapes1)]
+        if any(m is not None and m[0] == "broadcast" for m in plan):
             with torch.enable_grad():
-                logits = self._forward(x2, self.params)
-        finally:
-            cap.stop()
-        shapes2, records = cap.shapes, cap.records
-        modes = {}
-        for m in cap.modules:
-            s1, s2 = shapes1[m], shapes2[m]
-            if not s1 and not s2:
-                modes[m] = None  # not called: zero gradient
-                continue
-            if len(s1) != len(s2):
-                continue
-            calls = {_call_mode(m, a, b) for a, b in zip(s1, s2)}
-            if len(calls) == 1 and "bad" not in calls:
-                modes[m] = calls.pop()
-        broadcast = [m for m, md in modes.items() if md is not None and md[0] == "broadcast"]
-        if broadcast:  # rerun with their outputs broadcast along a batch axis: same model output?
-            cap.start(batch=2, modes={m: md for m, md in modes.items() if md is not None}, safe=True)
-            try:
+                expanded, uses, _ = self._forward(x2, self.params, "capture", plan=plan, safe=True)
+            if expanded.shape == logits.shape and torch.allclose(expanded.detach(), logits.detach(), rtol=1e-5,
+                                                                 atol=1e-6):
+                logits = expanded
+            else:  # the model does not broadcast that output as assumed: those parameters fall back
+                plan = [None if m is not None and m[0] == "broadcast" else m for m in plan]
                 with torch.enable_grad():
-                    expanded = self._forward(x2, self.params)
-            finally:
-                cap.stop()
-            same = expanded.shape == logits.shape and torch.allclose(expanded.detach(), logits.detach(),
-                                                                     rtol=1e-5, atol=1e-6)
-            if same:
-                logits, records = expanded, cap.records
-            else:
-                for m in broadcast:
-                    del modes[m]
-        # Check every fast parameter: gradient rebuilt from captured tensors == autograd's.
-        mods = [m for m in modes if modes[m] is not None]
-        recs = [(m, r) for m in mods for r in records[m] if r.out.requires_grad]
-        pnames = [n for m in mods for n in self.plan.names[m].values() if n is not None]
-        if recs or pnames:
-            with torch.enable_grad():
-                value = per_example_loss(logits, y2, self.loss).sum()
-                got = torch.autograd.grad(value, [r.out for _, r in recs] + [self.params[n] for n in pnames],
-                                          allow_unused=True)
+                    logits, uses, _ = self._forward(x2, self.params, "capture", plan=plan, safe=True)
+            uses = [u for u in uses if u is not None]
+            plan_used = [m for m in plan if m is not None]
         else:
-            got = []
-        out_grads, ref = got[: len(recs)], dict(zip(pnames, got[len(recs) :]))
-        by_mod = {m: [] for m in mods}
-        for (m, r), g in zip(recs, out_grads):
-            by_mod[m].append((r, g))
+            plan_used = plan
+        # Every included parameter: the gradient rebuilt from its uses == autograd's.
+        with torch.enable_grad():
+            value = per_example_loss(logits, y2, self.loss).sum()
+            outs = [u.out for u in uses if u.out.requires_grad]
+            got = torch.autograd.grad(value, outs + [self.params[n] for n in self.names], allow_unused=True)
+        out_grads = dict(zip([id(u) for u in uses if u.out.requires_grad], got[: len(outs)]))
+        ref = dict(zip(self.names, got[len(outs):]))
+        bad = set()  # parameters with a use the plan cannot capture
+        for u, m in zip(uses, plan_used):
+            if m is None:
+                bad.update(u.names.values())
+        feats = self._features(uses, [out_grads.get(id(u)) for u in uses], plan_used, len(x2))
+        fast = set()
         with torch.no_grad():
-            for m in mods:
-                feat = _features(m, [r for r, _ in by_mod[m]], [g for _, g in by_mod[m]], len(x2), modes[m])
-                sums = self._sums(m, feat)
-                for attr, name in self.plan.names[m].items():
-                    if name is None:
-                        continue
-                    r = ref[name]
-                    r = torch.zeros_like(self.params[name]) if r is None else _dense(r)
-                    s = sums[attr]
-                    if s.shape != r.shape or (s - r).norm() > 1e-4 * r.norm() + 1e-8 * max(1, s.numel()) ** 0.5:
-                        modes.pop(m, None)
-                        break
-        self.plan.mode = modes
-        cap.records = {}
+            for name in self.names:
+                r = ref[name]
+                r = torch.zeros_like(self.params[name]) if r is None else _dense(r)
+                if name in bad:
+                    continue
+                f = feats.get(name)
+                s = torch.zeros_like(r) if f is None else f.sum(r.shape)
+                if (s - r).norm() <= 1e-4 * r.norm() + 1e-8 * max(1, s.numel()) ** 0.5:
+                    fast.add(name)
+        self.fast = fast
+        # The capture plan: a use is needed when one of its parameters is fast.
+        self.plan = [m if m is not None and any(n in fast for n in u.names.values()) else None
+                     for u, m in zip(uses1, plan)] if len(uses1) == len(plan) else None
+
+    def _features(self, uses, grads, modes, batch) -> dict:
+        """Per parameter name: the combined feature of all its uses (None grads: output unused by the loss)."""
+        per_name: dict[str, list] = {}
+        for u, g, m in zip(uses, grads, modes):
+            if g is None or m is None:
+                continue
+            axis = None if m[0] == "broadcast" else m[1]
+            for attr, f in u.features(u.inp, g, axis, batch, set(u.names)).items():
+                per_name.setdefault(u.names[attr], []).append(f)
+        return {n: combine(fs, self.shapes[n]) for n, fs in per_name.items()}
 
     # -- one chunk ----------------------------------------------------------------------------
-    def _sums(self, module, feat) -> dict[str, torch.Tensor]:
-        """Sums over the batch of the module's parameter gradients, param-shaped."""
-        names = self.plan.names[module]
-        w = self.params[names["weight"]]
-        if feat is None:
-            return {a: torch.zeros_like(self.params[n]) for a, n in names.items() if n is not None}
-        H, G = feat
-        if isinstance(module, nn.Embedding):
-            return {"weight": _embedding_sum(module, H, G)}
-        sw, sb = _linear_sums(H, G, names["bias"] is not None)
-        out = {"weight": sw.reshape(w.shape)}
-        if sb is not None:
-            out["bias"] = sb
-        return out
-
     def _capture_pass(self, x, y):
-        cap = self.capture
-        active = {m: md for m, md in self.plan.mode.items()}
         for safe in (False, True):  # redo with copies when the model overwrote a captured tensor
-            cap.start(batch=len(x), modes=active, safe=safe)
             try:
                 with torch.enable_grad():
-                    logits = functional_call(self.model, self.params, (x,))
+                    logits, uses, tampered = self._forward(x, self.params, "capture", plan=self.plan, safe=safe)
             except RuntimeError:
                 if safe:
                     raise
                 continue  # e.g. an in-place operation on a broadcast (expanded) output
-            finally:
-                cap.stop()
-            if not cap.tampered():
+            if not tampered:
                 break
+        live = [u for u in uses if u is not None]
         with torch.enable_grad():
             losses = per_example_loss(logits, y, self.loss)
-            recs = [(m, r) for m in active for r in cap.records[m] if r.out.requires_grad]
-            grads = torch.autograd.grad(losses.sum(), [r.out for _, r in recs], allow_unused=True) if recs else []
-        by_mod = {m: ([], []) for m in active}
-        for (m, r), g in zip(recs, grads):
-            by_mod[m][0].append(r)
-            by_mod[m][1].append(g)
-        cap.records = {}
-        feats = {m: _features(m, rs, gs, len(x), active[m]) for m, (rs, gs) in by_mod.items()}
+            outs = [u for u in live if u.out.requires_grad]
+            grads = torch.autograd.grad(losses.sum(), [u.out for u in outs], allow_unused=True) if outs else []
+        by_id = dict(zip([id(u) for u in outs], grads))
+        feats = self._features(live, [by_id.get(id(u)) for u in live], [u.mode for u in live], len(x))
+        feats = {n: f for n, f in feats.items() if n in self.fast}
         return losses.detach(), logits.detach(), feats
-
-    def chunk(self, x, y, mean: dict | None, n_total: int):
-        """Statistics of one chunk. With mean None, the mean gradient is that of this chunk: it
-        is returned as (sums over the chunk, 1 / n_total), the scale applied to the dots only."""
-        losses, logits, feats = self._capture_pass(x, y) if self.plan.mode else self._plain(x, y)
-        fb = {}
-        if self.plan.fallback:
-            fb = _per_example_grads(self.model, self.frozen, self.plan.fallback, x, y, self.loss)
-        with torch.no_grad():
-            self.peak_bytes = max(self.peak_bytes, _nbytes(feats) + _nbytes(fb))
-            scale = 1.0
-            if mean is None:
-                mean, scale = {}, 1.0 / n_total
-                for m, feat in feats.items():
-                    for attr, s in self._sums(m, feat).items():
-                        mean[self.plan.names[m][attr]] = s
-                for name, g in fb.items():
-                    mean[name] = _dense(g).sum(0)
-            stats: dict[str, _Stat] = {}
-            for m, feat in feats.items():
-                names = self.plan.names[m]
-                if feat is None:  # module not called, or its output does not reach the loss
-                    for n in names.values():
-                        if n is not None:
-                            z = self.params[n].new_zeros(len(x))
-                            stats[n] = _Stat(z, z, self.params[n].new_zeros(len(x), self.proj_dim))
-                    continue
-                H, G = feat
-                wn, bn = names["weight"], names["bias"]
-                if isinstance(m, nn.Embedding):
-                    stats[wn] = _embedding_stats(H, G, mean[wn], self.factors[wn])
-                else:
-                    w_shape = self.shapes[wn]
-                    Mw = mean[wn].reshape(w_shape[0], -1)
-                    parts = _linear_stats(H, G, Mw, self.factors[wn], mean[bn] if bn else None,
-                                          self.factors[bn] if bn else None)
-                    stats[wn] = parts[0]
-                    if bn:
-                        stats[bn] = parts[1]
-            for name, g in fb.items():
-                stats[name] = _fallback_stat(_dense(g), mean[name], self.factors[name])
-            if scale != 1.0:
-                for st in stats.values():
-                    st.dot = st.dot * scale
-        return losses, logits, stats, mean, scale
-
-    def close(self) -> None:
-        if self.capture is not None:
-            self.capture.__exit__(None, None, None)
 
     def _plain(self, x, y):
         with torch.no_grad():
             logits = functional_call(self.model, self.frozen, (x,))
             return per_example_loss(logits, y, self.loss), logits, {}
 
-
-def _nbytes(obj) -> int:
-    if torch.is_tensor(obj):
-        return obj.numel() * obj.element_size() if obj.is_contiguous() else obj.untyped_storage().nbytes()
-    if isinstance(obj, dict):
-        return sum(_nbytes(v) for v in obj.values())
-    if isinstance(obj, (tuple, list)):
-        return sum(_nbytes(v) for v in obj)
-    return 0
+    def chunk(self, x, y, mean: dict | None, n_total: int):
+        """Statistics of one chunk. With mean None, the mean gradient is that of this chunk: it
+        is returned as (sums over the chunk, 1 / n_total), the scale applied to the dots only."""
+        losses, logits, feats = self._capture_pass(x, y) if self.fast else self._plain(x, y)
+        fb = {}
+        if self.fallback:
+            fb = _per_example_grads(self.model, self.frozen, self.fallback, x, y, self.loss)
+        with torch.no_grad():
+            for name, g in fb.items():
+                feats[name] = Explicit(_dense(g))
+            self.peak_bytes = max(self.peak_bytes, sum(f.nbytes() for f in feats.values()))
+            scale = 1.0
+            if mean is None:
+                mean, scale = {}, 1.0 / n_total
+                for name in self.names:
+                    f = feats.get(name)
+                    mean[name] = f.sum(self.shapes[name]) if f is not None else self.params[name].new_zeros(
+                        self.shapes[name])
+            stats: dict[str, Stat] = {}
+            for name in self.names:
+                f = feats.get(name)
+                if f is None:  # unused by the loss: checked zero by the probe
+                    z = self.params[name].new_zeros(len(x))
+                    stats[name] = Stat(z, z, self.params[name].new_zeros(len(x), self.proj_dim))
+                else:
+                    stats[name] = f.stats(mean[name], self.factors[name])
+            if scale != 1.0:
+                for st in stats.values():
+                    st.dot = st.dot * scale
+        return losses, logits, stats, mean, scale
 
 
 def per_example_stats(
@@ -825,6 +474,8 @@ def per_example_stats(
     mean_grad: torch.Tensor | None = None,
     method: str = "auto",
     layer_norms: bool = False,
+    trainable_only: bool = True,
+    eval: bool = False,
 ) -> dict[str, np.ndarray]:
     """Statistics of every example, in input order.
 
@@ -837,6 +488,11 @@ def per_example_stats(
     (n, n_layers): the norm of the gradient of each parameter tensor, columns named by
     `layer_names(model)`; their squares sum to grad_norm squared.
 
+    Gradients are of the trainable parameters only (requires_grad), unless
+    trainable_only=False. The model must behave as in eval mode: a BatchNorm or Dropout in
+    training mode is an error, unless eval=True, which switches to eval mode for the call
+    (gradscope.modes); buffers are never changed.
+
     method "auto" is the engine of the module docstring; "vmap" is the torch.func vmap(grad)
     reference, which forms every per-example gradient (same results, same projection).
     `batch_size` bounds memory: examples are processed in chunks of that many.
@@ -846,11 +502,9 @@ def per_example_stats(
         raise ValueError("per_example_stats needs at least one example")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    engine = _Engine(model, loss, proj_dim, seed, method)
-    try:
-        return _run(engine, model, inputs, targets, loss, batch_size, mean_grad, layer_norms)
-    finally:
-        engine.close()  # no hook left behind, whatever happened
+    with eval_mode(model, eval, what="per_example_stats"), _Engine(model, loss, proj_dim, seed, method,
+                                                                   trainable_only) as engine:
+        return _run(engine, model, inputs, targets, loss, batch_size, mean_grad, layer_norms, trainable_only)
 
 
 def el2n(logits: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
@@ -860,10 +514,11 @@ def el2n(logits: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor
     return torch.linalg.vector_norm(out - F.one_hot(targets, logits.shape[1]).to(out.dtype), dim=1)
 
 
-def _run(engine: _Engine, model, inputs, targets, loss, batch_size, mean_grad, layer_norms) -> dict[str, np.ndarray]:
+def _run(engine: _Engine, model, inputs, targets, loss, batch_size, mean_grad, layer_norms,
+         trainable_only) -> dict[str, np.ndarray]:
     n = len(inputs)
     p0 = next(model.parameters())
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = n_parameters(model, trainable_only)
     engine.make_plan(inputs[:2].to(p0.device), targets[:2].to(p0.device))
 
     mean_parts, mean_norm = None, None
@@ -872,9 +527,10 @@ def _run(engine: _Engine, model, inputs, targets, loss, batch_size, mean_grad, l
         if mean_grad.shape != (n_params,):
             raise ValueError(f"mean_grad has shape {tuple(mean_grad.shape)}, expected ({n_params},)")
     elif n > batch_size:
-        mean_grad = mean_gradient(model, inputs, targets, loss=loss, batch_size=batch_size)
+        mean_grad = mean_gradient(model, inputs, targets, loss=loss, batch_size=batch_size,
+                                  trainable_only=trainable_only)
     if mean_grad is not None:
-        mean_parts = dict(zip(engine.names, mean_grad.split([p.numel() for p in model.parameters()])))
+        mean_parts = dict(zip(engine.names, mean_grad.split([math.prod(engine.shapes[k]) for k in engine.names])))
         mean_parts = {k: v.reshape(engine.shapes[k]) for k, v in mean_parts.items()}
         mean_norm = mean_grad.norm()
 
@@ -895,8 +551,8 @@ def _run(engine: _Engine, model, inputs, targets, loss, batch_size, mean_grad, l
             "grad_proj": sum(stats[k].proj for k in engine.names),
         })
     log.info("per-example stats: %d examples in chunks of %d, %d fast and %d fallback (vmap) parameter tensors, "
-             "captured tensors peak %.1f MB", n, batch_size, len(engine.names) - len(engine.plan.fallback),
-             len(engine.plan.fallback), engine.peak_bytes / 2**20)
+             "captured tensors peak %.1f MB", n, batch_size, len(engine.names) - len(engine.fallback),
+             len(engine.fallback), engine.peak_bytes / 2**20)
     out = parts[0] if len(parts) == 1 else {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
     y = targets.to(p0.device)
 

@@ -1,0 +1,70 @@
+"""nn.Conv1d / nn.Conv2d (any stride, padding, dilation and groups, depthwise included).
+
+The input is unfolded to patches (b, L, C kh kw): the L output positions are the tokens of
+a Linear per group, so G_n = blockdiag_j(sum_t g_{t,j} h_{t,j}^T) for the weight seen as
+(out, C/groups kh kw). Patches are unfolded one sub-batch at a time. A Conv1d is a Conv2d of
+height 1. Other padding modes reach here already padded (nn.Conv pads, then calls F.conv with 0).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from gradscope.grad_rules.base import Explicit, Tokens, arg, register
+
+
+def _pair(v, n):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+def _patches(x, kernel, stride, padding, dilation, groups):
+    """(b, C, *spatial) -> (b, L, groups, C/groups prod(kernel)) in the order of weight.reshape(out, -1)."""
+    nd = len(kernel)
+    if nd == 1:  # Conv1d as a Conv2d of height 1
+        x, kernel, stride, dilation = x.unsqueeze(2), (1, *kernel), (1, *stride), (1, *dilation)
+        padding = padding if isinstance(padding, str) else (0, *padding)
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = (0, 0)
+        else:  # "same": possibly asymmetric, as F.conv pads it
+            pads = []
+            for d, k in zip(reversed(dilation), reversed(kernel)):
+                total = d * (k - 1)
+                pads += [total // 2, total - total // 2]
+            x, padding = F.pad(x, pads), (0, 0)
+    cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (b, C kk, L)
+    b, ckk, L = cols.shape
+    return cols.reshape(b, groups, ckk // groups, L).permute(0, 3, 1, 2)
+
+
+def _conv_rule(nd):
+    def rule(ctx, func, args, kwargs):
+        x, w, b = arg(args, kwargs, 0, "input"), arg(args, kwargs, 1, "weight"), arg(args, kwargs, 2, "bias")
+        out = func(*args, **kwargs)
+        if x.dim() != nd + 2:  # unbatched call
+            return out
+        stride = _pair(arg(args, kwargs, 3, "stride", 1), nd)
+        padding = arg(args, kwargs, 4, "padding", 0)
+        padding = padding if isinstance(padding, str) else _pair(padding, nd)
+        dilation = _pair(arg(args, kwargs, 5, "dilation", 1), nd)
+        groups = arg(args, kwargs, 6, "groups", 1)
+        kernel = tuple(w.shape[2:])
+
+        def features(inp, G, axis, batch, attrs):
+            c_out = G.shape[1] // groups
+            Gt = G.reshape(batch, groups, c_out, -1).permute(0, 3, 1, 2)  # (b, L, groups, c_out)
+            feats = {}
+            if "weight" in attrs:
+                feats["weight"] = Tokens(Gt, h_fn=lambda s, e: _patches(inp[s:e], kernel, stride, padding, dilation,
+                                                                        groups),
+                                         c_in=w.shape[1] * w[0, 0].numel())
+            if "bias" in attrs:
+                feats["bias"] = Explicit(G.reshape(batch, G.shape[1], -1).sum(-1))
+            return feats
+
+        return ctx.use(x, out, {"weight": w, "bias": b}, features, batch_axes=(0,))
+    return rule
+
+
+register(F.conv1d)(_conv_rule(1))
+register(F.conv2d)(_conv_rule(2))
