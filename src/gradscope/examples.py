@@ -350,6 +350,7 @@ class _Engine:
         if len(shapes1) != len(uses):  # data-dependent calls: nothing is trusted
             return
         plan = [_call_mode(u, s1) for u, s1 in zip(uses, shapes1)]
+        bad = {n for u, m in zip(uses, plan) if m is None for n in u.names.values()}  # a use no plan captures
         if any(m is not None and m[0] == "broadcast" for m in plan):
             with torch.enable_grad():
                 expanded, uses, _ = self._forward(x2, self.params, "capture", plan=plan, safe=True)
@@ -357,6 +358,7 @@ class _Engine:
                                                                  atol=1e-6):
                 logits = expanded
             else:  # the model does not broadcast that output as assumed: those parameters fall back
+                bad |= {n for u, m in zip(uses, plan) if m is not None and m[0] == "broadcast" for n in u.names.values()}
                 plan = [None if m is not None and m[0] == "broadcast" else m for m in plan]
                 with torch.enable_grad():
                     logits, uses, _ = self._forward(x2, self.params, "capture", plan=plan, safe=True)
@@ -371,10 +373,6 @@ class _Engine:
             got = torch.autograd.grad(value, outs + [self.params[n] for n in self.names], allow_unused=True)
         out_grads = dict(zip([id(u) for u in uses if u.out.requires_grad], got[: len(outs)]))
         ref = dict(zip(self.names, got[len(outs):]))
-        bad = set()  # parameters with a use the plan cannot capture
-        for u, m in zip(uses, plan_used):
-            if m is None:
-                bad.update(u.names.values())
         feats = self._features(uses, [out_grads.get(id(u)) for u in uses], plan_used, len(x2))
         fast = set()
         with torch.no_grad():
