@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.testing import assert_close
 
 from gradscope.curvature import (
@@ -543,3 +544,235 @@ def test_compute_curvature_extras_match_the_standalone_measures():
     # Every HVP is counted: Lanczos, Hutchinson, one for the update, SLQ steps, block Lanczos steps.
     block_steps = sum(min(6, p.numel()) for p in model.parameters())
     assert out["hvp_count"] == base["hvp_count"] + 1 + len(dens["nodes"]) + block_steps
+
+
+# ---- real architectures, eval mode, trainable parameters only --------------------------------
+
+
+def dense_hessian(model, x, y, loss="cross_entropy"):
+    """Exact Hessian (n, n) of the mean loss w.r.t. the TRAINABLE parameters (named_parameters order), one
+    row per basis vector on a flat-parameter function (torch.autograd.functional.hessian), apart from the
+    leaves, eval gate and parameter bookkeeping under test. Not torch.func.hessian (forward-over-reverse)
+    here: in torch 2.13 on CPU it gets nn.LayerNorm's weight rows wrong (an asymmetric "Hessian", 0.22 off
+    on Linear-LayerNorm-Linear, 0.02 on the encoder below, where central differences of the gradient agree
+    with double backward to 1e-11); `test_hvps_through_pytorch_attention_need_the_math_kernel` checks
+    against finite differences too."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    shapes, numels = [p.shape for _, p in named], [p.numel() for _, p in named]
+    theta = torch.cat([p.detach().reshape(-1) for _, p in named])
+
+    def f(flat):
+        params = {name: c.view(s) for (name, _), c, s in zip(named, flat.split(numels), shapes)}
+        return per_example_loss(functional_call(model, params, (x,)), y, loss).mean()
+
+    # vmap over the rows is ~3-10x faster, but GroupNorm's double backward does not batch (torch 2.13).
+    vectorize = not any(isinstance(m, nn.GroupNorm) for m in model.modules())
+    with sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention kernel has no double backward
+        return torch.autograd.functional.hessian(f, theta, vectorize=vectorize)
+
+
+class TokenEncoder(nn.Module):
+    """Embedding + positions, a 2-layer nn.TransformerEncoder (PyTorch's own attention), mean-pooled read-out."""
+
+    def __init__(self, vocab=5, seq=3, d=8, classes=3, dropout=0.1):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.pos = nn.Parameter(0.1 * torch.randn(seq, d))
+        layer = nn.TransformerEncoderLayer(d, nhead=2, dim_feedforward=12, dropout=dropout, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        self.readout = nn.Linear(d, classes)
+
+    def forward(self, tokens):
+        return self.readout(self.encoder(self.embed(tokens) + self.pos).mean(1))
+
+
+def with_running_stats(model, x):
+    """Move BatchNorm's running statistics off their init (three training-mode forwards), then eval mode."""
+    model.train()
+    with torch.no_grad():
+        for scale in (0.5, 1.0, 2.0):
+            model(scale * x + 0.3)
+    return model.eval()
+
+
+def real_problem(name: str, seed: int = 0):
+    """(model in eval mode, float64; inputs; targets) of one of the architectures below, tiny."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + 100)
+    if name == "transformer":
+        model = TokenEncoder().double().eval()
+        return model, torch.randint(0, 5, (8, 3), generator=gen), torch.randint(0, 3, (8,), generator=gen)
+    config, shape = {
+        "resnet_group": ({"kind": "resnet", "base_width": 2, "blocks": [1, 1], "norm": "group", "groups": 2}, (1, 6, 6)),
+        "resnet_batch": ({"kind": "resnet", "base_width": 2, "blocks": [1, 1]}, (1, 6, 6)),
+        "resnet_1d": ({"kind": "resnet", "base_width": 2, "blocks": [1, 1]}, (1, 8)),
+        "vgg_batch": ({"kind": "vgg", "base_width": 1}, (1, 4, 4)),
+        "cnn_1d": ({"kind": "cnn", "channels": [3, 4], "activation": "tanh"}, (2, 10)),
+    }[name]
+    model = build_model(config, InputSpec("dense", int(np.prod(shape)), 0, 3, shape)).double()
+    x = torch.randn(8, *shape, generator=gen, dtype=torch.float64)
+    return with_running_stats(model, x), x, torch.randint(0, 3, (8,), generator=gen)
+
+
+ARCHITECTURES = ["resnet_group", "resnet_batch", "resnet_1d", "vgg_batch", "transformer", "cnn_1d"]
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_top_eigenvalues_and_trace_on_real_architectures_match_the_dense_hessian(name):
+    model, x, y = real_problem(name)
+    if name.endswith("batch") or name == "resnet_1d":
+        assert any(float(m.running_var.sub(1).abs().max()) > 0.05 for m in model.modules()
+                   if isinstance(m, nn.modules.batchnorm._BatchNorm))  # eval mode really uses moved statistics
+    H = dense_hessian(model, x, y)
+    n = H.shape[0]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    hvp, m = hvp_fn(model, x, y)
+    assert m == n == sum(p.numel() for p in model.parameters())
+    v = torch.randn(n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert_close(hvp(v), H @ v, rtol=1e-9, atol=1e-10 * float(H.abs().max()))
+    exact = torch.linalg.eigvalsh(H).flip(0)[:2].numpy()
+    vals, vecs = top_eigenvalues(model, x, y, k=2, tol=1e-8, iters=300, return_eigenvectors=True)
+    np.testing.assert_allclose(vals, exact, rtol=1e-7)
+    assert vecs.shape == (2, n)
+    tr = hessian_trace(model, x, y, min_samples=30, max_samples=30, seed=2)
+    dense = hutchinson_trace(lambda z: H @ z, n, min_samples=30, max_samples=30, seed=2)  # the same probes
+    assert tr["trace"] == pytest.approx(dense["trace"], rel=1e-9)
+    assert abs(tr["trace"] - float(H.trace())) <= 4 * tr["stderr"]
+    for k, before in state.items():  # buffers and parameters untouched
+        assert torch.equal(model.state_dict()[k], before), k
+
+
+def test_hvps_through_pytorch_attention_need_the_math_kernel():
+    """The CPU flash kernel has no double backward; the measures pick the math kernel themselves."""
+    model, x, y = real_problem("transformer")
+    params = [p for p in model.parameters()]
+    g = torch.autograd.grad(per_example_loss(model(x), y).mean(), params, create_graph=True)
+    with pytest.raises(RuntimeError, match="flash_attention"):
+        torch.autograd.grad(g, params, grad_outputs=[torch.ones_like(p) for p in params], allow_unused=True)
+    hvp, n = hvp_fn(model, x, y)
+    named = list(model.named_parameters())
+    theta = torch.cat([p.detach().reshape(-1) for _, p in named])
+
+    def gradient(flat):  # of the mean loss, flat, by first-order autograd only
+        params = {name: c.view(p.shape) for (name, p), c in zip(named, flat.split([p.numel() for _, p in named]))}
+        params = {k: v.requires_grad_(True) for k, v in params.items()}
+        loss = per_example_loss(functional_call(model, params, (x,)), y).mean()
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(params.values()))])
+
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(3):  # central differences of the gradient: error ~ h^2, far below the tolerance
+        v = torch.randn(n, generator=gen, dtype=torch.float64)
+        h = 1e-5
+        fd = (gradient(theta + h * v) - gradient(theta - h * v)) / (2 * h)
+        assert_close(hvp(v), fd, rtol=1e-6, atol=1e-8)
+
+
+def test_frozen_parameters_are_left_out():
+    """Hessian over the trainable parameters only: its spectrum, trace, Fisher and Gauss-Newton traces,
+    the update and the vectors' length are those of the trainable block of the full Hessian."""
+    model, x, y = make_problem(300)
+    H_full = exact_hessian(model, x, y, "cross_entropy")
+    model[0].weight.requires_grad_(False)  # 20 of the 39 parameters
+    keep = torch.arange(20, 39)
+    H = H_full[keep][:, keep]
+    assert_close(dense_hessian(model, x, y), H)
+    before = snapshot(model)
+    exact = torch.linalg.eigvalsh(H).flip(0)[:2].numpy()
+    vals, vecs = top_eigenvalues(model, x, y, k=2, tol=None, iters=19, return_eigenvectors=True)
+    np.testing.assert_allclose(vals, exact, rtol=1e-8)
+    assert vecs.shape == (2, 19) and not np.isclose(vals[0], float(torch.linalg.eigvalsh(H_full)[-1]), rtol=1e-3)
+    out = compute_curvature(model, x, y, k=2, lanczos_iters=19, lanczos_tol=None, trace_max_samples=10, seed=1,
+                            fisher=True, gauss_newton_samples=1, return_eigenvectors=True, per_layer=True, layer_iters=4)
+    assert out["n_params"] == 19 and out["eigenvectors"].shape == (2, 19)
+    np.testing.assert_allclose(out["top_eigenvalues"], exact, rtol=1e-8)
+    assert out["hessian_trace"] == pytest.approx(
+        hutchinson_trace(lambda z: H @ z, 19, min_samples=10, max_samples=10, seed=1)["trace"], rel=1e-10)
+    assert list(out["layer_sharpness"]) == ["0.bias", "2.weight", "2.bias"]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    sq = [sum(float(g.pow(2).sum()) for g in torch.autograd.grad(per_example_loss(model(x[i:i + 1]), y[i:i + 1])[0],
+                                                                  trainable)) for i in range(len(x))]
+    assert fisher_trace(model, x, y) == pytest.approx(np.mean(sq), rel=1e-10)
+    gn = gauss_newton_trace(model, x, y, exact=True)["trace"]
+    f, theta = flat_fn(model, x, lambda logits: logits)
+    J = torch.func.jacrev(f)(theta)[:, :, keep]  # (n, classes, trainable)
+    p = model(x).softmax(1).detach()
+    exact_gn = np.mean([float(torch.trace(J[i].T @ (torch.diag(p[i]) - torch.outer(p[i], p[i])) @ J[i]))
+                        for i in range(len(x))])
+    assert gn == pytest.approx(exact_gn, rel=1e-10)
+    sgd = {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.01}  # decay moves no frozen weight
+    u = optimizer_update(model, None, sgd, x, y, step=0)
+    assert u.shape == (19,)
+    assert update_sharpness(model, u, x, y) == pytest.approx(float(u @ H @ u / (u @ u)), rel=1e-10)
+    with pytest.raises(ValueError, match="19 trainable parameters"):
+        update_sharpness(model, torch.zeros(39), x, y)
+    assert_untouched_frozen(model, before)
+
+
+def assert_untouched_frozen(model, before):
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[name][0]) and p.requires_grad == before[name][1], name
+        assert p.grad is None, name
+
+
+def same(a, b):
+    """Equal results, whatever their type (arrays, dicts, tuples, floats)."""
+    if isinstance(a, dict):
+        assert set(a) == set(b)
+        for k in a:
+            if k != "wall_s":
+                same(a[k], b[k])
+    elif isinstance(a, (tuple, list)):
+        assert len(a) == len(b)
+        for u, v in zip(a, b):
+            same(u, v)
+    else:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+MEASURES = {
+    "hvp_fn": lambda m, x, y, **kw: hvp_fn(m, x, y, **kw)[0](torch.ones(sum(p.numel() for p in m.parameters()),
+                                                                       dtype=torch.float64)),
+    "top_eigenvalues": lambda m, x, y, **kw: top_eigenvalues(m, x, y, k=1, iters=8, **kw),
+    "hessian_trace": lambda m, x, y, **kw: hessian_trace(m, x, y, max_samples=4, min_samples=4, **kw),
+    "spectral_density": lambda m, x, y, **kw: spectral_density(m, x, y, iters=5, **kw),
+    "layer_top_eigenvalues": lambda m, x, y, **kw: layer_top_eigenvalues(m, x, y, iters=3, **kw),
+    "update_sharpness": lambda m, x, y, **kw: update_sharpness(
+        m, torch.ones(sum(p.numel() for p in m.parameters())), x, y, **kw),
+    "fisher_trace": lambda m, x, y, **kw: fisher_trace(m, x, y, **kw),
+    "gauss_newton_trace": lambda m, x, y, **kw: gauss_newton_trace(m, x, y, samples=1, **kw),
+    "input_sensitivity": lambda m, x, y, **kw: input_sensitivity(m, x, y, probes=2, exact_max_dim=4, **kw),
+    "compute_curvature": lambda m, x, y, **kw: compute_curvature(m, x, y, lanczos_iters=4, trace_max_samples=4,
+                                                                 fisher=True, input_sensitivity=True, **kw),
+}
+
+
+@pytest.mark.parametrize("measure", MEASURES)
+def test_batchnorm_in_training_mode_is_refused_and_its_statistics_never_move(measure):
+    """The old behaviour: a BatchNorm model in training mode had its running statistics overwritten by every
+    measure's forward (and got batch-coupled numbers). Now: a clear error, buffers bit-identical; eval=True
+    measures in eval mode, restores the flags and leaves the buffers alone too."""
+    fn = MEASURES[measure]
+    model, x, y = real_problem("resnet_batch")
+    x, y = x[:4], y[:4]
+    reference = fn(copy.deepcopy(model), x, y)  # eval mode
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    probe = copy.deepcopy(model)
+    with torch.no_grad():
+        probe(x)
+    assert not torch.equal(probe.stem[1].running_mean, state["stem.1.running_mean"])  # what a train-mode forward does
+    with pytest.raises(ValueError, match=r"defined in eval mode.*\(stem\.1, stages\.0\.0\.norm1"):
+        fn(model, x, y)
+    same_state = lambda: all(torch.equal(model.state_dict()[k], v) for k, v in state.items())  # noqa: E731
+    assert same_state() and all(m.training for m in model.modules())
+    same(fn(model, x, y, eval=True), reference)
+    assert same_state() and all(m.training for m in model.modules())  # flags restored
+
+
+def test_dropout_in_training_mode_is_refused():
+    model, x, y = real_problem("transformer")
+    model.train()
+    with pytest.raises(ValueError, match=r"defined in eval mode.*encoder\.layers\.0"):
+        top_eigenvalues(model, x, y)
+    assert top_eigenvalues(model, x, y, eval=True, iters=5, tol=None) == pytest.approx(
+        top_eigenvalues(model.eval(), x, y, iters=5, tol=None), rel=1e-12)

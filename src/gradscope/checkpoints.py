@@ -1,7 +1,10 @@
 """Self-describing checkpoints (after nanoGPT): everything needed to rebuild the model.
 
 A checkpoint holds the model and optimizer state, every RNG state, the step, the input
-description and the training settings; `load(path)` rebuilds the model from it alone.
+description (its per-example shape included) and the training settings; `load(path)` rebuilds
+the model from it alone: built-in kinds from their settings, a `python` model by calling its
+recorded `factory` with its recorded `kwargs` again (imported with the working directory on
+sys.path; see `gradscope.models`).
 Written atomically, so a checkpoint file that exists is whole.
 """
 

@@ -21,6 +21,8 @@ import jsonschema
 import numpy as np
 import yaml
 
+from gradscope import factories
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 SECTIONS = ("data", "model", "optim", "train", "examples", "signals", "curvature", "plots")
 # Short names for grid keys in run ids; anything else uses the last component of the key.
@@ -194,9 +196,26 @@ def expand_runs(config: dict, schema_path: str | Path | None = None) -> list[Run
                 varying = {short[k]: v for k, v in zip(keys, values)}
                 name = "_".join([f"{short[k]}~{_format_value(v)}" for k, v in zip(keys, values)] + [f"seed~{seed}"])
                 _check(experiment, settings, prefix=f"experiments.{exp_name} (run {name})")
+                _check_factories(settings, prefix=f"experiments.{exp_name} (run {name})")
                 settings.update(experiment=exp_name, run=name, seed=seed, device=config.get("device", "auto"))
                 runs.append(Run(exp_name, name, _sorted(settings), {**varying, "seed": seed}))
     return runs
+
+
+def _check_factories(settings: dict, prefix: str) -> None:
+    """Every "module:function" the run names must import now, not when its job starts."""
+    model = settings.get("model", {})
+    if model.get("kind") == "python":
+        try:
+            factories.resolve(model.get("factory"), key=f"{prefix}.model.factory")
+        except factories.FactoryError as e:
+            raise ConfigError(f"invalid gradscope config:\n  {e}") from None
+    data = settings.get("data", {})
+    if data.get("generator") == "python":  # the data source's factory: imported now, called by generate_data
+        try:
+            factories.resolve(data["python"].get("factory"), key=f"{prefix}.data.python.factory")
+        except factories.FactoryError as e:
+            raise ConfigError(f"invalid gradscope config:\n  {e}") from None
 
 
 # ---- slices of a run's settings, one per stage ------------------------------------------

@@ -1,10 +1,21 @@
 """Curvature of the training loss: Hessian spectrum and trace, Fisher and Gauss-Newton traces,
 sensitivity to the input and sharpness along the optimizer's update.
 
-Every Hessian here is that of the MEAN loss over the given examples w.r.t. all parameters,
-flattened in `model.named_parameters()` order, reached through Hessian-vector products (HVPs);
-the Hessian itself is never formed. All functions are pure computation: the model is never
-mutated (no `.grad` is written, requires_grad is untouched).
+Every Hessian here is that of the MEAN loss over the given examples w.r.t. the trainable
+parameters (requires_grad=True; frozen ones are constants and cost nothing), flattened in
+`model.named_parameters()` order, reached through Hessian-vector products (HVPs); the Hessian
+itself is never formed. Vectors of parameter length (eigenvectors, updates, `n_params`) count
+trainable parameters only. All functions are pure computation: the model is never mutated (no
+`.grad` is written, requires_grad is untouched, buffers are never written).
+
+Curvature is defined on the model in eval mode (BatchNorm on its running statistics, no
+dropout): every measure goes through `gradscope.modes.eval_mode`, so a model with such layers
+left in training mode is an error naming them (in training mode BatchNorm would couple the
+examples and overwrite its running statistics), unless the call passes eval=True, which switches
+to eval mode for the call and restores the flags after. The forward passes run under
+`sdpa_kernel(SDPBackend.MATH)`: PyTorch's fused attention kernels (the CPU flash kernel among
+them) have no double backward, so HVPs through nn.MultiheadAttention / nn.TransformerEncoder
+need the plain-math attention.
 
 - Top eigenvalues: Lanczos with full reorthogonalization (Lanczos 1950; Golub & Van Loan,
   Matrix Computations, ch. 10). Sharpness as tracked by Cohen et al. 2021, "Gradient Descent on
@@ -30,20 +41,56 @@ mutated (no `.grad` is written, requires_grad is untouched).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
+from contextlib import contextmanager
 from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gradscope.examples import per_example_stats
 from gradscope.losses import one_hot, per_example_loss
+from gradscope.modes import eval_mode
 from gradscope.optim import build_optimizer, lr_at
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
+
+
+def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of every parameter with requires_grad, in named_parameters order: the
+    coordinates of every Hessian, eigenvector and update here."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("model has no trainable parameters (none has requires_grad=True)")
+    return named
+
+
+def n_trainable(model: nn.Module) -> int:
+    """The length of a parameter-space vector here (an eigenvector, an update): trainable entries only."""
+    return sum(p.numel() for _, p in trainable_parameters(model))
+
+
+@contextmanager
+def _measuring(model: nn.Module, eval: bool, what: str):
+    """The model in eval mode (see `gradscope.modes.eval_mode`) and attention on the math kernel."""
+    with eval_mode(model, eval, what=what), sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+def _measured(fn):
+    """Run `fn(model, ..., eval=...)` inside `_measuring(model, eval)`: for measures whose whole body runs the model."""
+
+    @functools.wraps(fn)
+    def wrapper(model, *args, **kwargs):
+        with _measuring(model, kwargs.get("eval", False), fn.__name__):
+            return fn(model, *args, **kwargs)
+
+    return wrapper
 
 
 # --------------------------------------------------------------------------------------------
@@ -64,9 +111,8 @@ class _LossGraph(NamedTuple):
 
 
 def _loss_graph(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss: str) -> _LossGraph:
-    named = list(model.named_parameters())
-    if not named:
-        raise ValueError("model has no parameters")
+    """Call inside `_measuring` (eval mode, math attention): the graph records the kernels used."""
+    named = trainable_parameters(model)  # frozen parameters stay the module's own: constants
     dtype, device = named[0][1].dtype, named[0][1].device
     # Detached leaves share storage with the parameters and are never written: the model is not mutated.
     leaves = {name: p.detach().requires_grad_(True) for name, p in named}
@@ -121,9 +167,11 @@ def _block_hvp(graph: _LossGraph, i: int) -> MatVec:
 
 
 def hvp_fn(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy"
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy", eval: bool = False
 ) -> tuple[MatVec, int]:
-    """(v -> H v, n_params) for the Hessian H of the mean loss over `inputs`, in the params' dtype.
+    """(v -> H v, n_params) for the Hessian H of the mean loss over `inputs` w.r.t. the trainable
+    parameters (n_params of them), in the params' dtype, with the model in eval mode (see the
+    module docstring; eval=True switches it for the call).
 
     The model is not mutated: the loss is evaluated on detached (storage-sharing, never written)
     leaves standing in for the parameters, so no `.grad` is written and requires_grad is untouched.
@@ -134,7 +182,8 @@ def hvp_fn(
     # float32, batch 512, torch 2.13 CPU, 2 threads, mean of 20 calls after warm-up, 3 runs):
     # 6.4-8.1 ms vs 14.5-17.0 ms per HVP, i.e. double backward ~2.2x faster (6.8-8.4 ms even
     # counting the one-off graph build). The price is holding that graph for the closure's life.
-    graph = _loss_graph(model, inputs, targets, loss)
+    with _measuring(model, eval, "hvp_fn"):
+        graph = _loss_graph(model, inputs, targets, loss)
     return _full_hvp(graph), sum(graph.numels)
 
 
@@ -279,13 +328,13 @@ def _top(hvp: MatVec, n: int, k: int, iters: int, seed: int, dtype, device, vect
 
 
 def _param_kind(model: nn.Module) -> tuple[torch.dtype, torch.device]:
-    p = next(model.parameters())
+    p = trainable_parameters(model)[0][1]
     return p.dtype, p.device
 
 
 def top_eigenvalues(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, k: int = 1,
                     loss: str = "cross_entropy", tol: float | None = 1e-3, iters: int = 100, seed: int = 0,
-                    warm=None, return_eigenvectors: bool = False):
+                    warm=None, return_eigenvectors: bool = False, eval: bool = False):
     """Top-k Hessian eigenvalues, largest algebraic first, as float64 np.ndarray (k,).
 
     Lanczos stops once each of the k has Ritz residual <= tol * |value| (`converged`: an
@@ -293,11 +342,12 @@ def top_eigenvalues(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
     `iters`. `warm`: vectors ((k', n_params), e.g. the eigenvectors at the previous checkpoint)
     to start from (see `start_vector`); along a training run they save HVPs
     (`bench/bench_curvature.py`).
-    With return_eigenvectors, returns (eigenvalues, eigenvectors) with unit eigenvectors (k, n_params).
+    With return_eigenvectors, returns (eigenvalues, eigenvectors) with unit eigenvectors (k, n_params),
+    n_params the trainable parameters.
     Fewer than k come back only if Lanczos breaks down first (H has fewer distinct eigenvalues
-    visible from the start vector than k).
+    visible from the start vector than k). eval: see the module docstring.
     """
-    hvp, n = hvp_fn(model, inputs, targets, loss=loss)
+    hvp, n = hvp_fn(model, inputs, targets, loss=loss, eval=eval)
     vals, vecs, _, _ = _top(hvp, n, k, min(iters, n), seed, *_param_kind(model), return_eigenvectors, tol, warm)
     return (vals, vecs) if return_eigenvectors else vals
 
@@ -314,13 +364,15 @@ def _layer_top(graph: _LossGraph, iters: int, seed: int) -> tuple[dict[str, floa
 
 
 def layer_top_eigenvalues(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
-                          loss: str = "cross_entropy", iters: int = 20, seed: int = 0) -> dict[str, float]:
-    """Top (largest algebraic) eigenvalue of each parameter tensor's diagonal Hessian block H_ii, by name.
+                          loss: str = "cross_entropy", iters: int = 20, seed: int = 0,
+                          eval: bool = False) -> dict[str, float]:
+    """Top (largest algebraic) eigenvalue of each trainable parameter tensor's diagonal Hessian block H_ii, by name.
 
     Lanczos (`min(iters, numel)` steps) on block HVPs, each one backward pass restricted to that
-    tensor. Tensors with fewer than 2 entries are skipped.
+    tensor. Tensors with fewer than 2 entries are skipped. eval: see the module docstring.
     """
-    graph = _loss_graph(model, inputs, targets, loss)
+    with _measuring(model, eval, "layer_top_eigenvalues"):
+        graph = _loss_graph(model, inputs, targets, loss)
     return _layer_top(graph, iters, seed)[0]
 
 
@@ -370,16 +422,16 @@ def _density(matvec, n, iters, runs, seed, grid, sigma, dtype, device) -> dict:
 
 def spectral_density(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
                      iters: int = 50, runs: int = 1, seed: int = 0, grid: np.ndarray | None = None,
-                     sigma: float = 0.01) -> dict:
+                     sigma: float = 0.01, eval: bool = False) -> dict:
     """Hessian eigenvalue density by stochastic Lanczos quadrature (see `slq`), Gaussian-smoothed.
 
     Returns dict(grid, density, nodes, weights, sigma): `sigma` on input is the Gaussian width as
     a fraction of the range of the Ritz values (the absolute width used is returned as `sigma`);
     the default grid is 1000 points spanning the Ritz values +- 5 widths. The density integrates
     to 1 (the nodes' weights sum to 1): it estimates (1/n) sum_i delta(t - lambda_i), smoothed.
-    Costs runs * min(iters, n_params) HVPs at most (fewer on breakdown).
+    Costs runs * min(iters, n_params) HVPs at most (fewer on breakdown). eval: see the module docstring.
     """
-    hvp, n = hvp_fn(model, inputs, targets, loss=loss)
+    hvp, n = hvp_fn(model, inputs, targets, loss=loss, eval=eval)
     return _density(hvp, n, iters, runs, seed, grid, sigma, *_param_kind(model))
 
 
@@ -412,9 +464,11 @@ def hutchinson_trace(matvec: MatVec, n: int, *, tol: float = 0.01, min_samples: 
 
 
 def hessian_trace(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
-                  tol: float = 0.01, min_samples: int = 10, max_samples: int = 200, seed: int = 0) -> dict:
-    """Hutchinson estimate of the Hessian trace: dict(trace, stderr, n_samples); tol is relative."""
-    hvp, n = hvp_fn(model, inputs, targets, loss=loss)
+                  tol: float = 0.01, min_samples: int = 10, max_samples: int = 200, seed: int = 0,
+                  eval: bool = False) -> dict:
+    """Hutchinson estimate of the Hessian trace: dict(trace, stderr, n_samples); tol is relative.
+    eval: see the module docstring."""
+    hvp, n = hvp_fn(model, inputs, targets, loss=loss, eval=eval)
     dtype, device = _param_kind(model)
     return hutchinson_trace(hvp, n, tol=tol, min_samples=min_samples, max_samples=max_samples, seed=seed,
                             dtype=dtype, device=device)
@@ -428,31 +482,34 @@ def _rayleigh(hvp: MatVec, u: torch.Tensor) -> float:
 def _flat_update(model: nn.Module, update) -> torch.Tensor:
     dtype, device = _param_kind(model)
     u = torch.as_tensor(update).detach().to(dtype=dtype, device=device).reshape(-1)
-    n = sum(p.numel() for p in model.parameters())
+    n = n_trainable(model)
     if u.shape != (n,):
-        raise ValueError(f"update has {u.numel()} entries, the model has {n} parameters")
+        raise ValueError(f"update has {u.numel()} entries, the model has {n} trainable parameters")
     return u
 
 
 def update_sharpness(model: nn.Module, update, inputs: torch.Tensor, targets: torch.Tensor, *,
-                     loss: str = "cross_entropy") -> float:
-    """u^T H u / |u|^2 along a flat update u (named_parameters order): the curvature the step sees.
+                     loss: str = "cross_entropy", eval: bool = False) -> float:
+    """u^T H u / |u|^2 along a flat update u (trainable parameters, named_parameters order): the
+    curvature the step sees.
 
-    NaN for u = 0. One HVP. See `optimizer_update` for the optimizer's actual update.
+    NaN for u = 0. One HVP. See `optimizer_update` for the optimizer's actual update. eval: see
+    the module docstring.
     """
     u = _flat_update(model, update)
-    hvp, _ = hvp_fn(model, inputs, targets, loss=loss)
+    hvp, _ = hvp_fn(model, inputs, targets, loss=loss, eval=eval)
     return _rayleigh(hvp, u)
 
 
 def _flat_params(model: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return torch.cat([p.detach().reshape(-1) for _, p in trainable_parameters(model)])
 
 
 def optimizer_update(model: nn.Module, optimizer_state: dict | None, optim_config: dict, inputs: torch.Tensor,
                      targets: torch.Tensor, *, loss: str = "cross_entropy", step: int,
                      lr: float | None = None) -> torch.Tensor:
-    """theta_new - theta (flat, named_parameters order) for one optimizer step taken as training takes it.
+    """theta_new - theta (flat over the trainable parameters, named_parameters order) for one
+    optimizer step taken as training takes it.
 
     On a deep copy of the model (the model and `optimizer_state` are left untouched): rebuild the
     optimizer (`gradscope.optim.build_optimizer`), load `optimizer_state` (a checkpoint's; None
@@ -462,6 +519,9 @@ def optimizer_update(model: nn.Module, optimizer_state: dict | None, optim_confi
     `gradscope.optim.lr_at(step, optim_config)`, and step once. With full-batch training and
     `inputs` the whole training set this is the update the run made at `step`; on a subset it is
     the update that subset's gradient would give (momentum and Adam moments from the run).
+
+    Not a curvature measure but a replay of a training step, so it runs in training mode, as
+    training does (BatchNorm on batch statistics): on the copy, whose buffers absorb the change.
     """
     clone = copy.deepcopy(model)
     clone.train()  # the mode training steps in
@@ -496,8 +556,14 @@ def optimizer_update(model: nn.Module, optimizer_state: dict | None, optim_confi
 
 def _sq_grad_norms(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, loss: str,
                    batch_size: int) -> np.ndarray:
-    """|g_i|^2, g_i the gradient of example i's loss at `labels`, float64 (n,), from the per-example engine."""
-    n_params = sum(p.numel() for p in model.parameters())
+    """|g_i|^2, g_i the gradient of example i's loss at `labels` w.r.t. the trainable parameters,
+    float64 (n,), from the per-example engine (vmap(grad) over the trainable ones where some are frozen)."""
+    n_params = n_trainable(model)
+    if n_params != sum(p.numel() for p in model.parameters()):
+        def example_loss(logits, yi):  # logits (1, classes)
+            return per_example_loss(logits, yi.unsqueeze(0), loss)[0]
+
+        return _per_example_sq_norms(model, example_loss, inputs, labels, batch_size).numpy()
     dtype, device = _param_kind(model)
     # A zero mean gradient skips the engine's extra pass for it (its cosine is unused here).
     stats = per_example_stats(model, inputs, labels, loss=loss, proj_dim=1, batch_size=batch_size,
@@ -506,15 +572,19 @@ def _sq_grad_norms(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
 
 
 def fisher_trace(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
-                 batch_size: int = 256) -> float:
+                 batch_size: int = 256, eval: bool = False) -> float:
     """Trace of the empirical Fisher F = (1/n) sum_i g_i g_i^T, g_i the gradient of example i's loss
     at its true label: tr F = mean_i |g_i|^2, exact, from the per-example engine
-    (`gradscope.examples.per_example_stats`, its grad_norm)."""
-    return float(_sq_grad_norms(model, inputs, targets, loss, batch_size).mean())
+    (`gradscope.examples.per_example_stats`, its grad_norm). eval: see the module docstring."""
+    with _measuring(model, eval, "fisher_trace"):
+        return float(_sq_grad_norms(model, inputs, targets, loss, batch_size).mean())
 
 
-def _params(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach() for name, p in model.named_parameters()}
+def _params(model: nn.Module, trainable: bool = False) -> dict[str, torch.Tensor]:
+    """Detached parameters for functional_call: all of them (a forward with no parameter graph),
+    or the trainable ones only (what per-example gradients are taken w.r.t.; frozen ones stay the module's)."""
+    named = trainable_parameters(model) if trainable else model.named_parameters()
+    return {name: p.detach() for name, p in named}
 
 
 def _as_model_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -530,29 +600,37 @@ def _logits(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Te
                       for i in range(0, len(inputs), batch_size)])  # (n, classes)
 
 
-def _vjp_sq_norms(model: nn.Module, inputs: torch.Tensor, cotangents: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """|J_i^T c_i|^2 for every example i, J_i = d f(x_i) / d theta (classes, n_params): float64 (n,).
+def _per_example_sq_norms(model: nn.Module, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                          inputs: torch.Tensor, aux: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """|d fn(f(x_i), aux_i) / d theta|^2 for every example i, theta the trainable parameters:
+    float64 (n,), by vmap(grad) (each example alone, as in the per-example engine's reference);
+    fn maps the logits (1, classes) and aux_i to a scalar."""
+    params = _params(model, trainable=True)
 
-    J_i^T c_i is the gradient of <f(x_i), c_i> with c_i held fixed: per-example gradients by
-    vmap(grad), as in the per-example engine.
-    """
-    params = _params(model)
+    def one(params, xi, ai):
+        return fn(functional_call(model, params, (xi.unsqueeze(0),)), ai)
 
-    def out_dot(params, xi, ci):
-        return (functional_call(model, params, (xi.unsqueeze(0),))[0] * ci).sum()
-
-    per_example_grad = vmap(grad(out_dot), in_dims=(None, 0, 0))
+    per_example_grad = vmap(grad(one), in_dims=(None, 0, 0))
     parts = []
     for i in range(0, len(inputs), batch_size):
         x = _as_model_input(model, inputs[i : i + batch_size])
-        g = per_example_grad(params, x, cotangents[i : i + batch_size].to(device=x.device))
+        g = per_example_grad(params, x, aux[i : i + batch_size].to(device=x.device))
         parts.append(sum(t.reshape(len(x), -1).double().pow(2).sum(1) for t in g.values()))
     return torch.cat(parts).cpu()
 
 
+def _vjp_sq_norms(model: nn.Module, inputs: torch.Tensor, cotangents: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """|J_i^T c_i|^2 for every example i, J_i = d f(x_i) / d theta (classes, n_params): float64 (n,).
+
+    J_i^T c_i is the gradient of <f(x_i), c_i> with c_i held fixed.
+    """
+    return _per_example_sq_norms(model, lambda logits, ci: (logits[0] * ci).sum(), inputs, cotangents, batch_size)
+
+
+@_measured
 def gauss_newton_trace(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None = None, *,
                        loss: str = "cross_entropy", samples: int = 1, seed: int = 0, exact: bool = False,
-                       batch_size: int = 256) -> dict:
+                       batch_size: int = 256, eval: bool = False) -> dict:
     """Trace of the generalized Gauss-Newton G = (1/n) sum_i J_i^T H_i J_i: dict(trace, stderr, samples).
 
     J_i = d f(x_i)/d theta is the Jacobian of the logits, H_i the Hessian of the loss w.r.t. them:
@@ -573,6 +651,7 @@ def gauss_newton_trace(model: nn.Module, inputs: torch.Tensor, targets: torch.Te
     exact=True: the deterministic form, sum_c p_ic |J_i^T (p_i - e_c)|^2 (cross-entropy: the
     loss gradient at every label c, weighted by p) or sum_c |J_i^T e_c|^2 = |J_i|_F^2 (mse), over
     all classes: `classes` per-example gradients per example; stderr 0 and samples 0.
+    J_i is taken w.r.t. the trainable parameters; eval: see the module docstring.
     """
     if loss not in ("cross_entropy", "mse"):
         raise ValueError(f"gauss_newton_trace supports cross_entropy and mse, got {loss!r}")
@@ -643,8 +722,10 @@ def _input_hessian_probes(gx: torch.Tensor, x: torch.Tensor, probes: int, gen: t
     return out
 
 
+@_measured
 def input_sensitivity(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
-                      probes: int = 32, seed: int = 0, exact_max_dim: int = 256, batch_size: int = 256) -> dict:
+                      probes: int = 32, seed: int = 0, exact_max_dim: int = 256, batch_size: int = 256,
+                      eval: bool = False) -> dict:
     """Sensitivity to the input, averaged over examples: dict(input_jacobian_norm, input_hessian_trace,
     input_hessian_trace_stderr).
 
@@ -654,9 +735,10 @@ def input_sensitivity(model: nn.Module, inputs: torch.Tensor, targets: torch.Ten
       `exact_max_dim` entries (one input HVP per basis vector e_j, reading off entry j; stderr 0),
       else Hutchinson with `probes` Rademacher probes per example (stderr over the probes).
 
-    Each example's outputs must depend on its own input only (true of these models; not of batch
-    norm in training mode): the passes run on a whole chunk of examples at once. Defined for
-    float (dense) inputs only: for integer token ids the input is discrete, and every value is NaN.
+    Each example's outputs must depend on its own input only (true in eval mode, which the
+    measure requires: see the module docstring): the passes run on a whole chunk of examples at
+    once. Defined for float (dense) inputs only: for integer token ids the input is discrete, and
+    every value is NaN.
     """
     if not inputs.is_floating_point():
         return {"input_jacobian_norm": math.nan, "input_hessian_trace": math.nan,
@@ -696,13 +778,14 @@ _input_sensitivity = input_sensitivity  # compute_curvature's flag of the same n
 # --------------------------------------------------------------------------------------------
 
 
+@_measured
 def compute_curvature(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
                       k: int = 1, lanczos_iters: int = 50, lanczos_tol: float | None = 1e-3, warm=None,
                       trace_tol: float = 0.01, trace_max_samples: int = 200,
                       seed: int = 0, fisher: bool = False, gauss_newton_samples: int = 0,
                       input_sensitivity: bool = False, input_probes: int = 32, update=None, density: bool = False,
                       density_iters: int = 50, density_runs: int = 1, per_layer: bool = False,
-                      layer_iters: int = 20, return_eigenvectors: bool = False) -> dict:
+                      layer_iters: int = 20, return_eigenvectors: bool = False, eval: bool = False) -> dict:
     """Sharpness, top-k eigenvalues and Hessian trace from one HVP closure (what the curvature rule records),
     plus the optional measures.
 
@@ -719,7 +802,8 @@ def compute_curvature(model: nn.Module, inputs: torch.Tensor, targets: torch.Ten
     density=True adds density_grid and density (lists; SLQ with density_iters x density_runs
     HVPs); per_layer=True adds layer_sharpness ({parameter name: top block eigenvalue});
     return_eigenvectors=True adds eigenvectors, the top-k unit Ritz vectors (k, n_params) float64
-    in the order of top_eigenvalues.
+    in the order of top_eigenvalues. n_params counts the trainable parameters, the Hessian's
+    coordinates. The model runs in eval mode throughout (eval: see the module docstring).
     """
     start = time.perf_counter()
     graph = _loss_graph(model, inputs, targets, loss)

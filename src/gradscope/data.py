@@ -10,6 +10,20 @@
   planted groups (the minority with the other class's background) exist by construction.
 - `digits`: scikit-learn's bundled 8x8 handwritten digits (real data, no download), with
   optional planted label noise.
+- `mnist1d`: the MNIST-1D benchmark (Greydanus 2020, arXiv 2011.14439; PyPI `mnist1d`),
+  generated from the package's templates by its own code with a fixed seed: nothing is fetched.
+
+Sources of the user's data (`SOURCES`):
+- `torchvision`: a torchvision classification dataset by class name (CIFAR10, MNIST, SVHN, ...)
+  from a root folder; images become float32 (C, H, W) in [0, 1].
+- `files`: arrays from a `.npz` or Parquet file (one per split, or one with a split column).
+- `python`: a "module:function" of the user's that returns the two splits.
+
+These four share one finishing step (`labelled_dataset`): a seeded subsample of either split,
+planted label noise on the training split (the flipped ids are the planted truth, as for
+`digits`), and standardization fitted on the training split, per feature or per channel.
+Their inputs keep their shape: meta["input"]["shape"] is the per-example shape the model
+receives ([1, 40] for MNIST-1D, [C, H, W] for images); the Parquet `x` column stays flat.
 
 A dataset is two DataFrames (train, test) with `example_id`, the inputs, `label` and
 `planted`, plus a `meta` dict (generator config, input description, planted ids).
@@ -23,14 +37,19 @@ The fitted `{"mean": [...], "std": [...]}` is kept in meta["standardize"] (None 
 
 from __future__ import annotations
 
+import inspect
+import random
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
-from gradscope import artifacts
+from gradscope import artifacts, factories
 
 Dataset = tuple[pd.DataFrame, pd.DataFrame, dict]
 
@@ -259,20 +278,428 @@ def generate_digits(train_fraction, label_noise, seed, standardize=True) -> Data
     return table(np.arange(n_train)), table(np.arange(n_train, n)), meta
 
 
-GENERATORS = {
+# ---- labelled sources: the finishing step they share ----------------------------------------
+@dataclass
+class Split:
+    """One split as a source yields it, before subsampling."""
+
+    x: np.ndarray  # (n, *shape) float32 inputs
+    y: np.ndarray  # (n,) int64 class labels
+    source_id: np.ndarray  # (n,) each example's id in the source: its row index unless the source names ids
+
+
+def _to_numpy(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def as_split(x, y, ids=None, *, what: str) -> Split:
+    """One split from arrays, tensors or nested lists; a ValueError names `what` ("the train split") and the problem.
+
+    Inputs of one number per example become shape [1]; labels of shape (n, 1) become (n,);
+    labels must be whole numbers >= 0 (floats such as 1.0 are accepted)."""
+    x, y = _to_numpy(x), _to_numpy(y)
+    if x.ndim == 0 or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise ValueError(f"the inputs of {what} are not a numeric array (dtype {x.dtype}, shape {x.shape})")
+    if x.ndim == 1:
+        x = x[:, None]
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.shape != (len(x),):
+        raise ValueError(f"the labels of {what} have shape {y.shape}; expected ({len(x)},): one class per input")
+    if len(y) == 0:
+        raise ValueError(f"{what} has no examples")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not (np.issubdtype(y.dtype, np.number) and np.isfinite(y).all() and (y == np.round(y)).all()):
+            raise ValueError(f"the labels of {what} are not whole numbers (dtype {y.dtype}); expected class indices 0..K-1")
+    if y.min() < 0:
+        raise ValueError(f"the labels of {what} include {y.min()}; expected class indices 0..K-1")
+    if ids is None:
+        ids = np.arange(len(y), dtype=np.int64)
+    else:
+        ids = _to_numpy(ids)
+        if ids.shape != (len(y),) or len(np.unique(ids)) != len(ids):
+            raise ValueError(f"the ids of {what} must be {len(y)} distinct values, one per example; got shape {ids.shape} "
+                             f"with {len(np.unique(ids))} distinct")
+        ids = ids.astype(np.int64) if np.issubdtype(ids.dtype, np.integer) else ids.astype(str)
+    return Split(x.astype(np.float32, copy=False), y.astype(np.int64), ids)
+
+
+def _subsample(split: Split, count: int | None, rng, key: str) -> Split:
+    """`count` examples drawn without replacement, kept in source order; all of them for None."""
+    if count is None:
+        return split
+    if count > len(split.y):
+        raise ValueError(f"{key}={count} is more than the {len(split.y)} examples of that split")
+    idx = np.sort(rng.choice(len(split.y), size=count, replace=False))
+    return Split(split.x[idx], split.y[idx], split.source_id[idx])
+
+
+def standardize_shaped(x: np.ndarray, n_train: int, over: str | None, key: str) -> tuple[np.ndarray, dict | None]:
+    """Standardize inputs (n, *shape), train rows first, with statistics of the first `n_train` rows.
+
+    over: None (unchanged), "feature" (each coordinate: `standardize_inputs`) or "channel" (one
+    mean and std per index of the first per-example axis, pooled over the other axes and the
+    training examples: what torchvision's Normalize does with training statistics; a channel
+    constant on the training split is only centred). meta["standardize"] gets {"over", "mean",
+    "std"}; x_raw = x * std + mean, with the channel statistics broadcast over (C, 1, ...)."""
+    if over is None:
+        return x, None
+    if over == "feature":
+        flat, stats = standardize_inputs(x.reshape(len(x), -1), n_train)
+        return flat.reshape(x.shape), {"over": "feature", **stats}
+    if over != "channel":
+        raise ValueError(f"{key}: unknown value {over!r}; allowed: null, 'feature', 'channel'")
+    if x.ndim < 3:
+        raise ValueError(f"{key}: 'channel' needs inputs with a channel axis, shape [C, ...]; these have shape "
+                         f"{list(x.shape[1:])}: use 'feature'")
+    out, means, stds = np.empty(x.shape, dtype=np.float32), [], []
+    for c in range(x.shape[1]):  # one channel at a time: float64 statistics without a float64 copy of the whole set
+        channel = x[:, c].astype(np.float64)  # (n, ...)
+        mean, std = channel[:n_train].mean(), channel[:n_train].std()
+        std = std if std > 0 else 1.0
+        out[:, c] = (channel - mean) / std
+        means.append(float(mean))
+        stds.append(float(std))
+    return out, {"over": "channel", "mean": means, "std": stds}
+
+
+def labelled_dataset(train: Split, test: Split, *, n_classes: int | None, seed: int, label_noise: float,
+                     subsample_train: int | None, subsample_test: int | None, standardize: str | None,
+                     key: str) -> Dataset:
+    """The dataset of a labelled source (MNIST-1D, torchvision, files, python): the step they share.
+
+    - n_classes: the source's (a torchvision dataset's `classes`), else 1 + the largest label
+      of either split, counted before subsampling.
+    - Subsamples: `subsample_train` (`subsample_test`) examples of that split drawn without
+      replacement and kept in source order; None keeps the split whole.
+    - Label noise: exactly round(label_noise * n_train) training labels (after subsampling)
+      moved to a uniformly chosen different class by `flip_labels`; their ids are
+      meta["planted"]["train_ids"] (None when nothing is flipped). The test split is never noisy.
+    - Each of the three draws has its own stream of `seed` (SeedSequence(seed).spawn(3)), so
+      the training subsample depends on neither subsample_test nor label_noise.
+    - standardize: `standardize_shaped`, fitted on the training split after subsampling.
+    Tables: `source_id` is an example's id in the source (its row index there unless the
+    source names ids); `example_id` its row in the table, which the planted ids refer to.
+    `key` ("data.files") prefixes error messages.
+    """
+    shape = list(train.x.shape[1:])
+    if list(test.x.shape[1:]) != shape:
+        raise ValueError(f"{key}: train inputs have shape {shape} per example but test inputs {list(test.x.shape[1:])}")
+    largest = int(max(train.y.max(), test.y.max()))
+    n_classes = largest + 1 if n_classes is None else int(n_classes)
+    if largest >= n_classes:
+        raise ValueError(f"{key}: label {largest} is out of range for the source's {n_classes} classes")
+    if n_classes < 2:
+        raise ValueError(f"{key}: the labels name a single class; classification needs at least 2")
+    train_stream, test_stream, noise_stream = np.random.SeedSequence(seed).spawn(3)
+    train = _subsample(train, subsample_train, np.random.default_rng(train_stream), f"{key}.subsample_train")
+    test = _subsample(test, subsample_test, np.random.default_rng(test_stream), f"{key}.subsample_test")
+    n_train = len(train.y)
+    labels, flipped = flip_labels(train.y, n_train, label_noise, n_classes, np.random.default_rng(noise_stream))
+    x, stats = standardize_shaped(np.concatenate([train.x, test.x]), n_train, standardize, f"{key}.standardize")
+    dim = int(np.prod(shape))
+
+    def table(xs, split, noisy, planted):
+        return pd.DataFrame({
+            "example_id": np.arange(len(split.y), dtype=np.int64),
+            "x": list(xs.reshape(len(xs), dim)),  # flat in the Parquet file; load_split restores the shape
+            "label": noisy,
+            "clean_label": split.y,
+            "planted": planted,
+            "source_id": split.source_id,
+        })
+
+    planted = ({"description": "training examples whose label was changed to another class", "train_ids": flipped.tolist()}
+               if len(flipped) else None)
+    meta = {"input": {"kind": "dense", "dim": dim, "vocab": 0, "n_classes": n_classes, "shape": shape},
+            "planted": planted, "standardize": stats}
+    return (table(x[:n_train], train, labels, np.isin(np.arange(n_train), flipped)),
+            table(x[n_train:], test, test.y, np.zeros(len(test.y), dtype=bool)), meta)
+
+
+# ---- MNIST-1D --------------------------------------------------------------------------------
+def generate_mnist1d(num_samples, train_split, seed, label_noise, subsample_train, subsample_test,
+                     standardize) -> Dataset:
+    """MNIST-1D (Greydanus 2020, arXiv 2011.14439): `mnist1d.data.make_dataset` with the
+    package's default arguments except `num_samples`, `train_split` and `seed`.
+
+    Ten 1-D digit templates, defined in code (`mnist1d.data.get_templates`), are padded,
+    scaled, translated, sheared and noised, then resampled to 40 points; make_dataset never
+    fetches anything (the package's `get_dataset`, which may download a pickle, is not used).
+    10 * (num_samples // 10) examples, balanced, shuffled; the first int(n * train_split) train.
+    The package centres and scales the whole set (both splits) by one scalar mean and std, as
+    published. make_dataset seeds numpy's and Python's global generators: their states are
+    restored afterwards. Inputs (1, 40): one channel of length 40, for Conv1d or an MLP.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.train_split, args.seed = num_samples, train_split, seed
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        d = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    n = len(d["y"]) + len(d["y_test"])
+    if not 0 < len(d["y"]) < n:
+        raise ValueError(f"data.mnist1d: train_split={train_split} leaves an empty split of {n} examples")
+    train = as_split(d["x"][:, None, :], d["y"], what="the MNIST-1D training split")
+    test = as_split(d["x_test"][:, None, :], d["y_test"], what="the MNIST-1D test split")
+    return labelled_dataset(train, test, n_classes=10, seed=seed, label_noise=label_noise,
+                            subsample_train=subsample_train, subsample_test=subsample_test, standardize=standardize,
+                            key="data.mnist1d")
+
+
+# ---- torchvision -----------------------------------------------------------------------------
+def import_torchvision():
+    """torchvision, imported so that its datasets work beside a CPU build of torch.
+
+    PyPI's Linux wheels of torchvision are built against torch's CUDA build: beside the CPU
+    build (torch==2.13.0+cpu here) their C++ ops (_C.so, which needs libtorch_cuda.so) cannot
+    load. torchvision allows for that, except that 0.28 then registers fake kernels for two ops
+    that were never defined, nms and qnms, and the import fails with "operator torchvision::nms
+    does not exist". The datasets use none of those ops: define the two schemas and import
+    again (calling torchvision.ops.nms then still fails with torchvision's own message).
+    """
+    try:
+        import torchvision
+    except ImportError as e:
+        raise ImportError("the torchvision data source (data.generator: torchvision) needs torchvision; install it "
+                          "with your torch pinned in the same command, e.g. pip install torch==2.13.0 -e '.[vision]'") from e
+    except RuntimeError as e:
+        if "torchvision::" not in str(e) or "does not exist" not in str(e):
+            raise
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]  # the failed, half-done import
+        for op in ("nms", "qnms"):
+            if not _op_defined(f"torchvision::{op}"):
+                torch.library.define(f"torchvision::{op}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        import torchvision
+    return torchvision
+
+
+def _op_defined(qualname: str) -> bool:
+    ns, name = qualname.split("::")
+    try:
+        getattr(getattr(torch.ops, ns), name)
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _vision_split(cls, root: Path, split: str, download: bool, kwargs: dict, key: str):
+    """One split of a torchvision dataset as (images (n, C, H, W) float32 in [0, 1], labels, n_classes or None)."""
+    from torchvision.transforms.functional import to_tensor  # uint8 pixels / 255, (C, H, W)
+
+    params = inspect.signature(cls.__init__).parameters
+    if "train" in params:
+        which = {"train": split == "train"}
+    elif "split" in params and "split" not in kwargs:
+        which = {"split": split}  # SVHN and others: split="train" / "test"
+    else:
+        raise ValueError(f"{key}.name: {cls.__name__} takes neither train= nor split=, so it has no train and test "
+                         f"splits to load")
+    how = (f"set {key}.download: true to fetch it there, or copy its files there in torchvision's layout "
+           f"(e.g. ROOT/cifar-10-batches-py/, ROOT/MNIST/raw/)")
+    try:
+        ds = cls(root=str(root), download=download, transform=to_tensor, **which, **kwargs)
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+        raise FileNotFoundError(f"{key}.root: no usable {cls.__name__} {split} split in {root} "
+                                f"(torchvision says: {e}); {how}") from e
+    except TypeError as e:
+        raise ValueError(f"{key}.kwargs: {cls.__name__} does not take {kwargs}: {e}") from e
+    images, labels = [], []
+    for i in range(len(ds)):
+        image, target = ds[i]
+        images.append(image)
+        labels.append(int(target))
+    shapes = sorted({tuple(im.shape) for im in images})
+    if len(shapes) > 1:
+        raise ValueError(f"{key}.name: the {cls.__name__} {split} images differ in size ({shapes[:3]} ...); "
+                         f"this source needs one size")
+    n_classes = len(ds.classes) if getattr(ds, "classes", None) else None
+    return torch.stack(images).numpy() if images else np.zeros((0,)), np.array(labels, dtype=np.int64), n_classes
+
+
+def load_torchvision(name, root, download, kwargs, seed, label_noise, subsample_train, subsample_test,
+                     standardize) -> Dataset:
+    """A torchvision classification dataset by class name, its train and test splits from `root`.
+
+    The split is the dataset's own argument: train=True/False, or split="train"/"test" for
+    datasets without `train` (SVHN). `kwargs` go to the class as they are (EMNIST's split).
+    Images become float32 (C, H, W) in [0, 1] (torchvision's to_tensor: uint8 / 255); every
+    image of a dataset must have one size. n_classes is len(dataset.classes) where the
+    dataset has them. Nothing is fetched unless `download` is true.
+    """
+    key = "data.torchvision"
+    tv = import_torchvision()
+    cls = getattr(tv.datasets, name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, torch.utils.data.Dataset)):
+        known = sorted(n for n, c in vars(tv.datasets).items()
+                       if inspect.isclass(c) and issubclass(c, torch.utils.data.Dataset) and not n.startswith("_"))
+        raise ValueError(f"{key}.name: torchvision.datasets has no dataset {name!r}; it has: {', '.join(known)}")
+    root = Path(root).absolute()
+    if not download and not root.is_dir():
+        raise FileNotFoundError(f"{key}.root: no folder {root} (a relative root starts at the working directory); "
+                                f"set {key}.download: true to fetch {name} there, or copy its files there in "
+                                f"torchvision's layout (e.g. ROOT/cifar-10-batches-py/, ROOT/MNIST/raw/)")
+    (x_train, y_train, n_classes), (x_test, y_test, _) = (_vision_split(cls, root, s, download, kwargs, key)
+                                                          for s in ("train", "test"))
+    train = as_split(x_train, y_train, what=f"the {name} training split")
+    test = as_split(x_test, y_test, what=f"the {name} test split")
+    return labelled_dataset(train, test, n_classes=n_classes, seed=seed, label_noise=label_noise,
+                            subsample_train=subsample_train, subsample_test=subsample_test, standardize=standardize,
+                            key=key)
+
+
+# ---- array files -----------------------------------------------------------------------------
+def _column_array(column: pa.ChunkedArray, what: str) -> np.ndarray:
+    """A Parquet column as an array: scalars give (n,), (nested) lists of equal length give (n, d1, d2, ...)."""
+    import pyarrow.compute as pc
+
+    arr, dims = column.combine_chunks(), []
+    while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
+        if arr.null_count:
+            raise ValueError(f"{what} has null entries")
+        lengths = np.unique(pc.list_value_length(arr).to_numpy(zero_copy_only=False))
+        if len(lengths) > 1:
+            raise ValueError(f"{what} has lists of different lengths ({lengths[:5].tolist()} ...)")
+        dims.append(int(lengths[0]) if len(lengths) else 0)
+        arr = arr.flatten()
+    if arr.null_count:
+        raise ValueError(f"{what} has null entries")
+    return arr.to_numpy(zero_copy_only=False).reshape(len(column), *dims)
+
+
+def _read_arrays(path, names: dict[str, str], key: str, path_key: str, hint: str = "") -> dict[str, np.ndarray]:
+    """The arrays (.npz) or columns (Parquet) `names` ({setting: name}) of one file; errors name the setting and the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{key}.{path_key}: no such file: {p.absolute()} (a relative path starts at the "
+                                f"working directory)")
+    suffix = p.suffix.lower()
+    if suffix not in (".npz", ".parquet", ".pq"):
+        raise ValueError(f"{key}.{path_key}: {p} is neither a .npz nor a .parquet file")
+    try:
+        if suffix == ".npz":
+            store = np.load(p, allow_pickle=False)
+            have = list(store.files)
+        else:
+            store = pq.read_table(p)
+            have = store.column_names
+    except Exception as e:  # numpy and pyarrow raise several types for a foreign or truncated file
+        raise ValueError(f"{key}.{path_key}: cannot read {p}: {e}") from e
+    out = {}
+    for setting, name in names.items():
+        if name not in have:
+            raise ValueError(f"{key}.{setting}: no {'array' if suffix == '.npz' else 'column'} {name!r} in {p} "
+                           f"(it has: {', '.join(have)}){hint}")
+        try:
+            out[setting] = store[name] if suffix == ".npz" else _column_array(store.column(name), f"column {name!r} of {p}")
+        except ValueError as e:  # e.g. an object array, which would need pickle
+            raise ValueError(f"{key}.{setting}: cannot read {name!r} from {p}: {e}") from e
+    return out
+
+
+def load_files(train, test, x_key, y_key, id_key, split_key, shape, seed, label_noise, subsample_train,
+               subsample_test, standardize) -> Dataset:
+    """Inputs and labels from .npz or Parquet files: `train` and `test`, or one `train` file
+    whose `split_key` array/column says "train" or "test" for each row.
+
+    Inputs are the `x_key` array (n, ...) of a .npz, or the `x_key` column of a Parquet file
+    (a number, or a list, possibly nested, of equal length per row); `shape` reshapes each
+    example (e.g. [3, 32, 32] for flat images). Labels: the `y_key` array, class indices.
+    `id_key`, if set, names each example's own id (integers or strings; kept as `source_id`).
+    """
+    key = "data.files"
+    names = {"x_key": x_key, "y_key": y_key, **({"id_key": id_key} if id_key else {})}
+    if test is None:
+        arrays = _read_arrays(train, {**names, "split_key": split_key}, key, "train",
+                              hint=f"; {key}.test is null, so this file must say each row's split")
+        which = arrays.pop("split_key").astype(str)
+        bad = sorted(str(v) for v in set(np.unique(which)) - {"train", "test"})
+        if bad:
+            raise ValueError(f"{key}.split_key: {split_key!r} in {Path(train)} has values {bad[:5]}; expected 'train' "
+                             f"or 'test'")
+        parts = {s: ({k: v[which == s] for k, v in arrays.items()}, train) for s in ("train", "test")}
+    else:
+        parts = {"train": (_read_arrays(train, names, key, "train"), train),
+                 "test": (_read_arrays(test, names, key, "test"), test)}
+    splits = []
+    for split, (arrays, path) in parts.items():
+        x = arrays["x_key"]
+        if shape is not None:
+            if np.prod(x.shape[1:], dtype=np.int64) != np.prod(shape, dtype=np.int64):
+                raise ValueError(f"{key}.shape: {shape} does not fit the {split} inputs of {path}, shaped "
+                                 f"{list(x.shape[1:])} per example")
+            x = x.reshape(len(x), *shape)
+        try:
+            splits.append(as_split(x, arrays["y_key"], arrays.get("id_key"), what=f"the {split} split"))
+        except ValueError as e:
+            raise ValueError(f"{key}: {path}: {e}") from e
+    return labelled_dataset(*splits, n_classes=None, seed=seed, label_noise=label_noise, subsample_train=subsample_train,
+                            subsample_test=subsample_test, standardize=standardize, key=key)
+
+
+# ---- a python factory ------------------------------------------------------------------------
+FACTORY_CONTRACT = ("expected ((x_train, y_train), (x_test, y_test)): numpy arrays or tensors, inputs shaped "
+                    "(n, ...) and integer class labels (n,)")
+
+
+def load_python(factory, kwargs, seed, label_noise, subsample_train, subsample_test, standardize) -> Dataset:
+    """The splits a function of the user's returns: `factory(**kwargs)` ->
+    ((x_train, y_train), (x_test, y_test)), numpy arrays or torch tensors (anything
+    numpy.asarray takes), inputs (n, ...) in the shape the model should receive, labels
+    class indices. "package.module:function" is imported with the working directory on
+    sys.path (`factories.resolve`). Every failure is a FactoryError naming data.python.factory,
+    the value and the reason.
+    """
+    key = "data.python.factory"
+    make = factories.resolve(factory, key=key)
+    try:
+        result = make(**kwargs)
+    except Exception as e:  # the user's code raised: say where, keep its traceback
+        raise factories.FactoryError(key, factory, f"calling it with kwargs {kwargs} raised {type(e).__name__}: {e}") from e
+    try:
+        (x_train, y_train), (x_test, y_test) = result
+    except (TypeError, ValueError):
+        got = type(result).__name__ + (f" of length {len(result)}" if hasattr(result, "__len__") else "")
+        raise factories.FactoryError(key, factory, f"it returned a {got}; {FACTORY_CONTRACT}") from None
+    try:
+        train = as_split(x_train, y_train, what="the train split")
+        test = as_split(x_test, y_test, what="the test split")
+    except ValueError as e:
+        raise factories.FactoryError(key, factory, f"{e}; {FACTORY_CONTRACT}") from None
+    return labelled_dataset(train, test, n_classes=None, seed=seed, label_noise=label_noise,
+                            subsample_train=subsample_train, subsample_test=subsample_test, standardize=standardize,
+                            key="data.python")
+
+
+# ---- dispatch --------------------------------------------------------------------------------
+GENERATORS = {  # need nothing but their settings
     "planted_flips": generate_planted_flips,
     "modular": generate_modular,
     "opposing_features": generate_opposing_features,
     "digits": generate_digits,
+    "mnist1d": generate_mnist1d,
+}
+SOURCES = {  # read the user's data: a folder, files, code
+    "torchvision": load_torchvision,
+    "files": load_files,
+    "python": load_python,
 }
 
 
 def generate(data_config: dict) -> Dataset:
-    """Generate the dataset a data slice ({generator, <generator>: {...}}) describes."""
+    """Generate (or load) the dataset a data slice ({generator, <generator>: {...}}) describes."""
     name = data_config["generator"]
-    if name not in GENERATORS:
-        raise ValueError(f"unknown generator {name!r}; known: {', '.join(sorted(GENERATORS))}")
-    train, test, meta = GENERATORS[name](**data_config[name])
+    builders = GENERATORS | SOURCES
+    if name not in builders:
+        raise ValueError(f"unknown generator {name!r}; known: {', '.join(sorted(builders))}")
+    train, test, meta = builders[name](**data_config[name])
     meta = {"generator": data_config, "n_train": len(train), "n_test": len(test), **meta}
     return train, test, meta
 
@@ -285,6 +712,8 @@ def _columns(df: pd.DataFrame, meta: dict) -> dict:
         types |= {"a": pa.int64(), "b": pa.int64()}
     if "group" in df.columns:  # opposing_features: the planted group an example belongs to, "" for none
         types["group"] = pa.string()
+    if "source_id" in df.columns:  # the labelled sources: an example's id in the source
+        types["source_id"] = pa.int64() if pd.api.types.is_integer_dtype(df["source_id"]) else pa.string()
     return types
 
 
@@ -295,10 +724,17 @@ def write_dataset(train: pd.DataFrame, test: pd.DataFrame, meta: dict, out_train
 
 
 def load_split(folder, split: str) -> tuple[torch.Tensor, torch.Tensor, pd.DataFrame]:
-    """Inputs and targets of one split as tensors, plus its table; inputs as the model takes them."""
+    """Inputs and targets of one split as tensors, plus its table; inputs as the model takes them.
+
+    Dense inputs are (n, *shape) where the folder's meta.json gives meta["input"]["shape"]
+    (the labelled sources: [1, 40] for MNIST-1D, [C, H, W] for images), else (n, dim)."""
     df = artifacts.read_parquet(Path(folder) / f"{split}.parquet")
     if "x" in df.columns:
         inputs = torch.from_numpy(np.stack(df["x"].to_numpy()).astype(np.float32))
+        meta_path = Path(folder) / "meta.json"
+        shape = artifacts.read_json(meta_path)["input"].get("shape") if meta_path.exists() else None
+        if shape is not None:
+            inputs = inputs.reshape(len(df), *shape)
     else:
         inputs = torch.tensor(df[["a", "b"]].to_numpy(dtype=np.int64))
     return inputs, torch.tensor(df["label"].to_numpy(dtype=np.int64)), df

@@ -42,8 +42,9 @@ gradient where no rule saw it, goes to the fallback: it is never silently zero. 
 overwritten in place (ReLU(inplace=True)) is detected and the chunk is redone with copies.
 
 Cost model: with n <= batch_size and no `mean_grad`, one pass: a forward and a backward to
-the captured outputs (no weight gradients), plus the mean gradient (one g^T h product per
-layer), the dots with it (one forward-sized matmul per layer) and the projection (2 b T k
+the captured outputs, plus the mean gradient (the weight-gradient kernels of the same
+backward), the per-example squared norms (a Gram form, or the explicit per-example gradients,
+for a convolution from one weight-gradient kernel over the batch folded into its groups), the dots with it (one forward-sized matmul per layer) and the projection (2 b T k
 (in + out) flops per layer): about 1.5 batched backwards plus the projection. With n >
 batch_size and no `mean_grad`, a first pass computes the mean gradient: about 2.5.
 Figures in bench/bench_examples.py and bench/bench_architectures.py (README).
@@ -402,7 +403,9 @@ class _Engine:
         return {n: combine(fs, self.shapes[n]) for n, fs in per_name.items()}
 
     # -- one chunk ----------------------------------------------------------------------------
-    def _capture_pass(self, x, y):
+    def _capture_pass(self, x, y, sums: bool):
+        """Forward and backward to the captured outputs; with `sums`, also the batch-summed gradient of
+        every fast parameter from the same backward (a plain backward's weight-gradient kernels)."""
         for safe in (False, True):  # redo with copies when the model overwrote a captured tensor
             try:
                 with torch.enable_grad():
@@ -417,21 +420,24 @@ class _Engine:
         with torch.enable_grad():
             losses = per_example_loss(logits, y, self.loss)
             outs = [u for u in live if u.out.requires_grad]
-            grads = torch.autograd.grad(losses.sum(), [u.out for u in outs], allow_unused=True) if outs else []
-        by_id = dict(zip([id(u) for u in outs], grads))
+            fast = sorted(self.fast) if sums else []
+            got = torch.autograd.grad(losses.sum(), [u.out for u in outs] + [self.params[n] for n in fast],
+                                      allow_unused=True) if outs else []
+        by_id = dict(zip([id(u) for u in outs], got[: len(outs)]))
+        totals = {n: _dense(g) for n, g in zip(fast, got[len(outs):]) if g is not None}
         feats = self._features(live, [by_id.get(id(u)) for u in live], [u.mode for u in live], len(x))
         feats = {n: f for n, f in feats.items() if n in self.fast}
-        return losses.detach(), logits.detach(), feats
+        return losses.detach(), logits.detach(), feats, totals
 
     def _plain(self, x, y):
         with torch.no_grad():
             logits = functional_call(self.model, self.frozen, (x,))
-            return per_example_loss(logits, y, self.loss), logits, {}
+            return per_example_loss(logits, y, self.loss), logits, {}, {}
 
     def chunk(self, x, y, mean: dict | None, n_total: int):
         """Statistics of one chunk. With mean None, the mean gradient is that of this chunk: it
         is returned as (sums over the chunk, 1 / n_total), the scale applied to the dots only."""
-        losses, logits, feats = self._capture_pass(x, y) if self.fast else self._plain(x, y)
+        losses, logits, feats, totals = self._capture_pass(x, y, mean is None) if self.fast else self._plain(x, y)
         fb = {}
         if self.fallback:
             fb = _per_example_grads(self.model, self.frozen, self.fallback, x, y, self.loss)
@@ -444,8 +450,11 @@ class _Engine:
                 mean, scale = {}, 1.0 / n_total
                 for name in self.names:
                     f = feats.get(name)
-                    mean[name] = f.sum(self.shapes[name]) if f is not None else self.params[name].new_zeros(
-                        self.shapes[name])
+                    if name in totals:
+                        mean[name] = totals[name]
+                    else:
+                        mean[name] = f.sum(self.shapes[name]) if f is not None else self.params[name].new_zeros(
+                            self.shapes[name])
             stats: dict[str, Stat] = {}
             for name in self.names:
                 f = feats.get(name)

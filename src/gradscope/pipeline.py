@@ -54,22 +54,25 @@ def extract_examples(settings: dict, *, loss: str, device: str, data_dir, manife
     dev = resolve_device(device)
     model, _ = checkpoints.load(_checkpoint_path(manifest, step), device=dev)
     x_train, y_train, train_df = data.load_split(data_dir, "train")
-    mean_grad = examples.mean_gradient(model, x_train.to(dev), y_train.to(dev), loss=loss, batch_size=settings["batch_size"])
+    trainable_only = settings["trainable_only"]
+    mean_grad = examples.mean_gradient(model, x_train.to(dev), y_train.to(dev), loss=loss, batch_size=settings["batch_size"],
+                                       trainable_only=trainable_only)
     tables = []
     for split in ("train", "test"):
         x, y, df = (x_train, y_train, train_df) if split == "train" else data.load_split(data_dir, split)
         stats = examples.per_example_stats(model, x.to(dev), y.to(dev), loss=loss, proj_dim=settings["proj_dim"],
                                            seed=settings["seed"], batch_size=settings["batch_size"], mean_grad=mean_grad,
-                                           layer_norms=True)
+                                           layer_norms=True, trainable_only=trainable_only)
         proj = stats.pop("grad_proj").astype(np.float16 if settings["proj_dtype"] == "float16" else np.float32)
         stats["layer_grad_norm"] = list(stats.pop("layer_grad_norm").astype(np.float32))
         tables.append(pd.DataFrame({"split": split, "example_id": df["example_id"].to_numpy(),
                                     "label": df["label"].to_numpy(), **stats, "planted": df["planted"].to_numpy(),
                                     "grad_proj": list(proj)}))
     table = pd.concat(tables, ignore_index=True)
-    names = examples.layer_names(model)
+    names = examples.layer_names(model, trainable_only)
     artifacts.write_parquet(table, out, examples_columns(settings["proj_dim"], settings["proj_dtype"], len(names)),
-                            run_id=run_id, config={"examples": settings, "loss": loss, "step": step, "layer_names": names})
+                            run_id=run_id, config={"examples": settings, "loss": loss, "step": step, "layer_names": names,
+                                                   "mode": "eval"})  # checkpoints.load gives the model in eval mode
     return table
 
 
@@ -153,9 +156,10 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
                       eigenvectors_out, run_id: str, warm=None):
     """Curvature at one checkpoint on a fixed, seeded subset of the training set (the same at every step).
 
-    eigenvectors_out: the .npy of the top-k eigenvectors (float32, (k, n_params)), or a
-    (0, n_params) array unless `eigenvectors` or `warm_start` is set. warm: the previous
-    checkpoint's eigenvectors file, where Lanczos starts (`warm_start`).
+    eigenvectors_out: the .npy of the top-k eigenvectors (float32, (k, n_params), n_params the
+    trainable parameters), or a (0, n_params) array unless `eigenvectors` or `warm_start` is set.
+    warm: the previous checkpoint's eigenvectors file, where Lanczos starts (`warm_start`).
+    The model is measured in eval mode (checkpoints.load returns it so), as the metadata records.
 
     Update sharpness uses the optimizer's own next update, rebuilt from the checkpoint's
     optimizer state and lr with the gradient of the whole training set (the update of
@@ -164,7 +168,7 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
     """
     dev = resolve_device(device)
     model, state = checkpoints.load(_checkpoint_path(manifest, step), device=dev)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = curvature.n_trainable(model)  # the Hessian's coordinates: trainable parameters only
     start = None  # the previous checkpoint's eigenvectors, checked before any work
     if warm is not None:
         start = artifacts.read_npy(warm)
@@ -192,7 +196,7 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
            "sharpness_threshold": training.sharpness_threshold(optim)}
     artifacts.write_parquet(pd.DataFrame([row]), out, artifacts.CURVATURE, run_id=run_id,
                             config={"curvature": settings, "optim": optim, "loss": loss, "step": step,
-                                    "subset_ids": subset.tolist()})
+                                    "subset_ids": subset.tolist(), "mode": "eval"})
     log.info("step %d: sharpness %.4g (2/lr %.4g; %d Lanczos steps), trace %.4g ± %.2g, update sharpness %.4g, "
              "%d HVPs", step, result["sharpness"], row["sharpness_threshold"], result["lanczos_steps"],
              result["hessian_trace"], result["hessian_trace_stderr"],

@@ -51,6 +51,8 @@ def model_size(settings: dict) -> tuple[int, int]:
         params = (d["vocab"] + 1 + seq) * dm + layers * (4 * dm * heads * dh + 2 * dm * dmlp + dmlp + dm) + dm * d["classes"]
         acts = layers * seq * (4 * dm + 3 * heads * dh + heads * seq + dmlp)
         return params, acts
+    if kind in ("resnet", "vgg"):
+        return _conv_net_size(m, d)
     if kind == "cnn":
         channels = [int(c) for c in m.get("channels", [16, 32])]
         side, prev, params, acts = max(1, math.isqrt(max(d["features"], 1))), 1, 0, 0
@@ -72,6 +74,40 @@ def model_size(settings: dict) -> tuple[int, int]:
         acts += 2 * width
         fan_in = width
     return params + fan_in * d["classes"] + d["classes"], acts + d["classes"]
+
+
+def _conv_net_size(m: dict, d: dict) -> tuple[int, int]:
+    """ResNet and VGG of gradscope.models: parameters exactly, activations roughly (each conv output three
+    times: conv, norm, activation). Input (channels, *spatial) from the data's "shape" where data_size gives
+    one, else a one-channel square image of `features` pixels."""
+    shape = list(d.get("shape") or [])
+    in_ch, nd, spatial = (shape[0], len(shape) - 1, math.prod(shape[1:])) if len(shape) >= 2 else (1, 2, d["features"])
+    k, width, norm = 3**nd, int(m.get("base_width", 16)), m.get("norm", "batch") or "none"
+
+    def conv(c_in, c_out, kernel=k):  # weights, plus the bias (no norm) or the norm's scale and shift
+        return kernel * c_in * c_out + (c_out if norm == "none" else 2 * c_out)
+
+    spatial = max(spatial, 1)
+    if m.get("kind") == "resnet":
+        params, acts, c = conv(in_ch, width), 3 * width * spatial, width
+        for i, n in enumerate(m.get("blocks", [2, 2, 2, 2])):
+            out = width * 2**i
+            for j in range(int(n)):
+                if i > 0 and j == 0:
+                    spatial = max(1, spatial // 2**nd)
+                params += conv(c, out) + conv(out, out) + (conv(c, out, 1) if (i > 0 and j == 0) or c != out else 0)
+                acts, c = acts + 6 * out * spatial, out
+    else:
+        from gradscope.models import VGG11  # torch loads only for configs with a VGG
+
+        params, acts, c = 0, 0, in_ch
+        for v in VGG11:
+            if v == "M":
+                spatial = max(1, -(-spatial // 2**nd))
+                continue
+            out = max(1, v * width // 64)
+            params, acts, c = params + conv(c, out), acts + 3 * out * spatial, out
+    return params + c * d["classes"] + d["classes"], acts + d["classes"]
 
 
 def n_checkpoints(settings: dict) -> int:

@@ -158,6 +158,14 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
                                     "early_stop": (early.best, early.bad),
                                     "clip_counts": (clipped_since_log, steps_since_log),
                                     "wall_s": time.perf_counter() - start})
+        log_now = step % train_cfg["log_every"] == 0 or step == steps
+        if log_now:
+            # Evaluated (eval mode, no grad) before this step's training forward, which in training mode
+            # moves BatchNorm's running statistics: the logged figures are those of the checkpoint at `step`.
+            model.eval()
+            train_loss, train_acc = evaluate(model, x_train, y_train, loss_kind)
+            test_loss, test_acc = evaluate(model, x_test, y_test, loss_kind)
+            buffers = {name: b.clone() for name, b in model.named_buffers()}
         # Draw the minibatch: a fresh permutation each epoch, from the run's own generator.
         if batch_size >= n:
             idx = None
@@ -170,7 +178,7 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
         optimizer.zero_grad(set_to_none=True)
         batch_loss = per_example_loss(model(xb), yb, loss_kind).mean()
         batch_loss.backward()
-        grads = [p.grad for p in model.parameters()]
+        grads = [p.grad for p in model.parameters() if p.grad is not None]  # frozen parameters have none
         grad_norm = _global_norm(grads)
         if not (math.isfinite(batch_loss.item()) and math.isfinite(grad_norm)):
             _write_metrics(rows, out_dir / "metrics.partial.parquet", run_id, settings)
@@ -182,10 +190,7 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
         clipped_since_log, steps_since_log = clipped_since_log + clipped, steps_since_log + (step < steps)
         if dynamics_every and (step % dynamics_every == 0 or step == steps):
             layer_rows += dynamics.layer_dynamics(model, optimizer, step, lr)
-        if step % train_cfg["log_every"] == 0 or step == steps:
-            model.eval()
-            train_loss, train_acc = evaluate(model, x_train, y_train, loss_kind)
-            test_loss, test_acc = evaluate(model, x_test, y_test, loss_kind)
+        if log_now:
             wall = time.perf_counter() - start
             rows.append(dict(step=step, lr=lr, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                              test_acc=test_acc, grad_norm=grad_norm, clipped=clipped,
@@ -195,6 +200,9 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
             plateau.observe(rows[-1])
             if step < steps and early.should_stop(rows[-1]):
                 stopped_at = step
+                with torch.no_grad():  # the final state is the one evaluated, before this step's forward
+                    for name, b in model.named_buffers():
+                        b.copy_(buffers[name])
                 log.info("early stopping at step %d: %s has not improved for %d evaluations", step, early.metric,
                          early.patience + 1)
                 break

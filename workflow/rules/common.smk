@@ -43,6 +43,15 @@ def run_dir(run):
     return f"results/runs/{run.id}"
 
 
+def get_data_inputs(wc):
+    """The files a `files` data source reads, so that Snakemake regenerates the dataset when they
+    change; no inputs for the other generators and sources."""
+    data = DATASETS[wc.dataset]
+    if data["generator"] != "files":
+        return []
+    return [data["files"][k] for k in ("train", "test") if data["files"][k]]
+
+
 def get_dataset_files(wc):
     return dict(DATASET_FILES[f"{wc.experiment}/{wc.run}"])
 

@@ -1,4 +1,6 @@
 rule generate_data:
+    input:
+        get_data_inputs,
     output:
         train="results/data/{dataset}/train.parquet",
         test="results/data/{dataset}/test.parquet",

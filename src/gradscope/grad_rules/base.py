@@ -109,10 +109,13 @@ class Tokens:
 
     G: (b, T, groups, c_out). H: (b, T, groups, c_in), or `h_fn(start, stop)` giving the rows
     start:stop of it on demand (unfolded convolution patches, built one sub-batch at a time).
+    `e_fn(start, stop)`, where given, forms the explicit per-example gradients (stop - start,
+    groups, c_out, c_in) of those rows itself (a convolution's batched weight-gradient kernel),
+    cheaper than unfolding.
     """
 
-    def __init__(self, G: torch.Tensor, H: torch.Tensor | None = None, h_fn=None, c_in: int | None = None):
-        self.G, self.H, self.h_fn = G, H, h_fn
+    def __init__(self, G: torch.Tensor, H: torch.Tensor | None = None, h_fn=None, c_in: int | None = None, e_fn=None):
+        self.G, self.H, self.h_fn, self.e_fn = G, H, h_fn, e_fn
         self.c_in = H.shape[-1] if H is not None else c_in
 
     @property
@@ -152,10 +155,14 @@ class Tokens:
             sq, dot, proj = [], [], []
             step = self._step(g * c_out * c_in + T * g * c_in)
             for s in range(0, b, step):
-                H = self.h(s, s + step)
-                E = torch.einsum("btjo,btji->bjoi", self.G[s : s + len(H)], H)
-                sq.append(E.pow(2).sum(dim=(1, 2, 3)))
-                dot.append((E * Mg).sum(dim=(1, 2, 3)))
+                if self.e_fn is not None:
+                    E = self.e_fn(s, min(b, s + step))
+                else:
+                    H = self.h(s, s + step)
+                    E = torch.einsum("btjo,btji->bjoi", self.G[s : s + len(H)], H)
+                flat = E.reshape(len(E), -1)
+                sq.append(torch.linalg.vector_norm(flat, dim=1).square())
+                dot.append(flat @ Mg.reshape(-1))
                 proj.append(((E @ f.B) * A).sum(dim=(1, 2)))
             return Stat(torch.cat(sq), torch.cat(dot), torch.cat(proj))
         H, G = self.materialize(), self.G

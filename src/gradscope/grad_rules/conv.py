@@ -4,10 +4,14 @@ The input is unfolded to patches (b, L, C kh kw): the L output positions are the
 a Linear per group, so G_n = blockdiag_j(sum_t g_{t,j} h_{t,j}^T) for the weight seen as
 (out, C/groups kh kw). Patches are unfolded one sub-batch at a time. A Conv1d is a Conv2d of
 height 1. Other padding modes reach here already padded (nn.Conv pads, then calls F.conv with 0).
+Where the explicit per-example gradients are cheaper than the T x T Gram (most convolutions),
+they come from one convolution weight-gradient kernel over the batch folded into the groups
+(n * groups), which is faster than unfolding and a batched matmul.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from gradscope.grad_rules.base import Explicit, Tokens, arg, register
@@ -17,9 +21,26 @@ def _pair(v, n):
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
 
+def _numeric_padding(padding, kernel, dilation):
+    """Padding as numbers, or None for an asymmetric "same" (which F.conv pads by hand)."""
+    if not isinstance(padding, str):
+        return padding
+    if padding == "valid":
+        return (0,) * len(kernel)
+    totals = [d * (k - 1) for d, k in zip(dilation, kernel)]
+    return None if any(t % 2 for t in totals) else tuple(t // 2 for t in totals)
+
+
 def _patches(x, kernel, stride, padding, dilation, groups):
     """(b, C, *spatial) -> (b, L, groups, C/groups prod(kernel)) in the order of weight.reshape(out, -1)."""
     nd = len(kernel)
+    if nd == 1 and not isinstance(padding, str):  # a strided view and one copy: faster than im2col in 1-D
+        xp = F.pad(x, (padding[0], padding[0])) if padding[0] else x
+        u = xp.unfold(2, dilation[0] * (kernel[0] - 1) + 1, stride[0])  # (b, C, L, span)
+        if dilation[0] > 1:
+            u = u[..., :: dilation[0]]
+        b, C, L, k = u.shape
+        return u.permute(0, 2, 1, 3).reshape(b, L, groups, C // groups * k)
     if nd == 1:  # Conv1d as a Conv2d of height 1
         x, kernel, stride, dilation = x.unsqueeze(2), (1, *kernel), (1, *stride), (1, *dilation)
         padding = padding if isinstance(padding, str) else (0, *padding)
@@ -55,9 +76,21 @@ def _conv_rule(nd):
             Gt = G.reshape(batch, groups, c_out, -1).permute(0, 3, 1, 2)  # (b, L, groups, c_out)
             feats = {}
             if "weight" in attrs:
+                pad = _numeric_padding(padding, kernel, dilation)
+
+                def explicit(s, e):  # per-example weight gradients: one convolution backward, groups = n * groups
+                    xs, gs = inp[s:e], G[s:e]
+                    n = len(xs)
+                    size = (n * w.shape[0], *w.shape[1:])
+                    gw = torch.ops.aten.convolution_backward(
+                        gs.reshape(1, n * gs.shape[1], *gs.shape[2:]), xs.reshape(1, n * xs.shape[1], *xs.shape[2:]),
+                        gs.new_empty(1).expand(size), None, stride, pad, dilation, False, (0,) * nd, n * groups,
+                        (False, True, False))[1]
+                    return gw.reshape(n, groups, w.shape[0] // groups, -1)
+
                 feats["weight"] = Tokens(Gt, h_fn=lambda s, e: _patches(inp[s:e], kernel, stride, padding, dilation,
                                                                         groups),
-                                         c_in=w.shape[1] * w[0, 0].numel())
+                                         c_in=w.shape[1] * w[0, 0].numel(), e_fn=explicit if pad is not None else None)
             if "bias" in attrs:
                 feats["bias"] = Explicit(G.reshape(batch, G.shape[1], -1).sum(-1))
             return feats
