@@ -123,3 +123,11 @@ def test_slurm_profile_plans_one_submission_per_run_for_its_checkpoint_jobs(tmp_
     cwd = copy_workflow(tmp_path / "off", off)
     proc = snakemake(cwd, "-n", *profile)
     assert "Group job" not in proc.stdout + proc.stderr
+
+
+def test_data_size_of_the_new_sources():
+    from gradscope.resources import data_size
+    assert data_size({"data": {"generator": "mnist1d", "mnist1d": {"num_samples": 5005, "train_split": 0.8}}})[
+        "n_train"] == 4000
+    cifar = data_size({"data": {"generator": "torchvision", "torchvision": {"name": "CIFAR10", "subsample_train": 1000}}})
+    assert (cifar["n_train"], cifar["n_test"], cifar["features"], cifar["classes"]) == (1000, 10000, 3072, 10)

@@ -37,8 +37,27 @@ def data_size(settings: dict) -> dict:
         n = p * (p - 1) if g.get("op") == "div" else p * p
         n_train = int(round(float(g.get("train_fraction", 0.4)) * n))
         return {"n_train": n_train, "n_test": n - n_train, "tokens": 2, "vocab": p, "features": 0, "classes": p}
-    return {"n_train": int(g.get("n_train", 2000)), "n_test": int(g.get("n_test", 1000)), "tokens": 0, "vocab": 0,
-            "features": int(g.get("n_features", 20)), "classes": int(g.get("n_classes", 2))}
+    if gen == "mnist1d":
+        n = 10 * (int(g.get("num_samples", 5000)) // 10)
+        n_train = int(n * float(g.get("train_split", 0.8)))
+        size = {"n_train": n_train, "n_test": n - n_train, "features": 40, "classes": 10}
+    elif gen in ("torchvision", "files", "python"):
+        # Known torchvision sets by name; anything else is sized as CIFAR-100 (60,000 colour images), generously.
+        size = dict(zip(("n_train", "n_test", "features", "classes"),
+                        _VISION_SIZES.get(g.get("name"), (50000, 10000, 3072, 100))))
+    else:
+        size = {"n_train": int(g.get("n_train", 2000)), "n_test": int(g.get("n_test", 1000)),
+                "features": int(g.get("n_features", 20)), "classes": int(g.get("n_classes", 2))}
+    for split in ("train", "test"):
+        if g.get(f"subsample_{split}") is not None:
+            size[f"n_{split}"] = min(size[f"n_{split}"], int(g[f"subsample_{split}"]))
+    return {"tokens": 0, "vocab": 0, **size}
+
+
+# torchvision dataset name -> (train examples, test examples, input numbers, classes)
+_VISION_SIZES = {"CIFAR10": (50000, 10000, 3072, 10), "CIFAR100": (50000, 10000, 3072, 100),
+                 "MNIST": (60000, 10000, 784, 10), "FashionMNIST": (60000, 10000, 784, 10),
+                 "KMNIST": (60000, 10000, 784, 10), "SVHN": (73257, 26032, 3072, 10)}
 
 
 def model_size(settings: dict) -> tuple[int, int]:
