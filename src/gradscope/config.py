@@ -203,17 +203,17 @@ def expand_runs(config: dict, schema_path: str | Path | None = None) -> list[Run
 
 
 def _check_factories(settings: dict, prefix: str) -> None:
-    """Every "module:function" the run names must import now, not when its job starts."""
-    model = settings.get("model", {})
+    """Every "module:function" the run names (its model's, its data source's) must import now,
+    not when its job starts."""
+    model, data = settings.get("model", {}), settings.get("data", {})
+    named = []
     if model.get("kind") == "python":
+        named.append(("model.factory", model.get("factory")))
+    if data.get("generator") == "python":  # imported now, called by generate_data
+        named.append(("data.python.factory", data["python"].get("factory")))
+    for key, value in named:
         try:
-            factories.resolve(model.get("factory"), key=f"{prefix}.model.factory")
-        except factories.FactoryError as e:
-            raise ConfigError(f"invalid gradscope config:\n  {e}") from None
-    data = settings.get("data", {})
-    if data.get("generator") == "python":  # the data source's factory: imported now, called by generate_data
-        try:
-            factories.resolve(data["python"].get("factory"), key=f"{prefix}.data.python.factory")
+            factories.resolve(value, key=f"{prefix}.{key}")
         except factories.FactoryError as e:
             raise ConfigError(f"invalid gradscope config:\n  {e}") from None
 

@@ -557,13 +557,8 @@ def optimizer_update(model: nn.Module, optimizer_state: dict | None, optim_confi
 def _sq_grad_norms(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, loss: str,
                    batch_size: int) -> np.ndarray:
     """|g_i|^2, g_i the gradient of example i's loss at `labels` w.r.t. the trainable parameters,
-    float64 (n,), from the per-example engine (vmap(grad) over the trainable ones where some are frozen)."""
+    float64 (n,), from the per-example engine (which covers the trainable parameters only)."""
     n_params = n_trainable(model)
-    if n_params != sum(p.numel() for p in model.parameters()):
-        def example_loss(logits, yi):  # logits (1, classes)
-            return per_example_loss(logits, yi.unsqueeze(0), loss)[0]
-
-        return _per_example_sq_norms(model, example_loss, inputs, labels, batch_size).numpy()
     dtype, device = _param_kind(model)
     # A zero mean gradient skips the engine's extra pass for it (its cosine is unused here).
     stats = per_example_stats(model, inputs, labels, loss=loss, proj_dim=1, batch_size=batch_size,
@@ -600,31 +595,25 @@ def _logits(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Te
                       for i in range(0, len(inputs), batch_size)])  # (n, classes)
 
 
-def _per_example_sq_norms(model: nn.Module, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                          inputs: torch.Tensor, aux: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """|d fn(f(x_i), aux_i) / d theta|^2 for every example i, theta the trainable parameters:
-    float64 (n,), by vmap(grad) (each example alone, as in the per-example engine's reference);
-    fn maps the logits (1, classes) and aux_i to a scalar."""
+def _vjp_sq_norms(model: nn.Module, inputs: torch.Tensor, cotangents: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """|J_i^T c_i|^2 for every example i, J_i = d f(x_i) / d theta (classes, n_params), theta the
+    trainable parameters: float64 (n,).
+
+    J_i^T c_i is the gradient of <f(x_i), c_i> with c_i held fixed: per-example gradients by
+    vmap(grad), as in the per-example engine.
+    """
     params = _params(model, trainable=True)
 
-    def one(params, xi, ai):
-        return fn(functional_call(model, params, (xi.unsqueeze(0),)), ai)
+    def out_dot(params, xi, ci):
+        return (functional_call(model, params, (xi.unsqueeze(0),))[0] * ci).sum()
 
-    per_example_grad = vmap(grad(one), in_dims=(None, 0, 0))
+    per_example_grad = vmap(grad(out_dot), in_dims=(None, 0, 0))
     parts = []
     for i in range(0, len(inputs), batch_size):
         x = _as_model_input(model, inputs[i : i + batch_size])
-        g = per_example_grad(params, x, aux[i : i + batch_size].to(device=x.device))
+        g = per_example_grad(params, x, cotangents[i : i + batch_size].to(device=x.device))
         parts.append(sum(t.reshape(len(x), -1).double().pow(2).sum(1) for t in g.values()))
     return torch.cat(parts).cpu()
-
-
-def _vjp_sq_norms(model: nn.Module, inputs: torch.Tensor, cotangents: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """|J_i^T c_i|^2 for every example i, J_i = d f(x_i) / d theta (classes, n_params): float64 (n,).
-
-    J_i^T c_i is the gradient of <f(x_i), c_i> with c_i held fixed.
-    """
-    return _per_example_sq_norms(model, lambda logits, ci: (logits[0] * ci).sum(), inputs, cotangents, batch_size)
 
 
 @_measured

@@ -490,6 +490,11 @@ def _op_defined(qualname: str) -> bool:
         return False
 
 
+def _how_to_get(key: str, what: str) -> str:
+    return (f"set {key}.download: true to fetch {what} there, or copy its files there in torchvision's layout "
+            f"(e.g. ROOT/cifar-10-batches-py/, ROOT/MNIST/raw/)")
+
+
 def _vision_split(cls, root: Path, split: str, download: bool, kwargs: dict, key: str):
     """One split of a torchvision dataset as (images (n, C, H, W) float32 in [0, 1], labels, n_classes or None)."""
     from torchvision.transforms.functional import to_tensor  # uint8 pixels / 255, (C, H, W)
@@ -502,8 +507,7 @@ def _vision_split(cls, root: Path, split: str, download: bool, kwargs: dict, key
     else:
         raise ValueError(f"{key}.name: {cls.__name__} takes neither train= nor split=, so it has no train and test "
                          f"splits to load")
-    how = (f"set {key}.download: true to fetch it there, or copy its files there in torchvision's layout "
-           f"(e.g. ROOT/cifar-10-batches-py/, ROOT/MNIST/raw/)")
+    how = _how_to_get(key, "it")
     try:
         ds = cls(root=str(root), download=download, transform=to_tensor, **which, **kwargs)
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
@@ -544,8 +548,7 @@ def load_torchvision(name, root, download, kwargs, seed, label_noise, subsample_
     root = Path(root).absolute()
     if not download and not root.is_dir():
         raise FileNotFoundError(f"{key}.root: no folder {root} (a relative root starts at the working directory); "
-                                f"set {key}.download: true to fetch {name} there, or copy its files there in "
-                                f"torchvision's layout (e.g. ROOT/cifar-10-batches-py/, ROOT/MNIST/raw/)")
+                                f"{_how_to_get(key, name)}")
     (x_train, y_train, n_classes), (x_test, y_test, _) = (_vision_split(cls, root, s, download, kwargs, key)
                                                           for s in ("train", "test"))
     train = as_split(x_train, y_train, what=f"the {name} training split")

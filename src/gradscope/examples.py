@@ -89,7 +89,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from gradscope.grad_rules import EXPLICIT_MAX_ELEMENTS, Explicit, Factor, Stat, combine, project_dense  # noqa: F401
+from gradscope.grad_rules import Explicit, Factor, Stat, combine, project_dense
 from gradscope.grad_rules.capture import Capture
 from gradscope.losses import per_example_loss
 from gradscope.modes import eval_mode

@@ -165,7 +165,8 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
             model.eval()
             train_loss, train_acc = evaluate(model, x_train, y_train, loss_kind)
             test_loss, test_acc = evaluate(model, x_test, y_test, loss_kind)
-            buffers = {name: b.clone() for name, b in model.named_buffers()}
+            if early.metric is not None:  # an early stop puts them back
+                buffers = {name: b.clone() for name, b in model.named_buffers()}
         # Draw the minibatch: a fresh permutation each epoch, from the run's own generator.
         if batch_size >= n:
             idx = None

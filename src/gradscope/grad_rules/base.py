@@ -20,7 +20,6 @@ A new layer type is one file with one rule function decorated by `@register(torc
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -133,9 +132,9 @@ class Tokens:
 
     def sum(self, shape) -> torch.Tensor:
         b, T, g, c_out = self.G.shape
-        total = None
-        for s in range(0, b, self._step(T * g * self.c_in)):
-            H = self.h(s, s + self._step(T * g * self.c_in))
+        total, step = None, self._step(T * g * self.c_in)
+        for s in range(0, b, step):
+            H = self.h(s, s + step)
             G = self.G[s : s + len(H)]
             part = torch.einsum("btjo,btji->joi", G, H)
             total = part if total is None else total + part
@@ -255,7 +254,3 @@ def seq_tokens(t: torch.Tensor, axis: int | None, batch: int, width: int) -> tor
     if axis is None:
         return t.reshape(1, -1, width).expand(batch, -1, -1)
     return t.movedim(axis, 0).reshape(batch, -1, width)
-
-
-def default_scale(k: int) -> float:
-    return 1.0 / math.sqrt(k)
