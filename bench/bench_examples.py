@@ -122,7 +122,7 @@ def stats_from_blocks(blocks: dict, model, factors) -> dict:
         b = g.shape[0]
         flat = g.reshape(b, -1)
         mean = flat.mean(0)
-        s, d, p = flat.pow(2).sum(1), flat @ mean, examples.project_dense(g, factors[name])
+        s, d, p = flat.pow(2).sum(1), flat @ mean, factors[name].project(g)
         sq, dots, proj = (s, d, p) if sq is None else (sq + s, dots + d, proj + p)
         mean_sq += float(mean.pow(2).sum())
     norm = sq.sqrt()

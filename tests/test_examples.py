@@ -177,7 +177,7 @@ def expected_grad_stats(grads, mean):
 
 
 def documented_projection(model, proj_dim, seed):
-    """Dense projection from the seeding rule in the gradscope.examples docstring, built here independently."""
+    """Dense "gaussian" projection from the seeding rule in the gradscope.projection docstring, built here independently."""
     blocks = []
     for i, (name, p) in enumerate(model.named_parameters()):
         gen = torch.Generator().manual_seed(seed * SEED_STRIDE + i)
@@ -202,19 +202,22 @@ def check(stats, ref, grads, mean, dtype):
         torch.testing.assert_close(torch.from_numpy(stats[key]), value, **tol, msg=key)
 
 
-def check_everything(model, x, y, loss, *, batch_size, proj_dim=6, seed=3):
-    """All statistics, layer norms and the projection against the loop."""
+def check_everything(model, x, y, loss, *, batch_size, proj_dim=6, seed=3, projection="gaussian"):
+    """All statistics, layer norms and the projection against the loop (the "gaussian" projection
+    rebuilt from its documented seeding here; "hadamard" from its dense form, itself checked
+    against its definition in tests/test_projection.py)."""
     dtype = next(model.parameters()).dtype
     ref, grads = loop_reference(model, x, y, loss)
     mean = grads.mean(dim=0)
     stats = per_example_stats(model, x, y, loss=loss, batch_size=batch_size, proj_dim=proj_dim, seed=seed,
-                              layer_norms=True)
+                              layer_norms=True, projection=projection)
     check(stats, ref, grads, mean, dtype)
     sizes = [p.numel() for p in model.parameters() if p.requires_grad]
     layer = torch.stack([g.norm(dim=1) for g in grads.split(sizes, dim=1)], dim=1)
     assert stats["layer_grad_norm"].shape == (len(x), len(sizes)) == (len(x), len(layer_names(model)))
     torch.testing.assert_close(torch.from_numpy(stats["layer_grad_norm"]), layer, **TOL[dtype])
-    R = documented_projection(model, proj_dim, seed)
+    R = (documented_projection(model, proj_dim, seed) if projection == "gaussian"
+         else random_projection(model, proj_dim, seed, projection=projection))
     expected = (grads @ R).float()
     scale = expected.abs().max().item()
     torch.testing.assert_close(torch.from_numpy(stats["grad_proj"]), expected, rtol=1e-4, atol=1e-5 * scale)

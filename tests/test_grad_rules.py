@@ -268,3 +268,29 @@ def test_attention_out_projection_is_not_zeroed():
     stats = check_everything(model, x, y, "cross_entropy", batch_size=6)
     names = layer_names(model)
     assert stats["layer_grad_norm"][:, names.index("encoder.layers.1.self_attn.out_proj.weight")].min() > 0
+
+
+@pytest.mark.parametrize("arch", ["encoder", "cross_attention", "resnet", "conv1d", "tied", "explicit_sub_batches"])
+def test_hadamard_projection_on_every_path(arch, monkeypatch):
+    # The "hadamard" projection through every path of the engine (rank-one tokens, the Gram
+    # path, explicit convolution gradients and their sub-batches, grouped convolutions and
+    # embeddings through its Kronecker factors, normalization affine parameters, the vmap
+    # fallback) equals the flat per-example gradients times its dense form; k = 40 is above
+    # some layers' P * Q (pairs wrap) and not a multiple of their short side.
+    gen = torch.Generator().manual_seed(40)
+    torch.manual_seed(40)
+    if arch == "explicit_sub_batches":
+        from gradscope.grad_rules import base
+        monkeypatch.setattr(base, "EXPLICIT_MAX_ELEMENTS", 1)
+    model, x = {
+        "encoder": lambda: (Encoder(), _data(gen, 7, (5,), vocab=7)[0]),
+        "cross_attention": lambda: (CrossAttention(), _data(gen, 7, (4,), vocab=6)[0]),
+        "resnet": lambda: (ResNetish(gen), _data(gen, 7, (3, 6, 6))[0]),
+        "explicit_sub_batches": lambda: (ResNetish(gen), _data(gen, 5, (3, 6, 6))[0]),
+        "conv1d": lambda: (Conv1dNet(gen, 9), _data(gen, 7, (2, 9))[0]),
+        "tied": lambda: (Tied(), _data(gen, 7, (3,), vocab=6)[0]),
+    }[arch]()
+    model = model.double().eval()
+    n_classes = 6 if arch == "tied" else 3
+    y = torch.randint(n_classes, (len(x),), generator=gen)
+    check_everything(model, x, y, "cross_entropy", batch_size=4, proj_dim=40, projection="hadamard")

@@ -44,33 +44,19 @@ overwritten in place (ReLU(inplace=True)) is detected and the chunk is redone wi
 Cost model: with n <= batch_size and no `mean_grad`, one pass: a forward and a backward to
 the captured outputs, plus the mean gradient (the weight-gradient kernels of the same
 backward), the per-example squared norms (a Gram form, or the explicit per-example gradients,
-for a convolution from one weight-gradient kernel over the batch folded into its groups), the dots with it (one forward-sized matmul per layer) and the projection (2 b T k
-(in + out) flops per layer): about 1.5 batched backwards plus the projection. With n >
+for a convolution from one weight-gradient kernel over the batch folded into its groups), the
+dots with it (one forward-sized matmul per layer) and the projection ("gaussian": 2 b T k
+(in + out) flops per layer; "hadamard": two small transforms per token plus b T k): about
+1.5 batched backwards plus the projection. With n >
 batch_size and no `mean_grad`, a first pass computes the mean gradient: about 2.5.
 Figures in bench/bench_examples.py and bench/bench_architectures.py (README).
 Memory is that of one chunk: the captured inputs and output-gradients (the activations a
 backward keeps anyway) plus, for fallback parameters, their (chunk, numel) gradients.
 
-Projection (the seeding rule, independent of batch size, chunking, call order and of which
-path computes a gradient): parameter tensor i (named_parameters order, frozen ones counted)
-gets `gen = torch.Generator().manual_seed(seed * SEED_STRIDE + i)`. A parameter of two or
-more dimensions, seen as a matrix (rows, cols) = (shape[0], prod(shape[1:])), draws A =
-randn(rows, k, generator=gen) then B = randn(cols, k, generator=gen) (float32, CPU, then cast
-to the parameter's dtype and device), and its gradient G projects to proj_j = A[:, j]^T G
-B[:, j] / sqrt(k): column j of the equivalent dense matrix is kron(A[:, j], B[:, j]) / sqrt(k)
-in the row-major flattening of G. For a per-token sum this is sum_t (g_t.A_j)(h_t.B_j) /
-sqrt(k), at 2 T k (in + out) flops instead of 2 k in out. A one-dimensional parameter gets a
-dense block randn(numel, k, generator=gen) / sqrt(k). The sketch is the sum over parameters.
-
-Its accuracy: inner products are preserved in expectation (E[a a^T] kron E[b b^T] = I). The
-Kronecker columns have variance-1 entries but are not Gaussian vectors. For unit gradients
-with cosine rho, i.i.d. Gaussian columns give the projected inner product variance
-(1 + rho^2) / k; for one rank-one layer (a bias-free Linear on one token: gradients g h^T)
-the Kronecker columns give (1 + 2 c_g^2 + 2 c_h^2 + 3 rho^2) / k, with c_g and c_h the cosines
-of the two factors: at most 4x (2x in standard deviation). Summing over layers averages it
-back toward the Gaussian value. Measured over 300 seeds at k = 64 (tests/test_examples.py),
-rms error of the projected cosine / sqrt((1 + rho^2) / k): 0.9-1.0 on average and at most 1.3
-for a 3-layer MLP (Gaussian columns: 0.9 and 1.1), 1.2 and 1.6 for one rank-one layer.
+Projection: `projection` picks the kind (gradscope.projection: "gaussian" Kronecker
+columns, "hadamard" a subsampled randomized Hadamard transform whose cost barely grows with k,
+"auto" by k); each is one fixed linear map per parameter tensor, seeded by the parameter's
+index, independent of batch size, chunking, call order and of which path computes a gradient.
 
 Everything here is pure computation: a model and tensors in, numpy arrays out. The model is
 never mutated: gradients come from torch.autograd.grad and torch.func on detached copies of
@@ -89,16 +75,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from gradscope.grad_rules import Explicit, Factor, Stat, combine, project_dense
+from gradscope import projection as proj_kinds
+from gradscope.grad_rules import Explicit, Stat, combine
+from gradscope.projection import SEED_STRIDE, Projection
 from gradscope.grad_rules.capture import Capture
 from gradscope.losses import per_example_loss
 from gradscope.modes import eval_mode
 
 log = logging.getLogger(__name__)
 
-# Multiplier combining (seed, parameter index) into one generator seed; larger than any
-# realistic number of parameter tensors, so distinct pairs never share a stream.
-SEED_STRIDE = 1_000_003
 METHODS = ("auto", "vmap")
 
 
@@ -121,31 +106,24 @@ def n_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for _, _, p in _included(model, trainable_only))
 
 
-def projection_factors(model: nn.Module, proj_dim: int, seed: int = 0, trainable_only: bool = True) -> dict[str, Factor]:
-    """The per-parameter projection factors of the seeding rule in the module docstring.
+def projection_factors(model: nn.Module, proj_dim: int, seed: int = 0, trainable_only: bool = True,
+                       projection: str = "auto") -> dict[str, Projection]:
+    """The projection of each included parameter tensor (gradscope.projection: kind and seeding).
 
     They depend on the parameters' names, shapes, dtypes and devices only (not their values),
     so the last few results are cached; treat them as read-only.
     """
     if proj_dim < 1:
         raise ValueError(f"proj_dim must be >= 1, got {proj_dim}")
+    kind = proj_kinds.resolve_kind(projection, proj_dim)
     layout = tuple((i, name, tuple(p.shape), p.dtype, p.device) for i, name, p in _included(model, trainable_only))
-    key = (proj_dim, seed, layout)
+    key = (proj_dim, seed, kind, layout)
     if key in _FACTOR_CACHE:
         return _FACTOR_CACHE[key]
-    scale = 1.0 / math.sqrt(proj_dim)
-    out = {}
-    for i, name, shape, dtype, device in layout:
-        gen = torch.Generator().manual_seed(seed * SEED_STRIDE + i)
-        if len(shape) >= 2:
-            A = torch.randn(shape[0], proj_dim, generator=gen)
-            B = torch.randn(math.prod(shape[1:]), proj_dim, generator=gen)
-            out[name] = Factor(A=(A * scale).to(dtype=dtype, device=device), B=B.to(dtype=dtype, device=device))
-        else:
-            R = torch.randn(math.prod(shape), proj_dim, generator=gen) * scale
-            out[name] = Factor(R=R.to(dtype=dtype, device=device))
-    size = sum(t.numel() for f in out.values() for t in (f.A, f.B, f.R) if t is not None)
-    if size <= _FACTOR_CACHE_MAX_ELEMENTS:
+    out = {name: proj_kinds.build(kind, shape, proj_dim, torch.Generator().manual_seed(seed * SEED_STRIDE + i),
+                                  dtype, device)
+           for i, name, shape, dtype, device in layout}
+    if sum(f.nbytes() for f in out.values()) <= _FACTOR_CACHE_MAX_BYTES:
         while len(_FACTOR_CACHE) >= _FACTOR_CACHE_ENTRIES:
             _FACTOR_CACHE.pop(next(iter(_FACTOR_CACHE)))
         _FACTOR_CACHE[key] = out
@@ -154,26 +132,28 @@ def projection_factors(model: nn.Module, proj_dim: int, seed: int = 0, trainable
 
 _FACTOR_CACHE: dict = {}
 _FACTOR_CACHE_ENTRIES = 4
-_FACTOR_CACHE_MAX_ELEMENTS = 1 << 25
+_FACTOR_CACHE_MAX_BYTES = 1 << 27
 
 
-def random_projection(model: nn.Module, proj_dim: int, seed: int = 0, trainable_only: bool = True) -> torch.Tensor:
+def random_projection(model: nn.Module, proj_dim: int, seed: int = 0, trainable_only: bool = True,
+                      projection: str = "auto") -> torch.Tensor:
     """Dense equivalent R (n_params, proj_dim) of the projection: a flat gradient g sketches to g @ R.
 
     For reference and small models only (it has n_params * proj_dim entries); the engine uses
     the factors (`projection_factors`) and never builds it.
     """
-    return torch.cat([f.dense() for f in projection_factors(model, proj_dim, seed, trainable_only).values()], dim=0)
+    factors = projection_factors(model, proj_dim, seed, trainable_only, projection)
+    return torch.cat([f.dense() for f in factors.values()], dim=0)
 
 
 def project_gradients(flat: torch.Tensor, model: nn.Module, proj_dim: int, seed: int = 0,
-                      trainable_only: bool = True) -> torch.Tensor:
+                      trainable_only: bool = True, projection: str = "auto") -> torch.Tensor:
     """Sketch (b, proj_dim) of flat per-example gradients (b, n_params) in named_parameters order,
     with the same projection as `per_example_stats`, without building the dense matrix."""
-    factors = projection_factors(model, proj_dim, seed, trainable_only)
+    factors = projection_factors(model, proj_dim, seed, trainable_only, projection)
     out, start = None, 0
     for _, name, p in _included(model, trainable_only):
-        part = project_dense(flat[:, start : start + p.numel()], factors[name])
+        part = factors[name].project(flat[:, start : start + p.numel()])
         out = part if out is None else out + part
         start += p.numel()
     return out
@@ -295,13 +275,14 @@ def _call_mode(use, s1: tuple | None) -> tuple | None:
 
 
 class _Engine:
-    def __init__(self, model: nn.Module, loss: str, proj_dim: int, seed: int, method: str, trainable_only: bool = True):
+    def __init__(self, model: nn.Module, loss: str, proj_dim: int, seed: int, method: str, trainable_only: bool = True,
+                 projection: str = "auto"):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
         self.model, self.loss, self.method = model, loss, method
         self.names = layer_names(model, trainable_only)
         self.shapes = {name: p.shape for name, p in model.named_parameters()}
-        self.factors = projection_factors(model, proj_dim, seed, trainable_only)
+        self.factors = projection_factors(model, proj_dim, seed, trainable_only, projection)
         self.proj_dim = proj_dim
         # Detached copies; the included ones require grad: gradients flow to captured outputs, never to .grad.
         self.params = _detached(model, self.names)
@@ -483,6 +464,7 @@ def per_example_stats(
     layer_norms: bool = False,
     trainable_only: bool = True,
     eval: bool = False,
+    projection: str = "auto",
 ) -> dict[str, np.ndarray]:
     """Statistics of every example, in input order.
 
@@ -490,7 +472,8 @@ def per_example_stats(
     of the true class), el2n (see `el2n`), correct, grad_norm (exact L2 norm of the example's gradient),
     grad_dot_mean and grad_cos_mean (against `mean_grad`, a flat vector in named_parameters
     order, by default the mean gradient of the examples given), and grad_proj (float32
-    (n, proj_dim), see the module docstring for the projection). The cosine is defined as 0
+    (n, proj_dim), projected by `projection`: "gaussian", "hadamard" or "auto", see
+    gradscope.projection). The cosine is defined as 0
     when either gradient has zero norm. With `layer_norms=True`, also layer_grad_norm
     (n, n_layers): the norm of the gradient of each parameter tensor, columns named by
     `layer_names(model)`; their squares sum to grad_norm squared.
@@ -510,7 +493,7 @@ def per_example_stats(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     with eval_mode(model, eval, what="per_example_stats"), _Engine(model, loss, proj_dim, seed, method,
-                                                                   trainable_only) as engine:
+                                                                   trainable_only, projection) as engine:
         return _run(engine, model, inputs, targets, loss, batch_size, mean_grad, layer_norms, trainable_only)
 
 
@@ -542,6 +525,7 @@ def _run(engine: _Engine, model, inputs, targets, loss, batch_size, mean_grad, l
         mean_norm = mean_grad.norm()
 
     parts = []
+    proj = torch.empty(n, engine.proj_dim, dtype=torch.float32)  # the largest output: filled in place
     for start in range(0, n, batch_size):
         x = inputs[start : start + batch_size].to(p0.device)
         y = targets[start : start + batch_size].to(p0.device)
@@ -550,12 +534,15 @@ def _run(engine: _Engine, model, inputs, targets, loss, batch_size, mean_grad, l
             mean_parts = mean
             mean_norm = torch.stack([torch.linalg.vector_norm(v) for v in mean.values()]).norm() * scale
         sq = torch.stack([stats[k].sq for k in engine.names], dim=1).clamp_min(0)  # (b, n_layers)
+        chunk_proj = stats[engine.names[0]].proj if engine.names else x.new_zeros(len(x), engine.proj_dim)
+        for k in engine.names[1:]:
+            chunk_proj = chunk_proj + stats[k].proj
+        proj[start : start + len(x)] = chunk_proj
         parts.append({
             "loss": losses,
             "logits": logits,
             "layer_sq": sq,
             "grad_dot_mean": sum(stats[k].dot for k in engine.names),
-            "grad_proj": sum(stats[k].proj for k in engine.names),
         })
     log.info("per-example stats: %d examples in chunks of %d, %d fast and %d fallback (vmap) parameter tensors, "
              "captured tensors peak %.1f MB", n, batch_size, len(engine.names) - len(engine.fallback),
@@ -581,8 +568,9 @@ def _run(engine: _Engine, model, inputs, targets, loss, batch_size, mean_grad, l
         "grad_norm": grad_norm,
         "grad_dot_mean": out["grad_dot_mean"],
         "grad_cos_mean": cos,
-        "grad_proj": out["grad_proj"].to(torch.float32),
     }
     if layer_norms:
         result["layer_grad_norm"] = out["layer_sq"].sqrt()
-    return {key: value.detach().cpu().numpy() for key, value in result.items()}
+    result = {key: value.detach().cpu().numpy() for key, value in result.items()}
+    result["grad_proj"] = proj.numpy()
+    return result

@@ -10,10 +10,8 @@ from gradscope.grad_rules.base import (  # noqa: F401
     RULES,
     EmbeddingTokens,
     Explicit,
-    Factor,
     Stat,
     Tokens,
     combine,
-    project_dense,
     register,
 )

@@ -25,6 +25,8 @@ from typing import Callable
 
 import torch
 
+from gradscope.projection import Projection
+
 # Sub-batch bound (numbers) for explicitly formed per-example weight gradients and unfolded patches.
 EXPLICIT_MAX_ELEMENTS = 1 << 24
 # Embedding: Gram form (T x T token-equality mask) up to this many tokens per example,
@@ -54,33 +56,10 @@ def arg(args: tuple, kwargs: dict, i: int, name: str, default=None):
 
 
 @dataclass
-class Factor:
-    """Projection factors of one parameter tensor: kron (A scaled by 1/sqrt(k), B) or dense R."""
-
-    A: torch.Tensor | None = None  # (rows, k) / sqrt(k)
-    B: torch.Tensor | None = None  # (cols, k)
-    R: torch.Tensor | None = None  # (numel, k) / sqrt(k)
-
-    def dense(self) -> torch.Tensor:
-        if self.R is not None:
-            return self.R
-        return (self.A[:, None, :] * self.B[None, :, :]).reshape(-1, self.A.shape[1])
-
-
-@dataclass
 class Stat:
     sq: torch.Tensor  # (b,) squared norm
     dot: torch.Tensor  # (b,) inner product with the mean gradient
     proj: torch.Tensor  # (b, k)
-
-
-def project_dense(grads: torch.Tensor, factor: Factor) -> torch.Tensor:
-    """Projection (b, k) of materialized per-example gradients (b, *param_shape)."""
-    b = grads.shape[0]
-    if factor.R is not None:
-        return grads.reshape(b, -1) @ factor.R
-    rows, cols = factor.A.shape[0], factor.B.shape[0]
-    return ((grads.reshape(b, rows, cols) @ factor.B) * factor.A).sum(dim=1)
 
 
 class Explicit:
@@ -95,9 +74,9 @@ class Explicit:
     def explicit(self, shape) -> torch.Tensor:
         return self.g.reshape(len(self.g), *shape)
 
-    def stats(self, M: torch.Tensor, f: Factor) -> Stat:
+    def stats(self, M: torch.Tensor, f: Projection) -> Stat:
         flat = self.g.reshape(len(self.g), -1)
-        return Stat(flat.pow(2).sum(1), flat @ M.reshape(-1), project_dense(self.g, f))
+        return Stat(flat.pow(2).sum(1), flat @ M.reshape(-1), f.project(self.g))
 
     def nbytes(self) -> int:
         return self.g.numel() * self.g.element_size()
@@ -144,11 +123,10 @@ class Tokens:
         H = self.materialize()
         return torch.einsum("btjo,btji->bjoi", self.G, H).reshape(len(H), *shape)
 
-    def stats(self, M: torch.Tensor, f: Factor) -> Stat:
+    def stats(self, M: torch.Tensor, f: Projection) -> Stat:
         b, T, g, c_out = self.G.shape
-        c_in, k = self.c_in, f.A.shape[1]
+        c_in, k = self.c_in, f.k
         Mg = M.reshape(g, c_out, c_in)
-        A = f.A.reshape(g, c_out, k)
         if T > 1 and T * (c_in + c_out) > c_in * c_out:
             # Explicit per-example gradients (sb, g, c_out, c_in), sub-batched: cheaper than the T x T Gram.
             sq, dot, proj = [], [], []
@@ -162,7 +140,7 @@ class Tokens:
                 flat = E.reshape(len(E), -1)
                 sq.append(torch.linalg.vector_norm(flat, dim=1).square())
                 dot.append(flat @ Mg.reshape(-1))
-                proj.append(((E @ f.B) * A).sum(dim=(1, 2)))
+                proj.append(f.project(E.reshape(len(E), g * c_out, c_in)))
             return Stat(torch.cat(sq), torch.cat(dot), torch.cat(proj))
         H, G = self.materialize(), self.G
         if T == 1:
@@ -173,9 +151,10 @@ class Tokens:
         if g == 1:  # plain matmuls: the common Linear case
             Hf, Gf = H.reshape(b * T, c_in), G.reshape(b * T, c_out)
             dot = ((Hf @ Mg[0].T) * Gf).sum(1)  # g^T M h at the cost of a forward matmul
-            proj = (Gf @ A[0]) * (Hf @ f.B)  # (bT, k)
+            proj = f.tokens(Gf, Hf)  # (bT, k)
         else:
             dot = (torch.einsum("btji,joi->btjo", H, Mg) * G).sum(dim=(2, 3))
+            A = f.A.reshape(g, c_out, k)
             proj = (torch.einsum("btjo,jok->btjk", G, A) * (H @ f.B)).sum(2)
         return Stat(sq, dot.reshape(b, T).sum(1), proj.reshape(b, T, k).sum(1))
 
@@ -205,10 +184,10 @@ class EmbeddingTokens:
         out = torch.zeros(b * self.V, d, dtype=self.G.dtype, device=self.G.device)
         return out.index_add_(0, rows, self.G.reshape(-1, d)).reshape(b, *shape)
 
-    def stats(self, M: torch.Tensor, f: Factor) -> Stat:
+    def stats(self, M: torch.Tensor, f: Projection) -> Stat:
         ids, G = self.ids, self.G
         b, T, d = G.shape
-        k = f.A.shape[1]
+        k = f.k
         if T == 1:
             sq = G.reshape(b, d).pow(2).sum(1)
         elif T <= EMBEDDING_GRAM_MAX_T:
