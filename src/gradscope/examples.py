@@ -415,9 +415,10 @@ class _Engine:
             logits = functional_call(self.model, self.frozen, (x,))
             return per_example_loss(logits, y, self.loss), logits, {}, {}
 
-    def chunk(self, x, y, mean: dict | None, n_total: int):
-        """Statistics of one chunk. With mean None, the mean gradient is that of this chunk: it
-        is returned as (sums over the chunk, 1 / n_total), the scale applied to the dots only."""
+    def chunk(self, x, y, mean: dict | None, n_total: int, acc: torch.Tensor):
+        """Statistics of one chunk; its projection is added into `acc` (len(x), k). With mean None,
+        the mean gradient is that of this chunk: it is returned as (sums over the chunk, 1 / n_total),
+        the scale applied to the dots only."""
         losses, logits, feats, totals = self._capture_pass(x, y, mean is None) if self.fast else self._plain(x, y)
         fb = {}
         if self.fallback:
@@ -441,9 +442,9 @@ class _Engine:
                 f = feats.get(name)
                 if f is None:  # unused by the loss: checked zero by the probe
                     z = self.params[name].new_zeros(len(x))
-                    stats[name] = Stat(z, z, self.params[name].new_zeros(len(x), self.proj_dim))
+                    stats[name] = Stat(z, z)
                 else:
-                    stats[name] = f.stats(mean[name], self.factors[name])
+                    stats[name] = f.stats(mean[name], self.factors[name], acc)
             if scale != 1.0:
                 for st in stats.values():
                     st.dot = st.dot * scale
@@ -525,19 +526,21 @@ def _run(engine: _Engine, model, inputs, targets, loss, batch_size, mean_grad, l
         mean_norm = mean_grad.norm()
 
     parts = []
-    proj = torch.empty(n, engine.proj_dim, dtype=torch.float32)  # the largest output: filled in place
+    # The largest output, (n, k) float32 on the CPU: every layer adds its projection into it in place
+    # (on another device, into one chunk's accumulator there, then copied).
+    proj = torch.zeros(n, engine.proj_dim, dtype=torch.float32)
     for start in range(0, n, batch_size):
         x = inputs[start : start + batch_size].to(p0.device)
         y = targets[start : start + batch_size].to(p0.device)
-        losses, logits, stats, mean, scale = engine.chunk(x, y, mean_parts, n)
+        acc = proj[start : start + len(x)] if p0.device.type == "cpu" else torch.zeros(
+            len(x), engine.proj_dim, dtype=torch.float32, device=p0.device)
+        losses, logits, stats, mean, scale = engine.chunk(x, y, mean_parts, n, acc)
+        if p0.device.type != "cpu":
+            proj[start : start + len(x)] = acc.cpu()
         if mean_parts is None:  # single chunk: the mean came from the captured tensors
             mean_parts = mean
             mean_norm = torch.stack([torch.linalg.vector_norm(v) for v in mean.values()]).norm() * scale
         sq = torch.stack([stats[k].sq for k in engine.names], dim=1).clamp_min(0)  # (b, n_layers)
-        chunk_proj = stats[engine.names[0]].proj if engine.names else x.new_zeros(len(x), engine.proj_dim)
-        for k in engine.names[1:]:
-            chunk_proj = chunk_proj + stats[k].proj
-        proj[start : start + len(x)] = chunk_proj
         parts.append({
             "loss": losses,
             "logits": logits,

@@ -102,6 +102,14 @@ class Projection:
         """(N, k) projections of the N rank-one matrices G[n] H[n]^T (G (N, rows), H (N, cols))."""
         raise NotImplementedError
 
+    def add_project(self, acc: torch.Tensor, grads: torch.Tensor) -> None:
+        """acc (b, k) += project(grads), in place where the kind can."""
+        acc += self.project(grads)
+
+    def add_tokens(self, acc: torch.Tensor, G: torch.Tensor, H: torch.Tensor) -> None:
+        """acc (N, k) += tokens(G, H), in place where the kind can."""
+        acc += self.tokens(G, H)
+
     def dense(self) -> torch.Tensor:
         """The dense equivalent (numel, k): a flat gradient g projects to g @ dense(). Small models only."""
         raise NotImplementedError
@@ -122,6 +130,9 @@ class Kron(Projection):
 
     def tokens(self, G, H):
         return (G @ self.A) * (H @ self.B)
+
+    def add_tokens(self, acc, G, H):
+        acc.addcmul_(G @ self.A, H @ self.B)
 
     def dense(self):
         return (self.A[:, None, :] * self.B[None, :, :]).reshape(-1, self.k)
@@ -151,6 +162,9 @@ class CountSketch(Projection):
     def project(self, grads):
         flat = grads.reshape(len(grads), -1)
         return flat.new_zeros(len(flat), self.k).index_add_(1, self.bucket, flat * self.sign)
+
+    def add_project(self, acc, grads):
+        acc.index_add_(1, self.bucket, (grads.reshape(len(grads), -1) * self.sign).to(acc.dtype))
 
     def dense(self):
         out = self.sign.new_zeros(len(self.sign), self.k)
@@ -206,6 +220,18 @@ class SampledHadamard(Projection):
         return (i, long) if self.short_rows else (long, i)
 
     def tokens(self, G, H):
+        short, windows = self._factors(G, H)
+        return (short.unsqueeze(1) * windows).reshape(len(short), self.R * self.m)[:, : self.k]
+
+    def add_tokens(self, acc, G, H):
+        short, windows = self._factors(G, H)
+        if self.R * self.m == self.k and acc.is_contiguous():
+            acc.view(len(short), self.R, self.m).addcmul_(short.unsqueeze(1), windows)
+        else:
+            acc += (short.unsqueeze(1) * windows).reshape(len(short), self.R * self.m)[:, : self.k]
+
+    def _factors(self, G, H):
+        """The shorter side's mixed vectors (N, m) and the windows (N, R, m) of the longer side's."""
         if self.short_rows:
             short, long = self.out.mix(G, self.scale), self.inp.mix(H)
         else:
@@ -214,8 +240,7 @@ class SampledHadamard(Projection):
         if need > self.M:  # windows run past the end: wrap around
             long = long.repeat(1, -(-need // self.M))
         long = long.contiguous()
-        windows = long.as_strided((N, self.R, self.m), (long.shape[1], 1, 1))  # [n, r, i] = long[n, r + i]
-        return (short.unsqueeze(1) * windows).reshape(N, self.R * self.m)[:, : self.k]
+        return short, long.as_strided((N, self.R, self.m), (long.shape[1], 1, 1))  # [n, r, i] = long[n, r + i]
 
     def project(self, grads):
         b = grads.shape[0]

@@ -6,7 +6,8 @@ the function and hands the engine, through `ctx.use`, one *use*: the parameters 
 used, the input it saw, its output (whose per-example gradient autograd will give) and a
 function that turns (input, output-gradient) into per-example gradient *features* of each
 parameter. Three representations cover every rule; each knows its batch sum, its exact
-statistics (squared norm, dot with the mean gradient, projection) and, when two different
+statistics (squared norm, dot with the mean gradient; the projection is added into the chunk's
+(b, k) accumulator, so that the layers' projections need no (b, k) temporaries) and, when two different
 kinds of uses share one parameter, its explicit per-example gradient:
 
 - `Tokens`: a weight seen as a (groups * c_out, c_in) matrix whose per-example gradient is
@@ -59,7 +60,6 @@ def arg(args: tuple, kwargs: dict, i: int, name: str, default=None):
 class Stat:
     sq: torch.Tensor  # (b,) squared norm
     dot: torch.Tensor  # (b,) inner product with the mean gradient
-    proj: torch.Tensor  # (b, k)
 
 
 class Explicit:
@@ -74,9 +74,10 @@ class Explicit:
     def explicit(self, shape) -> torch.Tensor:
         return self.g.reshape(len(self.g), *shape)
 
-    def stats(self, M: torch.Tensor, f: Projection) -> Stat:
+    def stats(self, M: torch.Tensor, f: Projection, acc: torch.Tensor) -> Stat:
         flat = self.g.reshape(len(self.g), -1)
-        return Stat(flat.pow(2).sum(1), flat @ M.reshape(-1), f.project(self.g))
+        f.add_project(acc, self.g)
+        return Stat(flat.pow(2).sum(1), flat @ M.reshape(-1))
 
     def nbytes(self) -> int:
         return self.g.numel() * self.g.element_size()
@@ -123,13 +124,13 @@ class Tokens:
         H = self.materialize()
         return torch.einsum("btjo,btji->bjoi", self.G, H).reshape(len(H), *shape)
 
-    def stats(self, M: torch.Tensor, f: Projection) -> Stat:
+    def stats(self, M: torch.Tensor, f: Projection, acc: torch.Tensor) -> Stat:
         b, T, g, c_out = self.G.shape
         c_in, k = self.c_in, f.k
         Mg = M.reshape(g, c_out, c_in)
         if T > 1 and T * (c_in + c_out) > c_in * c_out:
             # Explicit per-example gradients (sb, g, c_out, c_in), sub-batched: cheaper than the T x T Gram.
-            sq, dot, proj = [], [], []
+            sq, dot = [], []
             step = self._step(g * c_out * c_in + T * g * c_in)
             for s in range(0, b, step):
                 if self.e_fn is not None:
@@ -140,8 +141,8 @@ class Tokens:
                 flat = E.reshape(len(E), -1)
                 sq.append(torch.linalg.vector_norm(flat, dim=1).square())
                 dot.append(flat @ Mg.reshape(-1))
-                proj.append(f.project(E.reshape(len(E), g * c_out, c_in)))
-            return Stat(torch.cat(sq), torch.cat(dot), torch.cat(proj))
+                acc[s : s + len(E)] += f.project(E.reshape(len(E), g * c_out, c_in))
+            return Stat(torch.cat(sq), torch.cat(dot))
         H, G = self.materialize(), self.G
         if T == 1:
             sq = (G[:, 0].pow(2).sum(-1) * H[:, 0].pow(2).sum(-1)).sum(-1)
@@ -151,12 +152,15 @@ class Tokens:
         if g == 1:  # plain matmuls: the common Linear case
             Hf, Gf = H.reshape(b * T, c_in), G.reshape(b * T, c_out)
             dot = ((Hf @ Mg[0].T) * Gf).sum(1)  # g^T M h at the cost of a forward matmul
-            proj = f.tokens(Gf, Hf)  # (bT, k)
+            if T == 1:
+                f.add_tokens(acc, Gf, Hf)
+            else:
+                acc += f.tokens(Gf, Hf).reshape(b, T, k).sum(1)
         else:
             dot = (torch.einsum("btji,joi->btjo", H, Mg) * G).sum(dim=(2, 3))
             A = f.A.reshape(g, c_out, k)
-            proj = (torch.einsum("btjo,jok->btjk", G, A) * (H @ f.B)).sum(2)
-        return Stat(sq, dot.reshape(b, T).sum(1), proj.reshape(b, T, k).sum(1))
+            acc += (torch.einsum("btjo,jok->btjk", G, A) * (H @ f.B)).sum(2).reshape(b, T, k).sum(1)
+        return Stat(sq, dot.reshape(b, T).sum(1))
 
     def nbytes(self) -> int:
         t = self.G.numel() * self.G.element_size()
@@ -184,7 +188,7 @@ class EmbeddingTokens:
         out = torch.zeros(b * self.V, d, dtype=self.G.dtype, device=self.G.device)
         return out.index_add_(0, rows, self.G.reshape(-1, d)).reshape(b, *shape)
 
-    def stats(self, M: torch.Tensor, f: Projection) -> Stat:
+    def stats(self, M: torch.Tensor, f: Projection, acc: torch.Tensor) -> Stat:
         ids, G = self.ids, self.G
         b, T, d = G.shape
         k = f.k
@@ -199,8 +203,8 @@ class EmbeddingTokens:
             S = torch.zeros(len(uniq), d, dtype=G.dtype, device=G.device).index_add_(0, inv, G.reshape(-1, d))
             sq = torch.zeros(b, dtype=G.dtype, device=G.device).index_add_(0, uniq // self.V, S.pow(2).sum(1))
         dot = (M.reshape(self.V, d)[ids] * G).sum(dim=(1, 2))
-        proj = (f.A[ids] * (G.reshape(-1, d) @ f.B).reshape(b, T, k)).sum(1)
-        return Stat(sq, dot, proj)
+        acc += (f.A[ids] * (G.reshape(-1, d) @ f.B).reshape(b, T, k)).sum(1)
+        return Stat(sq, dot)
 
     def nbytes(self) -> int:
         return self.G.numel() * self.G.element_size() + self.ids.numel() * self.ids.element_size()
