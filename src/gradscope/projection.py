@@ -59,7 +59,9 @@ import torch
 KINDS = ("auto", "gaussian", "hadamard")
 # "auto" picks "hadamard" from this k on (bench/bench_projections.py: below it the Gaussian
 # factors' k (rows + cols) flops cost less than the two Hadamard transforms).
-HADAMARD_FROM_K = 512
+HADAMARD_FROM_K = 256
+# The Hadamard transforms keep their buffers between calls up to this many numbers per buffer.
+WORKSPACE_MAX_ELEMENTS = 1 << 21
 # Seeds of distinct parameter tensors: seed * SEED_STRIDE + index, a stride above any
 # realistic number of parameter tensors, so distinct pairs never share a stream.
 SEED_STRIDE = 1_000_003
@@ -188,15 +190,43 @@ class _Side:
         self.perm = torch.randperm(self.P, generator=gen).to(device)
         a = 1 << ((self.P.bit_length() - 1) // 2)
         self.Ha, self.Hb = _hadamard(a, dtype, device), _hadamard(self.P // a, dtype, device)
+        # mix() computes H_P z as two plain matmuls whose result lists entry i * b + j at j * a + i:
+        # the permutation reads through that order.
+        b = self.P // a
+        self._read = (self.perm % b) * a + self.perm // b
 
     def mix(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-        """(N, d) -> (N, P): pi(H_P D x), times scale."""
-        z = x * (self.sign if scale == 1.0 else self.sign * scale)
-        if self.P > self.d:
-            z = torch.nn.functional.pad(z, (0, self.P - self.d))
-        a, b = self.Ha.shape[0], self.Hb.shape[0]
-        z = (self.Ha @ z.reshape(-1, a, b) @ self.Hb).reshape(-1, self.P)  # H_b is symmetric
-        return z.index_select(1, self.perm)
+        """(N, d) -> (N, P): pi(H_P D x), times scale.
+
+        The result may be this side's workspace, overwritten by its next call: use it before then."""
+        N, P, a, b = x.shape[0], self.P, self.Ha.shape[0], self.Hb.shape[0]
+        sign = self.sign if scale == 1.0 else self.sign * scale
+        ws = self._workspace(N, x.dtype, x.device)
+        if ws is None:
+            z = x * sign
+            if P > self.d:
+                z = torch.nn.functional.pad(z, (0, P - self.d))
+            # (H_a kron H_b) z = H_a Z H_b for Z = z as (a, b) (both symmetric): one (N a, b) matmul,
+            # then one (N b, a) matmul on the transpose, rather than N small batched products.
+            z = (z.reshape(-1, b) @ self.Hb).reshape(-1, a, b).transpose(1, 2).reshape(-1, a) @ self.Ha
+            return z.reshape(-1, P).index_select(1, self._read)
+        padded, t1, t2, out = ws  # the same steps into buffers kept between calls (no page faults)
+        torch.mul(x, sign, out=padded[:, : self.d])
+        torch.matmul(padded.view(-1, b), self.Hb, out=t1.view(-1, b))
+        t2.view(N, b, a).copy_(t1.view(N, a, b).transpose(1, 2))
+        torch.matmul(t2.view(-1, a), self.Ha, out=t1.view(-1, a))
+        return torch.index_select(t1, 1, self._read, out=out)
+
+    def _workspace(self, N: int, dtype, device):
+        """Buffers (N, P) for mix, kept for the last N up to WORKSPACE_MAX_ELEMENTS (chunks repeat their
+        size; fresh multi-megabyte tensors cost page faults on every call); None beyond it."""
+        if N * self.P > WORKSPACE_MAX_ELEMENTS:
+            return None
+        key = (N, dtype, device)
+        if getattr(self, "_ws_key", None) != key:
+            self._ws_key = key
+            self._ws = [torch.zeros(N, self.P, dtype=dtype, device=device) for _ in range(4)]
+        return self._ws
 
 
 class SampledHadamard(Projection):
