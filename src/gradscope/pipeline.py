@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
-from gradscope import artifacts, checkpoints, curvature, data, examples, opposing, report, scoring, signals
+from gradscope import (artifacts, checkpoints, curvature, data, examples, influence, opposing, projection, report, scoring,
+                       signals)
 from gradscope import train as training
 from gradscope.models import InputSpec, resolve_device
 
@@ -62,7 +64,8 @@ def extract_examples(settings: dict, *, loss: str, device: str, data_dir, manife
         x, y, df = (x_train, y_train, train_df) if split == "train" else data.load_split(data_dir, split)
         stats = examples.per_example_stats(model, x.to(dev), y.to(dev), loss=loss, proj_dim=settings["proj_dim"],
                                            seed=settings["seed"], batch_size=settings["batch_size"], mean_grad=mean_grad,
-                                           layer_norms=True, trainable_only=trainable_only)
+                                           layer_norms=True, trainable_only=trainable_only,
+                                           projection=settings["projection"])
         proj = stats.pop("grad_proj").astype(np.float16 if settings["proj_dtype"] == "float16" else np.float32)
         stats["layer_grad_norm"] = list(stats.pop("layer_grad_norm").astype(np.float32))
         tables.append(pd.DataFrame({"split": split, "example_id": df["example_id"].to_numpy(),
@@ -72,6 +75,8 @@ def extract_examples(settings: dict, *, loss: str, device: str, data_dir, manife
     names = examples.layer_names(model, trainable_only)
     artifacts.write_parquet(table, out, examples_columns(settings["proj_dim"], settings["proj_dtype"], len(names)),
                             run_id=run_id, config={"examples": settings, "loss": loss, "step": step, "layer_names": names,
+                                                   "projection": projection.resolve_kind(settings["projection"],
+                                                                                         settings["proj_dim"]),
                                                    "mode": "eval"})  # checkpoints.load gives the model in eval mode
     return table
 
@@ -150,6 +155,62 @@ def signals_headline(evaluation: pd.DataFrame, per_example: pd.DataFrame, pairs:
         "opposition_auroc": scoring.auroc(per_example["opposition"], per_example["planted"]),
     })
     return head
+
+
+INFLUENCE_OUTPUTS = ("top", "contributions", "summary")
+
+
+def compute_influence(settings: dict, *, examples_paths, metrics_path, train_path, test_path, out: dict,
+                      run_id: str) -> dict:
+    """Train-to-test TracIn-CP (gradscope.influence) from the stored projections of every checkpoint.
+
+    out: a path for each of INFLUENCE_OUTPUTS."""
+    t0 = time.perf_counter()
+    table = read_examples(examples_paths)
+    steps = np.unique(table["step"].to_numpy())
+    lr = signals.lr_at(artifacts.read_parquet(metrics_path).set_index("step")["lr"], steps)
+    splits = {}
+    for split in ("train", "test"):
+        part = table[table["split"] == split].sort_values(["step", "example_id"], kind="stable")
+        ids = np.unique(part["example_id"].to_numpy())
+        proj = np.stack(part["grad_proj"].to_numpy()).astype(np.float32).reshape(len(steps), len(ids), -1)
+        splits[split] = (ids, proj)
+    train_ids, train_proj = splits["train"]
+    test_ids, test_proj = splits["test"]
+    if settings["test_examples"] and settings["test_examples"] < len(test_ids):
+        rng = np.random.default_rng(settings["seed"])
+        keep = np.sort(rng.choice(len(test_ids), size=settings["test_examples"], replace=False))
+        test_ids, test_proj = test_ids[keep], test_proj[:, keep]
+    top = influence.top_influences(train_proj, test_proj, lr, settings["top_k"])
+    train_df, test_df = _labels(train_path, train_ids), _labels(test_path, test_ids)
+    rows, contributions = influence.influence_tables(top, steps=steps, lr=lr, test_ids=test_ids, train=train_df,
+                                                     test=test_df)
+    config = {"influence": settings}
+    artifacts.write_parquet(rows, out["top"], artifacts.INFLUENCE_TOP, run_id=run_id, config=config)
+    artifacts.write_parquet(contributions, out["contributions"], artifacts.INFLUENCE_CONTRIBUTIONS, run_id=run_id,
+                            config=config)
+    last = table[(table["split"] == "test") & (table["step"] == steps[-1])].set_index("example_id")
+    summary = {"run_id": run_id, "settings": settings, "steps": steps.tolist(), "lr": lr.tolist(),
+               "n_train": len(train_ids), "n_test_scored": len(test_ids), "proj_dim": int(train_proj.shape[-1]),
+               "flipped_opponents": influence.flipped_opponents(rows, train_df),
+               "examples": influence.shown_examples(rows, last.loc[test_ids, ["loss", "pred"]],
+                                                    settings["report_examples"]),
+               "seconds": round(time.perf_counter() - t0, 3)}
+    artifacts.write_json(summary, out["summary"])
+    log.info("influence: %d test x %d training examples over %d checkpoints (k = %d) in %.2f s", len(test_ids),
+             len(train_ids), len(steps), train_proj.shape[-1], summary["seconds"])
+    return summary
+
+
+def _labels(path, ids: np.ndarray) -> pd.DataFrame:
+    """example_id, label, clean_label (the label where the data has no noise) and planted of `ids`, in
+    order, from a dataset split's table."""
+    names = pq.read_schema(path).names
+    df = artifacts.read_parquet(path, columns=[c for c in ("example_id", "label", "clean_label", "planted") if c in names])
+    df = df.set_index("example_id").loc[ids]
+    return pd.DataFrame({"example_id": ids, "label": df["label"].to_numpy(),
+                         "clean_label": (df["clean_label"] if "clean_label" in df else df["label"]).to_numpy(),
+                         "planted": (df["planted"] if "planted" in df else pd.Series(False, index=df.index)).to_numpy()})
 
 
 def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, data_dir, manifest, step: int, out,
@@ -263,14 +324,17 @@ def run_headline(*, metrics_path, summary_path, curvature_paths) -> dict:
                            read_curvature(curvature_paths))
 
 
-def write_run_report(*, run_id: str, config_path, metrics_path, summary_path, curvature_paths, figures: dict, out) -> None:
-    """figures: paths of training, flagged, curvature and gif, made relative to the report's folder."""
+def write_run_report(*, run_id: str, config_path, metrics_path, summary_path, curvature_paths, figures: dict, out,
+                     influence_path=None) -> None:
+    """figures: paths of training, flagged, curvature and gif, made relative to the report's folder;
+    influence_path: the influence summary, where the run computes one."""
     folder = Path(out).parent
     rel = {k: Path(v).relative_to(folder).as_posix() for k, v in figures.items() if v}
     head = run_headline(metrics_path=metrics_path, summary_path=summary_path, curvature_paths=curvature_paths)
     text = report.render_run_report(run_id, config_yaml=Path(config_path).read_text(), head=head,
                                     summary=artifacts.read_json(summary_path),
-                                    curvature=read_curvature(curvature_paths), figures=rel)
+                                    curvature=read_curvature(curvature_paths), figures=rel,
+                                    influence=artifacts.read_json(influence_path) if influence_path else None)
     artifacts.write_text(text, out)
 
 

@@ -182,6 +182,12 @@ def estimate(rule: str, settings: dict) -> dict:
     elif rule in ("detect_signals", "animate"):
         mem = _mb(4 * n * ckpts * (4 * proj_dim + 100))
         flops = 50.0 * n * ckpts * proj_dim
+    elif rule == "influence":
+        # every checkpoint's table in memory, and a block of 512 test examples' scores against all training examples
+        n_test = d["n_test"] if not settings.get("influence", {}).get("test_examples") else min(
+            d["n_test"], int(settings["influence"]["test_examples"]))
+        mem = _mb(4 * n * ckpts * (4 * proj_dim + 100) + 8 * 3 * 512 * d["n_train"])
+        flops = 2.0 * n_test * d["n_train"] * ckpts * proj_dim
     elif rule in ("plots", "report"):
         mem = _mb(100 * ckpts * 1000)
     gpu = settings.get("device", "auto") == "cuda" and rule in TORCH_RULES

@@ -77,12 +77,18 @@ class Trajectories:
         proj = None
         if "grad_proj" in train.columns and len(train):
             proj = np.stack(train["grad_proj"].to_numpy()).astype(np.float64).reshape(*shape, -1)
-        rates = np.ones(len(steps))
-        if lr is not None and len(lr):
-            lr = lr.sort_index()
-            pos = np.searchsorted(lr.index.to_numpy(), steps, side="right") - 1
-            rates = lr.to_numpy(dtype=float)[np.clip(pos, 0, None)]
-        return cls(steps=steps, example_ids=ids, values=values, proj=proj, lr=rates)
+        return cls(steps=steps, example_ids=ids, values=values, proj=proj, lr=lr_at(lr, steps))
+
+
+def lr_at(lr: pd.Series | None, steps: np.ndarray) -> np.ndarray:
+    """The learning rate in force at each checkpoint step: its last logged value (`lr`, indexed by
+    logged step, metrics.parquet) at or before the step; 1 where not given."""
+    rates = np.ones(len(steps))
+    if lr is not None and len(lr):
+        lr = lr.sort_index()
+        pos = np.searchsorted(lr.index.to_numpy(), steps, side="right") - 1
+        rates = lr.to_numpy(dtype=float)[np.clip(pos, 0, None)]
+    return rates
 
 
 Scores = dict[str, tuple[np.ndarray, np.ndarray]]  # detector name -> (score, flagged), each (T, n); NaN score = none

@@ -12,6 +12,7 @@ rule report:
         loss_changes="results/runs/{experiment}/{run}/figures/loss_changes.png",
         cartography="results/runs/{experiment}/{run}/figures/cartography.png",
         density=get_density_figure,
+        influence=get_influence_summary,
     output:
         "results/runs/{experiment}/{run}/report.md",
     log:

@@ -1,0 +1,141 @@
+"""Train-to-test influence: which training examples pushed a test example's loss down or up, and when.
+
+TracIn-CP (Pruthi et al. 2020): the influence of training example z on test example z' is
+
+    TracInCP(z, z') = sum_c lr_c <grad loss(z; w_c), grad loss(z'; w_c)>
+
+over the checkpoints c, with lr_c the learning rate in force at checkpoint c (its last logged
+value at or before it, as for the `tracin` self-influence detector). Positive: a *proponent*
+(a gradient step on z lowers the loss on z'); negative: an *opponent* (it raises it). Here the
+gradients are the stored projections (`examples/step=*/part-0.parquet`, column grad_proj:
+inner products preserved in expectation, gradscope.projection), so a score costs k
+multiply-adds per checkpoint instead of a pass over all parameters; larger `examples.proj_dim`
+gives scores closer to the exact ones (tests/test_influence.py measures the rank correlation).
+Self-influence (z = z') is the `tracin` detector (gradscope.signals).
+
+Everything here is pure computation on arrays; gradscope.pipeline.compute_influence reads the
+tables and writes the artifacts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+KINDS = ("proponent", "opponent")
+
+
+def tracin_cp(train: np.ndarray, test: np.ndarray, lr: np.ndarray) -> np.ndarray:
+    """All scores (n_test, n_train) from per-checkpoint gradients (or projections) train (C, n_train, d),
+    test (C, n_test, d) and learning rates lr (C,), in float64. For small problems and checks."""
+    train, test = np.asarray(train, dtype=np.float64), np.asarray(test, dtype=np.float64)
+    return np.einsum("c,ctd,cnd->tn", np.asarray(lr, dtype=np.float64), test, train)
+
+
+def top_influences(train: np.ndarray, test: np.ndarray, lr: np.ndarray, top_k: int, block: int = 512) -> dict:
+    """The top_k proponents and opponents of every test example, with their per-checkpoint contributions.
+
+    train (C, n_train, k), test (C, n_test, k), lr (C,). Scores are computed block by block of
+    test examples (memory: block x n_train), in float32 with float64 sums over checkpoints.
+    Returns arrays: ids (n_test, 2, top_k) (positions in the train axis; [:, 0] proponents, by
+    decreasing score; [:, 1] opponents, by increasing score), score (n_test, 2, top_k) and
+    contributions (n_test, 2, top_k, C), whose sum over C is the score.
+    """
+    C, n_train, _ = train.shape
+    top_k = min(top_k, n_train)
+    tr = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32))
+    te = torch.from_numpy(np.ascontiguousarray(test, dtype=np.float32))
+    rates = torch.as_tensor(np.asarray(lr, dtype=np.float64))
+    n_test = te.shape[1]
+    ids = np.empty((n_test, 2, top_k), dtype=np.int64)
+    contrib = np.empty((n_test, 2, top_k, C), dtype=np.float64)
+    for s in range(0, n_test, block):
+        q = te[:, s : s + block]  # (C, B, k)
+        scores = torch.zeros(q.shape[1], n_train, dtype=torch.float64)
+        for c in range(C):
+            scores += rates[c] * (q[c] @ tr[c].T).double()
+        best = torch.stack([scores.topk(top_k, dim=1).indices, (-scores).topk(top_k, dim=1).indices], dim=1)
+        ids[s : s + len(best)] = best.numpy()
+        for c in range(C):  # each chosen pair's contribution at checkpoint c
+            picked = tr[c][best]  # (B, 2, top_k, k)
+            contrib[s : s + len(best), :, :, c] = (rates[c] * (picked.double() * q[c][:, None, None, :].double())
+                                                   .sum(-1)).numpy()
+    return {"ids": ids, "score": contrib.sum(-1), "contributions": contrib}
+
+
+def influence_tables(top: dict, *, steps, lr, test_ids, train: pd.DataFrame, test: pd.DataFrame):
+    """The `top` and `contributions` tables of the artifact list (README) from `top_influences`' arrays.
+
+    train: the training examples in the order of the train axis, with example_id, label,
+    clean_label and planted; test: the test examples scored, in the order of the test axis,
+    with example_id and label."""
+    n_test, _, k = top["ids"].shape
+    test_pos = np.repeat(np.arange(n_test), 2 * k)
+    kind = np.tile(np.repeat(np.array(KINDS), k), n_test)
+    rank = np.tile(np.arange(1, k + 1), 2 * n_test)
+    pos = top["ids"].reshape(-1)
+    rows = pd.DataFrame({
+        "test_id": np.asarray(test_ids)[test_pos],
+        "test_label": test["label"].to_numpy()[test_pos],
+        "kind": kind,
+        "rank": rank.astype(np.int64),
+        "train_id": train["example_id"].to_numpy()[pos],
+        "score": top["score"].reshape(-1),
+        "train_label": train["label"].to_numpy()[pos],
+        "train_clean_label": train["clean_label"].to_numpy()[pos],
+        "train_planted": train["planted"].to_numpy()[pos].astype(bool),
+    })
+    C = len(steps)
+    contributions = pd.DataFrame({
+        "test_id": np.repeat(rows["test_id"].to_numpy(), C),
+        "train_id": np.repeat(rows["train_id"].to_numpy(), C),
+        "kind": np.repeat(rows["kind"].to_numpy(), C),
+        "step": np.tile(np.asarray(steps, dtype=np.int64), len(rows)),
+        "lr": np.tile(np.asarray(lr, dtype=np.float64), len(rows)),
+        "contribution": top["contributions"].reshape(-1),
+    })
+    return rows, contributions
+
+
+def flipped_opponents(rows: pd.DataFrame, train: pd.DataFrame) -> dict | None:
+    """How often a flipped training example is among the top opponents of test examples of its
+    *true* class, against chance; None where the data has no flipped labels.
+
+    rate: the fraction of each test example's top opponents that are flipped training examples
+    whose clean label is the test example's label, averaged over test examples; chance: the same
+    fraction for opponents drawn at random from the training set (the share of such flipped
+    examples among all training examples, averaged the same way); lift = rate / chance.
+    The same for proponents, where flipped examples should be rare."""
+    flipped = train["planted"].to_numpy().astype(bool) & (train["label"] != train["clean_label"]).to_numpy()
+    if not flipped.any():
+        return None
+    share = pd.Series(flipped).groupby(train["clean_label"].to_numpy()).sum() / len(train)
+    out = {"n_flipped": int(flipped.sum())}
+    for kind in KINDS:
+        part = rows[rows["kind"] == kind]
+        hit = (part["train_planted"] & (part["train_label"] != part["train_clean_label"])
+               & (part["train_clean_label"] == part["test_label"]))
+        per_test = hit.groupby(part["test_id"]).mean()
+        labels = part.groupby("test_id")["test_label"].first()
+        chance = float(labels.map(share).fillna(0.0).mean())
+        rate = float(per_test.mean())
+        out[kind] = {"rate": rate, "chance": chance, "lift": rate / chance if chance > 0 else None}
+    return out
+
+
+def shown_examples(rows: pd.DataFrame, final: pd.DataFrame, n: int, per_kind: int = 5) -> list[dict]:
+    """The n scored test examples of highest final loss (`final`: loss and pred by test id, at the
+    last checkpoint), each with its first `per_kind` proponents and opponents: what the run report lists."""
+    out = []
+    for test_id, row in final.sort_values("loss", ascending=False, kind="stable").head(n).iterrows():
+        mine = rows[rows["test_id"] == test_id]
+        entry = {"test_id": int(test_id), "label": int(mine["test_label"].iloc[0]), "pred": int(row["pred"]),
+                 "final_loss": float(row["loss"])}
+        for kind in KINDS:
+            part = mine[mine["kind"] == kind].sort_values("rank").head(per_kind)
+            entry[kind + "s"] = [{"train_id": int(r.train_id), "label": int(r.train_label),
+                                  "clean_label": int(r.train_clean_label), "planted": bool(r.train_planted),
+                                  "score": float(r.score)} for r in part.itertuples()]
+        out.append(entry)
+    return out
