@@ -1,0 +1,6 @@
+"""Snakemake adapter for rule dashboard_index: see gradscope.dashboard.build_index."""
+from gradscope.dashboard import build_index
+from gradscope.logs import log_to
+
+with log_to(snakemake.log[0]):
+    build_index(snakemake.params.experiments, results="results", out=snakemake.output[0], link_reports=True)

@@ -1,0 +1,307 @@
+"""What a dashboard page carries: one run's artifacts read into plain, JSON-ready data.
+
+Each run folder (`results/runs/{experiment}/{run}/`) is read as far as it goes: a run still
+training, or one whose analysis failed, gives what exists (its status says which). Small
+per-step tables travel as JSON lists, rounded to 6 significant digits; per-example
+trajectories (examples x checkpoints) travel as base64 float32, decoded in the page only when
+the run is shown. Per-example data is subsampled to `max_examples` training examples per run:
+every planted example and each detector's top `top_k` at every checkpoint first (always kept,
+even past the cap), then a seeded random sample up to the cap.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gradscope import artifacts
+
+METRIC_COLUMNS = ["step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "grad_norm", "clipped_fraction",
+                  "weight_norm", "wall_s"]
+DYNAMICS_COLUMNS = ["weight_norm", "grad_norm", "grad_norm_top5", "grad_norm_mid90", "grad_norm_bottom5",
+                    "adam_eff_lr_median", "adam_snr_median", "update_to_decay_ratio"]
+CURVATURE_COLUMNS = ["sharpness", "sharpness_threshold", "update_sharpness", "hessian_trace", "hessian_trace_stderr",
+                     "fisher_trace", "gauss_newton_trace", "gauss_newton_stderr", "input_jacobian_norm",
+                     "input_hessian_trace", "lr"]
+TRAJECTORY_COLUMNS = ["loss", "p_true", "margin", "grad_norm"]
+CARTOGRAPHY_COLUMNS = ["confidence", "variability", "correctness", "forgetting_events", "aum", "opposition",
+                       "tracin_self_influence", "final_loss"]
+SIGNAL_FILES = ("detections", "evaluation", "groups", "group_pairs", "group_losses", "loss_changes", "per_example")
+HIST_BINS = 40
+# Stages in workflow order, with the rule whose log says when that stage failed.
+_STAGE_LOGS = ("train", "extract_examples", "curvature", "detect_signals")
+
+
+# ---- encoding -------------------------------------------------------------------------------
+def clean(x):
+    """JSON-ready: NaN and inf become None, floats rounded to 6 significant digits, numpy to Python."""
+    if isinstance(x, dict):
+        return {str(k): clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return clean(x.tolist())
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        x = float(x)
+        return float(f"{x:.6g}") if math.isfinite(x) else None
+    return x
+
+
+def f32(array) -> str:
+    """Base64 of a little-endian float32 array (the page decodes it into a Float32Array)."""
+    return base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode("ascii")
+
+
+def columns(df: pd.DataFrame, names) -> dict:
+    return {c: clean(df[c].to_numpy()) for c in names if c in df.columns}
+
+
+# ---- status ---------------------------------------------------------------------------------
+def run_status(folder: Path, logs_dir: Path | None = None) -> dict:
+    """How far a run got, from its artifacts (and, where given, the workflow's logs).
+
+    status: "complete" (trained, per-example statistics, curvature and signals all written),
+    "failed" (a non-finite loss stopped training, or a stage's log ends in a failure), "training"
+    (resumable checkpoints and no metrics yet), "analysing" (trained, analysis incomplete) or
+    "pending" (nothing trained yet). detail: a short explanation."""
+    folder = Path(folder)
+    experiment, run = folder.parent.name, folder.name
+    failed = _failed_stage(logs_dir, experiment, run) if logs_dir is not None else None
+    if (folder / "train" / "metrics.partial.parquet").exists() and not (folder / "train" / "metrics.parquet").exists():
+        return {"status": "failed", "detail": "training stopped: non-finite loss (metrics so far shown)"}
+    if not (folder / "train" / "metrics.parquet").exists():
+        if failed:
+            return {"status": "failed", "detail": f"failed in {failed}"}
+        resume = sorted((folder / "train" / "resume").glob("step_*.pt"))
+        if resume:
+            return {"status": "training", "detail": f"training, last checkpoint {resume[-1].stem}"}
+        return {"status": "pending", "detail": "not trained yet"}
+    have = {"examples": any(folder.glob("examples/step=*/part-0.parquet")),
+            "curvature": any(folder.glob("curvature/step=*/part-0.parquet")),
+            "signals": (folder / "signals" / "summary.json").exists()}
+    if all(have.values()):
+        return {"status": "complete", "detail": "trained and analysed"}
+    missing = ", ".join(k for k, v in have.items() if not v)
+    if failed:
+        return {"status": "failed", "detail": f"failed in {failed}; missing {missing}"}
+    return {"status": "analysing", "detail": f"trained; missing {missing}"}
+
+
+def _failed_stage(logs_dir: Path, experiment: str, run: str) -> str | None:
+    """The first stage whose log (gradscope.logs.log_to) records a failure for this run."""
+    for rule in _STAGE_LOGS:
+        folder = Path(logs_dir) / rule / experiment
+        for log in (folder / f"{run}.log", folder / run):  # one log per run, or a folder of one per checkpoint
+            files = [log] if log.is_file() else sorted(log.glob("*.log"))
+            for f in files:
+                try:
+                    text = f.read_text(errors="replace")
+                except OSError:
+                    continue
+                if re.search(r" ERROR gradscope[^\n]*: failed", text):
+                    return rule
+    return None
+
+
+def parse_varying(name: str) -> dict:
+    """`wd~1.0_seed~0` -> {"wd": 1.0, "seed": 0}: the grid values in a run's name, numbers as numbers."""
+    out = {}
+    for part in name.split("_"):
+        if "~" not in part:
+            continue
+        key, value = part.split("~", 1)
+        try:
+            out[key] = int(value) if re.fullmatch(r"-?\d+", value) else float(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+# ---- one run --------------------------------------------------------------------------------
+def read_metrics(folder: Path) -> pd.DataFrame | None:
+    """metrics.parquet; for a failed run its partial metrics; for a run in training the rows in its latest
+    resumable checkpoint."""
+    train = folder / "train"
+    for name in ("metrics.parquet", "metrics.partial.parquet"):
+        if (train / name).exists():
+            return artifacts.read_parquet(train / name)
+    resume = sorted((train / "resume").glob("step_*.pt"))
+    if resume:
+        from gradscope import checkpoints  # torch only for a run still in training
+
+        try:
+            rows = checkpoints.load_state(resume[-1]).get("metrics_rows") or []
+        except Exception:  # a checkpoint being written: show nothing rather than fail the page
+            rows = []
+        return pd.DataFrame(rows, columns=list(artifacts.METRICS)) if rows else None
+    return None
+
+
+def collect_run(folder, *, max_examples: int, top_k: int, seed: int) -> dict:
+    """Everything the page shows for one run, from what exists in its folder."""
+    folder = Path(folder)
+    out = {}
+    metrics = read_metrics(folder)
+    if metrics is not None and len(metrics):
+        out["metrics"] = columns(metrics.sort_values("step"), METRIC_COLUMNS)
+    if (folder / "train" / "dynamics.parquet").exists():
+        out["dynamics"] = collect_dynamics(artifacts.read_parquet(folder / "train" / "dynamics.parquet"))
+    curv_paths = sorted(folder.glob("curvature/step=*/part-0.parquet"))
+    if curv_paths:
+        out["curvature"] = collect_curvature(artifacts.read_partitions(curv_paths).sort_values("step"))
+    signals = {}
+    for name in SIGNAL_FILES:
+        path = folder / "signals" / f"{name}.parquet"
+        if path.exists():
+            signals[name] = artifacts.read_parquet(path)
+    if "evaluation" in signals:
+        out["detectors"] = collect_evaluation(signals["evaluation"])
+    if "group_losses" in signals and "group_pairs" in signals:
+        out["groups"] = collect_groups(signals["group_losses"], signals["group_pairs"], signals.get("groups"))
+    ex_paths = sorted(folder.glob("examples/step=*/part-0.parquet"), key=lambda p: int(p.parent.name.split("=")[1]))
+    if ex_paths:
+        examples = artifacts.read_partitions(ex_paths)
+        train = examples[examples["split"] == "train"]
+        out["examples"] = collect_examples(train, signals.get("detections"), signals.get("per_example"),
+                                           signals.get("loss_changes"), max_examples=max_examples, top_k=top_k,
+                                           seed=seed)
+    return out
+
+
+def collect_dynamics(dyn: pd.DataFrame) -> dict | None:
+    """Per layer (parameter tensor) and logged step: the dynamics columns as [layer][step] lists."""
+    if dyn.empty:
+        return None
+    steps = sorted(dyn["step"].unique())
+    layers = list(dict.fromkeys(dyn["layer"]))  # model order
+    out = {"step": clean(steps), "layers": layers}
+    for col in DYNAMICS_COLUMNS:
+        wide = dyn.pivot_table(index="layer", columns="step", values=col, aggfunc="first", dropna=False)
+        wide = wide.reindex(index=layers, columns=steps)
+        values = wide.to_numpy(dtype=float)
+        if np.isfinite(values).any():
+            out[col] = clean(values)
+    return out
+
+
+def collect_curvature(curv: pd.DataFrame) -> dict:
+    out = {"step": clean(curv["step"].to_numpy()), **columns(curv, CURVATURE_COLUMNS)}
+    out["top_eigenvalues"] = clean([list(v) if v is not None else [] for v in curv["top_eigenvalues"]])
+    density = {}
+    for step, grid, dens in zip(curv["step"], curv["density_grid"], curv["density"]):
+        if grid is not None and len(grid):
+            density[str(int(step))] = {"grid": clean(np.asarray(grid)), "density": clean(np.asarray(dens))}
+    out["density"] = density
+    return out
+
+
+def collect_evaluation(ev: pd.DataFrame) -> dict:
+    out = {}
+    for det, d in ev.sort_values("step").groupby("detector", sort=True):
+        out[det] = columns(d, ["step", "n_flagged", "auroc", "average_precision", "precision_at_k", "recall_at_k"])
+    return out
+
+
+def collect_groups(losses: pd.DataFrame, pairs: pd.DataFrame, groups: pd.DataFrame | None) -> list[dict]:
+    """Per checkpoint interval: each group's mean loss over all checkpoints, its size, and the pairs with their cosine."""
+    intervals = []
+    for (a, b), d in losses.sort_values(["step_from", "step_to"]).groupby(["step_from", "step_to"], sort=True):
+        p = pairs[(pairs["step_from"] == a) & (pairs["step_to"] == b)]
+        sizes = {} if groups is None else groups[(groups["step_from"] == a) & (groups["step_to"] == b)].groupby("group").size()
+        entry = {"from": int(a), "to": int(b), "groups": [], "pairs": []}
+        for g, dg in d.sort_values("step").groupby("group"):
+            entry["groups"].append({"group": int(g), "size": int(sizes.get(g, 0)) if len(sizes) else None,
+                                    "step": clean(dg["step"].to_numpy()), "mean_loss": clean(dg["mean_loss"].to_numpy())})
+        for row in p.itertuples(index=False):
+            entry["pairs"].append({"a": int(row.group_a), "b": int(row.group_b), "cosine": clean(row.cosine),
+                                   "opposing": bool(row.opposing)})
+        intervals.append(entry)
+    return intervals
+
+
+def _histograms(values_by_key: dict, planted: dict) -> dict:
+    """Per key (a step or an interval): counts of clean and planted examples over shared-per-key bins."""
+    out = {}
+    for key, (ids, values) in values_by_key.items():
+        values = np.asarray(values, dtype=float)
+        finite = np.isfinite(values)
+        if not finite.any():
+            continue
+        lo, hi = float(values[finite].min()), float(values[finite].max())
+        if hi <= lo:
+            hi = lo + 1e-6
+        edges = np.linspace(lo, hi, HIST_BINS + 1)
+        is_planted = np.array([planted.get(int(i), False) for i in ids])
+        out[key] = {"edges": clean(edges),
+                    "clean": np.histogram(values[finite & ~is_planted], edges)[0].tolist(),
+                    "planted": np.histogram(values[finite & is_planted], edges)[0].tolist()}
+    return out
+
+
+def select_examples(ids: np.ndarray, planted: np.ndarray, flagged: set, max_examples: int, seed: int) -> np.ndarray:
+    """Sorted ids: every planted and flagged example, then a seeded random sample of the rest up to max_examples."""
+    ids = np.asarray(ids)
+    keep = set(ids[np.asarray(planted, bool)].tolist()) | (set(flagged) & set(ids.tolist()))
+    rest = np.array(sorted(set(ids.tolist()) - keep), dtype=np.int64)
+    room = max(max_examples - len(keep), 0)
+    if room and len(rest):
+        keep |= set(np.random.default_rng(seed).choice(rest, size=min(room, len(rest)), replace=False).tolist())
+    return np.array(sorted(keep), dtype=np.int64)
+
+
+def collect_examples(train: pd.DataFrame, detections: pd.DataFrame | None, per_example: pd.DataFrame | None,
+                     loss_changes: pd.DataFrame | None, *, max_examples: int, top_k: int, seed: int) -> dict:
+    """Trajectories of the sampled training examples, the mean over all of them, their gradient-projection PCA,
+    each detector's top-k per checkpoint, and loss / Δloss histograms over all training examples."""
+    from gradscope.animate import fit_pca, project, robust_limits  # the GIF's PCA: the same axes in both
+
+    steps = sorted(int(s) for s in train["step"].unique())
+    first = train[train["step"] == steps[0]].sort_values("example_id")
+    planted_of = dict(zip(first["example_id"].astype(int), first["planted"].astype(bool)))
+    topk = {}
+    if detections is not None and len(detections):
+        best = (detections.dropna(subset=["score"]).sort_values(["detector", "step", "score"], ascending=[True, True, False],
+                                                                kind="stable")
+                .groupby(["detector", "step"], sort=True).head(top_k))
+        for (det, step), d in best.groupby(["detector", "step"], sort=True):
+            topk.setdefault(det, {})[str(int(step))] = clean(d["example_id"].to_numpy())
+    flagged = {int(i) for det in topk.values() for ids in det.values() for i in ids}
+    chosen = select_examples(first["example_id"].to_numpy(), first["planted"].to_numpy(), flagged, max_examples, seed)
+    n, t = len(chosen), len(steps)
+    sub = train[train["example_id"].isin(chosen)].sort_values(["example_id", "step"])
+    out = {"step": steps, "ids": clean(chosen), "label": clean(first.set_index("example_id").loc[chosen, "label"].to_numpy()),
+           "planted": clean(first.set_index("example_id").loc[chosen, "planted"].to_numpy()), "n_train": len(first),
+           "topk": topk, "mean": {}, "traj": {}}
+    for col in TRAJECTORY_COLUMNS:
+        wide = sub.pivot(index="example_id", columns="step", values=col).reindex(index=chosen, columns=steps)
+        out["traj"][col] = f32(wide.to_numpy())  # (examples, checkpoints), row-major
+        out["mean"][col] = clean(train.groupby("step")[col].mean().reindex(steps).to_numpy())
+    if "grad_proj" in sub.columns and len(sub):
+        proj = np.stack(sub["grad_proj"].map(np.asarray).to_numpy()).astype(np.float64)
+        if proj.shape[1] >= 2:
+            mean, comps, explained = fit_pca(proj)
+            xy = project(proj, mean, comps)  # rows ordered (example, step)
+            cube = xy.reshape(n, t, 2).transpose(1, 0, 2)  # (checkpoints, examples, 2)
+            stp = sub["step"].to_numpy()
+            out["pca"] = {"xy": f32(cube), "explained": clean(explained),
+                          "xrange": clean(robust_limits(xy[:, 0], stp)), "yrange": clean(robust_limits(xy[:, 1], stp))}
+    if per_example is not None and len(per_example):
+        pe = per_example.set_index("example_id").reindex(chosen)
+        out["cartography"] = {c: f32(pe[c].to_numpy(dtype=float)) for c in CARTOGRAPHY_COLUMNS if c in pe.columns}
+        out["cartography"]["planted_group"] = [g if isinstance(g, str) else "" for g in pe["planted_group"]]
+    out["loss_hist"] = _histograms({str(s): (d["example_id"].to_numpy(), d["loss"].to_numpy())
+                                    for s, d in train.groupby("step")}, planted_of)
+    if loss_changes is not None and len(loss_changes):
+        out["dloss_hist"] = _histograms({f"{a}-{b}": (d["example_id"].to_numpy(), d["delta_loss"].to_numpy())
+                                         for (a, b), d in loss_changes.groupby(["step_from", "step_to"], sort=True)},
+                                        planted_of)
+    return out

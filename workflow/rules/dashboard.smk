@@ -1,0 +1,42 @@
+# Interactive HTML dashboards (gradscope.dashboard): one per sweep and an index over all experiments.
+# Each page inlines plotly.js and its data, so it opens from disk anywhere.
+rule dashboard:
+    input:
+        unpack(get_dashboard_inputs),
+    output:
+        "results/sweeps/{experiment}/dashboard.html",
+    log:
+        "logs/dashboard/{experiment}.log",
+    params:
+        runs=lambda wc: [{"id": r.id, "name": r.name, "varying": r.varying} for r in get_experiment_runs(wc)],
+        dashboard=CONFIG["dashboard"],
+    conda:
+        "../../envs/gradscope.yaml"
+    threads: 1
+    resources:
+        # One run's tables in memory at a time: a 100-run sweep of 2,000 examples at 20 checkpoints
+        # peaked at 0.66 GB (bench/bench_dashboard.py).
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../../scripts/dashboard.py"
+
+
+rule dashboard_index:
+    input:
+        # Not the sweep reports: `rule all` builds them, and the index links them without waiting for them.
+        dashboards=expand("results/sweeps/{experiment}/dashboard.html", experiment=EXPERIMENTS),
+    output:
+        "results/index.html",
+    log:
+        "logs/dashboard_index/index.log",
+    params:
+        experiments={e: [r.id for r in RUNS.values() if r.experiment == e] for e in EXPERIMENTS},
+    conda:
+        "../../envs/gradscope.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    script:
+        "../../scripts/dashboard_index.py"
