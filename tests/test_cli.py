@@ -41,7 +41,8 @@ def test_train_command_writes_the_run_like_the_workflow(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"device": "cpu", "experiments": {"m": {
         "data": {"generator": "modular", "modular": {"p": 5, "train_fraction": 0.6}},
-        "model": {"depth": 1, "width": 8}, "train": {"steps": 12, "log_every": 4, "checkpoints": {"every": 6}}}}}))
+        "model": {"depth": 1, "width": 8}, "train": {"steps": 12, "log_every": 4, "checkpoints": {"every": 6}},
+        "signals": {"opposing_groups": {"top_k": 5, "n_groups": 2}}}}}))  # 15 training pairs: top_k 20 would flag all
     result = CliRunner().invoke(main, ["train", "m/seed~0", "--config", str(config), "--results", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     assert "training m/seed~0" in result.output and "test acc" in result.output

@@ -62,6 +62,9 @@ def test_killed_training_resumes_to_identical_metrics_and_checkpoints(tmp_path, 
         b = torch.load(tmp_path / "killed" / "checkpoints" / name, weights_only=False)
         for k in a["model_state"]:
             assert torch.equal(a["model_state"][k], b["model_state"][k]), (name, k)
+        # byte for byte too (issue 13: every generator seeded, no wall-clock time inside)
+        assert (tmp_path / "reference" / "checkpoints" / name).read_bytes() == \
+            (tmp_path / "killed" / "checkpoints" / name).read_bytes(), name
     assert not (tmp_path / "killed" / "resume").exists()  # the store is cleared once the run is published
 
 

@@ -21,7 +21,9 @@ from gradscope.config import ConfigError, data_slice, expand_runs, load_config, 
 
 def settings(generator: str, block: dict) -> dict:
     """The data slice of a one-run config: validated, schema defaults filled in."""
-    runs = expand_runs(load_config({"experiments": {"e": {"data": {"generator": generator, generator: block}}}}))
+    signals = {"detectors": ["high_loss"]}  # no opposing_groups, whose top_k may exceed a tiny subsample
+    runs = expand_runs(load_config({"experiments": {"e": {"data": {"generator": generator, generator: block},
+                                                          "signals": signals}}}))
     return data_slice(runs[0].settings)
 
 

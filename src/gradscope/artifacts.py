@@ -8,8 +8,11 @@ on its own says where it came from. Column names and types are defined here, onc
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -145,6 +148,27 @@ PER_EXAMPLE = {
     "planted_group": pa.string(),
 }
 
+INFLUENCE_TOP = {  # influence/top.parquet: each scored test example's top proponents and opponents
+    "test_id": pa.int64(),
+    "test_label": pa.int64(),
+    "kind": pa.string(),  # proponent | opponent
+    "rank": pa.int64(),  # 1 = strongest
+    "train_id": pa.int64(),
+    "score": pa.float64(),  # TracIn-CP: sum over checkpoints of lr x <train grad, test grad> (projected)
+    "train_label": pa.int64(),
+    "train_clean_label": pa.int64(),
+    "train_planted": pa.bool_(),
+}
+
+INFLUENCE_CONTRIBUTIONS = {  # influence/contributions.parquet: those pairs' score, checkpoint by checkpoint
+    "test_id": pa.int64(),
+    "train_id": pa.int64(),
+    "kind": pa.string(),
+    "step": pa.int64(),
+    "lr": pa.float64(),
+    "contribution": pa.float64(),  # lr x <train grad, test grad> at this checkpoint; sums to the score
+}
+
 CURVATURE = {
     "sharpness": pa.float64(),
     "top_eigenvalues": pa.list_(pa.float64()),
@@ -189,15 +213,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from e
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; artifacts are ordinary files
         os.replace(tmp, path)
+    except OSError as e:
+        raise _write_error(path, e) from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _write_error(path: Path, error: OSError) -> OSError:
+    """The error of a failed write, naming the file and why; for a full disk (or quota, or file
+    size limit) also the free space there and what to do."""
+    code = error.errno
+    if code is None and "No space left on device" in str(error):  # pyarrow's errors carry no errno
+        code = errno.ENOSPC
+    why = os.strerror(code) if code else str(error)
+    if code in _DISK_FULL:
+        try:
+            free = f"; {shutil.disk_usage(path.parent).free / 1e6:.1f} MB free there"
+        except OSError:
+            free = ""
+        return OSError(code, f"cannot write {path}: {why}{free}. Free some space (or write results elsewhere) and "
+                             "run the same command again: finished files are kept, this one is written whole or not at all")
+    return OSError(code, f"cannot write {path}: {why}")
 
 
 def write_parquet(df: pd.DataFrame, path, columns: dict[str, pa.DataType] | None, *, run_id=None, config=None) -> None:
@@ -215,15 +264,16 @@ def write_parquet(df: pd.DataFrame, path, columns: dict[str, pa.DataType] | None
         pq.write_table(table, tmp)
 
 
-def read_parquet(path) -> pd.DataFrame:
-    """Read one Parquet file or a Hive-partitioned folder; a missing or corrupt file is named."""
+def read_parquet(path, columns=None) -> pd.DataFrame:
+    """Read one Parquet file or a Hive-partitioned folder (only `columns`, where given); a missing or
+    corrupt file is named."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"missing artifact: {path}")
     try:
-        return pd.read_parquet(path)
+        return pd.read_parquet(path, columns=columns)
     except Exception as e:  # pyarrow raises several types for a truncated or foreign file
-        raise ValueError(f"cannot read Parquet file {path}: {e}") from e
+        raise ValueError(f"cannot read Parquet file {path}: {e}; {regenerate_hint(path)}") from e
 
 
 def read_partitions(paths) -> pd.DataFrame:
@@ -261,7 +311,12 @@ def read_npy(path) -> np.ndarray:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
     except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a readable .npy array ({e})") from None
+        raise ValueError(f"{path}: not a readable .npy array ({e}); {regenerate_hint(path)}") from None
+
+
+def write_bytes(data: bytes, path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text(text: str, path) -> None:
@@ -283,8 +338,57 @@ def read_json(path) -> dict:
         raise FileNotFoundError(f"missing artifact: {path}")
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"corrupt JSON file {path}: {e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"corrupt JSON file {path}: {e}; {regenerate_hint(path)}") from e
+
+
+# The job that writes each workflow artifact, found from where the file lies: (pattern, rule,
+# the declared output that `snakemake --force` reruns that one job for).
+_PRODUCERS = (
+    (r"results/data/(?P<d>[^/]+)/", "generate_data", "results/data/{d}/meta.json"),
+    (r"results/runs/(?P<e>[^/]+)/(?P<r>[^/]+)/train/", "train", "results/runs/{e}/{r}/train/metrics.parquet"),
+    (r"results/runs/(?P<e>[^/]+)/(?P<r>[^/]+)/examples/step=(?P<s>\d+)/", "extract_examples",
+     "results/runs/{e}/{r}/examples/step={s}/part-0.parquet"),
+    (r"results/runs/(?P<e>[^/]+)/(?P<r>[^/]+)/curvature/step=(?P<s>\d+)/", "curvature",
+     "results/runs/{e}/{r}/curvature/step={s}/part-0.parquet"),
+    (r"results/runs/(?P<e>[^/]+)/(?P<r>[^/]+)/signals/", "detect_signals", "results/runs/{e}/{r}/signals/summary.json"),
+    (r"results/runs/(?P<e>[^/]+)/(?P<r>[^/]+)/config\.yaml$", "resolve_config", "results/runs/{e}/{r}/config.yaml"),
+    (r"results/sweeps/(?P<e>[^/]+)/", "sweep_report", "results/sweeps/{e}/report.md"),
+)
+
+
+def regenerate_hint(path) -> str:
+    """What to run to write a damaged artifact again: its job, forced, then the rest of the workflow
+    (a plain rerun would not see the damage: the file exists and is newer than its inputs)."""
+    text = Path(path).as_posix()
+    for pattern, rule, target in _PRODUCERS:
+        m = re.search(pattern, text)
+        if m:
+            return (f"the file is damaged: write it again with `snakemake --cores 2 --force {target.format(**m.groupdict())}` "
+                    f"(reruns that {rule} job), then `snakemake --cores 2` for what depends on it")
+    return "the file is damaged: delete it and run the command that wrote it again"
+
+
+def check_file(path) -> str | None:
+    """None if an artifact reads as a whole file of its kind (a cheap structural check: a zip's
+    checksums, a Parquet footer, JSON, an .npy header), else what is wrong with it."""
+    import zipfile
+
+    path = Path(path)
+    try:
+        if path.suffix == ".pt":
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+            return None if bad is None else f"record {bad} fails its checksum"
+        if path.suffix == ".parquet":
+            pq.read_metadata(path)
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".npy":
+            np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as e:  # each reader raises its own types for a truncated or foreign file
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def _jsonable(x):

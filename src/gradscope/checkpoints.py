@@ -5,12 +5,15 @@ description (its per-example shape included) and the training settings; `load(pa
 the model from it alone: built-in kinds from their settings, a `python` model by calling its
 recorded `factory` with its recorded `kwargs` again (imported with the working directory on
 sys.path; see `gradscope.models`).
-Written atomically, so a checkpoint file that exists is whole.
+Written atomically, so a checkpoint file that exists is whole; the same state gives the same bytes
+(the training loop seeds every generator and keeps wall-clock times out of checkpoints).
 """
 
 from __future__ import annotations
 
+import io
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +46,25 @@ def save(path, *, model, optimizer, step: int, spec: InputSpec, settings: dict, 
         },
         **(extra or {}),
     }
-    with artifacts.atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # Serialized in memory first: torch.save names the archive's records after the file it
+    # writes, and the temporary file's name is random, which would make the same state give
+    # different bytes; a write that fails (a full disk) is then Python's OSError, naming the file.
+    buffer = io.BytesIO()
+    torch.save(_canonical(state), buffer)
+    artifacts.write_bytes(buffer.getbuffer(), path)
+
+
+def _canonical(value):
+    """The same structure with every string interned. Pickle writes a string it has seen as a
+    reference to the same object only: a resumed run's keys, read back from a checkpoint, are
+    other objects than a fresh run's literals, and would otherwise change the bytes."""
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, dict):
+        return {_canonical(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+        return type(value)(_canonical(v) for v in value)
+    return value
 
 
 def restore_rng(rng: dict, batch_generator=None) -> None:
@@ -65,7 +85,7 @@ def load_state(path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated or foreign files raise several types
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
+        raise ValueError(f"cannot read checkpoint {path} ({e}): {artifacts.regenerate_hint(path)}") from e
 
 
 def load(path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:

@@ -24,7 +24,7 @@ import yaml
 from gradscope import factories
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-SECTIONS = ("data", "model", "optim", "train", "examples", "signals", "curvature", "plots")
+SECTIONS = ("data", "model", "optim", "train", "examples", "signals", "curvature", "influence", "plots")
 # Short names for grid keys in run ids; anything else uses the last component of the key.
 ABBREVIATIONS = {
     "weight_decay": "wd",
@@ -99,6 +99,8 @@ def _describe(error: jsonschema.ValidationError, prefix: str) -> str:
     allowed = ""
     if error.validator == "enum":
         allowed = f"; allowed: {', '.join(map(repr, error.validator_value))}"
+    if error.validator in ("minItems", "minProperties"):
+        allowed = f"; allowed: at least {error.validator_value} entr{'y' if error.validator_value == 1 else 'ies'}"
     description = error.schema.get("description") if isinstance(error.schema, dict) else None
     hint = f" ({description})" if description else ""
     return f"bad value at {where}: {error.message}{allowed}{hint}"
@@ -138,15 +140,149 @@ def _coerce_scalars(value):
     return value
 
 
-def load_config(config: dict, schema_path: str | Path | None = None) -> dict:
+def load_config(config: dict, schema_path: str | Path | None = None, *, check_device: bool = False) -> dict:
     """Validate a raw config (as Snakemake or YAML gives it) and return a resolved deep copy."""
-    return load_runs(config, schema_path)[0]
+    return load_runs(config, schema_path, check_device=check_device)[0]
 
 
-def load_runs(config: dict, schema_path: str | Path | None = None) -> tuple[dict, list[Run]]:
-    """`load_config` and `expand_runs` in one pass: the resolved config and its runs."""
+def load_runs(config: dict, schema_path: str | Path | None = None, *,
+              check_device: bool = False) -> tuple[dict, list[Run]]:
+    """`load_config` and `expand_runs` in one pass: the resolved config and its runs.
+
+    check_device: also check that `device: cuda` has a CUDA device here (where the jobs run;
+    off on a cluster's login node, whose jobs run elsewhere)."""
     config = validate(_coerce_scalars(copy.deepcopy(dict(config))), _schema(schema_path))
+    config.pop("extend_experiments", None)  # a directive of one config file (see `compose`), not a setting
+    if check_device:
+        require_device(config.get("device", "auto"))
     return config, expand_runs(config, schema_path)  # grid values are validated too, before any job starts
+
+
+def require_device(device: str) -> None:
+    """A ConfigError for `device: cuda` where torch sees no CUDA device."""
+    if device != "cuda":
+        return
+    import torch  # only here: validating a CPU config does not load torch
+
+    if not torch.cuda.is_available():
+        build = f"torch {torch.__version__}, " + ("built with CUDA " + torch.version.cuda if torch.version.cuda
+                                                 else "a CPU-only build")
+        raise ConfigError(f"invalid gradscope config:\n  bad value at device: 'cuda', but torch sees no CUDA device "
+                          f"here ({build}); allowed here: 'auto' (CUDA when present, else CPU) or 'cpu'")
+
+
+# ---- config files: reading them, and how several combine ----------------------------------
+DEFAULT_CONFIG = Path("config") / "config.yaml"  # the Snakefile's `configfile:`, relative to the working directory
+
+
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """YAML's safe loader, but a key given twice in one mapping is an error (YAML keeps the last silently)."""
+
+
+def _mapping_without_duplicates(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is given twice in one mapping (first on line {seen[key] + 1}); "
+                            "YAML would keep only the last", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A YAML (or JSON) config file as a dict; a ConfigError names the file, and the line and
+    column of a syntax error, for anything else (a missing, binary or non-mapping file)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read this config file: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(f"{path}, line {line}, column {column}: not a text file (byte {raw[e.start]:#04x} is not "
+                          "UTF-8); a config is a YAML or JSON file") from None
+    if "\x00" in text:
+        at = text.index("\x00")
+        line, column = text.count("\n", 0, at) + 1, at - (text.rfind("\n", 0, at) + 1) + 1
+        raise ConfigError(f"{path}, line {line}, column {column}: not a text file (a NUL byte); a config is a YAML or "
+                          "JSON file") from None
+    try:
+        value = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = "; ".join(str(m) for m in (e.context, e.problem) if m)
+        raise ConfigError(f"{path}{where}: not valid YAML: {what}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        kind = {str: "text", list: "a list"}.get(type(value), type(value).__name__)
+        raise ConfigError(f"{path}, line 1, column 1: a config is a mapping of keys (experiments, device, ...), but this "
+                          f"file holds {kind}: {str(value)[:60]!r}")
+    return value
+
+
+def check_config_file(path: str | Path) -> None:
+    """Raise the ConfigError of `read_config_file` for a file that exists but does not read as a
+    config (the Snakefile calls it before its `configfile:`, whose own message names no line)."""
+    if Path(path).exists():
+        read_config_file(path)
+
+
+def compose(default: dict | None, files: list[dict] = (), overrides: dict | None = None) -> dict:
+    """The config Snakemake runs: the default config file, then each `--configfile`, then `--config`.
+
+    The rule (README, "Configuration"): experiments are whole units, never merged key by key.
+    A config file that has `experiments` replaces every experiment before it, unless it sets
+    `extend_experiments: true`: then its experiments are added, each replacing a same-named
+    one whole. A file's other top-level keys (device, cluster, ...) replace those before it,
+    mappings key by key. `--config KEY=VALUE` overrides come last and are merged key by key
+    into what is there (so `--config 'experiments={g: {train: {steps: 50}}}'` changes one value
+    of experiment g).
+    """
+    result = copy.deepcopy(dict(default or {}))
+    result.pop("extend_experiments", None)
+    for raw in files:
+        raw = copy.deepcopy(dict(raw))
+        extend = raw.pop("extend_experiments", False)
+        if "experiments" in raw:
+            experiments = raw.pop("experiments")
+            if extend is True and isinstance(experiments, dict) and isinstance(result.get("experiments"), dict):
+                result["experiments"] = {**result["experiments"], **experiments}
+            else:
+                result["experiments"] = experiments
+        if extend not in (True, False):  # left for the schema to name: it allows true or false
+            result["extend_experiments"] = extend
+        _merge(result, raw)
+    _merge(result, copy.deepcopy(dict(overrides or {})))
+    return result
+
+
+def _merge(into: dict, update: dict) -> None:
+    """Snakemake's update_config: mappings merged key by key, anything else replaced."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def load_config_files(files, *, default: str | Path | None = DEFAULT_CONFIG, overrides: dict | None = None) -> dict:
+    """`compose` of config files by path: what `snakemake --configfile FILE...` runs from the
+    working directory. default: the workflow's own config file (skipped where it does not
+    exist, as Snakemake does when config files are given); None for none."""
+    base = read_config_file(default) if default is not None and Path(default).exists() else {}
+    return compose(base, [read_config_file(f) for f in files], overrides)
 
 
 # ---- runs ---------------------------------------------------------------------------------
@@ -182,12 +318,17 @@ def expand_runs(config: dict, schema_path: str | Path | None = None) -> list[Run
     """All runs of all experiments, in config order; each run's settings validated on their own."""
     schema = _schema(schema_path)
     experiment = _validator({"$defs": schema["$defs"], **schema["$defs"]["experiment"]}, True)
-    runs = []
+    runs, problems = [], []
     for exp_name, exp in config["experiments"].items():
         grid = exp.get("grid", {})
         keys = list(grid)
         short = _short_names(keys)
+        repeated = _repeated_grid_values(grid, prefix=f"experiments.{exp_name}.grid")
+        if repeated:
+            problems += repeated
+            continue
         base = {s: exp[s] for s in SECTIONS if s in exp}
+        found, n_runs = {}, len(exp.get("seeds", [0])) * int(np.prod([len(grid[k]) for k in keys]))
         for values in itertools.product(*(grid[k] for k in keys)):
             for seed in exp.get("seeds", [0]):
                 settings = copy.deepcopy(base)
@@ -197,9 +338,111 @@ def expand_runs(config: dict, schema_path: str | Path | None = None) -> list[Run
                 name = "_".join([f"{short[k]}~{_format_value(v)}" for k, v in zip(keys, values)] + [f"seed~{seed}"])
                 _check(experiment, settings, prefix=f"experiments.{exp_name} (run {name})")
                 _check_factories(settings, prefix=f"experiments.{exp_name} (run {name})")
+                for check in CROSS_CHECKS:
+                    for key, text in check(settings):
+                        found.setdefault(f"bad value at experiments.{exp_name}.{key}: {text}", []).append(name)
                 settings.update(experiment=exp_name, run=name, seed=seed, device=config.get("device", "auto"))
                 runs.append(Run(exp_name, name, _sorted(settings), {**varying, "seed": seed}))
+        problems += [text + ("" if len(names) == n_runs else f" (run{'s' * (len(names) > 1)} {', '.join(names)})")
+                     for text, names in found.items()]
+    names = [r.id for r in runs]
+    problems += [f"run id {i!r} comes from two different grid points (their values print alike); make the values "
+                 "distinct as text" for i in sorted({i for i in names if names.count(i) > 1})]
+    if problems:
+        raise ConfigError("invalid gradscope config:\n  " + "\n  ".join(problems))
     return runs
+
+
+def _repeated_grid_values(grid: dict, prefix: str) -> list[str]:
+    """A value listed twice in one grid key would list its runs twice."""
+    out = []
+    for key, values in grid.items():
+        texts = [json.dumps(v, sort_keys=True) for v in values]
+        for text in dict.fromkeys(t for t in texts if texts.count(t) > 1):
+            out.append(f"bad value at {prefix}.{key}: {json.loads(text)!r} is listed {texts.count(text)} times in "
+                       f"{values!r}; allowed: distinct values (each gives its own runs)")
+    return out
+
+
+# ---- checks across keys: what the schema alone cannot say ---------------------------------
+# Each check takes one run's settings (defaults filled in) and returns (key, message) pairs,
+# the key dotted from the experiment; expand_runs reports them all at once. A new section's
+# cross-field rules are one more function in CROSS_CHECKS.
+def train_size(data: dict) -> int | None:
+    """Training examples of a data block, where the settings alone decide it (else None)."""
+    gen = data["generator"]
+    block = data.get(gen, {})
+    if gen in ("planted_flips", "opposing_features"):
+        return int(block["n_train"])
+    if gen == "modular":
+        pairs = block["p"] * (block["p"] - 1 if block["op"] == "div" else block["p"])
+        return int(round(block["train_fraction"] * pairs))
+    if gen == "digits":
+        return int(round(block["train_fraction"] * 1797))
+    return block.get("subsample_train")  # the labelled sources: known only when subsampled
+
+
+def _is_prime(p: int) -> bool:
+    return p >= 2 and all(p % d for d in range(2, int(p**0.5) + 1))
+
+
+def _check_checkpoints(s: dict) -> list:
+    steps, rule = s["train"]["steps"], s["train"]["checkpoints"]
+    beyond = sorted({v for v in rule.get("at", []) if v > steps})
+    return [("train.checkpoints.at", f"step(s) {', '.join(map(str, beyond))} beyond train.steps = {steps} would be "
+                                     f"dropped; allowed: steps 0..{steps}")] if beyond else []
+
+
+def _check_opposing_groups(s: dict) -> list:
+    out, groups, n = [], s["signals"]["opposing_groups"], train_size(s["data"])
+    if "opposing_groups" not in s["signals"]["detectors"]:
+        return out
+    if n is not None and groups["top_k"] > n:
+        out.append(("signals.opposing_groups.top_k", f"{groups['top_k']} is more than the {n} training examples (it "
+                                                      f"would flag every one); allowed: 1..{n}"))
+    if groups["n_groups"] > groups["top_k"]:
+        out.append(("signals.opposing_groups.n_groups", f"{groups['n_groups']} groups of top_k = {groups['top_k']} "
+                                                         f"examples would be groups of one; allowed: 2..{groups['top_k']}"
+                                                         " (at most top_k)"))
+    return out
+
+
+def _check_detectors(s: dict) -> list:
+    if s["signals"]["detectors"]:
+        return []
+    known = _schema()["$defs"]["signals"]["properties"]["detectors"]["items"]["enum"]
+    return [("signals.detectors", f"[] runs no detector; allowed: one or more of {', '.join(known)}")]
+
+
+def _check_curvature(s: dict) -> list:
+    # subset_size above the training set is not checked: the subset is then the whole set (its
+    # ids are in each curvature table's metadata), what a default of 512 should mean on small data.
+    c = s["curvature"]
+    if c["top_k"] > c["lanczos_iters"]:
+        return [("curvature.top_k", f"{c['top_k']} eigenvalues need at least as many Lanczos steps, but "
+                                    f"curvature.lanczos_iters = {c['lanczos_iters']}; allowed: top_k <= lanczos_iters")]
+    return []
+
+
+def _check_optim(s: dict) -> list:
+    o = s["optim"]
+    if o["nesterov"] and (o["name"] != "sgd" or o["momentum"] <= 0):
+        why = (f"optim.name is {o['name']!r}" if o["name"] != "sgd" else f"optim.momentum is {o['momentum']}")
+        return [("optim.nesterov", f"true needs optim.name 'sgd' with optim.momentum > 0, but {why}; allowed: "
+                                   "false, or a momentum in (0, 1]")]
+    return []
+
+
+def _check_data(s: dict) -> list:
+    d = s["data"]
+    if d["generator"] == "modular" and d["modular"]["op"] == "div" and not _is_prime(d["modular"]["p"]):
+        return [("data.modular.p", f"{d['modular']['p']} is not prime, and op 'div' needs a prime modulus (every b "
+                                   "must have an inverse); allowed: a prime p, or op add, sub or mul")]
+    return []
+
+
+CROSS_CHECKS = [_check_data, _check_optim, _check_checkpoints, _check_detectors, _check_opposing_groups,
+                _check_curvature]
 
 
 def _check_factories(settings: dict, prefix: str) -> None:

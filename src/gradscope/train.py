@@ -10,10 +10,15 @@ same settings give the same numbers on CPU.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import math
 import os
+import random
 import shutil
+import socket
+import sys
 import time
 from pathlib import Path
 
@@ -47,6 +52,56 @@ def _global_norm(tensors) -> float:
 
 
 RESUME_DIR = "resume"  # beside the declared outputs: Snakemake deletes those before a rerun, not this
+# Everything else train writes in its folder. All are removed when a run starts (again): nothing
+# an earlier attempt or configuration wrote survives beside a new or failed run to look current.
+OUTPUTS = ("checkpoints", "metrics.parquet", "metrics.partial.parquet", "dynamics.parquet", "manifest.json")
+LOCK = ".train.lock"  # held while a process trains the run (see run_lock)
+
+
+class RunLocked(RuntimeError):
+    """Another process holds the run's lock."""
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: Path, run_id: str):
+    """Hold the run's lock for the block: one writer per resume store. A second trainer of the
+    same run (`gradscope train` while Snakemake's job trains it) stops at once, told who holds it.
+    The lock is an flock on out_dir/.train.lock, which the holder's pid and command fill, and
+    which goes with it (the kernel frees the lock of a killed process)."""
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunLocked(f"{run_id}: another process is training this run ({holder}; lock {path}); wait for it "
+                               "to finish or stop it, then run again (a killed trainer frees the lock)") from None
+        if os.path.exists(path) and os.stat(path).st_ino == os.fstat(fd).st_ino:
+            break  # locked the file that is there (not one its last holder just removed)
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                      f"{' '.join(sys.argv)[:300]}".encode(), 0)
+        yield
+    finally:
+        os.unlink(path)
+        os.close(fd)  # closing frees the lock
+        if created and not any(out_dir.iterdir()):  # a run that stopped before writing anything leaves no folder
+            out_dir.rmdir()
+
+
+def _clear_outputs(out_dir: Path) -> None:
+    for name in OUTPUTS:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _resume_state(store: Path, settings: dict) -> dict | None:
@@ -62,10 +117,25 @@ def _resume_state(store: Path, settings: dict) -> dict | None:
             log.warning("skipping unreadable checkpoint: %s", e)
             continue
         if state["settings"] != settings:
-            log.info("resume store %s holds another config's checkpoints; starting afresh", store)
+            log.info("resume store %s holds another config's checkpoints; removing them and starting afresh", store)
+            shutil.rmtree(store)  # none of them may be mixed with this config's
             return None
         return state
     return None
+
+
+def _timing_name(step: int) -> str:
+    return f"step_{step:08d}.timing.json"
+
+
+def _restore_wall_times(rows: list[dict], timing_path: Path) -> float:
+    """Put the wall_s of each resumed metrics row back from the checkpoint's timing file (NaN
+    where it is missing) and return the training time before the checkpoint."""
+    timing = artifacts.read_json(timing_path) if timing_path.exists() else {"elapsed_s": 0.0, "wall_s": []}
+    walls = timing["wall_s"]
+    for i, row in enumerate(rows):
+        row.setdefault("wall_s", walls[i] if i < len(walls) else float("nan"))
+    return float(timing["elapsed_s"])
 
 
 def _publish(store: Path, ckpt_dir: Path, steps) -> None:
@@ -101,6 +171,15 @@ class EarlyStop:
 
 
 def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run_id: str = "", progress=None) -> pd.DataFrame:
+    """Train one run (see `_train`) holding its lock, after removing what an earlier attempt wrote
+    beside the resume store."""
+    out_dir = Path(out_dir)
+    with run_lock(out_dir, run_id):
+        _clear_outputs(out_dir)
+        return _train(settings, train_split, test_split, spec, out_dir, run_id, progress)
+
+
+def _train(settings: dict, train_split, test_split, spec: InputSpec, out_dir: Path, run_id: str, progress) -> pd.DataFrame:
     """Train one run; write checkpoints, metrics.parquet and manifest.json under `out_dir`.
 
     `settings` is the training slice of a run config (data, model, optim, train, seed, device);
@@ -118,8 +197,11 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
     device = resolve_device(settings["device"])
     log.info("resolved training config of %s:\n%s", run_id, yaml.safe_dump(settings, sort_keys=False))
 
+    # Every generator whose state a checkpoint stores is seeded from the config, so that the same
+    # config gives byte-identical checkpoints (wall-clock times are kept out of them: see _save).
     torch.manual_seed(settings["seed"])
     np.random.seed(settings["seed"])
+    random.seed(settings["seed"])
     batches = torch.Generator().manual_seed(settings["seed"])
     model = build_model(settings["model"], spec).to(device)
     optimizer = build_optimizer(model.parameters(), optim_cfg)
@@ -140,7 +222,8 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
         checkpoints.restore_rng(resumed["rng"], batches)
         order, cursor = resumed["batch_order"], resumed["batch_cursor"]
         order = None if order is None else order.to(device)
-        rows, first, wall_before = resumed["metrics_rows"], resumed["step"], resumed["wall_s"]
+        rows, first = resumed["metrics_rows"], resumed["step"]
+        wall_before = _restore_wall_times(rows, store / _timing_name(first))
         layer_rows = resumed["dynamics_rows"]
         plateau.load_state_dict(resumed["plateau"])
         early.best, early.bad = resumed["early_stop"]
@@ -151,13 +234,16 @@ def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run
     for step in range(first, steps + 1):
         lr = lr_at(step, optim_cfg, steps) * plateau.scale
         if step in save_at and not (resumed is not None and step == first):
+            # Wall-clock times go to a file beside the checkpoint, not into it (same config, same bytes).
+            artifacts.write_json({"elapsed_s": time.perf_counter() - start, "wall_s": [r["wall_s"] for r in rows]},
+                                 store / _timing_name(step))
             checkpoints.save(store / checkpoints.checkpoint_name(step), model=model, optimizer=optimizer, step=step,
                              spec=spec, settings=settings, batch_generator=batches, lr=lr,
-                             extra={"batch_order": order, "batch_cursor": cursor, "metrics_rows": list(rows),
+                             extra={"batch_order": order, "batch_cursor": cursor,
+                                    "metrics_rows": [{k: v for k, v in r.items() if k != "wall_s"} for r in rows],
                                     "dynamics_rows": list(layer_rows), "plateau": plateau.state_dict(),
                                     "early_stop": (early.best, early.bad),
-                                    "clip_counts": (clipped_since_log, steps_since_log),
-                                    "wall_s": time.perf_counter() - start})
+                                    "clip_counts": (clipped_since_log, steps_since_log)})
         log_now = step % train_cfg["log_every"] == 0 or step == steps
         if log_now:
             # Evaluated (eval mode, no grad) before this step's training forward, which in training mode

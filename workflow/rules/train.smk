@@ -22,6 +22,7 @@ rule train:
     output:
         metrics="results/runs/{experiment}/{run}/train/metrics.parquet",
         manifest="results/runs/{experiment}/{run}/train/manifest.json",
+        dynamics="results/runs/{experiment}/{run}/train/dynamics.parquet",
         checkpoints=directory("results/runs/{experiment}/{run}/train/checkpoints"),
     log:
         "logs/train/{experiment}/{run}.log",
