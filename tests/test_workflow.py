@@ -58,12 +58,8 @@ def planned(cwd, *args) -> dict[str, int]:
     return counts
 
 
-@pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    """A complete run of the tiny config."""
-    cwd = copy_workflow(tmp_path_factory.mktemp("wf"), yaml.safe_load(TINY.read_text()))
-    snakemake(cwd, "--cores", "2")
-    return cwd
+# `done`, the complete run of the tiny config, is a session fixture in conftest.py: the workflow
+# value tests (tests/test_workflow_values.py) read the same run.
 
 
 def runs_of(cwd):
@@ -228,9 +224,9 @@ def test_new_grid_value_runs_only_the_new_run_and_the_sweep_report_covers_all(do
 def test_config_override_reaches_the_rules_and_the_resolved_config(done, tmp_path):
     cwd = copy_workflow(tmp_path / "wf", yaml.safe_load(TINY.read_text()))
     target = "results/runs/mod/wd~1.0_seed~0/config.yaml"
-    snakemake(cwd, "--cores", "1", target, "--config", "experiments={'mod': {'train': {'steps': 7}}}")
+    snakemake(cwd, "--cores", "1", target, "--config", "experiments={'mod': {'train': {'steps': 12}}}")
     resolved = yaml.safe_load((cwd / target).read_text())
-    assert resolved["train"]["steps"] == 7 and resolved["optim"]["weight_decay"] == 1.0
+    assert resolved["train"]["steps"] == 12 and resolved["optim"]["weight_decay"] == 1.0
     assert resolved["train"]["checkpoints"] == {"at": [10]}  # the rest of the config is kept
 
 
@@ -280,3 +276,39 @@ def test_killed_snakemake_training_job_resumes(tmp_path):
     pd.testing.assert_frame_equal(a, b)
     assert sorted(p.name for p in (killed / "results/runs/flips/seed~0/train/checkpoints").glob("*.pt")) == [
         f"step_{s:08d}.pt" for s in range(0, 2001, 250)]
+
+
+def test_influence_tables_are_tracin_cp_of_the_stored_projections(done):
+    # The influence rule's tables against TracIn-CP recomputed here from the examples tables and
+    # the learning rate of metrics.parquet (a glue bug, e.g. a shifted step or lr, would differ).
+    from gradscope import influence
+
+    run = done / "results/runs/flips/seed~0"
+    ex = pd.read_parquet(run / "examples").sort_values(["step", "example_id"])
+    steps = sorted(ex["step"].unique())
+    lr = pd.read_parquet(run / "train/metrics.parquet").set_index("step")["lr"].sort_index()
+    rates = np.array([lr[lr.index <= s].iloc[-1] for s in steps])
+
+    def proj(split):
+        part = ex[ex["split"] == split]
+        return np.stack(part["grad_proj"].to_numpy()).reshape(len(steps), -1, 8), np.unique(part["example_id"])
+
+    (tr, train_ids), (te, test_ids) = proj("train"), proj("test")
+    scores = influence.tracin_cp(tr, te, rates)
+    top = pd.read_parquet(run / "influence/top.parquet")
+    assert set(top["test_id"]) == set(test_ids) and len(top) == len(test_ids) * 2 * 10
+    for row in top.sample(25, random_state=0).itertuples():
+        t, n = np.searchsorted(test_ids, row.test_id), np.searchsorted(train_ids, row.train_id)
+        assert abs(row.score - scores[t, n]) < 1e-4 * max(1.0, abs(scores[t]).max())
+    for t in (0, len(test_ids) - 1):  # the best proponent is the argmax over all training examples
+        best = top[(top["test_id"] == test_ids[t]) & (top["kind"] == "proponent") & (top["rank"] == 1)]
+        assert best["train_id"].item() == train_ids[np.argmax(scores[t])]
+    contrib = pd.read_parquet(run / "influence/contributions.parquet")
+    summed = contrib.groupby(["test_id", "train_id", "kind"])["contribution"].sum()
+    merged = top.set_index(["test_id", "train_id", "kind"])["score"]
+    np.testing.assert_allclose(summed.loc[merged.index].to_numpy(), merged.to_numpy(), rtol=1e-9, atol=1e-12)
+    assert sorted(contrib["step"].unique()) == steps
+    summary = artifacts.read_json(run / "influence/summary.json")
+    assert summary["flipped_opponents"]["n_flipped"] == 12 and summary["lr"] == list(rates)
+    text = (run / "report.md").read_text()
+    assert "## Which training examples shaped these predictions" in text and "**Test example" in text
