@@ -24,16 +24,33 @@ def run_folders(results: Path) -> list[Path]:
     return sorted(p.parent for p in (results / "runs").glob("*/*/config.yaml"))
 
 
-def run_status(folder: Path) -> dict:
-    """Headline figures of a finished run; the stage reached for one in progress."""
+def run_status(folder: Path, logs_dir: Path | None = None) -> dict:
+    """Headline figures of a finished run; the stage reached for one in progress.
+
+    status: "done", "analysed" (no report yet), "trained", "training" (resumable checkpoints, no
+    metrics yet), "not trained", "<rule> failed" (that job's log under `logs_dir` ends in its
+    failure; "note" names the log), or "damaged" (an artifact does not read; "note" says which
+    and how to regenerate it)."""
     from gradscope import pipeline
+    from gradscope.logs import failed_logs
 
     metrics, summary = folder / "train" / "metrics.parquet", folder / "signals" / "summary.json"
     curvature = sorted(folder.glob("curvature/step=*/part-0.parquet"))
+    failed = failed_logs(logs_dir, folder.parent.name, folder.name) if logs_dir is not None else []
     if not (metrics.exists() and summary.exists() and curvature):
-        stage = "trained" if metrics.exists() else "not trained"
-        return {"status": stage}
-    head = pipeline.run_headline(metrics_path=metrics, summary_path=summary, curvature_paths=curvature)
+        if failed:
+            return {"status": f"{failed[0][0]} failed", "note": f"see {failed[0][1]}"}
+        if (folder / "train" / "metrics.partial.parquet").exists() and not metrics.exists():
+            return {"status": "train failed", "note": f"see {folder / 'train' / 'metrics.partial.parquet'}"}
+        if metrics.exists():
+            return {"status": "trained"}
+        return {"status": "training" if any((folder / "train" / "resume").glob("step_*.pt")) else "not trained"}
+    try:
+        head = pipeline.run_headline(metrics_path=metrics, summary_path=summary, curvature_paths=curvature)
+    except (OSError, ValueError, KeyError) as e:
+        return {"status": "damaged", "note": str(e).splitlines()[0]}
+    if not (folder / "report.md").exists() and failed:
+        return {"status": f"{failed[0][0]} failed", "note": f"see {failed[0][1]}", **head}
     return {"status": "done" if (folder / "report.md").exists() else "analysed", **head}
 
 
@@ -52,16 +69,23 @@ def main():
 @click.option("--experiment", "-e", default=None, help="Only runs of this experiment.")
 def runs(results: Path, experiment: str | None):
     """List runs with their varying parameters and headline figures."""
-    rows = []
-    for folder in run_folders(results):
+    rows, folders = [], run_folders(results)
+    for folder in folders:
         exp, name = folder.parent.name, folder.name
         if experiment and exp != experiment:
             continue
-        status = run_status(folder)
+        status = run_status(folder, logs_dir=results.parent / "logs")
         rows.append({"run": f"{exp}/{name}", **parse_run_name(name), "status": status["status"],
-                     **{k: status.get(k) for k in HEADLINE_COLUMNS if k in status}})
+                     **{k: status.get(k) for k in HEADLINE_COLUMNS if k in status},
+                     **({"note": status["note"]} if "note" in status else {})})
+    if not rows and experiment and folders:
+        known = sorted({f.parent.name for f in folders})
+        raise click.ClickException(f"no runs of experiment {experiment!r} under {results / 'runs'}; its experiments: "
+                                   f"{', '.join(known)}")
     if not rows:
         raise click.ClickException(f"no runs under {results / 'runs'}; run the workflow first (snakemake --cores 2)")
+    if any("note" in r for r in rows):  # last, where its long text does not push the figures away
+        rows = [{**{k: v for k, v in r.items() if k != "note"}, "note": r.get("note", "")} for r in rows]
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
         click.echo(pd.DataFrame(rows).to_string(index=False, na_rep="–"))
 
@@ -76,15 +100,22 @@ def show(run: str, results: Path):
     if not (folder / "config.yaml").exists():
         known = ", ".join(f"{p.parent.name}/{p.name}" for p in run_folders(results)) or "none"
         raise click.ClickException(f"no run {run!r} under {results / 'runs'}; known runs: {known}")
+    from gradscope import artifacts
+
     settings = yaml.safe_load((folder / "config.yaml").read_text())
     click.echo(f"run {run}")
     for section in ("data", "model", "optim", "train"):
         click.echo(f"  {section}: {settings.get(section)}")
-    for key, value in run_status(folder).items():
+    for key, value in run_status(folder, logs_dir=results.parent / "logs").items():
         click.echo(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
     click.echo("artifacts:")
+    damaged = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and "pca_frames" not in p.parts and not p.name.startswith(".")):
-        click.echo(f"  {path.relative_to(folder)}")
+        problem = artifacts.check_file(path)
+        click.echo(f"  {path.relative_to(folder)}" + (f"  DAMAGED ({problem})" if problem else ""))
+        damaged += [path] if problem else []
+    for path in damaged:
+        click.echo(f"{path}: {artifacts.regenerate_hint(path)}", err=True)
 
 
 @main.command("train")
@@ -102,12 +133,13 @@ def train_command(run: str, config_path: Path, results: Path):
     import logging
 
     from gradscope import artifacts, pipeline
-    from gradscope.config import ConfigError, dataset_id, expand_runs, load_config, train_slice
+    from gradscope.config import ConfigError, dataset_id, load_config_files, load_runs, train_slice
+    from gradscope.train import RunLocked
 
-    try:
-        runs = {r.id: r for r in expand_runs(load_config(yaml.safe_load(config_path.read_text()) or {}))}
+    try:  # the runs Snakemake would plan for --configfile CONFIG (README, "Configuration")
+        runs = {r.id: r for r in load_runs(load_config_files([config_path]), check_device=True)[1]}
     except ConfigError as e:
-        raise click.ClickException(f"{config_path}: {e}")
+        raise click.ClickException(str(e) if not str(e).startswith("invalid") else f"{config_path}: {e}")
     if run not in runs:
         raise click.ClickException(f"no run {run!r} in {config_path}; its runs: {', '.join(runs)}")
     settings = runs[run].settings
@@ -125,22 +157,61 @@ def train_command(run: str, config_path: Path, results: Path):
             bar.update(step - last[0])
             last[0] = step
 
-        metrics = pipeline.train(train_slice(settings), data_dir=data_dir, out_dir=out / "train", run_id=run,
-                                 progress=advance)
+        try:
+            metrics = pipeline.train(train_slice(settings), data_dir=data_dir, out_dir=out / "train", run_id=run,
+                                     progress=advance)
+        except (RunLocked, FloatingPointError, OSError) as e:  # a held lock, divergence, a full disk
+            raise click.ClickException(str(e))
     final = metrics.iloc[-1]
     click.echo(f"{run}: step {int(final['step'])}, train acc {final['train_acc']:.3f}, test acc {final['test_acc']:.3f}; "
                f"wrote {out / 'train'}")
 
 
 @main.command()
-@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def validate(config: Path):
-    """Check a config file against the schema and list the runs it defines."""
-    from gradscope.config import ConfigError, expand_runs, load_config
+@click.argument("configs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="CONFIG...")
+@click.option("--default", "default", type=click.Path(path_type=Path), default="config/config.yaml", show_default=True,
+              help="The workflow's own config file, which Snakemake reads first (skipped where it does not exist).")
+@click.option("--device-check/--no-device-check", default=True, show_default=True,
+              help="Check that device: cuda has a CUDA device here (off on a cluster's login node).")
+def validate(configs: tuple[Path, ...], default: Path, device_check: bool):
+    """Check config files and list the runs that `snakemake --configfile CONFIG...` plans, one per line.
+
+    The files combine as Snakemake combines them here (README, "Configuration"): the default
+    config first; a file with `experiments` replaces the experiments before it unless it sets
+    `extend_experiments: true`. Every problem stops here, before any job, naming the key, the
+    value and what is allowed."""
+    from gradscope.config import ConfigError, load_config_files, load_runs
 
     try:
-        resolved = load_config(yaml.safe_load(config.read_text()) or {})
+        _, runs = load_runs(load_config_files(configs, default=default), check_device=device_check)
     except ConfigError as e:
-        raise click.ClickException(f"{config}: {e}")
-    for run in expand_runs(resolved):
+        if not str(e).startswith("invalid"):  # a file that does not read names itself
+            raise click.ClickException(str(e))
+        read = [str(default)] * default.exists() + [str(c) for c in configs if c.resolve() != default.resolve()]
+        raise click.ClickException(f"{' then '.join(read)}: {e}")
+    for run in runs:
         click.echo(run.id)
+
+
+@main.command()
+@click.option("--results", type=click.Path(path_type=Path), default="results", show_default=True,
+              help="Results folder of a workflow run.")
+@click.option("--max-examples", type=int, default=None,
+              help="Training examples per run carried by the pages (default: the schema's dashboard.max_examples).")
+@click.option("--open", "open_", is_flag=True, help="Open the index in a web browser when done.")
+def dashboard(results: Path, max_examples: int | None, open_: bool):
+    """Build the interactive dashboards (one per experiment, and results/index.html) from what RESULTS holds now.
+
+    Runs still training or failed are included and marked so (failures read from ../logs beside
+    RESULTS). The pages open from disk, with no server and no network."""
+    from gradscope.dashboard import build_dashboards, discover
+
+    if not discover(results):
+        raise click.ClickException(f"no runs under {results / 'runs'}; run the workflow first (snakemake --cores 2)")
+    written = build_dashboards(results, settings=None if max_examples is None else {"max_examples": max_examples})
+    for path in written:
+        click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if open_:
+        import webbrowser
+
+        webbrowser.open(written[0].resolve().as_uri())

@@ -55,7 +55,7 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 
 def render_run_report(run_id: str, *, config_yaml: str, head: dict, summary: dict, curvature: pd.DataFrame,
-                      figures: dict[str, str]) -> str:
+                      figures: dict[str, str], influence: dict | None = None) -> str:
     """The run's report.md; `figures` maps names (training, flagged, curvature, gif) to paths relative to it."""
     per_step = pd.DataFrame(summary["per_step"])
     columns = ["step", "sharpness", "sharpness_threshold", "update_sharpness", "hessian_trace", "hessian_trace_stderr",
@@ -79,6 +79,7 @@ def render_run_report(run_id: str, *, config_yaml: str, head: dict, summary: dic
         f"![Curvature]({figures['curvature']})",
         markdown_table(curv),
         *([f"![Spectral density]({figures['density']})"] if figures.get("density") else []),
+        *(influence_section(influence) if influence else []),
         "## Gradient projections",
         "Each example's gradient, randomly projected (fixed seed), in a PCA plane fitted once over all checkpoints; "
         f"frames are in `figures/pca_frames/`.\n\n![Gradient projections]({figures['gif']})",
@@ -106,14 +107,18 @@ DETECTOR_TEXT = {
 
 
 def detector_table(per_step: pd.DataFrame) -> pd.DataFrame:
-    """Per detector: its figures at the last checkpoint, and its best AUROC over checkpoints with the step."""
-    last = per_step.sort_values("step").groupby("detector").last().reset_index()
+    """Per detector: its figures at its last checkpoint (NaN where undefined there, e.g. the
+    precision of a detector that flags nothing: never an earlier checkpoint's value), and its
+    best AUROC over checkpoints with the step (NaN where no checkpoint has one)."""
+    # The whole row of the last step: groupby().last() would take each column's last non-NaN value.
+    last = per_step.sort_values("step", kind="stable").groupby("detector", sort=True).tail(1)
     out = last[["detector", "step", "n_flagged", "auroc", "average_precision", "precision_at_k", "recall_at_k",
-                "precision", "recall"]].rename(columns={"step": "last_step"})
+                "precision", "recall"]].rename(columns={"step": "last_step"}).sort_values("detector").reset_index(drop=True)
     if per_step["auroc"].notna().any():
-        best = per_step.loc[per_step["auroc"].fillna(-1).groupby(per_step["detector"]).idxmax()]
+        defined = per_step[per_step["auroc"].notna()]
+        best = defined.loc[defined.groupby("detector")["auroc"].idxmax()]
         out = out.merge(best[["detector", "auroc", "step"]].rename(columns={"auroc": "best_auroc", "step": "best_step"}),
-                        on="detector")
+                        on="detector", how="left")
     else:
         out = out[["detector", "last_step", "n_flagged"]]
     return out
@@ -166,7 +171,8 @@ def render_sweep_report(experiment: str, runs: pd.DataFrame, detectors: pd.DataF
     and the detectors compared (their figures averaged over the runs)."""
     shown = [c for c in runs.columns if c not in ("run_id",)]
     numeric = [c for c in detectors.columns if c not in ("detector", "run_id", "run", "last_step")]
-    compared = detectors.groupby("detector", sort=True)[numeric].mean().reset_index()
+    # NaN (–) where some run's value is undefined: an average over the other runs would pass for all of them.
+    compared = detectors.groupby("detector", sort=True)[numeric].agg(lambda v: v.mean(skipna=False)).reset_index()
     if "best_auroc" in compared:
         compared = compared.sort_values("auroc", ascending=False)
     parts = [
@@ -180,7 +186,37 @@ def render_sweep_report(experiment: str, runs: pd.DataFrame, detectors: pd.DataF
         f"![Sharpness of every run]({sharpness})",
         "## Detectors compared",
         "Each detector's figures at the last checkpoint (and its best AUROC over checkpoints), averaged over the "
-        f"{len(runs)} runs; per run in `detectors.parquet`.",
+        f"{len(runs)} runs; – where a run's value is undefined (the precision of a detector that flagged nothing); "
+        "per run in `detectors.parquet`.",
         markdown_table(compared),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def influence_section(summary: dict) -> list[str]:
+    """Train-to-test influence (influence/summary.json): the flipped-label measure and, for the
+    test examples of highest final loss, their top proponents and opponents."""
+    parts = ["## Which training examples shaped these predictions",
+             f"TracIn-CP (Σ over the {len(summary['steps'])} checkpoints of lr × the inner product of the projected "
+             f"gradients, k = {summary['proj_dim']}) of {summary['n_test_scored']} test examples against all "
+             f"{summary['n_train']} training examples. A *proponent* lowered the test example's loss when trained "
+             "on, an *opponent* raised it. All pairs' per-checkpoint contributions: `influence/contributions.parquet`."]
+    flips = summary.get("flipped_opponents")
+    if flips:
+        rows = pd.DataFrame([{"among top": kind + "s", "flipped, of the test example's true class": v["rate"],
+                              "chance": v["chance"], "lift": v["lift"]}
+                             for kind, v in flips.items() if isinstance(v, dict)])
+        parts += [f"How often a training example whose label was flipped ({flips['n_flipped']} of them) is among the "
+                  "top opponents of test examples of its true class, against drawing training examples at random:",
+                  markdown_table(rows)]
+    for ex in summary.get("examples", []):
+        table = []
+        for kind in ("proponents", "opponents"):
+            for rank, r in enumerate(ex[kind], 1):
+                table.append({"": kind[:-1] if rank == 1 else "", "rank": rank, "train id": r["train_id"],
+                              "label": r["label"], "true label": r["clean_label"],
+                              "planted": "flipped" if r["planted"] and r["label"] != r["clean_label"]
+                              else ("planted" if r["planted"] else ""), "score": r["score"]})
+        parts += [f"**Test example {ex['test_id']}** (label {ex['label']}, predicted {ex['pred']}, final loss "
+                  f"{_fmt(ex['final_loss'])}):", markdown_table(pd.DataFrame(table))]
+    return parts

@@ -5,13 +5,39 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from gradscope import resources as gs_resources
-from gradscope.config import ConfigError, checkpoint_steps, data_slice, dataset_id, load_runs, train_slice
+from gradscope.config import ConfigError, checkpoint_steps, compose, data_slice, dataset_id, load_runs
+from gradscope.config import read_config_file, require_device, train_slice
+
+
+def _composed_config():
+    """gradscope's merge rule (README, "Configuration"; `gradscope.config.compose`), not Snakemake's
+    key-by-key merge: the Snakefile's config file, then each --configfile (whose experiments
+    replace the earlier ones unless it sets extend_experiments), then --config. Each file is
+    read again here, so a duplicate key or a bad file is named with its line and column."""
+    given = [Path(f).absolute() for f in workflow.overwrite_configfiles]
+    own = [f for f in workflow.configfiles if Path(f).absolute() not in given]
+    if workflow.config_settings.replace_workflow_config:
+        own = []
+    return compose({}, [read_config_file(f) for f in own + given], dict(workflow.config_settings.config or {}))
 
 
 try:
-    CONFIG, _runs = load_runs(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+    _composed = _composed_config()
+    CONFIG, _runs = load_runs(_composed, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
+config.clear()
+config.update(_composed)  # what Snakemake shows (--report, --lint) is the config that runs
+
+
+onstart:
+    # `device: cuda` is checked where the jobs run, before the first starts: here for a local run;
+    # a cluster's jobs run elsewhere, and a dry run runs none (neither is known before this point).
+    if workflow.local_exec:
+        try:
+            require_device(CONFIG["device"])
+        except ConfigError as e:
+            raise WorkflowError(str(e)) from None
 RUNS = {run.id: run for run in _runs}
 EXPERIMENTS = sorted({run.experiment for run in RUNS.values()})
 # Everything an input function needs per run is computed once here, not once per job: a
@@ -88,6 +114,12 @@ def get_density_figure(wc):
     return [f"{run_dir(run)}/figures/density.png"] if run.settings["curvature"]["density"] else []
 
 
+def get_influence_summary(wc):
+    """The run's influence summary, for runs with influence.enabled (an optional report input)."""
+    run = get_run(wc)
+    return [f"{run_dir(run)}/influence/summary.json"] if run.settings["influence"]["enabled"] else []
+
+
 def get_settings(section, key=None):
     """A params value: one section of the run's settings, or one key of it (what a rule depends on).
 
@@ -116,9 +148,24 @@ def get_sweep_inputs(wc):
     }
 
 
+def get_dashboard_inputs(wc):
+    """Every artifact a sweep's dashboard reads, so that it is rebuilt exactly when one changes."""
+    runs = get_experiment_runs(wc)
+    signals = ("detections", "evaluation", "groups", "group_pairs", "group_losses", "loss_changes", "per_example")
+    return {
+        "metrics": [f"{run_dir(r)}/train/metrics.parquet" for r in runs],
+        "manifests": [f"{run_dir(r)}/train/manifest.json" for r in runs],  # written with dynamics.parquet
+        "signals": [f"{run_dir(r)}/signals/{name}.parquet" for r in runs for name in signals],
+        "summaries": [f"{run_dir(r)}/signals/summary.json" for r in runs],
+        "examples": [f"{run_dir(r)}/examples/step={s}/part-0.parquet" for r in runs for s in get_steps(r)],
+        "curvature": [f"{run_dir(r)}/curvature/step={s}/part-0.parquet" for r in runs for s in get_steps(r)],
+    }
+
+
 def get_all_targets():
     targets = [f"results/sweeps/{e}/report.md" for e in EXPERIMENTS]
     targets += [f"{run_dir(r)}/report.md" for r in RUNS.values()]
+    targets += ["results/index.html"]
     return targets
 
 
