@@ -236,3 +236,27 @@ def test_example_picker_shows_the_chosen_trajectories(built, browser):
     browser.execute_script("gradscope.show('examples')")
     assert "failed" in figure(browser, "ex_loss")["empty"]
     assert console_errors(browser) == []
+
+
+def test_influence_tab_shows_the_chosen_test_example(built, browser):
+    # The Influence tab (gradscope.dashboard.influence): the focus run's chosen test example's top
+    # proponents and opponents as they are in influence/top.parquet; another test example, other bars;
+    # clicking a bar follows that training example in the Examples tab.
+    from selenium.webdriver.support.ui import Select
+
+    open_page(browser, built["results"] / "sweeps" / "flips" / "dashboard.html")
+    browser.execute_script("gradscope.show('influence')")
+    top = pd.read_parquet(built["results"] / "runs" / "flips" / "seed~0" / "influence" / "top.parquet")
+    select = Select(browser.find_element("id", "gs-inf-test"))
+    first = int(select.first_selected_option.get_attribute("value"))
+    mine = top[top["test_id"] == first].sort_values(["kind", "rank"], ascending=[False, True])
+    bars = figure(browser, "inf_top")
+    np.testing.assert_allclose(bars["ys"][0], mine["score"].to_numpy(), rtol=1e-5)
+    assert figure(browser, "inf_contrib")["points"] == 6 * 3  # 3 proponents and 3 opponents x 3 checkpoints
+    other = select.options[1].get_attribute("value")
+    select.select_by_value(other)
+    assert figure(browser, "inf_top")["ys"] != bars["ys"]
+    train_id = int(top[(top["test_id"] == int(other)) & (top["kind"] == "opponent") & (top["rank"] == 1)]["train_id"].item())
+    browser.execute_script("gradscope.addExamples([arguments[0]])", train_id)
+    assert train_id in browser.execute_script("return gradscope.state.chosen")
+    assert console_errors(browser) == []

@@ -159,6 +159,8 @@ def get_dashboard_inputs(wc):
         "summaries": [f"{run_dir(r)}/signals/summary.json" for r in runs],
         "examples": [f"{run_dir(r)}/examples/step={s}/part-0.parquet" for r in runs for s in get_steps(r)],
         "curvature": [f"{run_dir(r)}/curvature/step={s}/part-0.parquet" for r in runs for s in get_steps(r)],
+        "influence": [f"{run_dir(r)}/influence/{name}" for r in runs if r.settings["influence"]["enabled"]
+                      for name in ("top.parquet", "contributions.parquet", "summary.json")],
     }
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from gradscope import artifacts
 from gradscope.dashboard.collect import collect_run, parse_varying, read_metrics, run_status
 from gradscope.dashboard.page import VIEWS, Figure, View, add_view, render_index, render_page, run_colours
+from gradscope.dashboard import influence as _influence  # noqa: F401, E402  (registers the Influence tab)
 
 __all__ = ["View", "Figure", "add_view", "build_sweep_dashboard", "build_index", "build_dashboards", "default_settings"]
 log = logging.getLogger(__name__)
