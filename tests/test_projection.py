@@ -18,6 +18,15 @@ from gradscope.examples import per_example_gradients, per_example_stats, project
 from gradscope.models import InputSpec, build_model
 
 
+def _mlp_problem(width, dim, classes, n, seed):
+    """A float64 MLP in eval mode and n random examples for it."""
+    torch.manual_seed(seed)
+    model = build_model({"kind": "mlp", "depth": 2, "width": width, "activation": "gelu"},
+                        InputSpec("dense", dim, 0, classes)).double().eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    return model, torch.randn(n, dim, generator=gen, dtype=torch.float64), torch.randint(classes, (n,), generator=gen)
+
+
 def _hadamard(rows, cols, k, seed=0):
     return pj.SampledHadamard(rows, cols, k, torch.Generator().manual_seed(seed), torch.float64, "cpu")
 
@@ -91,11 +100,7 @@ def test_cosine_errors_match_a_dense_gaussian_projection():
     # On an MLP's per-example gradients: |projected cosine - exact cosine| over all pairs, at the
     # median and the 95th percentile, within 20% of an i.i.d. Gaussian projection of the same k
     # for both kinds (bench/bench_projections.py measures it at scale).
-    torch.manual_seed(0)
-    model = build_model({"kind": "mlp", "depth": 2, "width": 48, "activation": "relu"},
-                        InputSpec("dense", 30, 0, 5)).double().eval()
-    gen = torch.Generator().manual_seed(2)
-    x, y = torch.randn(60, 30, generator=gen, dtype=torch.float64), torch.randint(5, (60,), generator=gen)
+    model, x, y = _mlp_problem(48, 30, 5, 60, seed=0)
     flat = per_example_gradients(model, x, y)
     iu = torch.triu_indices(60, 60, 1)
 
@@ -122,11 +127,7 @@ def test_cosine_errors_match_a_dense_gaussian_projection():
 
 
 def test_engine_projection_equals_projecting_the_gradients():
-    torch.manual_seed(1)
-    model = build_model({"kind": "mlp", "depth": 2, "width": 24, "activation": "gelu"},
-                        InputSpec("dense", 12, 0, 4)).double().eval()
-    gen = torch.Generator().manual_seed(3)
-    x, y = torch.randn(17, 12, generator=gen, dtype=torch.float64), torch.randint(4, (17,), generator=gen)
+    model, x, y = _mlp_problem(24, 12, 4, 17, seed=1)
     flat = per_example_gradients(model, x, y)
     for kind, k in (("hadamard", 100), ("auto", pj.HADAMARD_FROM_K)):
         got = per_example_stats(model, x, y, proj_dim=k, seed=4, batch_size=5, projection=kind)["grad_proj"]

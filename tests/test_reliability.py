@@ -4,9 +4,6 @@ the same config gives the same bytes. The README's "Reliability" section lists t
 import copy
 import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,8 @@ from click.testing import CliRunner
 
 from gradscope.cli import main
 from gradscope.config import ConfigError, compose, load_config_files, load_runs
+from test_workflow import copy_workflow
+from test_workflow import snakemake as run_snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,18 +148,8 @@ def test_merge_rule_a_config_file_replaces_the_default_experiments_unless_it_ext
     assert over["experiments"]["grokking"]["train"] == {"steps": 50} and over["experiments"]["grokking"]["seeds"] == [1]
 
 
-def copy_workflow(dest: Path, config: dict) -> Path:
-    for item in ("Snakefile", "workflow", "scripts", "envs"):
-        src = REPO / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
-    (dest / "config").mkdir()
-    (dest / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return dest
-
-
 def snakemake(cwd, *args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True, env=env)
+    return run_snakemake(cwd, *args, check=False)
 
 
 def planned_runs(cwd, *args) -> list[str]:
