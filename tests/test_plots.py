@@ -246,3 +246,68 @@ def test_render_projection_animation_needs_one_path_per_step(tmp_path):
     with pytest.raises(ValueError, match="frame paths"):
         render_projection_animation(ex, fl, tmp_path / "a.gif", [tmp_path / "f.png"], dpi=DPI)
     assert not (tmp_path / "a.gif").exists()
+
+
+# ---- what the figures show (not only that a PNG exists) ---------------------------------------------
+@pytest.fixture
+def drawn(monkeypatch):
+    """The matplotlib figures the plot functions save, captured before they are closed."""
+    figures = []
+    real = plots._save
+
+    def keep(fig, path, dpi):
+        figures.append(fig)
+        real(fig, path, dpi)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def test_training_figure_plots_the_metrics_it_was_given(tmp_path, drawn):
+    # Loss and accuracy lines are the table's columns against step + 1 on log axes, with labelled
+    # axes, and the dotted "reached" markers sit at the first step where accuracy reaches 0.95.
+    m = metrics_table()
+    plots.plot_training(m, tmp_path / "t.png", title="my run", dpi=DPI)
+    fig = drawn[-1]
+    ax_loss, ax_acc = fig.axes[:2]
+    assert fig._suptitle.get_text() == "my run"
+    lines = {ln.get_label(): ln for ln in ax_loss.get_lines()}
+    np.testing.assert_allclose(lines["train"].get_xdata(), m["step"] + 1.0)
+    np.testing.assert_allclose(lines["train"].get_ydata(), m["train_loss"])
+    np.testing.assert_allclose(lines["test"].get_ydata(), m["test_loss"])
+    assert ax_loss.get_xscale() == ax_loss.get_yscale() == "log" and ax_acc.get_xscale() == "log"
+    assert ax_loss.get_xlabel() == plots.STEP_LABEL and "loss" in ax_loss.get_ylabel()
+    assert "accuracy" in ax_acc.get_ylabel()
+    acc = {ln.get_label(): ln for ln in ax_acc.get_lines()}
+    np.testing.assert_allclose(acc["test"].get_ydata(), m["test_acc"])
+    first = int(m["step"][m["train_acc"] >= plots.REACHED_ACC].iloc[0])
+    marker = [ln for label, ln in acc.items() if label.startswith("train acc ≥")]
+    assert len(marker) == 1 and f"at step {first:,}" in marker[0].get_label()
+    # the marker is at or just before that logged step (interpolated crossing), after the previous one
+    before = int(m["step"][m["step"] < first].iloc[-1])
+    assert before + 1 <= marker[0].get_xdata()[0] <= first + 1
+
+
+@pytest.mark.parametrize("threshold", [12.0, 4000.0])
+def test_curvature_figure_plots_sharpness_against_two_over_lr(tmp_path, drawn, threshold):
+    c = curvature_table(threshold)
+    plots.plot_curvature(c, metrics_table(), tmp_path / "c.png", title="curv", dpi=DPI)
+    ax_s = drawn[-1].axes[1]
+    lines = {ln.get_label(): ln for ln in ax_s.get_lines()}
+    sharp = lines["sharpness (top Hessian eigenvalue)"]
+    np.testing.assert_allclose(sharp.get_xdata(), c["step"])
+    np.testing.assert_allclose(sharp.get_ydata(), c["sharpness"])
+    line = lines[f"2/lr = {threshold:.4g}"]
+    assert np.allclose(line.get_ydata(), threshold)
+    # far below the threshold the axis turns symlog, so the curve and the line both stay visible
+    assert ax_s.get_yscale() == ("symlog" if threshold / c["sharpness"].max() >= plots.LOG_SHARPNESS_RATIO else "linear")
+    lo, hi = ax_s.get_ylim()
+    assert lo <= c["sharpness"].min() and hi >= max(threshold, c["sharpness"].max())
+
+
+def test_sweep_figure_has_one_line_per_run(tmp_path, drawn):
+    runs = {"wd~0.0_seed~0": metrics_table(seed=0), "wd~1.0_seed~0": metrics_table(seed=1)}
+    plots.plot_sweep(runs, tmp_path / "s.png", title="sweep", dpi=DPI)
+    labels = [ln.get_label() for ax in drawn[-1].axes for ln in ax.get_lines()]
+    for run in runs:
+        assert any(run in label for label in labels), (run, labels)

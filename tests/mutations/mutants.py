@@ -36,6 +36,7 @@ C_MSE = T_COVER + "test_mse_loss_is_logged_and_measured"
 PROJ, INFL = "src/gradscope/projection.py", "src/gradscope/influence.py"
 T_PROJ, T_INFL, T_RULES = "tests/test_projection.py", "tests/test_influence.py", "tests/test_grad_rules.py"
 W_INFLUENCE = "tests/test_workflow.py::test_influence_tables_are_tracin_cp_of_the_stored_projections"
+PLOTS, T_PLOTS, T_MODEL_VALUES = "src/gradscope/plots.py", "tests/test_plots.py", "tests/test_model_values.py"
 
 MUTANTS = [
     # ---- the list (#18) -------------------------------------------------------------------
@@ -124,4 +125,18 @@ MUTANTS = [
     Mutant("contributions_without_lr", INFL, "contrib[s : s + len(best), :, :, c] = (rates[c] * (",
            "contrib[s : s + len(best), :, :, c] = (1.0 * (", (T_INFL,),
            "per-checkpoint contributions that do not sum to the score"),
+    # ---- model and figure values (#18) --------------------------------------------------------------
+    Mutant("attention_not_causal", MODELS, 'scores = scores.masked_fill(~causal, float("-inf"))', "scores = scores",
+           (T_MODEL_VALUES,), "the transformer's attention sees later positions"),
+    Mutant("block_skips_ln1", MODELS, "+ self.attn(self.ln1(x), last_only=last_only)",
+           "+ self.attn(x, last_only=last_only)", (T_MODEL_VALUES,), "LayerNorm before attention not applied"),
+    Mutant("cnn_pool_stride_1", MODELS, "_MAX_POOL[nd](2)", "_MAX_POOL[nd](2, stride=1)", (T_MODEL_VALUES,),
+           "the CNN pools with the wrong stride"),
+    Mutant("training_plot_unshifted_steps", PLOTS,
+           'x = m["step"].to_numpy(dtype=float) + 1.0\n    fig, (ax_loss, ax_acc)',
+           'x = m["step"].to_numpy(dtype=float) + 0.0\n    fig, (ax_loss, ax_acc)', (T_PLOTS,),
+           "the training figure's log step axis without its + 1"),
+    Mutant("curvature_plot_threshold_doubled", PLOTS,
+           'ax_s.axhline(threshold, color="0.2"', 'ax_s.axhline(2 * threshold, color="0.2"', (T_PLOTS,),
+           "the 2/lr line drawn at the wrong height"),
 ]
