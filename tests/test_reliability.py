@@ -2,6 +2,7 @@
 the same config gives the same bytes. The README's "Reliability" section lists these cases."""
 
 import copy
+import json
 import os
 import re
 from pathlib import Path
@@ -451,3 +452,26 @@ def test_a_second_trainer_of_a_run_stops_and_says_who_holds_it(tmp_path):
     result = CliRunner().invoke(main, args)  # free again: the lock went with its holder
     assert result.exit_code == 0, result.output
     assert not (out / train.LOCK).exists()
+
+
+def test_a_truncated_checkpoint_is_named_by_every_workflow_start(done, tmp_path):
+    # Snakemake's timestamps cannot see a checkpoint cut short after training: each start (a dry
+    # run too) names it, with the command that writes it again, from the sizes in the manifest.
+    import shutil as sh
+
+    from gradscope import checkpoints
+    from test_workflow import TINY
+
+    cwd = copy_workflow(tmp_path / "wf", yaml.safe_load(TINY.read_text()))
+    sh.copytree(done / "results", cwd / "results")
+    train = cwd / "results/runs/flips/seed~0/train"
+    manifest = json.loads((train / "manifest.json").read_text())
+    assert set(manifest["checkpoint_bytes"]) == set(manifest["checkpoints"])
+    assert checkpoints.damaged(train / "manifest.json") == []
+    ckpt = train / manifest["checkpoints"]["15"]
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    [line] = checkpoints.damaged(train / "manifest.json")
+    assert str(ckpt) in line and "1,000 bytes on disk" in line and "--force results/runs/flips/seed~0/train/metrics.parquet" in line
+    proc = snakemake(cwd, "-n", "--cores", "1")
+    assert proc.returncode == 0 and "damaged checkpoint results/runs/flips/seed~0/train/checkpoints/" in proc.stderr
+    assert "--force results/runs/flips/seed~0/train/metrics.parquet" in proc.stderr

@@ -352,6 +352,7 @@ _PRODUCERS = (
     (r"results/runs/(?P<e>[^/]+)/(?P<r>[^/]+)/curvature/step=(?P<s>\d+)/", "curvature",
      "results/runs/{e}/{r}/curvature/step={s}/part-0.parquet"),
     (r"results/runs/(?P<e>[^/]+)/(?P<r>[^/]+)/signals/", "detect_signals", "results/runs/{e}/{r}/signals/summary.json"),
+    (r"results/runs/(?P<e>[^/]+)/(?P<r>[^/]+)/influence/", "influence", "results/runs/{e}/{r}/influence/summary.json"),
     (r"results/runs/(?P<e>[^/]+)/(?P<r>[^/]+)/config\.yaml$", "resolve_config", "results/runs/{e}/{r}/config.yaml"),
     (r"results/sweeps/(?P<e>[^/]+)/", "sweep_report", "results/sweeps/{e}/report.md"),
 )

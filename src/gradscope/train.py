@@ -317,6 +317,8 @@ def _train(settings: dict, train_split, test_split, spec: InputSpec, out_dir: Pa
                             artifacts.DYNAMICS, run_id=run_id, config=settings)
     artifacts.write_json({"run_id": run_id, "steps": steps, "stopped_early_at": stopped_at, "checkpoints": {
         str(s): f"checkpoints/{checkpoints.checkpoint_name(s)}" for s in sorted(save_at)},
+        # sizes as written: a checkpoint truncated or replaced later is found by a stat (checkpoints.damaged)
+        "checkpoint_bytes": {str(s): (ckpt_dir / checkpoints.checkpoint_name(s)).stat().st_size for s in sorted(save_at)},
         "wall_s": time.perf_counter() - start}, out_dir / "manifest.json")
     shutil.rmtree(store)
     return metrics

@@ -1,9 +1,11 @@
 # Config loading and validation, run ids, and the input functions every rule uses.
 # Rules never dig into the config themselves: they ask the functions here.
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from gradscope import checkpoints as gs_checkpoints
 from gradscope import resources as gs_resources
 from gradscope.config import ConfigError, checkpoint_steps, compose, data_slice, dataset_id, load_runs
 from gradscope.config import read_config_file, require_device, train_slice
@@ -39,6 +41,10 @@ onstart:
         except ConfigError as e:
             raise WorkflowError(str(e)) from None
 RUNS = {run.id: run for run in _runs}
+# A checkpoint truncated or replaced since training is invisible to Snakemake's timestamps: said
+# here, with the command that writes it again, on every start (a stat per checkpoint).
+for _line in (line for run in RUNS.values() for line in gs_checkpoints.damaged(f"results/runs/{run.id}/train/manifest.json")):
+    print(f"gradscope: damaged checkpoint {_line}", file=sys.stderr)
 EXPERIMENTS = sorted({run.experiment for run in RUNS.values()})
 # Everything an input function needs per run is computed once here, not once per job: a
 # sweep of 100 runs with 20 checkpoints each has about 4,600 jobs (bench/bench_dag.py).
