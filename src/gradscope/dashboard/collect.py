@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gradscope import artifacts
+from gradscope import artifacts, logs
 
 METRIC_COLUMNS = ["step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "grad_norm", "clipped_fraction",
                   "weight_norm", "wall_s"]
@@ -33,8 +33,6 @@ CARTOGRAPHY_COLUMNS = ["confidence", "variability", "correctness", "forgetting_e
                        "tracin_self_influence", "final_loss"]
 SIGNAL_FILES = ("detections", "evaluation", "groups", "group_pairs", "group_losses", "loss_changes", "per_example")
 HIST_BINS = 40
-# Stages in workflow order, with the rule whose log says when that stage failed.
-_STAGE_LOGS = ("train", "extract_examples", "curvature", "detect_signals")
 
 
 # ---- encoding -------------------------------------------------------------------------------
@@ -75,7 +73,7 @@ def run_status(folder: Path, logs_dir: Path | None = None) -> dict:
     "pending" (nothing trained yet). detail: a short explanation."""
     folder = Path(folder)
     experiment, run = folder.parent.name, folder.name
-    failed = _failed_stage(logs_dir, experiment, run) if logs_dir is not None else None
+    failed = next((rule for rule, _ in logs.failed_logs(logs_dir, experiment, run)), None) if logs_dir is not None else None
     if (folder / "train" / "metrics.partial.parquet").exists() and not (folder / "train" / "metrics.parquet").exists():
         return {"status": "failed", "detail": "training stopped: non-finite loss (metrics so far shown)"}
     if not (folder / "train" / "metrics.parquet").exists():
@@ -94,22 +92,6 @@ def run_status(folder: Path, logs_dir: Path | None = None) -> dict:
     if failed:
         return {"status": "failed", "detail": f"failed in {failed}; missing {missing}"}
     return {"status": "analysing", "detail": f"trained; missing {missing}"}
-
-
-def _failed_stage(logs_dir: Path, experiment: str, run: str) -> str | None:
-    """The first stage whose log (gradscope.logs.log_to) records a failure for this run."""
-    for rule in _STAGE_LOGS:
-        folder = Path(logs_dir) / rule / experiment
-        for log in (folder / f"{run}.log", folder / run):  # one log per run, or a folder of one per checkpoint
-            files = [log] if log.is_file() else sorted(log.glob("*.log"))
-            for f in files:
-                try:
-                    text = f.read_text(errors="replace")
-                except OSError:
-                    continue
-                if re.search(r" ERROR gradscope[^\n]*: failed", text):
-                    return rule
-    return None
 
 
 def parse_varying(name: str) -> dict:
