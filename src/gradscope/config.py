@@ -171,6 +171,26 @@ def require_device(device: str) -> None:
                           f"here ({build}); allowed here: 'auto' (CUDA when present, else CPU) or 'cpu'")
 
 
+# ---- one section's settings for library callers -----------------------------------------
+def section(name: str, given: dict | None = None, **overrides) -> dict:
+    """One config section (`model`, `train`, `curvature`, ...) as the workflow would resolve it:
+    `given` and `overrides` over the schema's defaults, validated. The schema is the one place a
+    default lives; library functions that take a section fill it here, so a notebook gets the
+    same model and estimators as the workflow. A bad key or value raises ConfigError naming it."""
+    schema = _schema()
+    if name not in schema["$defs"]["experiment"]["properties"] or name in ("grid", "seeds"):
+        raise ValueError(f"unknown config section {name!r}; allowed: {', '.join(SECTIONS)}")
+    value = copy.deepcopy(dict(given or {}))
+    value.update(overrides)
+    sub = {"$defs": schema["$defs"], **schema["$defs"][name]}
+    return validate(value, sub, prefix=name)
+
+
+def section_defaults(name: str) -> dict:
+    """The schema's defaults of one section (the model's are those of an MLP)."""
+    return section(name)
+
+
 # ---- config files: reading them, and how several combine ----------------------------------
 DEFAULT_CONFIG = Path("config") / "config.yaml"  # the Snakefile's `configfile:`, relative to the working directory
 
