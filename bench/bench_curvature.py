@@ -1,6 +1,7 @@
 """Top Hessian eigenvalues: gradscope's Lanczos against a PyHessian-style power iteration.
 
     PYTHONPATH=src python bench/bench_curvature.py [seed] [train_steps] [delta]
+    PYTHONPATH=src python bench/bench_curvature.py --runs [seed]   # HVPs per run only
 
 Models: an MLP 784-256-256-10 trained `train_steps` (default 200) full-batch SGD steps (lr 0.1)
 on 1024 Gaussian examples labelled by a random tanh-MLP teacher, 10% of labels flipped
@@ -27,6 +28,13 @@ by every method:
 
 Then the top 5: gradscope's Lanczos (tol 1e-3 on all five) against PyHessian's top_n = 5 (power
 iteration per eigenvalue, each orthogonalized against those found, 100 iterations, tol 1e-3).
+Last, HVPs per run (issue 14: what a run's curvature jobs cost, not a ratio to power
+iteration, which from one start vector is bounded by the spectral gap): each model trained
+again with CHECKPOINTS checkpoints spread over its steps, the top eigenvalue at each by
+`lanczos_top` on a `HessianOperator` (tol 1e-3, the certified stop), cold at every checkpoint
+or warm from the previous checkpoint's eigenvector (curvature.warm_start); the operator counts
+the products.
+
 HVP counts are deterministic; wall times depend on the machine's load.
 """
 
@@ -39,7 +47,8 @@ import time
 import numpy as np
 import torch
 
-from gradscope.curvature import hvp_fn, lanczos, lanczos_tridiagonal, start_vector, tridiagonal
+from gradscope.curvature import hvp_fn, lanczos, lanczos_top, lanczos_tridiagonal, start_vector, tridiagonal
+from gradscope.operators import HessianOperator
 from gradscope.data import generate
 from gradscope.losses import per_example_loss
 from gradscope.models import InputSpec, build_model
@@ -53,6 +62,7 @@ REF_ITERS = 80
 SUBSET = 1024
 TOP_N = 5
 PYHESSIAN = f"power, PyHessian ({POWER_MAX} max), cold"
+CHECKPOINTS = 6  # per run, for the HVPs per run
 
 
 def power_iteration(hvp, q, *, max_iters, tol, stop=True, target=None, found=()):
@@ -222,7 +232,42 @@ def table(rows, title):
         print(f"{r['model']:<29} {r['method']:<36} {r['hvps']:>5} {r['wall']:>7.3f} {r['err']:>10.1e}   {vs}")
 
 
+def bench_run(problem, seed):
+    """HVPs of the top eigenvalue at each of CHECKPOINTS checkpoints of one run, cold and warm."""
+    name, model, x_train, y_train, optim, batch_size, subset, loss_name, steps = problem
+    opt, gen = build_optimizer(model.parameters(), optim), torch.Generator().manual_seed(seed)
+    x, y = x_train[subset], y_train[subset]
+    at = np.linspace(0, steps, CHECKPOINTS).astype(int)
+    cold, warm, wall, previous, done = [], [], [0.0, 0.0], None, 0
+    for step in at:
+        train(model, x_train, y_train, opt, int(step) - done, batch_size, gen, loss_name)
+        done = int(step)
+        model.eval()
+        for i, (counts, start) in enumerate(((cold, None), (warm, previous))):
+            op = HessianOperator(model, x, y, loss=loss_name)
+            top, seconds = timed(lambda: lanczos_top(op, k=1, iters=HISTORY, tol=TOL, seed=seed, warm=start,
+                                                     return_eigenvectors=i == 1))
+            counts.append(op.matvecs)
+            wall[i] += seconds
+            if i == 1:
+                previous = top.eigenvectors
+        model.train()
+    print(f"{name}: checkpoints at steps {at.tolist()}; HVPs per checkpoint cold {cold}, warm {warm}", flush=True)
+    return dict(model=name, checkpoints=len(at), cold=sum(cold), warm=sum(warm), cold_s=wall[0], warm_s=wall[1])
+
+
+def runs_table(run_rows):
+    print(f"\nHVPs per run ({CHECKPOINTS} checkpoints, top eigenvalue, tol {TOL}; warm = curvature.warm_start):")
+    print(f"{'model':<29} {'HVPs cold':>9} {'HVPs warm':>9} {'cold s':>7} {'warm s':>7}")
+    for r in run_rows:
+        print(f"{r['model']:<29} {r['cold']:>9} {r['warm']:>9} {r['cold_s']:>7.2f} {r['warm_s']:>7.2f}")
+
+
 def main():
+    if sys.argv[1:2] == ["--runs"]:
+        seed = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+        runs_table([bench_run(problem(seed, 200), seed) for problem in (mlp_problem, transformer_problem, eos_problem)])
+        return
     seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 200
     delta = int(sys.argv[3]) if len(sys.argv) > 3 else 10
@@ -235,6 +280,7 @@ def main():
         r["baseline"] = f"power, PyHessian top_n={TOP_N}" if r["method"].startswith("gradscope") else None
     table(rows, "Top eigenvalue, to 1e-3 relative (last column: the named method's HVPs over this one's):")
     table(topn_rows, f"Top {TOP_N} eigenvalues, tolerance 1e-3 (rel. error: the worst of the {TOP_N}):")
+    runs_table([bench_run(problem(seed, steps), seed) for problem in (mlp_problem, transformer_problem, eos_problem)])
 
 
 if __name__ == "__main__":

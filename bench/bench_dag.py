@@ -150,6 +150,7 @@ def sweep_config(n_runs: int, n_checkpoints: int) -> dict:
     every = 100
     return {
         "device": "cpu",
+        "checkpoint_jobs": "per_checkpoint",  # the shape with the most jobs (the bare file's shape)
         "experiments": {
             "bench": {
                 "data": {"generator": "planted_flips", "planted_flips": {"n_train": 200, "n_test": 100}},

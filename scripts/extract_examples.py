@@ -1,10 +1,16 @@
-"""Snakemake adapter for rule extract_examples: see gradscope.pipeline.extract_examples."""
-from pathlib import Path
+"""Snakemake adapter for rule extract_examples: see gradscope.pipeline.extract_examples.
 
+One job covers one checkpoint (its output is that checkpoint's table) or every checkpoint of a
+run (its output is the run's examples/ folder; checkpoint_jobs: per_run)."""
+
+from gradscope import layout
 from gradscope.logs import log_to
 from gradscope.pipeline import extract_examples
 
+out = snakemake.output[0]
 with log_to(snakemake.log[0]):
-    extract_examples(snakemake.params.examples, loss=snakemake.params.loss, device=snakemake.params.device,
-                     data_dir=Path(snakemake.input.meta).parent, manifest=snakemake.input.manifest,
-                     step=int(snakemake.wildcards.step), out=snakemake.output[0], run_id=snakemake.params.run_id)
+    for step in snakemake.params.steps:
+        extract_examples(snakemake.params.examples, loss=snakemake.params.loss, device=snakemake.params.device,
+                         dataset=dict(snakemake.input.items()), manifest=snakemake.input.manifest, step=step,
+                         out=out if "step" in snakemake.wildcards.keys() else layout.partition_file(out, "examples", step),
+                         run_id=snakemake.params.run_id)

@@ -8,5 +8,7 @@ with log_to(snakemake.log[0]):
                      summary_path=i.summary, curvature_paths=i.curvature, out=snakemake.output[0],
                      figures={"training": i.training, "flagged": i.flagged, "curvature": i.curvature_png, "gif": i.gif,
                               "group_losses": i.group_losses, "loss_changes": i.loss_changes, "cartography": i.cartography,
-                              "density": i.density[0] if i.density else None},
-                     influence_path=i.influence[0] if i.influence else None)
+                              "density": i.density[0] if i.density else None,
+                              "progress": i.progress[1] if i.progress else None},
+                     influence_path=i.influence[0] if i.influence else None,
+                     progress_path=i.progress[0] if i.progress else None)

@@ -5,5 +5,5 @@ from gradscope.logs import log_to
 from gradscope.pipeline import train
 
 with log_to(snakemake.log[0]):
-    train(snakemake.params.settings, data_dir=Path(snakemake.input.meta).parent,
+    train(snakemake.params.settings, dataset=dict(snakemake.input.items()),
           out_dir=Path(snakemake.output.metrics).parent, run_id=snakemake.params.run_id)

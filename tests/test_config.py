@@ -41,9 +41,31 @@ def test_runs_share_a_dataset_unless_the_data_differ():
     assert len({dataset_id(r.settings) for r in runs}) == 1
     other = config(data={"generator": "modular", "modular": {"p": 13}})
     assert dataset_id(expand_runs(load_config(other))[0].settings) != dataset_id(runs[0].settings)
-    # a setting of the generator not in use does not change the dataset
+    # a setting of a generator not in use does not change the dataset (its block is not in the id) ...
+    settings = copy.deepcopy(runs[0].settings)
+    settings["data"]["planted_flips"] = {"n_train": 7}
+    assert dataset_id(settings) == dataset_id(runs[0].settings)
+    # ... and a config that sets one is refused, naming it: it would change nothing
     unused = config(data={"generator": "modular", "modular": {"p": 11}, "planted_flips": {"n_train": 7}})
-    assert dataset_id(expand_runs(load_config(unused))[0].settings) == dataset_id(runs[0].settings)
+    with pytest.raises(ConfigError, match=r"bad key at experiments\.grok\.data\.planted_flips: \{'n_train': 7\} is set but "
+                                          r"applies to none of the experiment's runs \(data\.generator is 'modular'"):
+        load_config(unused)
+
+
+def test_keys_that_apply_to_none_of_an_experiments_runs_are_refused():
+    # an optimizer's key under another optimizer, a schedule's under another schedule, another kind's model key
+    bad = config(optim={"name": "adam", "momentum": 0.9, "schedule": {"kind": "cosine", "gamma": 0.5}},
+                 model={"depth": 1, "width": 8, "d_head": 4})
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    text = str(err.value)
+    assert "experiments.grok.optim.momentum: 0.9 is set but applies to none" in text and "'sgd', 'rmsprop'" in text
+    assert "experiments.grok.optim.schedule.gamma: 0.5" in text and "schedule.kind is 'cosine'" in text
+    assert "experiments.grok.model.d_head: 4" in text and "model.kind is 'mlp'" in text
+    assert "width" not in text.replace("d_head", "")  # what applies is not named
+    # a key that applies to some of the runs (a grid over the selector) is fine
+    grid = config(optim={"name": "sgd", "momentum": 0.9}, grid={"optim.name": ["sgd", "adam"]})
+    assert len(expand_runs(load_config(grid))) == 4  # 2 optimizers x 2 seeds
 
 
 def test_train_slice_leaves_out_what_training_does_not_use():

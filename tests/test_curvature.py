@@ -27,8 +27,11 @@ from gradscope.curvature import (
     top_eigenvalues,
     update_sharpness,
 )
+from gradscope import curvature
 from gradscope.losses import per_example_loss
 from gradscope.models import InputSpec, build_model
+from gradscope.operators import (CurvatureOperator, EFOperator, FisherOperator, GGNOperator, HessianOperator,
+                                 make_operator)
 
 # torch.func.hessian's forward-mode pass loads jit-scripted decompositions inside torch itself.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
@@ -286,6 +289,7 @@ BASE_KEYS = {"top_eigenvalues", "sharpness", "lanczos_steps", "lanczos_residual"
              "hvp_count", "n_examples", "n_params", "wall_s"}
 EXTRA_KEYS = {"fisher_trace", "gauss_newton_trace", "gauss_newton_stderr", "input_jacobian_norm",
               "input_hessian_trace", "update_sharpness"}
+OFF = {"fisher": False, "gauss_newton_samples": 0, "input_sensitivity": False}  # the measures on by default
 
 
 def test_compute_curvature_consistent():
@@ -293,11 +297,10 @@ def test_compute_curvature_consistent():
     H = exact_hessian(model, x, y, "cross_entropy")
     before = snapshot(model)
     with torch.no_grad():  # callers may sit in an inference context
-        out = compute_curvature(model, x, y, loss="cross_entropy", k=2, lanczos_iters=1000, lanczos_tol=None,
-                                trace_tol=0.05, trace_max_samples=50, seed=5)
+        out = compute_curvature(model, x, y, {"top_k": 2, "lanczos_iters": 1000, "lanczos_tol": 0, "trace_tol": 0.05,
+                                              "trace_max_samples": 50, "seed": 5, **OFF}, loss="cross_entropy")
     assert_untouched(model, before)
-    assert set(out) == BASE_KEYS | EXTRA_KEYS
-    assert all(np.isnan(out[key]) for key in EXTRA_KEYS)  # off unless asked
+    assert set(out) == BASE_KEYS  # the measures turned off are absent, not NaN
     assert len(out["top_eigenvalues"]) == 2 and all(isinstance(v, float) for v in out["top_eigenvalues"])
     assert out["sharpness"] == out["top_eigenvalues"][0] >= out["top_eigenvalues"][1]
     np.testing.assert_allclose(out["top_eigenvalues"], torch.linalg.eigvalsh(H).flip(0)[:2].numpy(), rtol=1e-4)
@@ -310,11 +313,13 @@ def test_compute_curvature_consistent():
     trace = hessian_trace(model, x, y, tol=0.05, max_samples=50, seed=5)
     assert (out["hessian_trace"], out["hessian_trace_stderr"], out["hutchinson_samples"]) == (
         trace["trace"], trace["stderr"], trace["n_samples"])
-    short = compute_curvature(model, x, y, loss="cross_entropy", k=1, lanczos_iters=8, lanczos_tol=None,
-                              trace_tol=0.05, trace_max_samples=50, seed=5)
+    short = compute_curvature(model, x, y, {"lanczos_iters": 8, "lanczos_tol": 0, "trace_tol": 0.05,
+                                            "trace_max_samples": 50, "seed": 5, **OFF}, loss="cross_entropy")
     assert short["hvp_count"] == 8 + short["hutchinson_samples"]
     with pytest.raises(ValueError):
-        compute_curvature(model, x, y, k=5, lanczos_iters=3)
+        compute_curvature(model, x, y, {"top_k": 5, "lanczos_iters": 3})
+    with pytest.raises(ValueError, match="curvature.trace_tol"):  # validated against the schema
+        compute_curvature(model, x, y, {"trace_tol": -1})
 
 
 def test_float32_model_matches_float64():
@@ -521,11 +526,12 @@ def test_layer_top_eigenvalues_match_exact_blocks():
 def test_compute_curvature_extras_match_the_standalone_measures():
     model, x, y = make_problem(180)
     u = torch.randn(39, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    base = compute_curvature(model, x, y, k=1, lanczos_iters=10, trace_tol=0.05, trace_max_samples=20, seed=3)
+    settings = {"lanczos_iters": 10, "trace_tol": 0.05, "trace_max_samples": 20, "seed": 3}
+    base = compute_curvature(model, x, y, {**settings, **OFF})
     before = snapshot(model)
-    out = compute_curvature(model, x, y, k=1, lanczos_iters=10, trace_tol=0.05, trace_max_samples=20, seed=3,
-                            fisher=True, gauss_newton_samples=2, input_sensitivity=True, input_probes=4, update=u,
-                            density=True, density_iters=12, density_runs=2, per_layer=True, layer_iters=6)
+    out = compute_curvature(model, x, y, {**settings, "fisher": True, "gauss_newton_samples": 2,
+                                          "input_sensitivity": True, "density": True, "density_iters": 12,
+                                          "per_layer": True}, update=u)
     assert_untouched(model, before)
     assert set(out) == BASE_KEYS | EXTRA_KEYS | {"density_grid", "density", "layer_sharpness"}
     for key in ("top_eigenvalues", "hessian_trace", "hessian_trace_stderr", "hutchinson_samples"):
@@ -533,16 +539,19 @@ def test_compute_curvature_extras_match_the_standalone_measures():
     assert out["fisher_trace"] == fisher_trace(model, x, y)
     gn = gauss_newton_trace(model, x, y, samples=2, seed=3)
     assert (out["gauss_newton_trace"], out["gauss_newton_stderr"]) == (gn["trace"], gn["stderr"])
-    sens = input_sensitivity(model, x, y, probes=4, seed=3)
+    sens = input_sensitivity(model, x, y, seed=3)
     assert (out["input_jacobian_norm"], out["input_hessian_trace"]) == (
         sens["input_jacobian_norm"], sens["input_hessian_trace"])
     assert out["update_sharpness"] == pytest.approx(update_sharpness(model, u, x, y), rel=1e-12)
-    dens = spectral_density(model, x, y, iters=12, runs=2, seed=3)
+    dens = spectral_density(model, x, y, iters=12, seed=3)
     assert_close(torch.tensor(out["density"], dtype=torch.float64), torch.from_numpy(dens["density"]))
     assert isinstance(out["density_grid"], list) and len(out["density_grid"]) == 1000
-    assert out["layer_sharpness"] == layer_top_eigenvalues(model, x, y, iters=6, seed=3)
+    assert out["layer_sharpness"] == layer_top_eigenvalues(model, x, y, seed=3)
     # Every HVP is counted: Lanczos, Hutchinson, one for the update, SLQ steps, block Lanczos steps.
-    block_steps = sum(min(6, p.numel()) for p in model.parameters())
+    H, at = exact_hessian(model, x, y, "cross_entropy"), np.cumsum([0] + [p.numel() for p in model.parameters()])
+    block_steps = sum(lanczos(lambda v, b=H[a:e, a:e]: b @ v, e - a, iters=min(20, e - a), seed=3).steps
+                      for a, e in zip(at[:-1], at[1:]))  # 20 per block, fewer where one breaks down
+    assert block_steps < sum(min(20, p.numel()) for p in model.parameters())
     assert out["hvp_count"] == base["hvp_count"] + 1 + len(dens["nodes"]) + block_steps
 
 
@@ -681,8 +690,9 @@ def test_frozen_parameters_are_left_out():
     vals, vecs = top_eigenvalues(model, x, y, k=2, tol=None, iters=19, return_eigenvectors=True)
     np.testing.assert_allclose(vals, exact, rtol=1e-8)
     assert vecs.shape == (2, 19) and not np.isclose(vals[0], float(torch.linalg.eigvalsh(H_full)[-1]), rtol=1e-3)
-    out = compute_curvature(model, x, y, k=2, lanczos_iters=19, lanczos_tol=None, trace_max_samples=10, seed=1,
-                            fisher=True, gauss_newton_samples=1, return_eigenvectors=True, per_layer=True, layer_iters=4)
+    out = compute_curvature(model, x, y, {"top_k": 2, "lanczos_iters": 19, "lanczos_tol": 0, "trace_max_samples": 10,
+                                          "seed": 1, "fisher": True, "gauss_newton_samples": 1, "per_layer": True},
+                            return_eigenvectors=True)
     assert out["n_params"] == 19 and out["eigenvectors"].shape == (2, 19)
     np.testing.assert_allclose(out["top_eigenvalues"], exact, rtol=1e-8)
     assert out["hessian_trace"] == pytest.approx(
@@ -741,8 +751,9 @@ MEASURES = {
     "fisher_trace": lambda m, x, y, **kw: fisher_trace(m, x, y, **kw),
     "gauss_newton_trace": lambda m, x, y, **kw: gauss_newton_trace(m, x, y, samples=1, **kw),
     "input_sensitivity": lambda m, x, y, **kw: input_sensitivity(m, x, y, probes=2, exact_max_dim=4, **kw),
-    "compute_curvature": lambda m, x, y, **kw: compute_curvature(m, x, y, lanczos_iters=4, trace_max_samples=4,
-                                                                 fisher=True, input_sensitivity=True, **kw),
+    "compute_curvature": lambda m, x, y, **kw: compute_curvature(
+        m, x, y, {"lanczos_iters": 4, "trace_max_samples": 4, "fisher": True, "input_sensitivity": True, "ggn": True},
+        **kw),
 }
 
 
@@ -776,3 +787,241 @@ def test_dropout_in_training_mode_is_refused():
         top_eigenvalues(model, x, y)
     assert top_eigenvalues(model, x, y, eval=True, iters=5, tol=None) == pytest.approx(
         top_eigenvalues(model.eval(), x, y, iters=5, tol=None), rel=1e-12)
+
+
+# ---- operators (Hessian, GGN, empirical and true Fisher) against dense matrices ---------------
+
+
+def layernorm_mlp(seed):
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.GELU(), nn.Linear(6, 3)).double().eval()
+    return model, torch.randn(10, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (10,), generator=gen)
+
+
+OPERATOR_MODELS = {"mlp": lambda seed: make_problem(400 + seed), "layernorm": layernorm_mlp,
+                   "cnn_1d": lambda seed: real_problem("cnn_1d", seed)}
+
+
+def dense_curvatures(model, x, y, loss):
+    """The GGN, empirical Fisher and true Fisher (n, n) from their definitions, slowly: the logits'
+    Jacobian by torch.autograd.functional.jacobian, the loss Hessian in the logits by
+    torch.autograd.functional.hessian, per-example gradients from a loop over single examples."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    theta = torch.cat([p.detach().reshape(-1) for _, p in named])
+
+    def params(flat):
+        return {name: c.view(p.shape) for (name, p), c in zip(named, flat.split([p.numel() for _, p in named]))}
+
+    def logits_of(flat, inputs=x):
+        return functional_call(model, params(flat), (inputs,))
+
+    J = torch.autograd.functional.jacobian(logits_of, theta)  # (N, C, n)
+    f = logits_of(theta).detach()  # (N, C)
+    N, C = f.shape
+    H_out = [torch.autograd.functional.hessian(lambda z, i=i: per_example_loss(z[None], y[i : i + 1], loss)[0], f[i])
+             for i in range(N)]  # (C, C) each
+
+    def example_grad(i, label):
+        flat = theta.clone().requires_grad_(True)
+        value = per_example_loss(logits_of(flat, x[i : i + 1]), torch.tensor([label]), loss)[0]
+        return torch.autograd.grad(value, flat)[0]  # (n,)
+
+    ggn = sum(J[i].T @ H_out[i] @ J[i] for i in range(N)) / N
+    ef = sum(torch.outer(g, g) for g in (example_grad(i, int(y[i])) for i in range(N))) / N
+    if loss == "cross_entropy":  # labels from the model: every class c, weighted by p_ic
+        p = f.softmax(1)
+        fisher = sum(p[i, c] * torch.outer(g, g) for i in range(N) for c in range(C)
+                     for g in [example_grad(i, c)]) / N
+    else:  # N(f, I): the gradient at t = f + eps is -J^T eps, E[eps eps^T] = I
+        fisher = sum(J[i].T @ J[i] for i in range(N)) / N
+    return {"ggn": ggn, "empirical_fisher": ef, "fisher": fisher, "J": J, "example_grad": example_grad}
+
+
+def as_matrix(op: CurvatureOperator) -> torch.Tensor:
+    return op.matmat(torch.eye(op.n, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("name", list(OPERATOR_MODELS))
+def test_operators_match_dense_matrices(name, loss):
+    model, x, y = OPERATOR_MODELS[name](0)
+    dense = dense_curvatures(model, x, y, loss)
+    dense["hessian"] = dense_hessian(model, x, y, loss)
+    before = snapshot(model)
+    for kind in ("hessian", "ggn", "empirical_fisher", "fisher"):
+        op = make_operator(kind, model, x, y, loss=loss)
+        assert isinstance(op, {"hessian": HessianOperator, "ggn": GGNOperator, "empirical_fisher": EFOperator,
+                               "fisher": FisherOperator}[kind])
+        A = as_matrix(op)
+        want = dense[kind]
+        assert op.n == want.shape[0] and op.matvecs == op.n  # one product per column, each counted
+        assert_close(A, want, rtol=1e-9, atol=1e-11 * float(want.abs().max()), msg=f"{kind}")
+        v = torch.randn(op.n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        assert_close(op(v), want @ v, rtol=1e-9, atol=1e-11 * float(want.abs().max()))
+        if kind != "hessian":  # J^T M J with M >= 0: positive semi-definite, unlike the Hessian
+            assert float(torch.linalg.eigvalsh(A)[0]) > -1e-10 * float(want.abs().max())
+    assert_untouched(model, before)
+    # the three output-space matrices really differ here, so matching each one means something
+    assert float((dense["ggn"] - dense["empirical_fisher"]).abs().max()) > 1e-3
+    assert float((dense["hessian"] - dense["ggn"]).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("name", list(OPERATOR_MODELS))
+def test_true_fisher_equals_the_ggn_for_cross_entropy(name):
+    """Martens 2020, 9.2: for a softmax likelihood the true Fisher is the GGN (computed here from
+    labels drawn over every class, not from the loss Hessian)."""
+    model, x, y = OPERATOR_MODELS[name](1)
+    G, F = as_matrix(GGNOperator(model, x, y)), as_matrix(FisherOperator(model, x))
+    assert_close(F, G, rtol=1e-10, atol=1e-12 * float(G.abs().max()))
+    assert float((as_matrix(EFOperator(model, x, y)) - G).abs().max()) > 1e-3 * float(G.abs().max())
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_monte_carlo_fisher_is_its_sampled_sum_and_tends_to_the_true_fisher(loss):
+    model, x, y = make_problem(420)
+    dense = dense_curvatures(model, x, y, loss)
+    op = FisherOperator(model, x, loss=loss, mc_samples=3, seed=5)
+    if loss == "cross_entropy":  # (1/(N S)) sum_i sum_s g_i(y_is) g_i(y_is)^T at the drawn labels
+        grads = [dense["example_grad"](i, int(op.labels[s, i])) for s in range(3) for i in range(len(x))]
+        want = sum(torch.outer(g, g) for g in grads) / (3 * len(x))
+    else:  # gradients -J_i^T eps_is
+        J = dense["J"]
+        want = sum(torch.outer(J[i].T @ op.noise[s, i], J[i].T @ op.noise[s, i]) for s in range(3)
+                   for i in range(len(x))) / (3 * len(x))
+    assert_close(as_matrix(op), want, rtol=1e-9, atol=1e-12)
+    # Unbiased: with many draws it approaches the exact true Fisher (error ~ 1/sqrt(S)), and a
+    # different seed draws different labels.
+    exact = dense["fisher"]
+    many = as_matrix(FisherOperator(model, x, loss=loss, mc_samples=4000, seed=1))
+    assert float((many - exact).norm() / exact.norm()) < 0.05
+    assert float((as_matrix(op) - exact).norm() / exact.norm()) > 0.05
+    assert not torch.equal(as_matrix(FisherOperator(model, x, loss=loss, mc_samples=3, seed=6)), as_matrix(op))
+    with pytest.raises(ValueError, match="mc_samples"):
+        FisherOperator(model, x, mc_samples=0)
+    with pytest.raises(ValueError, match="known: empirical_fisher, fisher, ggn, hessian"):
+        make_operator("gauss_newton", model, x, y)
+
+
+@pytest.mark.parametrize("kind", ["hessian", "ggn", "empirical_fisher", "fisher"])
+def test_algorithms_take_any_operator(kind):
+    """Lanczos (certified stop), Hutchinson and SLQ on each operator against its dense matrix."""
+    model, x, y = layernorm_mlp(7)
+    op = make_operator(kind, model, x, y)
+    A = as_matrix(op)
+    exact = torch.linalg.eigvalsh(A).flip(0).numpy()
+    top = curvature.lanczos_top(make_operator(kind, model, x, y), k=2, iters=op.n, tol=1e-9, seed=1,
+                                return_eigenvectors=True)
+    np.testing.assert_allclose(top.eigenvalues, exact[:2], rtol=1e-7)
+    assert top.residual <= 1e-9 and top.steps < op.n  # stopped by the certificate, before n steps
+    for value, vec in zip(top.eigenvalues, top.eigenvectors):
+        assert_close(A @ torch.from_numpy(vec), value * torch.from_numpy(vec), rtol=0, atol=1e-6 * abs(value))
+    fresh = make_operator(kind, model, x, y)
+    tr = curvature.hutchinson(fresh, tol=1e-9, min_samples=40, max_samples=40, seed=3)
+    same_probes = hutchinson_trace(lambda z: A @ z, op.n, tol=1e-9, min_samples=40, max_samples=40, seed=3)
+    assert tr["trace"] == pytest.approx(same_probes["trace"], rel=1e-9) and fresh.matvecs == 40
+    assert abs(tr["trace"] - float(A.trace())) <= 4 * tr["stderr"]
+    # SLQ from one start vector v: sum_j w_j theta_j^m = v^T A^m v / |v|^2 for m <= 2 steps - 1
+    dens = curvature.slq_density(make_operator(kind, model, x, y), iters=6, seed=4)
+    v = (torch.randint(0, 2, (op.n,), generator=torch.Generator().manual_seed(4)) * 2 - 1).double()
+    for m in (1, 2, 3, 5):
+        want = float(v @ torch.linalg.matrix_power(A, m) @ v / (v @ v))
+        assert float(np.sum(dens["weights"] * dens["nodes"] ** m)) == pytest.approx(want, rel=1e-8)
+    assert dens["steps"] == 6
+
+
+class MatrixOperator(CurvatureOperator):
+    """A dense symmetric matrix as an operator: a spectrum known in advance."""
+
+    name = "matrix"
+
+    def __init__(self, A):
+        super().__init__(A.shape[0], A.dtype, A.device)
+        self.A = A
+
+    def _matvec(self, v):
+        return self.A @ v
+
+
+def marchenko_pastur_cdf(t, ratio):
+    """CDF of the Marchenko-Pastur law of X^T X / m, X (m, n) standard normal, ratio = n / m < 1:
+    density sqrt((b - x)(x - a)) / (2 pi ratio x) on [a, b] = [(1 -+ sqrt(ratio))^2], integrated numerically."""
+    a, b = (1 - ratio**0.5) ** 2, (1 + ratio**0.5) ** 2
+    grid = np.linspace(a, b, 200_001)
+    dens = np.sqrt(np.clip((b - grid) * (grid - a), 0, None)) / (2 * np.pi * ratio * grid)
+    cdf = np.concatenate([[0.0], np.cumsum((dens[1:] + dens[:-1]) / 2 * np.diff(grid))])
+    return np.interp(t, grid, cdf, left=0.0, right=1.0)
+
+
+def kolmogorov_distance(nodes, weights, cdf):
+    """sup_t |F(t) - cdf(t)| for the discrete measure sum_j w_j delta(theta_j): checked on both sides of every step."""
+    order = np.argsort(nodes)
+    nodes, weights = nodes[order], weights[order]
+    F, G = np.cumsum(weights), cdf(nodes)
+    return float(max(np.abs(F - G).max(), np.abs(F - weights - G).max()))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_slq_recovers_spikes_and_a_marchenko_pastur_bulk(seed):
+    """Papyan 2020's picture of a Hessian spectrum: a few outliers over a bulk. A = X^T X / m (X
+    (m, n) Gaussian, n / m = 0.5: a Marchenko-Pastur bulk on [0.086, 2.914]) plus three rank-one
+    spikes of strength 8, 12, 20. SLQ's quadrature measure must match the MP law in Kolmogorov
+    distance (under 0.04, where MP laws of ratio 0.4 or 0.6 are over 0.05 away), put Ritz values
+    on the three outliers, and give them weight ~1/n each."""
+    n, ratio = 800, 0.5
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(int(n / ratio), n, generator=gen, dtype=torch.float64)
+    U, _ = torch.linalg.qr(torch.randn(n, 3, generator=gen, dtype=torch.float64))
+    A = X.T @ X / X.shape[0] + U @ torch.diag(torch.tensor([8.0, 12.0, 20.0], dtype=torch.float64)) @ U.T
+    exact = torch.linalg.eigvalsh(A).numpy()
+    edge = (1 + ratio**0.5) ** 2
+    assert exact[-4] < edge + 0.1 and exact[-3] > edge + 5  # three outliers, the rest in the bulk
+    runs = 16
+    dens = curvature.slq_density(MatrixOperator(A), iters=60, runs=runs, seed=seed)
+    nodes, weights = dens["nodes"], dens["weights"]
+    assert weights.sum() == pytest.approx(1.0, rel=1e-12)
+    right = kolmogorov_distance(nodes, weights, lambda t: marchenko_pastur_cdf(t, ratio))
+    assert right < 0.04
+    for wrong in (0.4, 0.6):  # the threshold tells apart a bulk of a different aspect ratio
+        assert kolmogorov_distance(nodes, weights, lambda t: marchenko_pastur_cdf(t, wrong)) > 0.05
+    outside = nodes > edge + 1
+    for spike in exact[-3:]:  # every run finds every outlier, to Lanczos accuracy
+        hits = np.abs(nodes - spike) < 1e-8 * spike
+        assert hits.sum() == runs
+    assert np.all(np.min(np.abs(nodes[outside, None] - exact[None, -3:]), axis=1) < 1e-8 * exact[-1])
+    # each outlier's weight is (u^T v)^2 / |v|^2 per run, mean 1/n: over 3 x 16 draws within a factor 2
+    assert 0.5 < weights[outside].sum() / (3 / n) < 2.0
+
+
+def test_compute_curvature_ggn_top_eigenvalue_and_density():
+    model, x, y = make_problem(440)
+    settings = {"top_k": 2, "lanczos_iters": 39, "lanczos_tol": 1e-6, "seed": 2, **OFF, "trace_max_samples": 4}
+    without = compute_curvature(model, x, y, settings)
+    assert not any(key.startswith("ggn") for key in without)
+    out = compute_curvature(model, x, y, {**settings, "ggn": True})
+    G = dense_curvatures(model, x, y, "cross_entropy")["ggn"]
+    exact = torch.linalg.eigvalsh(G).flip(0)[:2].numpy()
+    np.testing.assert_allclose(out["ggn_top_eigenvalues"], exact, rtol=1e-5)
+    assert out["ggn_top_eigenvalue"] == out["ggn_top_eigenvalues"][0]
+    assert out["ggn_mvp_count"] == out["ggn_lanczos_steps"] <= 39 and "ggn_density" not in out
+    assert out["hvp_count"] == without["hvp_count"]  # GGN products are counted apart from HVPs
+    assert out["top_eigenvalues"] == without["top_eigenvalues"]
+    both = compute_curvature(model, x, y, {**settings, "ggn": True, "density": True, "density_iters": 10})
+    dens = curvature.slq_density(GGNOperator(model, x, y), iters=10, seed=2)
+    assert_close(torch.tensor(both["ggn_density"], dtype=torch.float64), torch.from_numpy(dens["density"]))
+    assert both["ggn_mvp_count"] == both["ggn_lanczos_steps"] + dens["steps"]
+    grid = np.asarray(both["ggn_density_grid"])
+    assert np.sum(np.asarray(both["ggn_density"])[:-1] * np.diff(grid)) == pytest.approx(1.0, abs=1e-3)
+    assert grid[0] < 0 < exact[0] < grid[-1]  # the GGN is PSD: its density sits on [0, top] (smoothed)
+
+
+def test_compute_curvature_defaults_are_the_schemas():
+    from gradscope.config import section
+    model, x, y = make_problem(450)
+    defaults = section("curvature")
+    out = compute_curvature(model, x, y, {**OFF})
+    assert out["hutchinson_samples"] <= defaults["trace_max_samples"] == 50
+    assert out["lanczos_steps"] <= defaults["lanczos_iters"]
+    tiny = compute_curvature(model, x, y, {**OFF, "trace_tol": 1e-12})  # never met: runs to trace_max_samples
+    assert tiny["hutchinson_samples"] == defaults["trace_max_samples"]
+    assert hessian_trace(model, x, y, tol=1e-12)["n_samples"] == defaults["trace_max_samples"]

@@ -142,7 +142,9 @@ def test_transformer_needs_tokens():
 
 
 def test_unknown_kind_lists_known():
-    with pytest.raises(ValueError, match="known: mlp, transformer, cnn, resnet, vgg, python"):
+    # the schema's check (build_model fills and validates its section there), a ConfigError
+    with pytest.raises(ValueError, match="model.kind: 'densenet'.*allowed: 'mlp', 'transformer', 'cnn', 'resnet', 'vgg', "
+                                         "'python'"):
         build_model({"kind": "densenet"}, TOKENS)
 
 
@@ -346,13 +348,18 @@ def test_python_factory_gets_the_input_shape_and_kwargs(lab):
     ("lab_models:missing", "module 'lab_models' has no attribute 'missing'"),
     ("lab_models:NUMBER", "NUMBER is a int, not a function or class"),
     ("lab_broken_import:f", "importing lab_broken_import failed: No module named 'no_such_dependency_xyz'"),
-    ("lab_models.small", "expected 'package.module:function'"),
     ("lab_models:not_a_model", "it returned a builtins.list, not a torch.nn.Module"),
     ("lab_models:broken", r"calling it as lab_models:broken\(input_shape=\(4,\), n_classes=2\) raised RuntimeError: out"),
 ])
 def test_bad_factories_name_the_key_value_and_reason(lab, factory, reason):
     with pytest.raises(FactoryError, match=rf"^model.factory: cannot use '{factory}': {reason}"):
         build_model({"kind": "python", "factory": factory}, InputSpec("dense", 4, 0, 2))
+
+
+def test_a_factory_not_written_module_colon_function_is_named_by_the_schema(lab):
+    # build_model validates its section against the schema first, as the workflow does
+    with pytest.raises(ValueError, match=r"model.factory: 'lab_models.small' does not match.*'package.module:function'"):
+        build_model({"kind": "python", "factory": "lab_models.small"}, InputSpec("dense", 4, 0, 2))
 
 
 def test_kwargs_cannot_override_what_the_data_gives(lab):

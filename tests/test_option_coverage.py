@@ -33,6 +33,7 @@ COVERED = {
     "device": R + "test_cuda_without_cuda_stops_at_validation",
     "extend_experiments": R + "test_merge_rule_a_config_file_replaces_the_default_experiments_unless_it_extends_them",
     "cluster.group_checkpoint_jobs": "tests/test_resources.py::test_slurm_profile_plans_one_submission_per_run_for_its_checkpoint_jobs",
+    "checkpoint_jobs": "tests/test_resources.py::test_slurm_profile_plans_one_submission_per_run_for_its_checkpoint_jobs",
     "dashboard.max_examples": "tests/test_dashboard.py::test_selection_keeps_planted_and_flagged_and_fills_to_the_cap",
     "dashboard.top_k": "tests/test_dashboard.py::test_selection_keeps_planted_and_flagged_and_fills_to_the_cap",
     "dashboard.seed": "tests/test_dashboard.py::test_selection_keeps_planted_and_flagged_and_fills_to_the_cap",
@@ -125,6 +126,7 @@ COVERED = {
     "model.d_mlp": E + "test_transformer_matches_loop",
     "model.n_layers": C + "test_transformer_with_two_layers_and_layer_norm_on_modular_sub",
     "model.layer_norm": C + "test_transformer_with_two_layers_and_layer_norm_on_modular_sub",
+    "model.init": "tests/test_nanda_init.py::test_every_tensor_has_the_papers_std_and_zero_mean_and_biases_are_zero",
     # ---- optim ----
     "optim.name": O + "test_adam_and_adamw_steps_with_their_betas_eps_and_weight_decay",
     "optim.lr": O + "test_sgd_momentum_nesterov_and_weight_decay_steps",
@@ -169,6 +171,10 @@ COVERED = {
     "influence.top_k": C + "test_hadamard_projection_and_influence_options",
     "influence.seed": C + "test_hadamard_projection_and_influence_options",
     "influence.report_examples": C + "test_hadamard_projection_and_influence_options",
+    # ---- progress ----
+    "progress.enabled": "tests/test_progress.py::test_only_modular_add_and_sub_runs_with_progress_enabled_plan_the_stage",
+    "progress.key_frequencies": "tests/test_progress.py::test_key_frequencies_from_the_final_or_each_checkpoint",
+    "progress.key_frequencies_from": "tests/test_progress.py::test_key_frequencies_from_the_final_or_each_checkpoint",
     # ---- signals ----
     "signals.detectors": C + "test_detector_subset_and_thresholds",
     "signals.cos_rule.threshold": C + "test_detector_subset_and_thresholds",
@@ -204,6 +210,7 @@ COVERED = {
     "curvature.density": C + "test_density_per_layer_and_gauss_newton_samples",
     "curvature.density_iters": K + "test_compute_curvature_extras_match_the_standalone_measures",
     "curvature.per_layer": C + "test_density_per_layer_and_gauss_newton_samples",
+    "curvature.ggn": K + "test_compute_curvature_ggn_top_eigenvalue_and_density",
     # ---- plots ----
     "plots.dpi": "tests/test_plots.py::test_plot_training",
     "plots.gif_points": "tests/test_plots.py::test_render_projection_animation",

@@ -146,6 +146,32 @@ def test_plot_sweep_sharpness(tmp_path):
     check_png(path, plots.SWEEP_SHARPNESS_FIGSIZE)
 
 
+def test_sweep_sharpness_names_each_threshold_on_the_axis(tmp_path, monkeypatch):
+    """Each distinct 2/lr is a dashed line in its run's colour and a labelled tick on a right-hand
+    axis at the same height; a second seed at the same lr adds no second label."""
+    import matplotlib.colors
+
+    runs = {"lr~0.125_seed~0": 0.125, "lr~0.25_seed~0": 0.25, "lr~0.25_seed~1": 0.25, "lr~0.6_seed~0": 0.6}
+    curv = {name: curvature_table(2 / lr) for name, lr in runs.items()}
+    metrics = {name: metrics_table(seed=i) for i, name in enumerate(curv)}
+    captured = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi: (fig.canvas.draw(), captured.append(fig)))
+    plots.plot_sweep_sharpness(curv, metrics, tmp_path / "s.png", title="sharpness", dpi=DPI)
+    ax_s = captured[0].axes[0]
+    colors = plots._colors(len(runs))
+    dashed = [(line.get_ydata()[0], line.get_color()) for line in ax_s.get_lines() if line.get_linestyle() == "--"]
+    assert [y for y, _ in dashed] == [16, 8, 8, pytest.approx(2 / 0.6)]
+    assert all(matplotlib.colors.same_color(c, colors[i]) for i, (_, c) in enumerate(dashed))
+    (right,) = ax_s.child_axes  # the secondary axis that names the lines
+    assert right.get_ylim() == pytest.approx(ax_s.get_ylim())  # same scale: a tick sits on its line
+    ticks = [t for t in right.yaxis.get_major_ticks() if t.label2.get_visible() and t.label2.get_text()]
+    assert [t.get_loc() for t in ticks] == pytest.approx([16, 8, 2 / 0.6])
+    assert [t.label2.get_text() for t in ticks] == ["2/lr = 16", "2/lr = 8", "2/lr = 3.33"]
+    # each label in the colour of the first run with that threshold (lr 0.25 seed 0, not seed 1)
+    for tick, i in zip(ticks, (0, 1, 3)):
+        assert matplotlib.colors.same_color(tick.label2.get_color(), colors[i])
+
+
 # ---- PCA and layout -------------------------------------------------------------------------
 def test_fit_pca_matches_covariance_eigenvectors():
     rng = np.random.default_rng(0)

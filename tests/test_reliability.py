@@ -329,8 +329,10 @@ def test_a_run_started_again_leaves_nothing_from_an_earlier_attempt(tmp_path):
 def test_every_file_train_writes_is_a_declared_output_of_its_rule():
     from gradscope import train
 
+    from gradscope import layout
+
     rule = (REPO / "workflow" / "rules" / "train.smk").read_text().split("rule train:")[1].split("log:")[0]
-    declared = set(re.findall(r"/train/([\w.]+)\"", rule))
+    declared = {layout.IN_RUN[name].split("/", 1)[1] for name in re.findall(r'layout\.RUN\["(\w+)"\]', rule)}
     assert declared == set(train.OUTPUTS) - {"metrics.partial.parquet"}  # that one is kept for a failed run only
 
 
@@ -351,8 +353,8 @@ def test_a_damaged_artifact_is_named_with_the_command_that_writes_it_again(tmp_p
     with pytest.raises(ValueError) as err:
         artifacts.read_parquet(part)
     assert str(part) in str(err.value)
-    assert "--force results/runs/e/wd~1.0_seed~0/examples/step=10/part-0.parquet` (reruns that extract_examples job)" \
-        in str(err.value)
+    assert "--force results/runs/e/wd~1.0_seed~0/examples` (reruns that extract_examples job; with checkpoint_jobs: " \
+           "per_checkpoint, `--force results/runs/e/wd~1.0_seed~0/examples/step=10/part-0.parquet` reruns" in str(err.value)
     assert artifacts.check_file(ckpt) and artifacts.check_file(part)
 
 
@@ -459,7 +461,7 @@ def test_a_truncated_checkpoint_is_named_by_every_workflow_start(done, tmp_path)
     # run too) names it, with the command that writes it again, from the sizes in the manifest.
     import shutil as sh
 
-    from gradscope import checkpoints
+    from gradscope import artifacts
     from test_workflow import TINY
 
     cwd = copy_workflow(tmp_path / "wf", yaml.safe_load(TINY.read_text()))
@@ -467,10 +469,10 @@ def test_a_truncated_checkpoint_is_named_by_every_workflow_start(done, tmp_path)
     train = cwd / "results/runs/flips/seed~0/train"
     manifest = json.loads((train / "manifest.json").read_text())
     assert set(manifest["checkpoint_bytes"]) == set(manifest["checkpoints"])
-    assert checkpoints.damaged(train / "manifest.json") == []
+    assert artifacts.damaged_checkpoints(train / "manifest.json") == []
     ckpt = train / manifest["checkpoints"]["15"]
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
-    [line] = checkpoints.damaged(train / "manifest.json")
+    [line] = artifacts.damaged_checkpoints(train / "manifest.json")
     assert str(ckpt) in line and "1,000 bytes on disk" in line and "--force results/runs/flips/seed~0/train/metrics.parquet" in line
     proc = snakemake(cwd, "-n", "--cores", "1")
     assert proc.returncode == 0 and "damaged checkpoint results/runs/flips/seed~0/train/checkpoints/" in proc.stderr

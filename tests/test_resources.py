@@ -108,18 +108,24 @@ def test_rules_ask_for_what_the_config_needs_and_overrides_win(tmp_path):
 def test_slurm_profile_plans_one_submission_per_run_for_its_checkpoint_jobs(tmp_path):
     pytest.importorskip("snakemake_executor_plugin_slurm")
     profile = ["--profile", str(REPO / "workflow/profiles/slurm")]
-    cwd = copy_workflow(tmp_path / "wf", yaml.safe_load(TINY.read_text()))
+    # checkpoint_jobs: per_run: one extract_examples and one curvature job per run, no groups
+    cwd = copy_workflow(tmp_path / "run", {**yaml.safe_load(TINY.read_text()), "checkpoint_jobs": "per_run"})
     proc = snakemake(cwd, "-n", *profile, "--set-resources", "train:slurm_partition=gpu")
     out = proc.stdout + proc.stderr
     assert "slurm_partition=gpu" in out and out.count("rule train:") == 3  # the profile parses; overrides reach rules
+    assert "Group job" not in out and out.count("rule extract_examples:") == 3 and out.count("rule curvature:") == 3
+
+    per_checkpoint = yaml.safe_load(TINY.read_text())  # the default: one job per checkpoint
+    cwd = copy_workflow(tmp_path / "wf", per_checkpoint)
+    proc = snakemake(cwd, "-n", *profile)
+    out = proc.stdout + proc.stderr
     groups = re.findall(r"Group job (checkpoints_\S+) ", out)
     assert sorted(groups) == ["checkpoints_flips_seed~0", "checkpoints_mod_wd~0.0_seed~0", "checkpoints_mod_wd~1.0_seed~0"]
     # every extract_examples and curvature job of a run is inside its run's group
     grouped = re.findall(r"\n    rule (\w+):", out)
     assert grouped.count("extract_examples") == 9 and grouped.count("curvature") == 9
 
-    off = yaml.safe_load(TINY.read_text())
-    off["cluster"] = {"group_checkpoint_jobs": False}
+    off = {**per_checkpoint, "cluster": {"group_checkpoint_jobs": False}}
     cwd = copy_workflow(tmp_path / "off", off)
     proc = snakemake(cwd, "-n", *profile)
     assert "Group job" not in proc.stdout + proc.stderr

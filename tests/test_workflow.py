@@ -134,7 +134,7 @@ def test_eigenvectors_saved_and_warm_start_chains_a_runs_curvature_jobs(done, tm
     np.save(bad, np.ones((1, 5), np.float32))
     with pytest.raises(ValueError, match="other_model.npy"):
         pipeline.compute_curvature(config["curvature"], optim=config["optim"], loss=config["loss"], device="cpu",
-                                   data_dir=next(done.glob("results/data/planted_flips-*")),
+                                   dataset=next(done.glob("results/data/planted_flips-*")),
                                    manifest=done / "results/runs/flips/seed~0/train/manifest.json", step=30,
                                    out=tmp_path / "c.parquet", eigenvectors_out=tmp_path / "e.npy", run_id="flips/seed~0",
                                    warm=bad)

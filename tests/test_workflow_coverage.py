@@ -168,6 +168,17 @@ def test_density_per_layer_and_gauss_newton_samples(cov):
     assert sorted(layers) == sorted(want) and len(want) == len(list(model.parameters()))
     for name, value in want.items():
         assert layers[name] == pytest.approx(value, rel=1e-6), name
+    # curvature.ggn: the top GGN eigenvalue and density of the same subset, by the same Lanczos on the GGN
+    # operator, which is positive semi-definite (its density has no mass below zero); off for tok
+    from gradscope.curvature import lanczos_top
+    from gradscope.operators import GGNOperator
+
+    top = lanczos_top(GGNOperator(model, x[subset], y[subset]), k=1, iters=4, tol=1e-3, seed=0)
+    assert row["ggn_top_eigenvalue"] == pytest.approx(float(top.eigenvalues[0]), rel=1e-6) and row["ggn_mvp_count"] > 0
+    assert len(row["ggn_density"]) == len(row["ggn_density_grid"]) > 0
+    grid, dens = np.asarray(row["ggn_density_grid"]), np.asarray(row["ggn_density"])
+    assert dens[grid < -0.05 * grid.max()].sum() < 1e-3 * dens.sum()
+    assert math.isnan(curvature_row(cov, "tok", 3)["ggn_top_eigenvalue"])
     gn = gauss_newton_trace(model, x[subset], y[subset], samples=2, seed=0)
     assert row["gauss_newton_trace"] == pytest.approx(gn["trace"], rel=1e-6)
     one = gauss_newton_trace(model, x[subset], y[subset], samples=1, seed=0)

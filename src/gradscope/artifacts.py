@@ -24,6 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from gradscope import layout
+
 SCHEMA_VERSION = "1"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -187,12 +189,22 @@ CURVATURE = {
     "density_grid": pa.list_(pa.float64()),  # empty unless the spectral density is asked for
     "density": pa.list_(pa.float64()),
     "layer_sharpness": pa.map_(pa.string(), pa.float64()),  # empty unless per_layer
+    "ggn_top_eigenvalue": pa.float64(),  # the generalized Gauss-Newton's (curvature.ggn), NaN unless asked
+    "ggn_top_eigenvalues": pa.list_(pa.float64()),
+    "ggn_lanczos_steps": pa.int64(),
+    "ggn_mvp_count": pa.int64(),  # GGN-vector products (hvp_count counts the Hessian's)
+    "ggn_density_grid": pa.list_(pa.float64()),  # empty unless ggn and density
+    "ggn_density": pa.list_(pa.float64()),
     "lr": pa.float64(),
     "sharpness_threshold": pa.float64(),
     "n_examples": pa.int64(),
     "n_params": pa.int64(),
     "wall_s": pa.float64(),
 }
+# What a curvature row holds for a measure that did not run (gradscope.curvature.compute_curvature
+# returns only the measures that ran): NaN, an empty list or map, a count of 0.
+CURVATURE_ABSENT = {name: ([] if isinstance(t, pa.ListType) else {} if isinstance(t, pa.MapType)
+                           else 0 if pa.types.is_integer(t) else float("nan")) for name, t in CURVATURE.items()}
 
 
 def arrow_schema(columns: dict[str, pa.DataType], meta: dict[str, str] | None = None) -> pa.Schema:
@@ -277,9 +289,10 @@ def read_parquet(path, columns=None) -> pd.DataFrame:
 
 
 def read_partitions(paths) -> pd.DataFrame:
-    """Read Hive-partitioned files (`.../step=<n>/part-0.parquet`) into one table with an int64 `step` column."""
+    """Read Hive-partitioned files (`.../step=<n>/part-0.parquet`, or folders of them: see
+    `layout.partition_files`) into one table with an int64 `step` column."""
     parts = []
-    for path in paths:
+    for path in layout.partition_files(paths):
         key, _, value = Path(path).parent.name.partition("=")
         if key != "step" or not value.isdigit():
             raise ValueError(f"{path} is not in a step=<n> partition folder")
@@ -342,32 +355,63 @@ def read_json(path) -> dict:
         raise ValueError(f"corrupt JSON file {path}: {e}; {regenerate_hint(path)}") from e
 
 
-# The job that writes each workflow artifact, found from where the file lies: (pattern, rule,
-# the declared output that `snakemake --force` reruns that one job for).
-_PRODUCERS = (
-    (r"results/data/(?P<d>[^/]+)/", "generate_data", "results/data/{d}/meta.json"),
-    (r"results/runs/(?P<e>[^/]+)/(?P<r>[^/]+)/train/", "train", "results/runs/{e}/{r}/train/metrics.parquet"),
-    (r"results/runs/(?P<e>[^/]+)/(?P<r>[^/]+)/examples/step=(?P<s>\d+)/", "extract_examples",
-     "results/runs/{e}/{r}/examples/step={s}/part-0.parquet"),
-    (r"results/runs/(?P<e>[^/]+)/(?P<r>[^/]+)/curvature/step=(?P<s>\d+)/", "curvature",
-     "results/runs/{e}/{r}/curvature/step={s}/part-0.parquet"),
-    (r"results/runs/(?P<e>[^/]+)/(?P<r>[^/]+)/signals/", "detect_signals", "results/runs/{e}/{r}/signals/summary.json"),
-    (r"results/runs/(?P<e>[^/]+)/(?P<r>[^/]+)/influence/", "influence", "results/runs/{e}/{r}/influence/summary.json"),
-    (r"results/runs/(?P<e>[^/]+)/(?P<r>[^/]+)/config\.yaml$", "resolve_config", "results/runs/{e}/{r}/config.yaml"),
-    (r"results/sweeps/(?P<e>[^/]+)/", "sweep_report", "results/sweeps/{e}/report.md"),
-)
+def _producers() -> list[tuple[re.Pattern, str, str, str | None]]:
+    """The job that writes each workflow artifact, found from the folder the file lies in:
+    (that folder as a regex, the rule, the declared output that `snakemake --force` reruns that
+    one job for, and with checkpoint_jobs: per_checkpoint the one-checkpoint output instead)."""
+    def folder(pattern: str, end: str = "") -> re.Pattern:
+        text = re.escape(pattern)
+        for name in ("dataset", "experiment", "run", "step"):
+            text = text.replace(re.escape("{" + name + "}"), f"(?P<{name}>[^/]+)")
+        return re.compile(text + end)
+
+    R = layout.RUN
+    return [
+        (folder(layout.DATASET["meta"].rsplit("/", 1)[0] + "/"), "generate_data", layout.DATASET["meta"], None),
+        (folder(layout.RUN_DIR + "/train/"), "train", R["metrics"], None),
+        (folder(R["examples"].rsplit("/", 1)[0] + "/"), "extract_examples", R["examples_dir"], R["examples"]),
+        (folder(R["curvature"].rsplit("/", 1)[0] + "/"), "curvature", R["curvature_dir"], R["curvature"]),
+        (folder(R["signals_summary"].rsplit("/", 1)[0] + "/"), "detect_signals", R["signals_summary"], None),
+        (folder(R["influence_summary"].rsplit("/", 1)[0] + "/"), "influence", R["influence_summary"], None),
+        (folder(R["progress"], "$"), "progress", R["progress"], None),
+        (folder(R["config"], "$"), "resolve_config", R["config"], None),
+        (folder(layout.SWEEP["report"].rsplit("/", 1)[0] + "/"), "sweep_report", layout.SWEEP["report"], None),
+    ]
 
 
 def regenerate_hint(path) -> str:
     """What to run to write a damaged artifact again: its job, forced, then the rest of the workflow
     (a plain rerun would not see the damage: the file exists and is newer than its inputs)."""
     text = Path(path).as_posix()
-    for pattern, rule, target in _PRODUCERS:
-        m = re.search(pattern, text)
+    for pattern, rule, target, one_checkpoint in _producers():
+        m = pattern.search(text)
         if m:
-            return (f"the file is damaged: write it again with `snakemake --cores 2 --force {target.format(**m.groupdict())}` "
-                    f"(reruns that {rule} job), then `snakemake --cores 2` for what depends on it")
+            hint = (f"the file is damaged: write it again with `snakemake --cores 2 --force {target.format(**m.groupdict())}` "
+                    f"(reruns that {rule} job")
+            if one_checkpoint:
+                hint += (f"; with checkpoint_jobs: per_checkpoint, `--force {one_checkpoint.format(**m.groupdict())}` "
+                         "reruns that checkpoint's job alone")
+            return hint + "), then `snakemake --cores 2` for what depends on it"
     return "the file is damaged: delete it and run the command that wrote it again"
+
+
+def damaged_checkpoints(manifest_path) -> list[str]:
+    """What is wrong with the checkpoints a training manifest lists, by size against what training
+    wrote (a stat per file, cheap enough for every workflow start): one line per file, naming it and
+    the command that writes it again; [] when all are whole or the manifest records no sizes."""
+    manifest_path = Path(manifest_path)
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return []  # a missing manifest means no trained run; a damaged one is named when read
+    out = []
+    for step, size in (manifest.get("checkpoint_bytes") or {}).items():
+        path = manifest_path.parent / manifest["checkpoints"][step]
+        found = path.stat().st_size if path.exists() else None
+        if found != size:
+            state = "missing" if found is None else f"{found:,} bytes on disk, {size:,} written"
+            out.append(f"{path}: {state}; {regenerate_hint(path)}")
+    return out
 
 
 def check_file(path) -> str | None:

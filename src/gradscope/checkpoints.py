@@ -12,7 +12,6 @@ Written atomically, so a checkpoint file that exists is whole; the same state gi
 from __future__ import annotations
 
 import io
-import json
 import random
 import sys
 from pathlib import Path
@@ -95,22 +94,3 @@ def load(path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dic
     model = build_model(state["settings"]["model"], InputSpec.from_dict(state["input_spec"]))
     model.load_state_dict(state["model_state"])
     return model.to(device).eval(), state
-
-
-def damaged(manifest_path) -> list[str]:
-    """What is wrong with the checkpoints a training manifest lists, by size against what training
-    wrote (a stat per file, cheap enough for every workflow start): one line per file, naming it and
-    the command that writes it again; [] when all are whole or the manifest records no sizes."""
-    manifest_path = Path(manifest_path)
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError):
-        return []  # a missing manifest means no trained run; a damaged one is named when read
-    out = []
-    for step, size in (manifest.get("checkpoint_bytes") or {}).items():
-        path = manifest_path.parent / manifest["checkpoints"][step]
-        found = path.stat().st_size if path.exists() else None
-        if found != size:
-            state = "missing" if found is None else f"{found:,} bytes on disk, {size:,} written"
-            out.append(f"{path}: {state}; {artifacts.regenerate_hint(path)}")
-    return out

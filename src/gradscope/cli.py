@@ -21,7 +21,10 @@ def parse_run_name(name: str) -> dict:
 
 
 def run_folders(results: Path) -> list[Path]:
-    return sorted(p.parent for p in (results / "runs").glob("*/*/config.yaml"))
+    """The run folders under `results` that hold a resolved config.yaml."""
+    from gradscope import layout
+
+    return [f for f in layout.run_folders(results) if layout.in_run(f, "config").exists()]
 
 
 def run_status(folder: Path, logs_dir: Path | None = None) -> dict:
@@ -31,27 +34,28 @@ def run_status(folder: Path, logs_dir: Path | None = None) -> dict:
     metrics yet), "not trained", "<rule> failed" (that job's log under `logs_dir` ends in its
     failure; "note" names the log), or "damaged" (an artifact does not read; "note" says which
     and how to regenerate it)."""
-    from gradscope import pipeline
+    from gradscope import layout, pipeline
     from gradscope.logs import failed_logs
 
-    metrics, summary = folder / "train" / "metrics.parquet", folder / "signals" / "summary.json"
-    curvature = sorted(folder.glob("curvature/step=*/part-0.parquet"))
+    metrics, summary = layout.in_run(folder, "metrics"), layout.in_run(folder, "signals_summary")
+    curvature = layout.tables_in(folder, "curvature")
     failed = failed_logs(logs_dir, folder.parent.name, folder.name) if logs_dir is not None else []
     if not (metrics.exists() and summary.exists() and curvature):
         if failed:
             return {"status": f"{failed[0][0]} failed", "note": f"see {failed[0][1]}"}
-        if (folder / "train" / "metrics.partial.parquet").exists() and not metrics.exists():
-            return {"status": "train failed", "note": f"see {folder / 'train' / 'metrics.partial.parquet'}"}
+        if layout.in_run(folder, "metrics_partial").exists() and not metrics.exists():
+            return {"status": "train failed", "note": f"see {layout.in_run(folder, 'metrics_partial')}"}
         if metrics.exists():
             return {"status": "trained"}
-        return {"status": "training" if any((folder / "train" / "resume").glob("step_*.pt")) else "not trained"}
+        return {"status": "training" if any(layout.in_run(folder, "resume").glob("step_*.pt")) else "not trained"}
     try:
         head = pipeline.run_headline(metrics_path=metrics, summary_path=summary, curvature_paths=curvature)
     except (OSError, ValueError, KeyError) as e:
         return {"status": "damaged", "note": str(e).splitlines()[0]}
-    if not (folder / "report.md").exists() and failed:
+    done = layout.in_run(folder, "report").exists()
+    if not done and failed:
         return {"status": f"{failed[0][0]} failed", "note": f"see {failed[0][1]}", **head}
-    return {"status": "done" if (folder / "report.md").exists() else "analysed", **head}
+    return {"status": "done" if done else "analysed", **head}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -96,13 +100,18 @@ def runs(results: Path, experiment: str | None):
               help="Results folder of a workflow run.")
 def show(run: str, results: Path):
     """Print one run's summary: its settings, headline figures and artifacts. RUN is e.g. grokking/wd~1.0_seed~0."""
-    folder = results / "runs" / run
-    if not (folder / "config.yaml").exists():
+    from gradscope import layout
+
+    folder = layout.run_dir(run, results)
+    if not layout.in_run(folder, "config").exists():
         known = ", ".join(f"{p.parent.name}/{p.name}" for p in run_folders(results)) or "none"
         raise click.ClickException(f"no run {run!r} under {results / 'runs'}; known runs: {known}")
     from gradscope import artifacts
 
-    settings = yaml.safe_load((folder / "config.yaml").read_text())
+    from gradscope.config import applicable
+
+    # what applies to the run only (a config.yaml written before trimming shows the same)
+    settings = applicable(yaml.safe_load(layout.in_run(folder, "config").read_text()) or {})
     click.echo(f"run {run}")
     for section in ("data", "model", "optim", "train"):
         click.echo(f"  {section}: {settings.get(section)}")
@@ -132,8 +141,8 @@ def train_command(run: str, config_path: Path, results: Path):
     """
     import logging
 
-    from gradscope import artifacts, pipeline
-    from gradscope.config import ConfigError, dataset_id, load_config_files, load_runs, train_slice
+    from gradscope import artifacts, layout, pipeline
+    from gradscope.config import ConfigError, applicable, dataset_id, load_config_files, load_runs, train_slice
     from gradscope.train import RunLocked
 
     try:  # the runs Snakemake would plan for --configfile CONFIG (README, "Configuration")
@@ -143,12 +152,12 @@ def train_command(run: str, config_path: Path, results: Path):
     if run not in runs:
         raise click.ClickException(f"no run {run!r} in {config_path}; its runs: {', '.join(runs)}")
     settings = runs[run].settings
-    data_dir = results / "data" / dataset_id(settings)
-    if not (data_dir / "meta.json").exists():
-        pipeline.generate_data(train_slice(settings)["data"], train_path=data_dir / "train.parquet",
-                               test_path=data_dir / "test.parquet", meta_path=data_dir / "meta.json")
-    out = results / "runs" / run
-    artifacts.write_yaml(settings, out / "config.yaml")
+    files = {split: layout.dataset_file(split, dataset_id(settings), results) for split in layout.DATASET}
+    if not Path(files["meta"]).exists():
+        pipeline.generate_data(train_slice(settings)["data"], train_path=files["train"], test_path=files["test"],
+                               meta_path=files["meta"])
+    out = layout.run_dir(run, results)
+    artifacts.write_yaml(applicable(settings), layout.in_run(out, "config"))  # as rule resolve_config writes it
     logging.basicConfig(level=logging.WARNING)
     with click.progressbar(length=settings["train"]["steps"], label=f"training {run}") as bar:
         last = [0]
@@ -158,13 +167,13 @@ def train_command(run: str, config_path: Path, results: Path):
             last[0] = step
 
         try:
-            metrics = pipeline.train(train_slice(settings), data_dir=data_dir, out_dir=out / "train", run_id=run,
-                                     progress=advance)
+            metrics = pipeline.train(train_slice(settings), dataset=files,
+                                     out_dir=layout.in_run(out, "metrics").parent, run_id=run, progress=advance)
         except (RunLocked, FloatingPointError, OSError) as e:  # a held lock, divergence, a full disk
             raise click.ClickException(str(e))
     final = metrics.iloc[-1]
     click.echo(f"{run}: step {int(final['step'])}, train acc {final['train_acc']:.3f}, test acc {final['test_acc']:.3f}; "
-               f"wrote {out / 'train'}")
+               f"wrote {layout.in_run(out, 'metrics').parent}")
 
 
 @main.command()

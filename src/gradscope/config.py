@@ -24,7 +24,7 @@ import yaml
 from gradscope import factories
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-SECTIONS = ("data", "model", "optim", "train", "examples", "signals", "curvature", "influence", "plots")
+SECTIONS = ("data", "model", "optim", "train", "examples", "signals", "curvature", "influence", "progress", "plots")
 # Short names for grid keys in run ids; anything else uses the last component of the key.
 ABBREVIATIONS = {
     "weight_decay": "wd",
@@ -151,11 +151,12 @@ def load_runs(config: dict, schema_path: str | Path | None = None, *,
 
     check_device: also check that `device: cuda` has a CUDA device here (where the jobs run;
     off on a cluster's login node, whose jobs run elsewhere)."""
-    config = validate(_coerce_scalars(copy.deepcopy(dict(config))), _schema(schema_path))
+    given = _coerce_scalars(copy.deepcopy(dict(config)))
+    config = validate(copy.deepcopy(given), _schema(schema_path))
     config.pop("extend_experiments", None)  # a directive of one config file (see `compose`), not a setting
     if check_device:
         require_device(config.get("device", "auto"))
-    return config, expand_runs(config, schema_path)  # grid values are validated too, before any job starts
+    return config, expand_runs(config, schema_path, given=given)  # grid values are validated too, before any job starts
 
 
 def require_device(device: str) -> None:
@@ -189,6 +190,88 @@ def section(name: str, given: dict | None = None, **overrides) -> dict:
 def section_defaults(name: str) -> dict:
     """The schema's defaults of one section (the model's are those of an MLP)."""
     return section(name)
+
+
+_DEFAULT_KEYS: dict = {}  # section -> its defaults, for `filled`'s check (read once: a job's schema does not change)
+
+
+def filled(name: str, given: dict | None) -> dict:
+    """`section(name, given)`, or `given` itself where it already holds every setting that has a
+    default (a section the workflow resolved): for library functions called in a loop, which
+    should not validate their section again at every call."""
+    if name not in _DEFAULT_KEYS:
+        _DEFAULT_KEYS[name] = section_defaults(name)
+    if isinstance(given, dict) and _holds_all(given, _DEFAULT_KEYS[name]):
+        return given
+    return section(name, given)
+
+
+def _holds_all(given: dict, defaults: dict) -> bool:
+    return all(k in given and (not (isinstance(v, dict) and v) or isinstance(given[k], dict) and _holds_all(given[k], v))
+               for k, v in defaults.items())
+
+
+# ---- what applies to a run: the resolved config a reader is shown --------------------------
+# An object in the schema whose keys depend on one of its own keys names that key in
+# `x-selector` (model: kind; optim: name; optim.schedule: kind; data: generator), and each of
+# its other keys says in `x-when` for which values of it the key applies: a list, or `all`.
+# tests/test_defaults.py fails for a key of such an object that has no `x-when`.
+def applicable(settings: dict) -> dict:
+    """A copy of a run's settings (or of any part of them that has the experiment's sections)
+    holding only what applies to the run: the chosen data generator's block, the model keys of
+    its kind, the optimizer keys of its optimizer and the schedule keys of its schedule.
+
+    For reading only: the resolved config.yaml of a run and `gradscope show`. The jobs, run
+    ids, dataset ids and what reruns depend on the full settings; `section` (or `validate`)
+    fills a trimmed section back to them, each dropped key at its default."""
+    schema = _schema()
+    sections = schema["$defs"]["experiment"]["properties"]
+    return {k: _applicable(v, sections[k], schema) if k in SECTIONS else copy.deepcopy(v) for k, v in settings.items()}
+
+
+def _dropped(given, kept, prefix: str = "", node: dict | None = None) -> dict[str, tuple]:
+    """{dotted key: (value, why)} of what `applicable` left out of `given`: the keys a config sets that
+    its run does not use (an optimizer's key under another optimizer, another model kind's key ...)."""
+    schema = _schema()
+    out = {}
+    for key, value in given.items():
+        path = f"{prefix}{key}"
+        sub = _resolved((node or {}).get("properties", {}).get(key, {}), schema) if node is not None else \
+            _resolved(schema["$defs"]["experiment"]["properties"].get(key, {}), schema)
+        if key not in kept:
+            parent = node or {}
+            selector = parent.get("x-selector")
+            chosen = given.get(selector, parent.get("properties", {}).get(selector, {}).get("default"))
+            when = sub.get("x-when")
+            if when is None and selector == "generator":  # a data generator's block
+                when = [key]
+            why = f"{prefix}{selector} is {chosen!r}; it applies to {selector} " + ", ".join(map(repr, when or []))
+            out[path] = (value, why)
+        elif isinstance(value, dict) and isinstance(kept.get(key), dict) and "properties" in sub:
+            out.update(_dropped(value, kept[key], path + ".", sub))
+    return out
+
+
+def _resolved(node: dict, schema: dict) -> dict:
+    while "$ref" in node:  # only local references, "#/$defs/NAME"
+        node = {**schema["$defs"][node["$ref"].rsplit("/", 1)[-1]], **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def _applicable(value, node: dict, schema: dict):
+    node = _resolved(node, schema)
+    properties = node.get("properties")
+    if not isinstance(value, dict) or not isinstance(properties, dict):
+        return copy.deepcopy(value)
+    selector = node.get("x-selector")
+    chosen = value.get(selector, properties.get(selector, {}).get("default")) if selector else None
+    out = {}
+    for key, sub in value.items():
+        when = properties.get(key, {}).get("x-when", "all")
+        if selector and key != selector and when != "all" and chosen not in when:
+            continue
+        out[key] = _applicable(sub, properties[key], schema) if key in properties else copy.deepcopy(sub)
+    return out
 
 
 # ---- config files: reading them, and how several combine ----------------------------------
@@ -334,8 +417,11 @@ def _sorted(value):
     return value
 
 
-def expand_runs(config: dict, schema_path: str | Path | None = None) -> list[Run]:
-    """All runs of all experiments, in config order; each run's settings validated on their own."""
+def expand_runs(config: dict, schema_path: str | Path | None = None, *, given: dict | None = None) -> list[Run]:
+    """All runs of all experiments, in config order; each run's settings validated on their own.
+
+    given: the config as written, before defaults were filled in: a key it sets that applies to
+    none of an experiment's runs (momentum under adam, a width for a transformer) is an error."""
     schema = _schema(schema_path)
     experiment = _validator({"$defs": schema["$defs"], **schema["$defs"]["experiment"]}, True)
     runs, problems = [], []
@@ -349,6 +435,7 @@ def expand_runs(config: dict, schema_path: str | Path | None = None) -> list[Run
             continue
         base = {s: exp[s] for s in SECTIONS if s in exp}
         found, n_runs = {}, len(exp.get("seeds", [0])) * int(np.prod([len(grid[k]) for k in keys]))
+        unused = None  # keys the experiment sets that apply to none of its runs
         for values in itertools.product(*(grid[k] for k in keys)):
             for seed in exp.get("seeds", [0]):
                 settings = copy.deepcopy(base)
@@ -356,6 +443,13 @@ def expand_runs(config: dict, schema_path: str | Path | None = None) -> list[Run
                     _set_dotted(settings, k, v)
                 varying = {short[k]: v for k, v in zip(keys, values)}
                 name = "_".join([f"{short[k]}~{_format_value(v)}" for k, v in zip(keys, values)] + [f"seed~{seed}"])
+                if given is not None:
+                    written = {s: copy.deepcopy(given["experiments"][exp_name][s]) for s in SECTIONS
+                               if s in given["experiments"][exp_name]}
+                    for k, v in zip(keys, values):
+                        _set_dotted(written, k, v)
+                    dropped = _dropped(written, applicable(written))
+                    unused = dropped if unused is None else {k: v for k, v in unused.items() if k in dropped}
                 _check(experiment, settings, prefix=f"experiments.{exp_name} (run {name})")
                 _check_factories(settings, prefix=f"experiments.{exp_name} (run {name})")
                 for check in CROSS_CHECKS:
@@ -365,6 +459,8 @@ def expand_runs(config: dict, schema_path: str | Path | None = None) -> list[Run
                 runs.append(Run(exp_name, name, _sorted(settings), {**varying, "seed": seed}))
         problems += [text + ("" if len(names) == n_runs else f" (run{'s' * (len(names) > 1)} {', '.join(names)})")
                      for text, names in found.items()]
+        problems += [f"bad key at experiments.{exp_name}.{key}: {value!r} is set but applies to none of the experiment's "
+                     f"runs ({why})" for key, (value, why) in sorted((unused or {}).items())]
     names = [r.id for r in runs]
     problems += [f"run id {i!r} comes from two different grid points (their values print alike); make the values "
                  "distinct as text" for i in sorted({i for i in names if names.count(i) > 1})]

@@ -1,5 +1,11 @@
-"""Curvature of the training loss: Hessian spectrum and trace, Fisher and Gauss-Newton traces,
-sensitivity to the input and sharpness along the optimizer's update.
+"""Curvature of the training loss: algorithms on curvature operators (top eigenvalues, spectral
+density, trace), the Hessian, Gauss-Newton and Fisher measures built on them, sensitivity to the
+input and sharpness along the optimizer's update.
+
+The matrices themselves (Hessian, generalized Gauss-Newton, empirical and true Fisher) are the
+operators of `gradscope.operators`; the algorithms here (`lanczos_top`, `slq_density`,
+`hutchinson`) take any of them, and the model-level functions (`top_eigenvalues`,
+`hessian_trace`, `spectral_density`, ...) build the Hessian's and call them.
 
 Every Hessian here is that of the MEAN loss over the given examples w.r.t. the trainable
 parameters (requires_grad=True; frozen ones are constants and cost nothing), flattened in
@@ -44,42 +50,23 @@ import copy
 import functools
 import math
 import time
-from contextlib import contextmanager
 from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from gradscope.examples import per_example_stats
-from gradscope.losses import one_hot, per_example_loss
-from gradscope.modes import eval_mode
+from gradscope import config
+from gradscope.losses import per_example_loss
+from gradscope.operators import (CurvatureOperator, GGNOperator, HessianOperator, measuring, n_trainable,
+                                 trainable_parameters)
 from gradscope.optim import build_optimizer, lr_at
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 
 
-def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """(name, parameter) of every parameter with requires_grad, in named_parameters order: the
-    coordinates of every Hessian, eigenvector and update here."""
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if not named:
-        raise ValueError("model has no trainable parameters (none has requires_grad=True)")
-    return named
-
-
-def n_trainable(model: nn.Module) -> int:
-    """The length of a parameter-space vector here (an eigenvector, an update): trainable entries only."""
-    return sum(p.numel() for _, p in trainable_parameters(model))
-
-
-@contextmanager
-def _measuring(model: nn.Module, eval: bool, what: str):
-    """The model in eval mode (see `gradscope.modes.eval_mode`) and attention on the math kernel."""
-    with eval_mode(model, eval, what=what), sdpa_kernel(SDPBackend.MATH):
-        yield
+_measuring = measuring
 
 
 def _measured(fn):
@@ -98,74 +85,6 @@ def _measured(fn):
 # --------------------------------------------------------------------------------------------
 
 
-class _LossGraph(NamedTuple):
-    """The gradient of the mean loss, built with create_graph so that HVPs are one backward each."""
-
-    names: list[str]
-    leaves: list[torch.Tensor]  # detached stand-ins for the parameters
-    grads: tuple  # d(mean loss)/d(leaf), each with its graph (or None when unused)
-    shapes: list[torch.Size]
-    numels: list[int]
-    dtype: torch.dtype
-    device: torch.device
-
-
-def _loss_graph(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss: str) -> _LossGraph:
-    """Call inside `_measuring` (eval mode, math attention): the graph records the kernels used."""
-    named = trainable_parameters(model)  # frozen parameters stay the module's own: constants
-    dtype, device = named[0][1].dtype, named[0][1].device
-    # Detached leaves share storage with the parameters and are never written: the model is not mutated.
-    leaves = {name: p.detach().requires_grad_(True) for name, p in named}
-    inputs, targets = inputs.to(device), targets.to(device)
-    if inputs.is_floating_point():
-        inputs = inputs.to(dtype)  # token ids stay integer
-    with torch.enable_grad():
-        logits = functional_call(model, {**dict(model.named_buffers()), **leaves}, (inputs,))
-        mean_loss = per_example_loss(logits, targets, loss).mean()
-        grads = torch.autograd.grad(mean_loss, list(leaves.values()), create_graph=True, allow_unused=True)
-    return _LossGraph(list(leaves), list(leaves.values()), grads, [p.shape for _, p in named],
-                      [p.numel() for _, p in named], dtype, device)
-
-
-def _has_curvature(g) -> bool:
-    """A gradient that is None or constant has zero second derivative: leave it out of the backward."""
-    return g is not None and g.requires_grad
-
-
-def _full_hvp(graph: _LossGraph) -> MatVec:
-    live = [i for i, g in enumerate(graph.grads) if _has_curvature(g)]
-
-    def hvp(v: torch.Tensor) -> torch.Tensor:
-        chunks = v.to(dtype=graph.dtype, device=graph.device).split(graph.numels)  # per-parameter pieces of (n,)
-        out = [torch.zeros(s, dtype=graph.dtype, device=graph.device) for s in graph.shapes]
-        if live:
-            with torch.enable_grad():
-                parts = torch.autograd.grad(
-                    [graph.grads[i] for i in live], graph.leaves,
-                    grad_outputs=[chunks[i].view(graph.shapes[i]) for i in live],
-                    retain_graph=True, allow_unused=True,
-                )
-            out = [o if p is None else p for o, p in zip(out, parts)]
-        return torch.cat([o.reshape(-1) for o in out])  # (n,)
-
-    return hvp
-
-
-def _block_hvp(graph: _LossGraph, i: int) -> MatVec:
-    """v -> H_ii v for the diagonal block of parameter tensor i (v and the result flat, (numel_i,))."""
-    g, leaf, shape = graph.grads[i], graph.leaves[i], graph.shapes[i]
-
-    def hvp(v: torch.Tensor) -> torch.Tensor:
-        if not _has_curvature(g):
-            return torch.zeros(graph.numels[i], dtype=graph.dtype, device=graph.device)
-        with torch.enable_grad():
-            (part,) = torch.autograd.grad(g, leaf, grad_outputs=v.to(graph.dtype).view(shape), retain_graph=True,
-                                          allow_unused=True)
-        return torch.zeros_like(v) if part is None else part.reshape(-1)
-
-    return hvp
-
-
 def hvp_fn(
     model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy", eval: bool = False
 ) -> tuple[MatVec, int]:
@@ -182,9 +101,8 @@ def hvp_fn(
     # float32, batch 512, torch 2.13 CPU, 2 threads, mean of 20 calls after warm-up, 3 runs):
     # 6.4-8.1 ms vs 14.5-17.0 ms per HVP, i.e. double backward ~2.2x faster (6.8-8.4 ms even
     # counting the one-off graph build). The price is holding that graph for the closure's life.
-    with _measuring(model, eval, "hvp_fn"):
-        graph = _loss_graph(model, inputs, targets, loss)
-    return _full_hvp(graph), sum(graph.numels)
+    op = HessianOperator(model, inputs, targets, loss=loss, eval=eval)
+    return op.matvec, op.n
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,18 +231,30 @@ def lanczos(matvec: MatVec, n: int, *, iters: int, seed: int = 0, dtype: torch.d
     return LanczosResult(evals, vecs, len(alphas), beta * np.abs(S[-1]))
 
 
-def _top(hvp: MatVec, n: int, k: int, iters: int, seed: int, dtype, device, vectors: bool, tol: float | None = None,
-         warm=None):
-    if not 1 <= k <= min(iters, n):
-        raise ValueError(f"need 1 <= k <= min(iters, n_params) = {min(iters, n)}, got k={k}")
-    res = lanczos(hvp, n, iters=iters, seed=seed, dtype=dtype, device=device, return_eigenvectors=vectors, k=k,
-                  tol=tol, warm=warm)
+class TopEigen(NamedTuple):
+    eigenvalues: np.ndarray  # (k,) float64, largest algebraic first (fewer than k only on breakdown)
+    eigenvectors: np.ndarray | None  # (k, n) float64 unit Ritz vectors, row i for eigenvalues[i]; if asked
+    steps: int  # Lanczos steps = matrix-vector products
+    residual: float  # max_i r_i / |theta_i|: each value lies within this fraction of an eigenvalue
+
+
+def lanczos_top(op: CurvatureOperator, *, k: int, iters: int, tol: float | None = None, seed: int = 0,
+                warm: torch.Tensor | np.ndarray | None = None, return_eigenvectors: bool = False) -> TopEigen:
+    """Top-k eigenvalues of any curvature operator by Lanczos (see `lanczos`): at most min(iters, n)
+    products, fewer once each of the k has Ritz residual <= tol * |value| (`converged`: a
+    certified bound, not a heuristic) or on breakdown; from `warm` vectors if given (`start_vector`)."""
+    iters = min(iters, op.n)
+    if not 1 <= k <= iters:
+        raise ValueError(f"need 1 <= k <= min(iters, n_params) = {iters}, got k={k}")
+    res = lanczos(op.matvec, op.n, iters=iters, seed=seed, dtype=op.dtype, device=op.device,
+                  return_eigenvectors=return_eigenvectors, k=k, tol=tol, warm=warm)
     # On breakdown fewer than k Ritz values exist (Lanczos cannot see multiplicities): return those.
     order = np.argsort(res.eigenvalues)[::-1][:k]
-    vecs = res.eigenvectors[torch.from_numpy(order.copy())].double().cpu().numpy() if vectors else None
+    vecs = (res.eigenvectors[torch.from_numpy(order.copy())].double().cpu().numpy()
+            if return_eigenvectors else None)
     with np.errstate(divide="ignore", invalid="ignore"):
         bound = float(np.max(res.residuals[order] / np.abs(res.eigenvalues[order])))  # inf/nan at a zero value
-    return res.eigenvalues[order], vecs, res.steps, bound
+    return TopEigen(res.eigenvalues[order], vecs, res.steps, bound)
 
 
 def _param_kind(model: nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -347,33 +277,33 @@ def top_eigenvalues(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
     Fewer than k come back only if Lanczos breaks down first (H has fewer distinct eigenvalues
     visible from the start vector than k). eval: see the module docstring.
     """
-    hvp, n = hvp_fn(model, inputs, targets, loss=loss, eval=eval)
-    vals, vecs, _, _ = _top(hvp, n, k, min(iters, n), seed, *_param_kind(model), return_eigenvectors, tol, warm)
-    return (vals, vecs) if return_eigenvectors else vals
+    top = lanczos_top(HessianOperator(model, inputs, targets, loss=loss, eval=eval), k=k, iters=iters, tol=tol,
+                      seed=seed, warm=warm, return_eigenvectors=return_eigenvectors)
+    return (top.eigenvalues, top.eigenvectors) if return_eigenvectors else top.eigenvalues
 
 
-def _layer_top(graph: _LossGraph, iters: int, seed: int) -> tuple[dict[str, float], int]:
-    out, hvps = {}, 0
-    for i, (name, numel) in enumerate(zip(graph.names, graph.numels)):
-        if numel < 2:
-            continue
-        res = lanczos(_block_hvp(graph, i), numel, iters=min(iters, numel), seed=seed, dtype=graph.dtype,
-                      device=graph.device)
-        out[name], hvps = float(res.eigenvalues[-1]), hvps + res.steps
-    return out, hvps
+LAYER_ITERS = 20  # Lanczos steps per diagonal block (per_layer): a block's top eigenvalue converges fast
+
+
+def _layer_top(hessian: HessianOperator, *, iters: int, seed: int) -> tuple[dict[str, float], int]:
+    """Top eigenvalue of each diagonal block with at least 2 entries, and the block products used."""
+    out, products = {}, 0
+    for i, (name, numel) in enumerate(zip(hessian.leaves.names, hessian.leaves.numels)):
+        if numel >= 2:
+            top = lanczos_top(hessian.block(i), k=1, iters=iters, seed=seed)
+            out[name], products = float(top.eigenvalues[0]), products + top.steps
+    return out, products
 
 
 def layer_top_eigenvalues(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
-                          loss: str = "cross_entropy", iters: int = 20, seed: int = 0,
+                          loss: str = "cross_entropy", iters: int = LAYER_ITERS, seed: int = 0,
                           eval: bool = False) -> dict[str, float]:
     """Top (largest algebraic) eigenvalue of each trainable parameter tensor's diagonal Hessian block H_ii, by name.
 
     Lanczos (`min(iters, numel)` steps) on block HVPs, each one backward pass restricted to that
     tensor. Tensors with fewer than 2 entries are skipped. eval: see the module docstring.
     """
-    with _measuring(model, eval, "layer_top_eigenvalues"):
-        graph = _loss_graph(model, inputs, targets, loss)
-    return _layer_top(graph, iters, seed)[0]
+    return _layer_top(HessianOperator(model, inputs, targets, loss=loss, eval=eval), iters=iters, seed=seed)[0]
 
 
 def _rademacher(n: int, gen: torch.Generator, dtype, device) -> torch.Tensor:
@@ -409,30 +339,33 @@ def smoothed_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, s
     return (np.exp(-0.5 * z**2) / (sigma * math.sqrt(2 * math.pi))) @ weights
 
 
-def _density(matvec, n, iters, runs, seed, grid, sigma, dtype, device) -> dict:
-    nodes, weights = slq(matvec, n, iters=iters, runs=runs, seed=seed, dtype=dtype, device=device)
+def slq_density(op: CurvatureOperator, *, iters: int, runs: int = 1, seed: int = 0, grid: np.ndarray | None = None,
+                sigma: float = 0.01) -> dict:
+    """Spectral density of any curvature operator by stochastic Lanczos quadrature (see `slq`),
+    Gaussian-smoothed: dict(grid, density, nodes, weights, sigma, steps).
+
+    `sigma` on input is the Gaussian width as a fraction of the range of the Ritz values (the
+    absolute width used is returned as `sigma`); the default grid is 1000 points spanning the
+    Ritz values +- 5 widths. The density integrates to 1: it estimates (1/n) sum_i delta(t -
+    lambda_i), smoothed. `steps`: matrix-vector products used (runs * min(iters, n), fewer on breakdown).
+    """
+    nodes, weights = slq(op.matvec, op.n, iters=iters, runs=runs, seed=seed, dtype=op.dtype, device=op.device)
     lo, hi = float(nodes.min()), float(nodes.max())
     width = sigma * ((hi - lo) or max(abs(hi), 1.0))  # sigma is relative to the Ritz-value range
     if grid is None:
         grid = np.linspace(lo - 5 * width, hi + 5 * width, 1000)
     grid = np.asarray(grid, dtype=np.float64)
     return {"grid": grid, "density": smoothed_density(nodes, weights, grid, width), "nodes": nodes,
-            "weights": weights, "sigma": width}
+            "weights": weights, "sigma": width, "steps": len(nodes)}  # one Ritz value per Lanczos step
 
 
 def spectral_density(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
                      iters: int = 50, runs: int = 1, seed: int = 0, grid: np.ndarray | None = None,
                      sigma: float = 0.01, eval: bool = False) -> dict:
-    """Hessian eigenvalue density by stochastic Lanczos quadrature (see `slq`), Gaussian-smoothed.
-
-    Returns dict(grid, density, nodes, weights, sigma): `sigma` on input is the Gaussian width as
-    a fraction of the range of the Ritz values (the absolute width used is returned as `sigma`);
-    the default grid is 1000 points spanning the Ritz values +- 5 widths. The density integrates
-    to 1 (the nodes' weights sum to 1): it estimates (1/n) sum_i delta(t - lambda_i), smoothed.
-    Costs runs * min(iters, n_params) HVPs at most (fewer on breakdown). eval: see the module docstring.
-    """
-    hvp, n = hvp_fn(model, inputs, targets, loss=loss, eval=eval)
-    return _density(hvp, n, iters, runs, seed, grid, sigma, *_param_kind(model))
+    """Hessian eigenvalue density by stochastic Lanczos quadrature: `slq_density` on the
+    HessianOperator. eval: see the module docstring."""
+    return slq_density(HessianOperator(model, inputs, targets, loss=loss, eval=eval), iters=iters, runs=runs,
+                       seed=seed, grid=grid, sigma=sigma)
 
 
 # --------------------------------------------------------------------------------------------
@@ -463,15 +396,26 @@ def hutchinson_trace(matvec: MatVec, n: int, *, tol: float = 0.01, min_samples: 
             return {"trace": mean, "stderr": stderr, "n_samples": len(s)}
 
 
+def hutchinson(op: CurvatureOperator, *, tol: float, max_samples: int, min_samples: int = 10, seed: int = 0) -> dict:
+    """Hutchinson trace of any curvature operator (see `hutchinson_trace`): dict(trace, stderr,
+    n_samples); min_samples is capped at max_samples."""
+    return hutchinson_trace(op.matvec, op.n, tol=tol, min_samples=min(min_samples, max_samples),
+                            max_samples=max_samples, seed=seed, dtype=op.dtype, device=op.device)
+
+
 def hessian_trace(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
-                  tol: float = 0.01, min_samples: int = 10, max_samples: int = 200, seed: int = 0,
+                  tol: float | None = None, min_samples: int = 10, max_samples: int | None = None, seed: int = 0,
                   eval: bool = False) -> dict:
     """Hutchinson estimate of the Hessian trace: dict(trace, stderr, n_samples); tol is relative.
+    tol and max_samples default to the schema's curvature.trace_tol and trace_max_samples.
     eval: see the module docstring."""
-    hvp, n = hvp_fn(model, inputs, targets, loss=loss, eval=eval)
-    dtype, device = _param_kind(model)
-    return hutchinson_trace(hvp, n, tol=tol, min_samples=min_samples, max_samples=max_samples, seed=seed,
-                            dtype=dtype, device=device)
+    defaults = config.section("curvature")
+    tol = defaults["trace_tol"] if tol is None else tol
+    max_samples = defaults["trace_max_samples"] if max_samples is None else max_samples
+    if not 2 <= min_samples <= max_samples:
+        raise ValueError(f"need 2 <= min_samples <= max_samples, got {min_samples}, {max_samples}")
+    return hutchinson(HessianOperator(model, inputs, targets, loss=loss, eval=eval), tol=tol,
+                      min_samples=min_samples, max_samples=max_samples, seed=seed)
 
 
 def _rayleigh(hvp: MatVec, u: torch.Tensor) -> float:
@@ -497,8 +441,7 @@ def update_sharpness(model: nn.Module, update, inputs: torch.Tensor, targets: to
     the module docstring.
     """
     u = _flat_update(model, update)
-    hvp, _ = hvp_fn(model, inputs, targets, loss=loss, eval=eval)
-    return _rayleigh(hvp, u)
+    return _rayleigh(HessianOperator(model, inputs, targets, loss=loss, eval=eval), u)
 
 
 def _flat_params(model: nn.Module) -> torch.Tensor:
@@ -557,20 +500,26 @@ def optimizer_update(model: nn.Module, optimizer_state: dict | None, optim_confi
 def _sq_grad_norms(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, loss: str,
                    batch_size: int) -> np.ndarray:
     """|g_i|^2, g_i the gradient of example i's loss at `labels` w.r.t. the trainable parameters,
-    float64 (n,), from the per-example engine (which covers the trainable parameters only)."""
-    n_params = n_trainable(model)
-    dtype, device = _param_kind(model)
-    # A zero mean gradient skips the engine's extra pass for it (its cosine is unused here).
-    stats = per_example_stats(model, inputs, labels, loss=loss, proj_dim=1, batch_size=batch_size,
-                              mean_grad=torch.zeros(n_params, dtype=dtype, device=device))
-    return stats["grad_norm"].astype(np.float64) ** 2
+    float64 (n,): per-example gradients by vmap(grad), `batch_size` examples at a time."""
+    params = _params(model, trainable=True)
+
+    def example_loss(params, xi, yi):
+        return per_example_loss(functional_call(model, params, (xi.unsqueeze(0),)), yi.unsqueeze(0), loss)[0]
+
+    per_example_grad = vmap(grad(example_loss), in_dims=(None, 0, 0))
+    parts = []
+    for i in range(0, len(inputs), batch_size):
+        x = _as_model_input(model, inputs[i : i + batch_size])
+        g = per_example_grad(params, x, labels[i : i + batch_size].to(x.device))
+        parts.append(sum(t.reshape(len(x), -1).double().pow(2).sum(1) for t in g.values()))
+    return torch.cat(parts).cpu().numpy()
 
 
 def fisher_trace(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
                  batch_size: int = 256, eval: bool = False) -> float:
     """Trace of the empirical Fisher F = (1/n) sum_i g_i g_i^T, g_i the gradient of example i's loss
-    at its true label: tr F = mean_i |g_i|^2, exact, from the per-example engine
-    (`gradscope.examples.per_example_stats`, its grad_norm). eval: see the module docstring."""
+    at its true label: tr F = mean_i |g_i|^2, exact, from per-example gradients (vmap(grad)); the
+    matrix itself is `gradscope.operators.EFOperator`. eval: see the module docstring."""
     with _measuring(model, eval, "fisher_trace"):
         return float(_sq_grad_norms(model, inputs, targets, loss, batch_size).mean())
 
@@ -600,7 +549,7 @@ def _vjp_sq_norms(model: nn.Module, inputs: torch.Tensor, cotangents: torch.Tens
     trainable parameters: float64 (n,).
 
     J_i^T c_i is the gradient of <f(x_i), c_i> with c_i held fixed: per-example gradients by
-    vmap(grad), as in the per-example engine.
+    vmap(grad), as for the Fisher.
     """
     params = _params(model, trainable=True)
 
@@ -628,8 +577,9 @@ def gauss_newton_trace(model: nn.Module, inputs: torch.Tensor, targets: torch.Te
 
     Monte Carlo (default): for cross-entropy, labels y ~ p_i sampled from the model; the gradient
     of the loss at y is J_i^T (p_i - e_y) and E_y[(p - e_y)(p - e_y)^T] = diag(p) - p p^T, so the
-    mean squared per-example gradient norm (from the per-example engine, as for the Fisher) is
-    unbiased for tr G: the "true" Fisher, unlike the empirical one at the data's labels. For mse,
+    mean squared per-example gradient norm (vmap(grad), as for the Fisher) is
+    unbiased for tr G: the "true" Fisher, unlike the empirical one at the data's labels (the
+    matrices themselves: `gradscope.operators.GGNOperator` and `FisherOperator`). For mse,
     outputs t = f(x_i) + eps, eps ~ N(0, I), give gradients J_i^T (f - t) = -J_i^T eps with
     E|J_i^T eps|^2 = |J_i|_F^2 = tr(J_i^T J_i); t is not a class label, so these per-example
     gradients come from vmap(grad). `samples` draws per example, all in one pass over the inputs
@@ -767,78 +717,81 @@ _input_sensitivity = input_sensitivity  # compute_curvature's flag of the same n
 # --------------------------------------------------------------------------------------------
 
 
-@_measured
-def compute_curvature(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
-                      k: int = 1, lanczos_iters: int = 50, lanczos_tol: float | None = 1e-3, warm=None,
-                      trace_tol: float = 0.01, trace_max_samples: int = 200,
-                      seed: int = 0, fisher: bool = False, gauss_newton_samples: int = 0,
-                      input_sensitivity: bool = False, input_probes: int = 32, update=None, density: bool = False,
-                      density_iters: int = 50, density_runs: int = 1, per_layer: bool = False,
-                      layer_iters: int = 20, return_eigenvectors: bool = False, eval: bool = False) -> dict:
-    """Sharpness, top-k eigenvalues and Hessian trace from one HVP closure (what the curvature rule records),
-    plus the optional measures.
-
-    The top-k eigenvalues are Lanczos's, stopped by `converged(k, lanczos_tol)` or after
-    `lanczos_iters` steps (tol None: all of them), from `warm` vectors if given (see `lanczos`).
-    Always present: top_eigenvalues, sharpness, lanczos_steps, lanczos_residual (the largest
-    relative Ritz residual of the k: each is within that fraction of an eigenvalue, whether or
-    not the tolerance was met), hessian_trace, hessian_trace_stderr,
-    hutchinson_samples, hvp_count (HVPs of every kind, full or one-block), n_examples, n_params,
-    wall_s, and the scalar extras fisher_trace, gauss_newton_trace, gauss_newton_stderr,
-    input_jacobian_norm, input_hessian_trace, update_sharpness, each NaN unless turned on:
-    fisher=True; gauss_newton_samples > 0 (Monte Carlo draws per example); input_sensitivity=True
-    (NaN anyway for token inputs); update = a flat update vector (see `optimizer_update`).
-    density=True adds density_grid and density (lists; SLQ with density_iters x density_runs
-    HVPs); per_layer=True adds layer_sharpness ({parameter name: top block eigenvalue});
-    return_eigenvectors=True adds eigenvectors, the top-k unit Ritz vectors (k, n_params) float64
-    in the order of top_eigenvalues. n_params counts the trainable parameters, the Hessian's
-    coordinates. The model runs in eval mode throughout (eval: see the module docstring).
-    """
-    start = time.perf_counter()
-    graph = _loss_graph(model, inputs, targets, loss)
-    hvp, n = _full_hvp(graph), sum(graph.numels)
-    dtype, device = graph.dtype, graph.device
-    vals, vecs, steps, bound = _top(hvp, n, k, min(lanczos_iters, n), seed, dtype, device, return_eigenvectors,
-                                    lanczos_tol, warm)
-    tr = hutchinson_trace(hvp, n, tol=trace_tol, min_samples=min(10, trace_max_samples),
-                          max_samples=trace_max_samples, seed=seed, dtype=dtype, device=device)
-    top = [float(v) for v in vals]
-    out = {
-        "top_eigenvalues": top,
-        "sharpness": top[0],
-        "lanczos_steps": steps,
-        "lanczos_residual": bound,
-        "hessian_trace": tr["trace"],
-        "hessian_trace_stderr": tr["stderr"],
-        "hutchinson_samples": tr["n_samples"],
-        "fisher_trace": math.nan,
-        "gauss_newton_trace": math.nan,
-        "gauss_newton_stderr": math.nan,
-        "input_jacobian_norm": math.nan,
-        "input_hessian_trace": math.nan,
-        "update_sharpness": math.nan,
-    }
-    hvps = steps + tr["n_samples"]
+def _hessian_measures(hessian: HessianOperator, s: dict, *, warm, return_eigenvectors: bool) -> dict:
+    """Top-k eigenvalues (certified Lanczos stop, warm start) and the Hutchinson trace of the Hessian."""
+    top = lanczos_top(hessian, k=s["top_k"], iters=s["lanczos_iters"], tol=s["lanczos_tol"] or None, seed=s["seed"],
+                      warm=warm, return_eigenvectors=return_eigenvectors)
+    tr = hutchinson(hessian, tol=s["trace_tol"], max_samples=s["trace_max_samples"], seed=s["seed"])
+    values = [float(v) for v in top.eigenvalues]
+    out = {"top_eigenvalues": values, "sharpness": values[0], "lanczos_steps": top.steps,
+           "lanczos_residual": top.residual, "hessian_trace": tr["trace"], "hessian_trace_stderr": tr["stderr"],
+           "hutchinson_samples": tr["n_samples"]}
     if return_eigenvectors:
-        out["eigenvectors"] = vecs
-    if fisher:
+        out["eigenvectors"] = top.eigenvectors
+    return out
+
+
+def _ggn_measures(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, s: dict, *, loss: str) -> dict:
+    """The GGN's top-k eigenvalues (certified Lanczos stop, random start) and, with s["density"],
+    its spectral density; ggn_mvp_count counts its matrix-vector products."""
+    ggn = GGNOperator(model, inputs, targets, loss=loss)
+    top = lanczos_top(ggn, k=s["top_k"], iters=s["lanczos_iters"], tol=s["lanczos_tol"] or None, seed=s["seed"])
+    out = {"ggn_top_eigenvalues": [float(v) for v in top.eigenvalues], "ggn_top_eigenvalue": float(top.eigenvalues[0]),
+           "ggn_lanczos_steps": top.steps}
+    if s["density"]:
+        dens = slq_density(ggn, iters=s["density_iters"], seed=s["seed"])
+        out["ggn_density_grid"], out["ggn_density"] = dens["grid"].tolist(), dens["density"].tolist()
+    out["ggn_mvp_count"] = ggn.matvecs
+    return out
+
+
+@_measured
+def compute_curvature(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, settings: dict | None = None, *,
+                      loss: str = "cross_entropy", warm=None, update=None, return_eigenvectors: bool = False,
+                      eval: bool = False) -> dict:
+    """The measures of one `curvature` config section (filled from the schema's defaults and
+    validated by `gradscope.config.section`) on these examples; the keys of the measures that
+    ran, nothing for the others.
+
+    Always: top_eigenvalues (top_k, largest first, Lanczos stopped by `converged(top_k,
+    lanczos_tol)` or after lanczos_iters steps, from `warm` vectors if given), sharpness,
+    lanczos_steps, lanczos_residual (the largest relative Ritz residual of the k: each is within
+    that fraction of an eigenvalue, whether or not the tolerance was met), hessian_trace,
+    hessian_trace_stderr, hutchinson_samples, hvp_count (Hessian-vector products of every kind,
+    full or one-block), n_examples, n_params (the trainable parameters, the operators'
+    coordinates), wall_s. With the settings: fisher -> fisher_trace; gauss_newton_samples > 0 ->
+    gauss_newton_trace, gauss_newton_stderr; input_sensitivity -> input_jacobian_norm,
+    input_hessian_trace (NaN for token inputs); density -> density_grid, density (lists; SLQ with
+    density_iters HVPs); per_layer -> layer_sharpness ({parameter name: top block eigenvalue});
+    ggn -> ggn_top_eigenvalues, ggn_top_eigenvalue, ggn_lanczos_steps, ggn_mvp_count (GGN-vector
+    products), and with density ggn_density_grid, ggn_density. `update` (a flat update vector,
+    see `optimizer_update`) -> update_sharpness. return_eigenvectors adds eigenvectors, the top-k
+    unit Ritz vectors (k, n_params) float64 in the order of top_eigenvalues. The model runs in
+    eval mode throughout (eval: see the module docstring).
+    """
+    s = config.section("curvature", settings)
+    start = time.perf_counter()
+    hessian = HessianOperator(model, inputs, targets, loss=loss)
+    out = _hessian_measures(hessian, s, warm=warm, return_eigenvectors=return_eigenvectors)
+    if s["fisher"]:
         out["fisher_trace"] = fisher_trace(model, inputs, targets, loss=loss)
-    if gauss_newton_samples:
-        gn = gauss_newton_trace(model, inputs, targets, loss=loss, samples=gauss_newton_samples, seed=seed)
+    if s["gauss_newton_samples"]:
+        gn = gauss_newton_trace(model, inputs, targets, loss=loss, samples=s["gauss_newton_samples"], seed=s["seed"])
         out["gauss_newton_trace"], out["gauss_newton_stderr"] = gn["trace"], gn["stderr"]
-    if input_sensitivity:
-        sens = _input_sensitivity(model, inputs, targets, loss=loss, probes=input_probes, seed=seed)
+    if s["input_sensitivity"]:
+        sens = _input_sensitivity(model, inputs, targets, loss=loss, seed=s["seed"])
         out["input_jacobian_norm"] = sens["input_jacobian_norm"]
         out["input_hessian_trace"] = sens["input_hessian_trace"]
     if update is not None:
-        out["update_sharpness"], hvps = _rayleigh(hvp, _flat_update(model, update)), hvps + 1
-    if density:
-        dens = _density(hvp, n, density_iters, density_runs, seed, None, 0.01, dtype, device)
+        out["update_sharpness"] = _rayleigh(hessian, _flat_update(model, update))
+    if s["density"]:
+        dens = slq_density(hessian, iters=s["density_iters"], seed=s["seed"])
         out["density_grid"], out["density"] = dens["grid"].tolist(), dens["density"].tolist()
-        hvps += len(dens["nodes"])  # one Ritz value per Lanczos step
-    if per_layer:
-        out["layer_sharpness"], layer_hvps = _layer_top(graph, layer_iters, seed)
-        hvps += layer_hvps
-    out |= {"hvp_count": hvps, "n_examples": int(inputs.shape[0]), "n_params": n,
-            "wall_s": time.perf_counter() - start}
+    block_products = 0
+    if s["per_layer"]:
+        out["layer_sharpness"], block_products = _layer_top(hessian, iters=LAYER_ITERS, seed=s["seed"])
+    if s["ggn"]:
+        out |= _ggn_measures(model, inputs, targets, s, loss=loss)
+    out["hvp_count"] = hessian.matvecs + block_products
+    out |= {"n_examples": int(inputs.shape[0]), "n_params": hessian.n, "wall_s": time.perf_counter() - start}
     return out

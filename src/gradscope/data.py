@@ -40,6 +40,7 @@ from __future__ import annotations
 import inspect
 import random
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from gradscope import artifacts, factories
+from gradscope import artifacts, config, factories, layout
 
 Dataset = tuple[pd.DataFrame, pd.DataFrame, dict]
 
@@ -87,7 +88,7 @@ def _noisy_table(idx, x, labels, clean, flipped) -> pd.DataFrame:
 
 
 def generate_planted_flips(n_train, n_test, n_features, n_classes, teacher, teacher_width, flip_fraction, seed,
-                           standardize=False) -> Dataset:
+                           standardize) -> Dataset:
     rng = np.random.default_rng(seed)
     n = n_train + n_test
     x = rng.standard_normal((n, n_features)).astype(np.float32)  # (n, d)
@@ -159,7 +160,7 @@ OPPOSING_GROUPS = ("group_a_background_in_b", "group_b_background_in_a")
 
 
 def generate_opposing_features(n_train, n_test, side, n_classes, patch, signal, background, minority_fraction, noise,
-                               seed, standardize=False) -> Dataset:
+                               seed, standardize) -> Dataset:
     """Images (side x side, flattened row-major) = weak class template + strong background patch + noise.
 
     - Class template: for each class a fixed random +-`signal` sign pattern on every pixel
@@ -243,7 +244,7 @@ def generate_opposing_features(n_train, n_test, side, n_classes, patch, signal, 
     return table(x[:n_train], y_train, g_train), table(x[n_train:], y_test, g_test), meta
 
 
-def generate_digits(train_fraction, label_noise, seed, standardize=True) -> Dataset:
+def generate_digits(train_fraction, label_noise, seed, standardize) -> Dataset:
     """scikit-learn's 8x8 digits (1797 images, 64 features in 0..16, 10 classes), split at random.
 
     The split is the first int(round(train_fraction * 1797)) examples of a permutation drawn
@@ -697,7 +698,9 @@ SOURCES = {  # read the user's data: a folder, files, code
 
 
 def generate(data_config: dict) -> Dataset:
-    """Generate (or load) the dataset a data slice ({generator, <generator>: {...}}) describes."""
+    """Generate (or load) the dataset a data slice ({generator, <generator>: {...}}) describes;
+    what the generator's block leaves out takes the schema's default."""
+    data_config = config.data_slice({"data": config.section("data", data_config)})
     name = data_config["generator"]
     builders = GENERATORS | SOURCES
     if name not in builders:
@@ -726,15 +729,26 @@ def write_dataset(train: pd.DataFrame, test: pd.DataFrame, meta: dict, out_train
     artifacts.write_json(meta, out_meta)
 
 
-def load_split(folder, split: str) -> tuple[torch.Tensor, torch.Tensor, pd.DataFrame]:
-    """Inputs and targets of one split as tensors, plus its table; inputs as the model takes them.
+def dataset_files(dataset) -> dict[str, Path]:
+    """The train, test and meta files of one dataset. `dataset` is the mapping a rule declares
+    ({"train": ..., "test": ..., "meta": ...}: the workflow's stages read exactly those files) or,
+    for library callers, the dataset's folder, its files named as gradscope.layout names them."""
+    if isinstance(dataset, Mapping):
+        return {split: Path(dataset[split]) for split in layout.DATASET}
+    return {split: Path(dataset) / Path(pattern).name for split, pattern in layout.DATASET.items()}
 
-    Dense inputs are (n, *shape) where the folder's meta.json gives meta["input"]["shape"]
-    (the labelled sources: [1, 40] for MNIST-1D, [C, H, W] for images), else (n, dim)."""
-    df = artifacts.read_parquet(Path(folder) / f"{split}.parquet")
+
+def load_split(dataset, split: str) -> tuple[torch.Tensor, torch.Tensor, pd.DataFrame]:
+    """Inputs and targets of one split ("train" or "test") as tensors, plus its table; inputs as the model takes them.
+
+    dataset: the dataset's files or folder (`dataset_files`). Dense inputs are (n, *shape) where the
+    meta file gives meta["input"]["shape"] (the labelled sources: [1, 40] for MNIST-1D, [C, H, W]
+    for images), else (n, dim)."""
+    files = dataset_files(dataset)
+    df = artifacts.read_parquet(files[split])
     if "x" in df.columns:
         inputs = torch.from_numpy(np.stack(df["x"].to_numpy()).astype(np.float32))
-        meta_path = Path(folder) / "meta.json"
+        meta_path = files["meta"]
         shape = artifacts.read_json(meta_path)["input"].get("shape") if meta_path.exists() else None
         if shape is not None:
             inputs = inputs.reshape(len(df), *shape)
@@ -743,5 +757,6 @@ def load_split(folder, split: str) -> tuple[torch.Tensor, torch.Tensor, pd.DataF
     return inputs, torch.tensor(df["label"].to_numpy(dtype=np.int64)), df
 
 
-def load_meta(folder) -> dict:
-    return artifacts.read_json(Path(folder) / "meta.json")
+def load_meta(dataset) -> dict:
+    """The dataset's meta.json (`dataset`: its files or folder, as for `load_split`)."""
+    return artifacts.read_json(dataset_files(dataset)["meta"])

@@ -171,7 +171,7 @@ def _detached(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
 
 
 def mean_gradient(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
-                  batch_size: int = 1024, trainable_only: bool = True, eval: bool = False) -> torch.Tensor:
+                  batch_size: int = 256, trainable_only: bool = True, eval: bool = False) -> torch.Tensor:
     """Flat gradient (n_params,) of the mean loss over all examples, in named_parameters order
     (trainable parameters only unless trainable_only=False), in eval mode (see gradscope.modes).
 

@@ -32,8 +32,9 @@ def log_to(path):
 
 # A line that `log_to` writes: "<date> <time>,<ms> LEVEL logger: message".
 _LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (\w+) (\S+): (.*)$")
-# The workflow's rules in order, each with its per-run log(s) under logs/<rule>/<experiment>/.
-RUN_RULES = ("train", "extract_examples", "curvature", "detect_signals", "plots", "plot_signals", "animate", "report")
+# The workflow's per-run rules in order; each job's log lies where gradscope.layout.log puts it.
+RUN_RULES = ("train", "extract_examples", "curvature", "detect_signals", "influence", "plots", "plot_density",
+             "plot_signals", "animate", "report")
 
 
 def ended_in_failure(path) -> bool:
@@ -52,10 +53,13 @@ def ended_in_failure(path) -> bool:
 
 def failed_logs(logs_dir, experiment: str, run: str) -> list[tuple[str, Path]]:
     """(rule, log) of each job of one run whose log ends in a failure, in workflow order."""
+    from gradscope import layout
+
     out = []
     for rule in RUN_RULES:
-        base = Path(logs_dir) / rule / experiment
-        for log in [base / f"{run}.log", *sorted((base / run).glob("*.log"))]:
+        wc = {"experiment": experiment, "run": run}
+        per_step = Path(layout.log(rule, "step", logs_dir).format(**wc, step="0")).parent
+        for log in [Path(layout.log(rule, "run", logs_dir).format(**wc)), *sorted(per_step.glob("step=*.log"))]:
             if log.is_file() and ended_in_failure(log):
                 out.append((rule, log))
     return out

@@ -8,33 +8,34 @@ one-channel image by the convolutional kinds) or token pairs for modular arithme
 embeddings, and the Transformer reads as a token sequence [a, b, =].
 The model is rebuilt from `(model_config, input_spec)` alone, which is what checkpoints store.
 
-Kinds and their config keys (the schema, workflow/schemas/config.schema.yaml, holds the
-defaults a run uses; those in parentheses are build_model's own, for configs that skip it):
-  mlp          depth (2), width (64), activation ("relu"), input_encoding ("onehot"),
-               embed_dim (32); dense inputs of any shape are flattened
-  transformer  d_model (128), n_heads (4), d_head (32), d_mlp (512), n_layers (1),
-               layer_norm (False)
-  cnn          channels ([16, 32]), activation: [conv 3x3 -> activation -> max-pool 2] per
-               entry; Conv2d on images, Conv1d on (channels, length) signals
-  resnet       base_width (16), blocks ([2, 2, 2, 2]), norm ("batch"), groups (8), activation:
+Kinds and their config keys (every key's default and meaning is in the schema,
+workflow/schemas/config.schema.yaml, the one place defaults live: build_model fills what a
+config leaves out from there; each key's `x-when` there names the kinds it applies to):
+  mlp          depth, width, activation, input_encoding, embed_dim; dense inputs of any
+               shape are flattened
+  transformer  d_model, n_heads, d_head, d_mlp, n_layers, layer_norm, init ("nanda" is the
+               paper's init)
+  cnn          channels, activation: [conv 3x3 -> activation -> max-pool 2] per entry;
+               Conv2d on images, Conv1d on (channels, length) signals
+  resnet       base_width, blocks, norm, groups, activation:
                ResNet-18 for small images (He et al. 2016, arXiv 1512.03385, in the CIFAR form
                of kuangliu/pytorch-cifar: 3x3 stem, no max-pool, stages of BasicBlocks with
                base_width * (1, 2, 4, 8) channels, strides (1, 2, 2, 2), global average pool,
                linear read-out); base_width 64 is the original. Conv1d on (channels, length).
-  vgg          base_width (16), norm ("batch"), groups (8), activation: VGG-11 (Simonyan &
+  vgg          base_width, norm, groups, activation: VGG-11 (Simonyan &
                Zisserman 2015, arXiv 1409.1556, configuration A) with channels
                [64, M, 128, M, 256, 256, M, 512, 512, M, 512, 512, M] scaled by base_width / 64,
                max-pools with ceil_mode (a 1-pixel map stays 1 pixel, so small inputs work),
                global average pool and one linear read-out (the CIFAR form) instead of the
                ImageNet 4096-wide classifier. norm "none" is plain VGG-11, "batch" VGG-11-BN.
-  python       factory ("package.module:function"), kwargs ({}): the researcher's own model,
+  python       factory ("package.module:function"), kwargs: the researcher's own model,
                built as factory(input_shape=spec.shape, n_classes=spec.n_classes, **kwargs)
                (token inputs also get vocab=spec.vocab); it must return a torch.nn.Module
                whose forward maps a (batch, *input_shape) tensor to (batch, n_classes) logits.
                The module is imported with the working directory on sys.path
                (`gradscope.factories`); the checkpoint's settings hold factory and kwargs, so
                `checkpoints.load` rebuilds the model the same way.
-Every kind also takes init_scale (1.0). `init_scale` multiplies every parameter after
+Every kind also takes `init_scale`, which multiplies every parameter after
 torch's default init (the large-init knob of Omnigrok, Liu et al. 2022, arXiv 2210.01117);
 at 1.0 the parameters are left untouched, so seeded results match builds made before the
 key existed. norm: "batch" (BatchNorm; per-example statistics and curvature are taken in
@@ -52,7 +53,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from gradscope import factories
+from gradscope import config, factories
 from gradscope.losses import one_hot
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -185,6 +186,9 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+TRANSFORMER_INITS = ("torch", "nanda")
+
+
 class Transformer(nn.Module):
     """The modular-arithmetic transformer of Nanda et al. 2023 (arXiv 2301.05217).
 
@@ -192,9 +196,9 @@ class Transformer(nn.Module):
     the sequence is [a, b, =]; token and learned positional embeddings (nn.Embedding, the
     latter indexed by arange) feed `n_layers` residual blocks of causal multi-head attention
     and a ReLU MLP; the unembedding reads the residual stream at the last ("=") position.
-    LayerNorm is off by default, as in the paper. Weights use torch's default init
-    (nn.Embedding N(0, 1), nn.Linear uniform +-1/sqrt(fan_in)) rather than the paper's
-    N(0, 1/d_model)-style init; `init_scale` in build_model rescales them all.
+    LayerNorm is off by default, as in the paper. `init` "torch" keeps torch's default init
+    (nn.Embedding N(0, 1), nn.Linear uniform +-1/sqrt(fan_in)); "nanda" is the paper's (see
+    `init_nanda_`). `init_scale` in build_model rescales either.
     """
 
     def __init__(
@@ -206,8 +210,11 @@ class Transformer(nn.Module):
         d_mlp: int = 512,
         n_layers: int = 1,
         layer_norm: bool = False,
+        init: str = "torch",
     ):
         super().__init__()
+        if init not in TRANSFORMER_INITS:
+            raise ValueError(f"unknown transformer init {init!r}; known: {', '.join(TRANSFORMER_INITS)}")
         if spec.kind != "tokens":
             raise ValueError(f"the transformer needs token inputs (input kind 'tokens'), got kind {spec.kind!r}")
         if spec.vocab <= 0:
@@ -219,6 +226,25 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(d_model, n_heads, d_head, d_mlp, layer_norm) for _ in range(n_layers))
         self.ln_final = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
         self.unembed = nn.Linear(d_model, spec.n_classes, bias=False)
+        if init == "nanda":
+            self.init_nanda_()
+
+    @torch.no_grad()
+    def init_nanda_(self) -> None:
+        """Nanda et al.'s init, from `transformers.py` of their public code
+        (github.com/mechanistic-interpretability-grokking/progress-measures-paper): every weight
+        randn / sqrt(d_model) (W_E, W_pos, W_Q, W_K, W_V, W_O, W_in and W_out alike: W_out too
+        is divided by sqrt(d_model), not by sqrt(d_mlp)), except the unembedding W_U, randn /
+        sqrt(d_vocab), where d_vocab counts the "=" token (p + 1 there: their one vocabulary is
+        both input and output); MLP biases zero. LayerNorm, which they do not use, keeps weight
+        1 and bias 0. Their tensors are the transposes of ours (W_E is (d_model, d_vocab), our
+        embedding (d_vocab, d_model)); an i.i.d. init does not care."""
+        d_model, d_vocab = self.embed.embedding_dim, self.embed.num_embeddings
+        for module in self.modules():
+            if isinstance(module, (nn.Embedding, nn.Linear)):
+                module.weight.normal_(0.0, 1.0 / math.sqrt(d_vocab if module is self.unembed else d_model))
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.zero_()
 
     def residual(self, tokens: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """Final residual stream (batch, n + 1, d_model) of the sequences [tokens..., =].
@@ -409,12 +435,16 @@ class VGG(nn.Module):
 
 
 def build_model(model_config: dict, spec: InputSpec) -> nn.Module:
-    """Build the model a config describes. Weights come from torch's global RNG: seed it first."""
-    kind = model_config.get("kind", "mlp")
+    """Build the model a config describes. Weights come from torch's global RNG: seed it first.
+
+    `model_config` is the run's `model` section; what it leaves out takes the schema's default
+    (`gradscope.config.section`), so `build_model({}, spec)` is the workflow's default model."""
+    model_config = config.filled("model", model_config)
+    kind = model_config["kind"]
     if kind not in BUILDERS:
         raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(MODEL_KINDS)}")
     model = BUILDERS[kind](model_config, spec)
-    init_scale = float(model_config.get("init_scale", 1.0))
+    init_scale = float(model_config["init_scale"])
     if init_scale != 1.0:  # skipped at 1.0 so default builds stay bit-identical
         with torch.no_grad():
             for p in model.parameters():
@@ -425,42 +455,40 @@ def build_model(model_config: dict, spec: InputSpec) -> nn.Module:
 def _build_transformer(model_config: dict, spec: InputSpec) -> Transformer:
     return Transformer(
         spec,
-        d_model=int(model_config.get("d_model", 128)),
-        n_heads=int(model_config.get("n_heads", 4)),
-        d_head=int(model_config.get("d_head", 32)),
-        d_mlp=int(model_config.get("d_mlp", 512)),
-        n_layers=int(model_config.get("n_layers", 1)),
-        layer_norm=bool(model_config.get("layer_norm", False)),
+        d_model=int(model_config["d_model"]),
+        n_heads=int(model_config["n_heads"]),
+        d_head=int(model_config["d_head"]),
+        d_mlp=int(model_config["d_mlp"]),
+        n_layers=int(model_config["n_layers"]),
+        layer_norm=bool(model_config["layer_norm"]),
+        init=model_config["init"],
     )
 
 
 def _build_cnn(model_config: dict, spec: InputSpec) -> CNN:
-    activation = model_config.get("activation", "relu")
-    return CNN(spec, channels=[int(c) for c in model_config.get("channels", [16, 32])], activation=activation)
+    return CNN(spec, channels=[int(c) for c in model_config["channels"]], activation=model_config["activation"])
 
 
 def _norm_name(model_config: dict) -> str:
     # null means "none": `snakemake --config` turns the text "none" into null before validation
-    return model_config.get("norm", "batch") or "none"
+    return model_config["norm"] or "none"
 
 
 def _build_resnet(model_config: dict, spec: InputSpec) -> ResNet:
-    return ResNet(spec, base_width=int(model_config.get("base_width", 16)),
-                  blocks=tuple(int(b) for b in model_config.get("blocks", (2, 2, 2, 2))),
-                  norm=_norm_name(model_config), groups=int(model_config.get("groups", 8)),
-                  activation=model_config.get("activation", "relu"))
+    return ResNet(spec, base_width=int(model_config["base_width"]), blocks=tuple(int(b) for b in model_config["blocks"]),
+                  norm=_norm_name(model_config), groups=int(model_config["groups"]), activation=model_config["activation"])
 
 
 def _build_vgg(model_config: dict, spec: InputSpec) -> VGG:
-    return VGG(spec, base_width=int(model_config.get("base_width", 16)), norm=_norm_name(model_config),
-               groups=int(model_config.get("groups", 8)), activation=model_config.get("activation", "relu"))
+    return VGG(spec, base_width=int(model_config["base_width"]), norm=_norm_name(model_config),
+               groups=int(model_config["groups"]), activation=model_config["activation"])
 
 
 def _build_python(model_config: dict, spec: InputSpec) -> nn.Module:
     """factory(input_shape=..., n_classes=..., [vocab=...,] **kwargs), checked to be an nn.Module."""
-    value = model_config.get("factory")
+    value = model_config["factory"]
     factory = factories.resolve(value, key="model.factory")
-    kwargs = dict(model_config.get("kwargs") or {})
+    kwargs = dict(model_config["kwargs"] or {})
     given = {"input_shape": spec.shape, "n_classes": spec.n_classes}
     if spec.kind == "tokens":
         given["vocab"] = spec.vocab
@@ -480,16 +508,16 @@ def _build_python(model_config: dict, spec: InputSpec) -> nn.Module:
 
 
 def _build_mlp(model_config: dict, spec: InputSpec) -> MLP:
-    activation = model_config.get("activation", "relu")
+    activation = model_config["activation"]
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; known: {', '.join(sorted(ACTIVATIONS))}")
     return MLP(
         spec,
-        depth=int(model_config.get("depth", 2)),
-        width=int(model_config.get("width", 64)),
+        depth=int(model_config["depth"]),
+        width=int(model_config["width"]),
         activation=activation,
-        input_encoding=model_config.get("input_encoding", "onehot"),
-        embed_dim=int(model_config.get("embed_dim", 32)),
+        input_encoding=model_config["input_encoding"],
+        embed_dim=int(model_config["embed_dim"]),
     )
 
 

@@ -5,6 +5,9 @@ Schedules are a multiplier on the peak lr: linear warmup over `warmup_steps` upd
 `gamma` every `step_size` updates). `plateau` (ReduceLROnPlateau) also multiplies by `factor`
 whenever a logged metric has not improved for `patience` logged evaluations; it keeps state,
 which checkpoints save.
+
+Each function takes the run's `optim` section; what a section leaves out takes the schema's
+default (`gradscope.config.filled`), the one place defaults live.
 """
 
 from __future__ import annotations
@@ -13,39 +16,42 @@ import math
 
 import torch
 
+from gradscope import config
+
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 
 
 def build_optimizer(params, optim: dict) -> torch.optim.Optimizer:
+    optim = config.filled("optim", optim)
     name, lr, wd = optim["name"], optim["lr"], optim["weight_decay"]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=optim["momentum"], weight_decay=wd,
-                               nesterov=bool(optim.get("nesterov", False)))
+                               nesterov=bool(optim["nesterov"]))
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, betas=tuple(optim["betas"]), eps=optim["eps"], weight_decay=wd)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=tuple(optim["betas"]), eps=optim["eps"], weight_decay=wd)
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, alpha=optim.get("alpha", 0.99), eps=optim["eps"], weight_decay=wd,
+        return torch.optim.RMSprop(params, lr=lr, alpha=optim["alpha"], eps=optim["eps"], weight_decay=wd,
                                    momentum=optim["momentum"])
     raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
 
 
 def lr_at(step: int, optim: dict, total_steps: int | None = None) -> float:
     """The scheduled lr of update `step` (without plateau reductions, which depend on metrics)."""
-    warmup = optim.get("warmup_steps", 0)
+    optim = config.filled("optim", optim)  # called at every step: validated only when not yet filled
+    warmup, schedule = optim["warmup_steps"], optim["schedule"]
     factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
-    schedule = optim.get("schedule") or {"kind": "constant"}
-    kind = schedule.get("kind", "constant")
+    kind = schedule["kind"]
     if kind == "cosine":
         if total_steps is None:
             raise ValueError("the cosine schedule needs the total number of steps")
         span = max(total_steps - warmup, 1)
         progress = min(max(step - warmup, 0) / span, 1.0)
-        low = schedule.get("min_lr_ratio", 0.0)
+        low = schedule["min_lr_ratio"]
         factor *= low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
     elif kind == "step":
-        factor *= schedule.get("gamma", 0.1) ** (step // schedule.get("step_size", 1000))
+        factor *= schedule["gamma"] ** (step // schedule["step_size"])
     elif kind not in ("constant", "plateau"):
         raise ValueError(f"unknown schedule {kind!r}; known: constant, cosine, step, plateau")
     return optim["lr"] * factor
@@ -54,11 +60,12 @@ def lr_at(step: int, optim: dict, total_steps: int | None = None) -> float:
 class Plateau:
     """ReduceLROnPlateau on a logged metric: a multiplier that drops by `factor` after `patience` flat evaluations."""
 
-    def __init__(self, schedule: dict):
-        self.on = (schedule or {}).get("kind") == "plateau"
-        s = schedule or {}
-        self.metric, self.factor = s.get("metric", "train_loss"), s.get("factor", 0.5)
-        self.patience, self.threshold = s.get("patience", 10), s.get("threshold", 1e-4)
+    def __init__(self, schedule: dict | None):
+        """schedule: the `optim.schedule` block (None: constant)."""
+        s = config.section("optim", schedule=dict(schedule or {}))["schedule"]
+        self.on = s["kind"] == "plateau"
+        self.metric, self.factor = s["metric"], s["factor"]
+        self.patience, self.threshold = s["patience"], s["threshold"]
         self.maximize = self.metric.endswith("_acc")
         self.best, self.bad, self.scale = None, 0, 1.0
 
@@ -84,5 +91,6 @@ class Plateau:
 
 def sharpness_threshold(optim: dict) -> float:
     """Stability threshold of gradient descent on a quadratic: 2/lr, 2(1+beta)/lr with heavy-ball momentum."""
-    beta = optim.get("momentum", 0.0) if optim["name"] == "sgd" else 0.0
+    optim = config.filled("optim", optim)
+    beta = optim["momentum"] if optim["name"] == "sgd" else 0.0
     return 2.0 * (1.0 + beta) / optim["lr"]

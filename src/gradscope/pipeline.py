@@ -15,24 +15,30 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from gradscope import (artifacts, checkpoints, curvature, data, examples, influence, opposing, projection, report, scoring,
-                       signals)
-from gradscope import train as training
-from gradscope.models import InputSpec, resolve_device
+# Only what every stage needs loads here: the stages that run torch import it themselves, so that
+# a job that reads tables and draws (signals, plots, reports) starts without it (about 1.5 s).
+from gradscope import artifacts, config, layout, opposing, report, scoring, signals
 
 log = logging.getLogger(__name__)
 
 
 def generate_data(data_config: dict, *, train_path, test_path, meta_path) -> None:
+    from gradscope import data
+
     train, test, meta = data.generate(data_config)
     data.write_dataset(train, test, meta, train_path, test_path, meta_path)
     log.info("generated %s: %d train, %d test examples", data_config["generator"], len(train), len(test))
 
 
-def train(settings: dict, *, data_dir, out_dir, run_id: str, progress=None) -> pd.DataFrame:
-    spec = InputSpec.from_dict(data.load_meta(data_dir)["input"])
-    train_split = data.load_split(data_dir, "train")[:2]
-    test_split = data.load_split(data_dir, "test")[:2]
+def train(settings: dict, *, dataset, out_dir, run_id: str, progress=None) -> pd.DataFrame:
+    """dataset: the dataset's files as the rule declares them, or its folder (data.dataset_files)."""
+    from gradscope import data
+    from gradscope import train as training
+    from gradscope.models import InputSpec
+
+    spec = InputSpec.from_dict(data.load_meta(dataset)["input"])
+    train_split = data.load_split(dataset, "train")[:2]
+    test_split = data.load_split(dataset, "test")[:2]
     return training.train(settings, train_split, test_split, spec, out_dir, run_id, progress=progress)
 
 
@@ -51,17 +57,23 @@ def examples_columns(proj_dim: int, proj_dtype: str, n_layers: int | None = None
     return columns
 
 
-def extract_examples(settings: dict, *, loss: str, device: str, data_dir, manifest, step: int, out, run_id: str) -> pd.DataFrame:
-    """Per-example statistics of both splits at one checkpoint; cosines against the mean *training* gradient."""
+def extract_examples(settings: dict, *, loss: str, device: str, dataset, manifest, step: int, out, run_id: str) -> pd.DataFrame:
+    """Per-example statistics of both splits at one checkpoint; cosines against the mean *training* gradient.
+
+    dataset: the dataset's files as the rule declares them, or its folder (data.dataset_files)."""
+    from gradscope import checkpoints, data, examples, projection
+    from gradscope.models import resolve_device
+
+    settings = config.filled("examples", settings)  # each stage's section: what it leaves out takes the schema's default
     dev = resolve_device(device)
     model, _ = checkpoints.load(_checkpoint_path(manifest, step), device=dev)
-    x_train, y_train, train_df = data.load_split(data_dir, "train")
+    x_train, y_train, train_df = data.load_split(dataset, "train")
     trainable_only = settings["trainable_only"]
     mean_grad = examples.mean_gradient(model, x_train.to(dev), y_train.to(dev), loss=loss, batch_size=settings["batch_size"],
                                        trainable_only=trainable_only)
     tables = []
     for split in ("train", "test"):
-        x, y, df = (x_train, y_train, train_df) if split == "train" else data.load_split(data_dir, split)
+        x, y, df = (x_train, y_train, train_df) if split == "train" else data.load_split(dataset, split)
         stats = examples.per_example_stats(model, x.to(dev), y.to(dev), loss=loss, proj_dim=settings["proj_dim"],
                                            seed=settings["seed"], batch_size=settings["batch_size"], mean_grad=mean_grad,
                                            layer_norms=True, trainable_only=trainable_only,
@@ -88,21 +100,18 @@ def read_examples(paths) -> pd.DataFrame:
 def planted_truth(meta_path) -> tuple[list | None, dict | None]:
     """The dataset's planted training ids and named planted groups, each None where the data
     plants none (flip_fraction 0 plants an empty list: nothing to score against either)."""
-    planted = data.load_meta(Path(meta_path).parent).get("planted") or {}
+    planted = artifacts.read_json(meta_path).get("planted") or {}
     return planted.get("train_ids") or None, planted.get("groups") or None
-
-
-SIGNALS_OUTPUTS = ("detections", "evaluation", "groups", "group_pairs", "group_losses", "loss_changes", "per_example",
-                   "summary")
 
 
 def detect_signals(settings: dict, *, examples_paths, meta_path, metrics_path, out: dict, run_id: str) -> dict:
     """Every configured detector on the training split, scored against the planted truth where the data has one.
 
-    out: a path for each of SIGNALS_OUTPUTS (the tables of the README's artifact list)."""
-    missing = [k for k in SIGNALS_OUTPUTS if k not in out]
+    out: a path for each of layout.SIGNALS (the tables of the README's artifact list)."""
+    missing = [k for k in layout.SIGNALS if k not in out]
     if missing:
         raise ValueError(f"detect_signals needs output paths for {missing}")
+    settings = config.filled("signals", settings)
     planted, planted_groups = planted_truth(meta_path)
     metrics = artifacts.read_parquet(metrics_path)
     tr = signals.Trajectories.from_table(read_examples(examples_paths), lr=metrics.set_index("step")["lr"])
@@ -125,13 +134,13 @@ def detect_signals(settings: dict, *, examples_paths, meta_path, metrics_path, o
         "groups": scoring.evaluate_groups(groups, pairs, planted, planted_groups),
         "headline": signals_headline(evaluation, per_example, pairs, planted),
     }
-    config = {"signals": settings}
+    provenance = {"signals": settings}
     for name, table, schema in (("detections", detections, artifacts.DETECTIONS), ("evaluation", evaluation, artifacts.EVALUATION),
                                 ("groups", groups, artifacts.GROUPS), ("group_pairs", pairs, artifacts.GROUP_PAIRS),
                                 ("group_losses", group_losses, artifacts.GROUP_LOSSES),
                                 ("loss_changes", opposing.loss_changes(tr), artifacts.LOSS_CHANGES),
                                 ("per_example", per_example, artifacts.PER_EXAMPLE)):
-        artifacts.write_parquet(table, out[name], schema, run_id=run_id, config=config)
+        artifacts.write_parquet(table, out[name], schema, run_id=run_id, config=provenance)
     artifacts.write_json(summary, out["summary"])
     log.info("signals: %d detectors, %d checkpoints, %d training examples; %d opposing group pairs",
              detections["detector"].nunique(), len(tr.steps), len(tr.example_ids), int(pairs["opposing"].sum()))
@@ -157,14 +166,14 @@ def signals_headline(evaluation: pd.DataFrame, per_example: pd.DataFrame, pairs:
     return head
 
 
-INFLUENCE_OUTPUTS = ("top", "contributions", "summary")
-
-
 def compute_influence(settings: dict, *, examples_paths, metrics_path, train_path, test_path, out: dict,
                       run_id: str) -> dict:
     """Train-to-test TracIn-CP (gradscope.influence) from the stored projections of every checkpoint.
 
-    out: a path for each of INFLUENCE_OUTPUTS."""
+    out: a path for each of layout.INFLUENCE."""
+    from gradscope import influence
+
+    settings = config.filled("influence", settings)
     t0 = time.perf_counter()
     table = read_examples(examples_paths)
     steps = np.unique(table["step"].to_numpy())
@@ -185,10 +194,10 @@ def compute_influence(settings: dict, *, examples_paths, metrics_path, train_pat
     train_df, test_df = _labels(train_path, train_ids), _labels(test_path, test_ids)
     rows, contributions = influence.influence_tables(top, steps=steps, lr=lr, test_ids=test_ids, train=train_df,
                                                      test=test_df)
-    config = {"influence": settings}
-    artifacts.write_parquet(rows, out["top"], artifacts.INFLUENCE_TOP, run_id=run_id, config=config)
+    provenance = {"influence": settings}
+    artifacts.write_parquet(rows, out["top"], artifacts.INFLUENCE_TOP, run_id=run_id, config=provenance)
     artifacts.write_parquet(contributions, out["contributions"], artifacts.INFLUENCE_CONTRIBUTIONS, run_id=run_id,
-                            config=config)
+                            config=provenance)
     last = table[(table["split"] == "test") & (table["step"] == steps[-1])].set_index("example_id")
     summary = {"run_id": run_id, "settings": settings, "steps": steps.tolist(), "lr": lr.tolist(),
                "n_train": len(train_ids), "n_test_scored": len(test_ids), "proj_dim": int(train_proj.shape[-1]),
@@ -213,13 +222,14 @@ def _labels(path, ids: np.ndarray) -> pd.DataFrame:
                          "planted": (df["planted"] if "planted" in df else pd.Series(False, index=df.index)).to_numpy()})
 
 
-def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, data_dir, manifest, step: int, out,
+def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, dataset, manifest, step: int, out,
                       eigenvectors_out, run_id: str, warm=None):
     """Curvature at one checkpoint on a fixed, seeded subset of the training set (the same at every step).
 
     eigenvectors_out: the .npy of the top-k eigenvectors (float32, (k, n_params), n_params the
     trainable parameters), or a (0, n_params) array unless `eigenvectors` or `warm_start` is set.
     warm: the previous checkpoint's eigenvectors file, where Lanczos starts (`warm_start`).
+    dataset: the dataset's files as the rule declares them, or its folder (data.dataset_files).
     The model is measured in eval mode (checkpoints.load returns it so), as the metadata records.
 
     Update sharpness uses the optimizer's own next update, rebuilt from the checkpoint's
@@ -227,6 +237,10 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
     full-batch training; for minibatch SGD, its expectation over batches; for Adam-family
     optimizers, the update the full-batch gradient would give).
     """
+    from gradscope import checkpoints, curvature, data
+    from gradscope import train as training
+    from gradscope.models import resolve_device
+
     dev = resolve_device(device)
     model, state = checkpoints.load(_checkpoint_path(manifest, step), device=dev)
     n_params = curvature.n_trainable(model)  # the Hessian's coordinates: trainable parameters only
@@ -235,7 +249,7 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
         start = artifacts.read_npy(warm)
         if start.ndim != 2 or start.shape[0] == 0 or start.shape[1] != n_params:
             raise ValueError(f"{warm}: expected eigenvectors of shape (k, {n_params}), found {start.shape}")
-    x, y, _ = data.load_split(data_dir, "train")
+    x, y, _ = data.load_split(dataset, "train")
     x, y = x.to(dev), y.to(dev)
     subset = np.sort(np.random.default_rng(settings["seed"]).permutation(len(y))[: settings["subset_size"]])
     update = None
@@ -243,25 +257,20 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
         update = curvature.optimizer_update(model, state["optimizer_state"], optim, x, y, loss=loss, step=step,
                                             lr=state["lr"])
     keep = settings["eigenvectors"] or settings["warm_start"]
-    result = curvature.compute_curvature(
-        model, x[subset], y[subset], loss=loss, k=settings["top_k"], lanczos_iters=settings["lanczos_iters"],
-        lanczos_tol=settings["lanczos_tol"] or None, trace_tol=settings["trace_tol"],
-        trace_max_samples=settings["trace_max_samples"], seed=settings["seed"],
-        fisher=settings["fisher"], gauss_newton_samples=settings["gauss_newton_samples"],
-        input_sensitivity=settings["input_sensitivity"], update=update, density=settings["density"],
-        density_iters=settings["density_iters"], per_layer=settings["per_layer"], warm=start,
-        return_eigenvectors=keep)
+    result = curvature.compute_curvature(model, x[subset], y[subset], settings, loss=loss, warm=start, update=update,
+                                         return_eigenvectors=keep)
     vectors = result.pop("eigenvectors", None)
     artifacts.write_npy(vectors.astype(np.float32) if keep else np.zeros((0, n_params), np.float32), eigenvectors_out)
-    row = {"density_grid": [], "density": [], "layer_sharpness": {}, **result, "lr": optim["lr"],
+    # The table has every column: a measure that did not run reads NaN (lists empty, counts 0).
+    row = {**artifacts.CURVATURE_ABSENT, **result, "lr": optim["lr"],
            "sharpness_threshold": training.sharpness_threshold(optim)}
     artifacts.write_parquet(pd.DataFrame([row]), out, artifacts.CURVATURE, run_id=run_id,
                             config={"curvature": settings, "optim": optim, "loss": loss, "step": step,
                                     "subset_ids": subset.tolist(), "mode": "eval"})
     log.info("step %d: sharpness %.4g (2/lr %.4g; %d Lanczos steps), trace %.4g ± %.2g, update sharpness %.4g, "
-             "%d HVPs", step, result["sharpness"], row["sharpness_threshold"], result["lanczos_steps"],
-             result["hessian_trace"], result["hessian_trace_stderr"],
-             result["update_sharpness"], result["hvp_count"])
+             "GGN top eigenvalue %.4g, %d HVPs, %d GGN products", step, result["sharpness"], row["sharpness_threshold"],
+             result["lanczos_steps"], result["hessian_trace"], result["hessian_trace_stderr"],
+             row["update_sharpness"], row["ggn_top_eigenvalue"], result["hvp_count"], row["ggn_mvp_count"])
     return row
 
 
@@ -275,7 +284,7 @@ def render_plots(settings: dict, *, metrics_path, summary_path, curvature_paths,
 
     metrics = artifacts.read_parquet(metrics_path)
     per_step = pd.DataFrame(artifacts.read_json(summary_path)["per_step"])
-    dpi = settings["dpi"]
+    dpi = config.filled("plots", settings)["dpi"]
     plots.plot_training(metrics, training_png, title=f"{run_id}: loss and accuracy", dpi=dpi)
     plots.plot_flagged(per_step, flagged_png, title=f"{run_id}: flagged examples", dpi=dpi)
     plots.plot_curvature(read_curvature(curvature_paths), metrics, curvature_png, title=f"{run_id}: curvature", dpi=dpi)
@@ -288,7 +297,7 @@ def render_signal_plots(settings: dict, *, metrics_path, meta_path, groups_path,
 
     planted, planted_groups = planted_truth(meta_path)
     composition = scoring.group_composition(artifacts.read_parquet(groups_path), planted, planted_groups)
-    dpi = settings["dpi"]
+    dpi = config.filled("plots", settings)["dpi"]
     signal_plots.plot_group_losses(artifacts.read_parquet(group_losses_path), artifacts.read_parquet(group_pairs_path),
                                    composition, artifacts.read_parquet(metrics_path), out["group_losses"],
                                    title=f"{run_id}: loss of opposing groups", dpi=dpi)
@@ -301,12 +310,16 @@ def render_signal_plots(settings: dict, *, metrics_path, meta_path, groups_path,
 def render_density(settings: dict, *, curvature_paths, out, run_id: str) -> None:
     from gradscope import plots  # matplotlib loads only in the jobs that draw
 
-    plots.plot_density(read_curvature(curvature_paths), out, title=f"{run_id}: Hessian spectral density", dpi=settings["dpi"])
+    table = read_curvature(curvature_paths)
+    what = "Hessian and Gauss-Newton" if any(len(v) for v in table.get("ggn_density", [])) else "Hessian"
+    plots.plot_density(table, out, title=f"{run_id}: {what} spectral density",
+                       dpi=config.filled("plots", settings)["dpi"])
 
 
 def render_animation(settings: dict, *, examples_paths, detections_path, gif_path, frames_dir, run_id: str) -> None:
     from gradscope import animate  # matplotlib loads only in the jobs that draw
 
+    settings = config.filled("plots", settings)
     table = read_examples(examples_paths)
     train = table[table["split"] == "train"]
     detections = artifacts.read_parquet(detections_path)
@@ -325,16 +338,18 @@ def run_headline(*, metrics_path, summary_path, curvature_paths) -> dict:
 
 
 def write_run_report(*, run_id: str, config_path, metrics_path, summary_path, curvature_paths, figures: dict, out,
-                     influence_path=None) -> None:
+                     influence_path=None, progress_path=None) -> None:
     """figures: paths of training, flagged, curvature and gif, made relative to the report's folder;
-    influence_path: the influence summary, where the run computes one."""
+    influence_path: the influence summary, where the run computes one; progress_path: the progress
+    table (gradscope.progress), where the run has one."""
     folder = Path(out).parent
     rel = {k: Path(v).relative_to(folder).as_posix() for k, v in figures.items() if v}
     head = run_headline(metrics_path=metrics_path, summary_path=summary_path, curvature_paths=curvature_paths)
     text = report.render_run_report(run_id, config_yaml=Path(config_path).read_text(), head=head,
                                     summary=artifacts.read_json(summary_path),
                                     curvature=read_curvature(curvature_paths), figures=rel,
-                                    influence=artifacts.read_json(influence_path) if influence_path else None)
+                                    influence=artifacts.read_json(influence_path) if influence_path else None,
+                                    progress=artifacts.read_parquet(progress_path) if progress_path else None)
     artifacts.write_text(text, out)
 
 

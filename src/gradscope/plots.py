@@ -180,6 +180,9 @@ def plot_curvature(curvature: pd.DataFrame, metrics: pd.DataFrame, path, *, titl
         if _finite(c, "update_sharpness"):
             ax_s.plot(steps, c["update_sharpness"].to_numpy(dtype=float), marker="s", ms=3, lw=1.2, color="tab:orange",
                       label="update sharpness u'Hu/|u|²")
+        if _finite(c, "ggn_top_eigenvalue"):
+            ax_s.plot(steps, c["ggn_top_eigenvalue"].to_numpy(dtype=float), marker="^", ms=3, lw=1.2, color="tab:brown",
+                      label="top Gauss-Newton eigenvalue")
         thresholds = c["sharpness_threshold"].to_numpy(dtype=float)
         thresholds = thresholds[np.isfinite(thresholds)]
         threshold = float(np.median(thresholds)) if thresholds.size else math.nan
@@ -194,8 +197,9 @@ def plot_curvature(curvature: pd.DataFrame, metrics: pd.DataFrame, path, *, titl
         else:
             ax_s.set_ylabel("eigenvalue")
             if np.isfinite(threshold):
-                top = max(threshold, finite.max() if finite.size else threshold)
-                drawn = np.concatenate([finite, _finite_values(c, "update_sharpness")])  # both curves in view
+                ggn_top = _finite_values(c, "ggn_top_eigenvalue")  # may exceed the Hessian's
+                top = max(threshold, finite.max() if finite.size else threshold, ggn_top.max(initial=-np.inf))
+                drawn = np.concatenate([finite, _finite_values(c, "update_sharpness"), ggn_top])  # every curve in view
                 bottom = min(0.0, drawn.min() if drawn.size else 0.0)
                 if bottom < 0:  # a margin below a negative value, as matplotlib leaves one
                     bottom -= 0.04 * (1.12 * top - bottom)
@@ -239,22 +243,40 @@ def plot_curvature(curvature: pd.DataFrame, metrics: pd.DataFrame, path, *, titl
         plt.close(fig)
 
 
+def _has_lists(c: pd.DataFrame, column: str) -> bool:
+    return column in c and any(len(v) for v in c[column] if v is not None)
+
+
 def plot_density(curvature: pd.DataFrame, path, *, title: str, dpi: int = 110) -> None:
-    """Hessian spectral density (stochastic Lanczos quadrature) at each checkpoint, coloured by step."""
+    """Spectral density (stochastic Lanczos quadrature) at each checkpoint, coloured by step: the
+    Hessian's, and beside it the generalized Gauss-Newton's when the table has it (curvature.ggn),
+    on the same density axis. The GGN is positive semi-definite: its mass sits on [0, top], where
+    the Hessian's negative eigenvalues (non-convexity) show only in the left panel."""
     c = curvature.sort_values("step")
-    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    panels = [("density_grid", "density", "Hessian")]
+    if _has_lists(c, "ggn_density"):
+        panels.append(("ggn_density_grid", "ggn_density", "Gauss-Newton (GGN)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(12, 5) if len(panels) > 1 else (8, 5),
+                             sharey=True, layout="constrained", squeeze=False)
     try:
         colors = plt.get_cmap("viridis")(np.linspace(0, 1, max(len(c), 2)))
-        for color, (_, row) in zip(colors, c.iterrows()):
-            grid, dens = np.asarray(row["density_grid"], dtype=float), np.asarray(row["density"], dtype=float)
-            if grid.size:
-                ax.plot(grid, np.maximum(dens, 1e-12), color=color, lw=1.2, label=f"step {int(row['step'])}")
-        ax.set_yscale("log")
-        ax.set_xlabel("Hessian eigenvalue")
-        ax.set_ylabel("density (log scale)")
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-        ax.legend(loc="upper right", fontsize="small", ncol=2)
+        for ax, (grid_col, dens_col, name) in zip(axes[0], panels):
+            for color, (_, row) in zip(colors, c.iterrows()):
+                grid, dens = np.asarray(row[grid_col], dtype=float), np.asarray(row[dens_col], dtype=float)
+                if grid.size:
+                    ax.plot(grid, np.maximum(dens, 1e-12), color=color, lw=1.2, label=f"step {int(row['step'])}")
+            ax.set_yscale("log")
+            ax.set_xlabel(f"{name} eigenvalue")
+            ax.set_title(f"{name} spectral density" if len(panels) > 1 else title)
+            ax.grid(True, alpha=0.3)
+            ax.tick_params(labelleft=True)  # sharey hides them; each panel should read on its own
+        peak = max((float(np.max(d)) for col in ("density", "ggn_density") if col in c for d in c[col] if len(d)),
+                   default=1.0)
+        axes[0, 0].set_ylim(bottom=max(1e-12, 1e-6 * peak))  # below, only the Gaussian kernels' tails
+        axes[0, 0].set_ylabel("density (log scale)")
+        axes[0, -1].legend(loc="upper right", fontsize="small", ncol=2)
+        if len(panels) > 1:
+            fig.suptitle(title)
         _save(fig, path, dpi)
     finally:
         plt.close(fig)
@@ -317,6 +339,7 @@ def plot_sweep_sharpness(curvature_by_run: dict[str, pd.DataFrame], metrics_by_r
             plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 4, not 4 x 10^0
             ax_s.yaxis.set_major_formatter(plain)
             ax_s.yaxis.set_minor_formatter(plain)
+        _label_thresholds(ax_s, thresholds, _colors(len(names)))
         ax_s.set_ylabel("sharpness (top Hessian eigenvalue)")
         ax_s.set_title("Sharpness (solid) and its stability threshold 2/lr (dashed), per run")
         ax_s.grid(True, alpha=0.3)
@@ -333,6 +356,86 @@ def plot_sweep_sharpness(curvature_by_run: dict[str, pd.DataFrame], metrics_by_r
 
 
 # ---- helpers ----------------------------------------------------------------------------
+def _label_thresholds(ax, thresholds: list[float], colors: list) -> None:
+    """Name each distinct 2/lr line on a right-hand axis of the same scale: a tick at the line,
+    labelled "2/lr = value" in the colour of the first run that has it."""
+    first = {}
+    for t, color in zip(thresholds, colors):
+        if np.isfinite(t):
+            first.setdefault(t, color)
+    if not first:
+        return
+    right = ax.secondary_yaxis("right")
+    right.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(list(first)))
+    right.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    right.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"2/lr = {v:.3g}"))
+    right.tick_params(labelsize="small")
+    for tick, color in zip(right.yaxis.get_major_ticks(len(first)), first.values()):  # in FixedLocator's order
+        tick.label2.set_color(color)
+
+
+PROGRESS_FIGSIZE = (10.0, 9.0)
+
+
+def plot_progress(progress: pd.DataFrame, metrics: pd.DataFrame, path, *, title: str, dpi: int = 110) -> None:
+    """Progress measures of the grokking circuit (gradscope.progress) on the loss curves' log step axis.
+
+    Top: train and test loss (every logged step) with the restricted loss (logits kept on the key
+    frequencies' directions) and the excluded loss (those directions removed), both on the training
+    pairs, at the checkpoints. Below, on the same axis: the fraction of the embedding's squared norm
+    in the key frequencies (and in each checkpoint's own top frequencies, where those differ); the
+    weight norm (every logged step) with test accuracy on a second axis. Nanda et al. 2023 read
+    circuit formation as the restricted loss falling before the test loss, and cleanup as the
+    excluded loss rising while the weight norm falls.
+    """
+    pr, m = progress.sort_values("step"), metrics.sort_values("step")
+    fig, (ax_l, ax_f, ax_w) = plt.subplots(3, 1, figsize=PROGRESS_FIGSIZE, sharex=True, layout="constrained",
+                                           height_ratios=(2.0, 1.0, 1.0))
+    try:
+        xm, xp = m["step"].to_numpy(dtype=float) + 1.0, pr["step"].to_numpy(dtype=float) + 1.0
+        for col, color, label in (("train_loss", TRAIN_COLOR, "train loss"), ("test_loss", TEST_COLOR, "test loss")):
+            y = m[col].to_numpy(dtype=float)
+            ax_l.plot(xm, np.where(y > 0, y, np.nan), color=color, lw=1.5, label=label)
+        keys = ", ".join(map(str, pr["key_frequencies"].iloc[-1]))
+        for col, color, marker, label in (("restricted_loss", "tab:green", "o", "restricted loss (key frequencies only)"),
+                                          ("excluded_loss", "tab:red", "s", "excluded loss (key frequencies removed)")):
+            y = pr[col].to_numpy(dtype=float)
+            ax_l.plot(xp, np.where(y > 0, y, np.nan), color=color, marker=marker, ms=4, lw=1.4, label=label)
+        ax_l.set_xscale("log")
+        ax_l.set_yscale("log")
+        ax_l.set_ylabel("loss (log scale)")
+        ax_l.set_title(f"Loss; restricted and excluded losses on the training pairs (key frequencies k = {keys})")
+        ax_l.grid(True, which="major", alpha=0.3)
+        ax_l.legend(loc="best", fontsize=9)
+
+        ax_f.plot(xp, pr["key_fraction"].to_numpy(dtype=float), color="tab:purple", marker="o", ms=4, lw=1.4,
+                  label="in the key frequencies")
+        if any(list(a) != list(b) for a, b in zip(pr["key_frequencies"], pr["top_frequencies"])):
+            ax_f.plot(xp, pr["top_fraction"].to_numpy(dtype=float), color="tab:purple", ls="--", marker=".", lw=1.0,
+                      label="in each checkpoint's own top frequencies")
+        ax_f.set_ylim(0.0, 1.02)
+        ax_f.set_ylabel("fraction of\nembedding norm²")
+        ax_f.set_title("Embedding's Fourier spectrum over token a: share of the key frequencies")
+        ax_f.grid(True, which="major", alpha=0.3)
+        ax_f.legend(loc="best", fontsize=9)
+
+        ax_w.plot(xm, m["weight_norm"].to_numpy(dtype=float), color="0.2", lw=1.5, label="weight norm")
+        ax_w.set_ylabel("weight norm (L2, all parameters)")
+        ax_w.set_xlabel(STEP_LABEL)
+        ax_w.grid(True, which="major", alpha=0.3)
+        ax_a = ax_w.twinx()
+        ax_a.plot(xm, m["test_acc"].to_numpy(dtype=float), color=TEST_COLOR, lw=1.0, ls=":", label="test accuracy")
+        ax_a.set_ylim(-0.02, 1.02)
+        ax_a.set_ylabel("test accuracy", color=TEST_COLOR)
+        lines = ax_w.get_lines() + ax_a.get_lines()
+        ax_w.legend(lines, [ln.get_label() for ln in lines], loc="best", fontsize=9)
+        ax_w.set_title("Weight norm (as logged in training) and test accuracy")
+        fig.suptitle(title)
+        _save(fig, path, dpi)
+    finally:
+        plt.close(fig)
+
+
 def _save(fig, path, dpi: int) -> None:
     # the temporary name ends in .tmp, so the format must be given, not inferred
     with atomic_path(Path(path)) as tmp:

@@ -12,6 +12,12 @@ import math
 import numpy as np
 import pandas as pd
 
+from gradscope import layout, signals
+
+# The edge-of-stability criterion of the headline (edge_step_reached, edge_tail_max_rel_dev,
+# edge_at_edge): sharpness within EDGE_TOLERANCE of 2/lr over the last EDGE_TAIL of training.
+EDGE_TOLERANCE, EDGE_TAIL = 0.1, 0.4
+
 
 def headline(metrics: pd.DataFrame, summary: dict, curvature: pd.DataFrame) -> dict:
     last = metrics.iloc[-1]
@@ -25,9 +31,12 @@ def headline(metrics: pd.DataFrame, summary: dict, curvature: pd.DataFrame) -> d
         "step_memorized": gen["step_memorized"],
         "step_generalized": gen["step_generalized"],
         "generalization_delay_steps": gen["delay_steps"],
+        "best_test_acc": float(metrics["test_acc"].max()),  # how close a run that never generalized came
         "max_sharpness": float(curvature["sharpness"].max()),
         "final_sharpness": float(curvature.sort_values("step")["sharpness"].iloc[-1]),
         "sharpness_threshold": float(curvature["sharpness_threshold"].iloc[0]),
+        **{f"edge_{k}": v for k, v in signals.edge_of_stability(curvature, tolerance=EDGE_TOLERANCE,
+                                                                 tail=EDGE_TAIL).items()},
         "final_flagged_cos_rule": int(cos_rule[-1]["n_flagged"]) if cos_rule else 0,
         "train_wall_s": float(last["wall_s"]),
     }
@@ -55,19 +64,26 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 
 def render_run_report(run_id: str, *, config_yaml: str, head: dict, summary: dict, curvature: pd.DataFrame,
-                      figures: dict[str, str], influence: dict | None = None) -> str:
+                      figures: dict[str, str], influence: dict | None = None,
+                      progress: pd.DataFrame | None = None) -> str:
     """The run's report.md; `figures` maps names (training, flagged, curvature, gif) to paths relative to it."""
     per_step = pd.DataFrame(summary["per_step"])
     columns = ["step", "sharpness", "sharpness_threshold", "update_sharpness", "hessian_trace", "hessian_trace_stderr",
-               "fisher_trace", "gauss_newton_trace", "input_jacobian_norm", "input_hessian_trace", "hvp_count"]
+               "fisher_trace", "gauss_newton_trace", "input_jacobian_norm", "input_hessian_trace", "hvp_count",
+               "ggn_top_eigenvalue", "ggn_mvp_count"]
+    ggn = "ggn_top_eigenvalue" in curvature and curvature["ggn_top_eigenvalue"].notna().any()
     curv = curvature.sort_values("step")[[c for c in columns if c in curvature
-                                          and not (curvature[c].dtype.kind == "f" and curvature[c].isna().all())]]
+                                          and not (curvature[c].dtype.kind == "f" and curvature[c].isna().all())
+                                          and (ggn or c != "ggn_mvp_count")]]
     parts = [
         f"# Run `{run_id}`",
         "## Headline figures",
         markdown_table(pd.DataFrame({"figure": list(head), "value": list(head.values())})),
         f"Memorized = first logged step with train accuracy ≥ {summary['generalization']['train_threshold']}; "
-        f"generalized = first logged step from then on with test accuracy ≥ {summary['generalization']['test_threshold']}.",
+        f"generalized = first logged step from then on with test accuracy ≥ {summary['generalization']['test_threshold']}. "
+        f"Edge of stability: edge_step_reached = first checkpoint with sharpness ≥ {1 - EDGE_TOLERANCE:g} × 2/lr; "
+        f"edge_tail_max_rel_dev = largest |sharpness/(2/lr) − 1| over the last {EDGE_TAIL:.0%} of training; "
+        f"edge_at_edge = that is at most {EDGE_TOLERANCE:g}.",
         "## Training",
         f"![Loss and accuracy]({figures['training']})",
         *signals_section(summary, per_step, figures),
@@ -75,11 +91,19 @@ def render_run_report(run_id: str, *, config_yaml: str, head: dict, summary: dic
         "On the fixed curvature subset: sharpness (top Hessian eigenvalue, Lanczos) against the stability "
         "threshold 2/lr (2(1+β)/lr with momentum); update sharpness u'Hu/|u|² along the optimizer's next update; "
         "traces of the Hessian (Hutchinson, ± standard error), the empirical Fisher and the Gauss-Newton matrix "
-        "(Monte Carlo); the input-Jacobian norm and input-Hessian trace (dense inputs).",
+        "(Monte Carlo); the input-Jacobian norm and input-Hessian trace (dense inputs)."
+        + (" The top eigenvalue of the generalized Gauss-Newton J^T H_out J (Lanczos; positive semi-definite, "
+           "for cross-entropy the true Fisher) sits beside the sharpness: where they part, the Hessian's "
+           "second-order term of the network carries the curvature. ggn_mvp_count counts its products."
+           if ggn else ""),
         f"![Curvature]({figures['curvature']})",
         markdown_table(curv),
+        f"Hessian-vector products over the run: {int(curvature['hvp_count'].sum())} "
+        f"({len(curvature)} checkpoints, {curvature['hvp_count'].mean():.0f} per checkpoint)"
+        + (f"; GGN-vector products: {int(curvature['ggn_mvp_count'].sum())}" if ggn else "") + ".",
         *([f"![Spectral density]({figures['density']})"] if figures.get("density") else []),
         *(influence_section(influence) if influence else []),
+        *(progress_section(progress, figures.get("progress")) if progress is not None else []),
         "## Gradient projections",
         "Each example's gradient, randomly projected (fixed seed), in a PCA plane fitted once over all checkpoints; "
         f"frames are in `figures/pca_frames/`.\n\n![Gradient projections]({figures['gif']})",
@@ -148,7 +172,7 @@ def signals_section(summary: dict, per_step: pd.DataFrame, figures: dict) -> lis
     return [
         "## Per-example dynamics and opposing signals",
         "Detectors, each scoring every training example at every checkpoint (all scores in "
-        "`signals/detections.parquet`, per-checkpoint quality in `signals/evaluation.parquet`):",
+        f"`{layout.IN_RUN['signals_detections']}`, per-checkpoint quality in `{layout.IN_RUN['signals_evaluation']}`):",
         "\n".join(described),
         truth,
         f"![Detector comparison]({figures['flagged']})",
@@ -177,20 +201,36 @@ def render_sweep_report(experiment: str, runs: pd.DataFrame, detectors: pd.DataF
         compared = compared.sort_values("auroc", ascending=False)
     parts = [
         f"# Sweep `{experiment}`",
-        f"{len(runs)} runs. Full table: `runs.parquet` (one row per run). Each run's own report: `results/runs/{experiment}/<run>/report.md`.",
+        f"{len(runs)} runs. Full table: `{layout.IN_SWEEP['runs']}` (one row per run). Each run's own report: `{layout.run_file('report', f'{experiment}/<run>')}`.",
         markdown_table(runs[shown]),
         f"![Accuracy of every run]({comparison})",
         "## Sharpness",
         "Each run's sharpness (top Hessian eigenvalue on its curvature subset) with its own stability threshold 2/lr "
         "(dashed, same colour), above its training loss on the same step axis.",
         f"![Sharpness of every run]({sharpness})",
+        *edge_of_stability_lines(runs),
         "## Detectors compared",
         "Each detector's figures at the last checkpoint (and its best AUROC over checkpoints), averaged over the "
         f"{len(runs)} runs; – where a run's value is undefined (the precision of a detector that flagged nothing); "
-        "per run in `detectors.parquet`.",
+        f"per run in `{layout.IN_SWEEP['detectors']}`.",
         markdown_table(compared),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def edge_of_stability_lines(runs: pd.DataFrame) -> list[str]:
+    """The sweep's edge-of-stability verdict from the runs' headline columns (edge_*)."""
+    if "edge_at_edge" not in runs:
+        return []
+    at = runs["edge_at_edge"].astype(bool)
+    table = runs[["run", "sharpness_threshold", "final_sharpness", "edge_step_reached", "edge_tail_max_rel_dev",
+                  "edge_at_edge"]].rename(columns={
+        "sharpness_threshold": "2/lr", "edge_step_reached": f"first step ≥ {1 - EDGE_TOLERANCE:g}·2/lr",
+        "edge_tail_max_rel_dev": f"largest relative deviation from 2/lr, last {EDGE_TAIL:.0%}",
+        "edge_at_edge": f"within {EDGE_TOLERANCE:.0%}"})
+    return [f"{int(at.sum())} of {len(runs)} runs stay within {EDGE_TOLERANCE:.0%} of 2/lr over the last "
+            f"{EDGE_TAIL:.0%} of training (every checkpoint from step {1 - EDGE_TAIL:g} × the last step on):",
+            markdown_table(table)]
 
 
 def influence_section(summary: dict) -> list[str]:
@@ -200,7 +240,7 @@ def influence_section(summary: dict) -> list[str]:
              f"TracIn-CP (Σ over the {len(summary['steps'])} checkpoints of lr × the inner product of the projected "
              f"gradients, k = {summary['proj_dim']}) of {summary['n_test_scored']} test examples against all "
              f"{summary['n_train']} training examples. A *proponent* lowered the test example's loss when trained "
-             "on, an *opponent* raised it. All pairs' per-checkpoint contributions: `influence/contributions.parquet`."]
+             f"on, an *opponent* raised it. All pairs' per-checkpoint contributions: `{layout.IN_RUN['influence_contributions']}`."]
     flips = summary.get("flipped_opponents")
     if flips:
         rows = pd.DataFrame([{"among top": kind + "s", "flipped, of the test example's true class": v["rate"],
@@ -220,3 +260,26 @@ def influence_section(summary: dict) -> list[str]:
         parts += [f"**Test example {ex['test_id']}** (label {ex['label']}, predicted {ex['pred']}, final loss "
                   f"{_fmt(ex['final_loss'])}):", markdown_table(pd.DataFrame(table))]
     return parts
+
+
+PROGRESS_ROWS = 12  # checkpoints listed in the report's progress table (all are in progress.parquet)
+
+
+def progress_section(progress: pd.DataFrame, figure: str | None) -> list[str]:
+    """Nanda et al.'s progress measures (the run's progress table): the figure and, for up to
+    PROGRESS_ROWS checkpoints spread over training (the first and last always), the losses, the key
+    frequencies' share of the embedding and the weight norm."""
+    pr = progress.sort_values("step").reset_index(drop=True)
+    keep = sorted(set(np.linspace(0, len(pr) - 1, min(PROGRESS_ROWS, len(pr))).round().astype(int)))
+    table = pr.loc[keep, ["step", "train_loss", "test_loss", "restricted_loss", "excluded_loss", "key_fraction",
+                          "weight_norm"]]
+    keys = ", ".join(map(str, pr["key_frequencies"].iloc[-1]))
+    return ["## Progress measures of the grokking circuit",
+            f"Nanda et al. 2023 (gradscope.progress). Key frequencies k = {keys} (the largest in the Fourier spectrum "
+            "of the embedding of token a). Restricted loss: the logits over all pairs kept on the key frequencies' "
+            "directions cos/sin(w_k(a ± b)) and the constant; excluded loss: those directions removed; both on the "
+            "training pairs. In the paper the restricted loss falls before the test loss as the circuit forms, and "
+            "the excluded loss rises as the memorizing part is cleaned up. key_fraction: the key frequencies' share "
+            f"of the embedding's squared norm. Every checkpoint: `{layout.IN_RUN['progress']}`.",
+            *([f"![Progress measures]({figure})"] if figure else []),
+            markdown_table(table)]

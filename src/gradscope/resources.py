@@ -147,8 +147,10 @@ def _round_min(flops: float, device: str = "cpu") -> int:
     return int(math.ceil((MIN_RUNTIME + SAFETY * flops / FLOPS_PER_MINUTE[device]) / 5.0) * 5)
 
 
-def estimate(rule: str, settings: dict) -> dict:
-    """{"mem_mb", "runtime", "gpu"} of one rule's job for one run, before retries."""
+def estimate(rule: str, settings: dict, *, per_run: bool = False) -> dict:
+    """{"mem_mb", "runtime", "gpu"} of one rule's job for one run, before retries. per_run: the
+    per-checkpoint rules (extract_examples, curvature) cover every checkpoint in one job
+    (checkpoint_jobs: per_run), which takes as long as their per-checkpoint jobs together."""
     d = data_size(settings)
     n = d["n_train"] + d["n_test"]
     width_in = d["tokens"] or d["features"]
@@ -188,8 +190,16 @@ def estimate(rule: str, settings: dict) -> dict:
             d["n_test"], int(settings["influence"]["test_examples"]))
         mem = _mb(4 * n * ckpts * (4 * proj_dim + 100) + 8 * 3 * 512 * d["n_train"])
         flops = 2.0 * n_test * d["n_train"] * ckpts * proj_dim
+    elif rule == "progress":
+        # one checkpoint's model and the logits over all p^2 pairs (float64) with their restricted and excluded
+        # copies; a forward pass over the pairs and two projections per checkpoint
+        pairs, classes = d["vocab"] ** 2, d["classes"]
+        mem = _mb(4 * 4 * params + 8 * 4 * pairs * classes + 4 * acts * pairs + data_bytes)
+        flops = ckpts * (2.0 * params * pairs * 3 + 8.0 * pairs * classes * 2 * 5)
     elif rule in ("plots", "report"):
         mem = _mb(100 * ckpts * 1000)
+    if per_run and rule in ("extract_examples", "curvature"):
+        flops *= ckpts
     gpu = settings.get("device", "auto") == "cuda" and rule in TORCH_RULES
     return {"mem_mb": _round_mb(mem), "runtime": _round_min(flops, "cuda" if gpu else "cpu"), "gpu": int(gpu)}
 

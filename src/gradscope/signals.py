@@ -8,7 +8,7 @@ correctness, gradient norms and cosines, over checkpoints) and the learning rate
 checkpoint:
 
 - `cos_rule`: gradient opposition, score -cos(g_i, mean g) at each checkpoint; flagged when
-  cos < threshold (default -0.1, the seed notebook's rule).
+  cos < threshold (the schema's default, -0.1, is the seed notebook's rule).
 - `opposing_groups` (Rosenfeld & Risteski 2023, arXiv 2311.04163): score |loss_i(t) -
   loss_i(t_prev)| at each checkpoint after the first; the top_k flagged. Their grouping,
   opposing pairs and group loss curves are in `gradscope.opposing`.
@@ -45,6 +45,8 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+
+from gradscope import config
 
 # Per-example table columns the detectors read, as (checkpoints, examples) matrices.
 TRAJECTORY_COLUMNS = ("loss", "p_true", "margin", "correct", "grad_norm", "grad_cos_mean", "el2n")
@@ -225,14 +227,16 @@ def high_loss(tr: Trajectories, s: dict) -> Scores:
 def detect(tr: Trajectories, settings: dict) -> pd.DataFrame:
     """Run the detectors named in settings["detectors"], each with settings[name]; the long
     table (step, example_id, detector, score, flagged), without the checkpoints a detector does
-    not score (a NaN score)."""
-    unknown = [d for d in settings["detectors"] if d not in DETECTORS]
+    not score (a NaN score). `settings` is the `signals` section; what it leaves out takes the
+    schema's default."""
+    unknown = [d for d in settings.get("detectors", ()) if d not in DETECTORS]
     if unknown:
         raise ValueError(f"unknown detector(s) {unknown}; known: {sorted(DETECTORS)}")
+    settings = config.filled("signals", settings)
     T, n = len(tr.steps), len(tr.example_ids)
     parts = []
     for name in settings["detectors"]:
-        for detector, (score, flagged) in DETECTORS[name](tr, settings.get(name, {})).items():
+        for detector, (score, flagged) in DETECTORS[name](tr, settings[name]).items():
             keep = ~np.isnan(score).ravel()
             parts.append(pd.DataFrame({
                 "step": np.repeat(tr.steps, n)[keep],
@@ -290,6 +294,27 @@ def generalization_events(metrics: pd.DataFrame, *, train_threshold: float, test
     gen = first("test_acc", test_threshold, after=fit) if not math.isnan(fit) else float("nan")
     return {"train_threshold": train_threshold, "test_threshold": test_threshold,
             "step_memorized": fit, "step_generalized": gen, "delay_steps": gen - fit}
+
+
+def edge_of_stability(curvature: pd.DataFrame, *, tolerance: float, tail: float) -> dict:
+    """Whether a run's sharpness sits at its stability threshold 2/lr (Cohen et al. 2021).
+
+    `curvature`: one row per checkpoint with step, sharpness and sharpness_threshold (2/lr, or
+    2(1+beta)/lr with momentum, per row so that a schedule is followed). Training is taken to
+    span steps 0 to the last checkpoint's step (the last step is always a checkpoint); the tail
+    is the checkpoints at or after (1 - tail) of it. Returns step_reached (the first checkpoint
+    with sharpness >= (1 - tolerance) * threshold; NaN where never), tail_max_rel_dev (the
+    largest |sharpness / threshold - 1| over the tail; NaN without a finite tail point) and
+    at_edge (that deviation is at most tolerance)."""
+    c = curvature.sort_values("step")
+    step = c["step"].to_numpy(dtype=float)
+    ratio = c["sharpness"].to_numpy(dtype=float) / c["sharpness_threshold"].to_numpy(dtype=float)
+    reached = np.flatnonzero(ratio >= 1 - tolerance)
+    dev = np.abs(ratio[step >= (1 - tail) * step.max()] - 1) if len(step) else np.array([])
+    dev = dev[np.isfinite(dev)]
+    worst = float(dev.max()) if dev.size else float("nan")
+    return {"step_reached": float(step[reached[0]]) if reached.size else float("nan"),
+            "tail_max_rel_dev": worst, "at_edge": bool(worst <= tolerance)}
 
 
 def flagged_around(detections: pd.DataFrame, step: float) -> pd.DataFrame:

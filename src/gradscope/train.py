@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 import yaml
 
-from gradscope import artifacts, checkpoints, dynamics
+from gradscope import artifacts, checkpoints, config, dynamics, layout
 from gradscope.config import checkpoint_steps
 from gradscope.optim import Plateau, build_optimizer, lr_at, sharpness_threshold  # noqa: F401  (re-exported)
 from gradscope.losses import per_example_loss
@@ -51,10 +51,13 @@ def _global_norm(tensors) -> float:
     return math.sqrt(sum(float(t.detach().pow(2).sum()) for t in tensors))
 
 
-RESUME_DIR = "resume"  # beside the declared outputs: Snakemake deletes those before a rerun, not this
-# Everything else train writes in its folder. All are removed when a run starts (again): nothing
-# an earlier attempt or configuration wrote survives beside a new or failed run to look current.
-OUTPUTS = ("checkpoints", "metrics.parquet", "metrics.partial.parquet", "dynamics.parquet", "manifest.json")
+# What train writes in its folder (the run's train/), named where gradscope.layout names them.
+FILES = {name: Path(layout.IN_RUN[name]).name for name in
+         ("checkpoints", "metrics", "metrics_partial", "dynamics", "manifest", "resume")}
+RESUME_DIR = FILES["resume"]  # beside the declared outputs: Snakemake deletes those before a rerun, not this
+# Everything else. All are removed when a run starts (again): nothing an earlier attempt or
+# configuration wrote survives beside a new or failed run to look current.
+OUTPUTS = tuple(FILES[name] for name in ("checkpoints", "metrics", "metrics_partial", "dynamics", "manifest"))
 LOCK = ".train.lock"  # held while a process trains the run (see run_lock)
 
 
@@ -153,9 +156,9 @@ class EarlyStop:
     """Stop when a logged metric has not improved by `min_delta` for `patience` logged evaluations."""
 
     def __init__(self, rule: dict | None):
-        rule = rule or {}
-        self.metric = rule.get("metric")
-        self.patience, self.min_delta = rule.get("patience", 10), rule.get("min_delta", 0.0)
+        """rule: the `train.early_stopping` block; None never stops."""
+        rule = config.section("train", early_stopping=rule)["early_stopping"] or {}  # the schema's defaults filled in
+        self.metric, self.patience, self.min_delta = rule.get("metric"), rule.get("patience"), rule.get("min_delta")
         self.sign = 1.0 if (self.metric or "").endswith("_acc") else -1.0  # accuracies rise, losses fall
         self.best, self.bad = None, 0
 
@@ -192,7 +195,9 @@ def _train(settings: dict, train_split, test_split, spec: InputSpec, out_dir: Pa
     (`stopped_early_at`), as does the manifest. `progress(step)` is called after every step.
     """
     out_dir = Path(out_dir)
-    ckpt_dir, store = out_dir / "checkpoints", out_dir / RESUME_DIR
+    ckpt_dir, store = out_dir / FILES["checkpoints"], out_dir / RESUME_DIR
+    # what the sections leave out takes the schema's default (a no-op on the workflow's filled settings)
+    settings = {**settings, **{s: config.filled(s, settings.get(s)) for s in ("model", "optim", "train")}}
     optim_cfg, train_cfg = settings["optim"], settings["train"]
     device = resolve_device(settings["device"])
     log.info("resolved training config of %s:\n%s", run_id, yaml.safe_dump(settings, sort_keys=False))
@@ -211,9 +216,9 @@ def _train(settings: dict, train_split, test_split, spec: InputSpec, out_dir: Pa
     batch_size = train_cfg["batch_size"] or n
     save_at = set(checkpoint_steps(train_cfg))
     rows, layer_rows, order, cursor, first, wall_before = [], [], None, n, 0, 0.0
-    plateau, clipped_since_log, steps_since_log = Plateau(optim_cfg.get("schedule")), 0, 0
-    early, stopped_at = EarlyStop(train_cfg.get("early_stopping")), None
-    dynamics_every = train_cfg.get("dynamics_every", 0)
+    plateau, clipped_since_log, steps_since_log = Plateau(optim_cfg["schedule"]), 0, 0
+    early, stopped_at = EarlyStop(train_cfg["early_stopping"]), None
+    dynamics_every = train_cfg["dynamics_every"]
 
     resumed = _resume_state(store, settings)
     if resumed is not None:
@@ -268,11 +273,11 @@ def _train(settings: dict, train_split, test_split, spec: InputSpec, out_dir: Pa
         grads = [p.grad for p in model.parameters() if p.grad is not None]  # frozen parameters have none
         grad_norm = _global_norm(grads)
         if not (math.isfinite(batch_loss.item()) and math.isfinite(grad_norm)):
-            _write_metrics(rows, out_dir / "metrics.partial.parquet", run_id, settings)
+            _write_metrics(rows, out_dir / FILES["metrics_partial"], run_id, settings)
             what = "loss" if not math.isfinite(batch_loss.item()) else "gradient norm"
             raise FloatingPointError(f"{run_id}: non-finite {what} at step {step}; metrics so far are in "
-                                     f"{out_dir / 'metrics.partial.parquet'}, checkpoints in {store}")
-        clip = optim_cfg.get("grad_clip")
+                                     f"{out_dir / FILES['metrics_partial']}, checkpoints in {store}")
+        clip = optim_cfg["grad_clip"]
         clipped = bool(clip is not None and grad_norm > clip) and step < steps
         clipped_since_log, steps_since_log = clipped_since_log + clipped, steps_since_log + (step < steps)
         if dynamics_every and (step % dynamics_every == 0 or step == steps):
@@ -312,14 +317,14 @@ def _train(settings: dict, train_split, test_split, spec: InputSpec, out_dir: Pa
                              step=stopped_at, spec=spec, settings=settings, batch_generator=batches, lr=lr,
                              extra={"stopped_early_at": stopped_at})
     _publish(store, ckpt_dir, sorted(save_at))
-    metrics = _write_metrics(rows, out_dir / "metrics.parquet", run_id, settings)
-    artifacts.write_parquet(pd.DataFrame(layer_rows, columns=dynamics.COLUMNS), out_dir / "dynamics.parquet",
+    metrics = _write_metrics(rows, out_dir / FILES["metrics"], run_id, settings)
+    artifacts.write_parquet(pd.DataFrame(layer_rows, columns=dynamics.COLUMNS), out_dir / FILES["dynamics"],
                             artifacts.DYNAMICS, run_id=run_id, config=settings)
     artifacts.write_json({"run_id": run_id, "steps": steps, "stopped_early_at": stopped_at, "checkpoints": {
         str(s): f"checkpoints/{checkpoints.checkpoint_name(s)}" for s in sorted(save_at)},
         # sizes as written: a checkpoint truncated or replaced later is found by a stat (checkpoints.damaged)
         "checkpoint_bytes": {str(s): (ckpt_dir / checkpoints.checkpoint_name(s)).stat().st_size for s in sorted(save_at)},
-        "wall_s": time.perf_counter() - start}, out_dir / "manifest.json")
+        "wall_s": time.perf_counter() - start}, out_dir / FILES["manifest"])
     shutil.rmtree(store)
     return metrics
 

@@ -5,7 +5,9 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from gradscope import checkpoints as gs_checkpoints
+from gradscope import artifacts as gs_artifacts
+from gradscope import progress as gs_progress
+from gradscope import layout
 from gradscope import resources as gs_resources
 from gradscope.config import ConfigError, checkpoint_steps, compose, data_slice, dataset_id, load_runs
 from gradscope.config import read_config_file, require_device, train_slice
@@ -43,7 +45,7 @@ onstart:
 RUNS = {run.id: run for run in _runs}
 # A checkpoint truncated or replaced since training is invisible to Snakemake's timestamps: said
 # here, with the command that writes it again, on every start (a stat per checkpoint).
-for _line in (line for run in RUNS.values() for line in gs_checkpoints.damaged(f"results/runs/{run.id}/train/manifest.json")):
+for _line in (line for run in RUNS.values() for line in gs_artifacts.damaged_checkpoints(layout.run_file("manifest", run.id))):
     print(f"gradscope: damaged checkpoint {_line}", file=sys.stderr)
 EXPERIMENTS = sorted({run.experiment for run in RUNS.values()})
 # Everything an input function needs per run is computed once here, not once per job: a
@@ -51,13 +53,14 @@ EXPERIMENTS = sorted({run.experiment for run in RUNS.values()})
 DATASET_OF = {run.id: dataset_id(run.settings) for run in RUNS.values()}
 DATASETS = {DATASET_OF[run.id]: data_slice(run.settings) for run in RUNS.values()}
 STEPS = {run.id: checkpoint_steps(run.settings["train"]) for run in RUNS.values()}
-DATASET_FILES = {
-    run_id: {"train": f"results/data/{d}/train.parquet", "test": f"results/data/{d}/test.parquet", "meta": f"results/data/{d}/meta.json"}
-    for run_id, d in DATASET_OF.items()
-}
-# Cluster submission: the per-checkpoint jobs of one run form one Snakemake group (one
-# cluster job, packed by the profile's group-components); local runs ignore groups.
-CHECKPOINT_GROUP = "checkpoints_{experiment}_{run}" if CONFIG["cluster"]["group_checkpoint_jobs"] else None
+DATASET_FILES = {run_id: {split: layout.dataset_file(split, d) for split in layout.DATASET} for run_id, d in DATASET_OF.items()}
+# The per-checkpoint stages (extract_examples, curvature): one job per run, which pays the start-up
+# (interpreter, torch, data) once, or one per checkpoint (checkpoint_jobs). Per checkpoint on a
+# cluster, the jobs of one run form one Snakemake group (one submission, packed by the profile's
+# group-components) with cluster.group_checkpoint_jobs; local runs ignore groups.
+PER_RUN = CONFIG["checkpoint_jobs"] == "per_run"
+JOB_PER = "run" if PER_RUN else "step"
+CHECKPOINT_GROUP = "checkpoints_{experiment}_{run}" if CONFIG["cluster"]["group_checkpoint_jobs"] and not PER_RUN else None
 
 
 wildcard_constraints:
@@ -69,10 +72,6 @@ wildcard_constraints:
 
 def get_run(wc):
     return RUNS[f"{wc.experiment}/{wc.run}"]
-
-
-def run_dir(run):
-    return f"results/runs/{run.id}"
 
 
 def get_data_inputs(wc):
@@ -92,38 +91,58 @@ def get_steps(run):
     return STEPS[run.id]
 
 
+def checkpoint_tables(run, kind):
+    """A run's per-checkpoint tables of `kind` (examples, curvature) as the rules declare them: the
+    run's folder of them (one job per run) or one file per checkpoint."""
+    if PER_RUN:
+        return [layout.run_file(f"{kind}_dir", run.id)]
+    return [layout.run_file(kind, run.id, step=s) for s in get_steps(run)]
+
+
+def get_job_steps(wc):
+    """The checkpoint steps one job of a per-checkpoint stage covers: the run's, or its own."""
+    return [int(wc.step)] if "step" in wc.keys() else get_steps(get_run(wc))
+
+
 def get_examples_files(wc):
-    run = get_run(wc)
-    return [f"{run_dir(run)}/examples/step={s}/part-0.parquet" for s in get_steps(run)]
+    return checkpoint_tables(get_run(wc), "examples")
 
 
 def get_curvature_inputs(wc):
     """The dataset files and, with curvature.warm_start, the previous checkpoint's eigenvectors
-    (Lanczos starts from them): one call per job, as for the other per-checkpoint rules."""
+    (Lanczos starts from them; a per-run job carries them from one checkpoint to the next itself)."""
     files = get_dataset_files(wc)
     run = get_run(wc)
-    if run.settings["curvature"]["warm_start"]:
+    if run.settings["curvature"]["warm_start"] and not PER_RUN:
         earlier = [s for s in get_steps(run) if s < int(wc.step)]
         if earlier:
-            files["warm"] = f"{run_dir(run)}/curvature/step={earlier[-1]}/eigenvectors.npy"
+            files["warm"] = layout.run_file("eigenvectors", run.id, step=earlier[-1])
     return files
 
 
 def get_curvature_files(wc):
-    run = get_run(wc)
-    return [f"{run_dir(run)}/curvature/step={s}/part-0.parquet" for s in get_steps(run)]
+    return checkpoint_tables(get_run(wc), "curvature")
 
 
 def get_density_figure(wc):
     """The spectral density figure, for runs that compute the density (an optional report input)."""
     run = get_run(wc)
-    return [f"{run_dir(run)}/figures/density.png"] if run.settings["curvature"]["density"] else []
+    return [layout.run_file("figure_density", run.id)] if run.settings["curvature"]["density"] else []
 
 
 def get_influence_summary(wc):
     """The run's influence summary, for runs with influence.enabled (an optional report input)."""
     run = get_run(wc)
-    return [f"{run_dir(run)}/influence/summary.json"] if run.settings["influence"]["enabled"] else []
+    return [layout.run_file("influence_summary", run.id)] if run.settings["influence"]["enabled"] else []
+
+
+def get_progress_outputs(wc):
+    """The progress table and figure (Nanda et al.'s progress measures), for modular add/sub runs with
+    progress.enabled (an optional report input): [table, figure], or none."""
+    run = get_run(wc)
+    if not (run.settings["progress"]["enabled"] and gs_progress.applies(run.settings["data"])):
+        return []
+    return [layout.run_file("progress", run.id), layout.run_file("figure_progress", run.id)]
 
 
 def get_settings(section, key=None):
@@ -147,33 +166,31 @@ def get_experiment_runs(wc):
 def get_sweep_inputs(wc):
     runs = get_experiment_runs(wc)
     return {
-        "reports": [f"{run_dir(r)}/report.md" for r in runs],
-        "metrics": [f"{run_dir(r)}/train/metrics.parquet" for r in runs],
-        "summaries": [f"{run_dir(r)}/signals/summary.json" for r in runs],
-        "curvature": [f"{run_dir(r)}/curvature/step={s}/part-0.parquet" for r in runs for s in get_steps(r)],
+        "reports": [layout.run_file("report", r.id) for r in runs],
+        "metrics": [layout.run_file("metrics", r.id) for r in runs],
+        "summaries": [layout.run_file("signals_summary", r.id) for r in runs],
+        "curvature": [f for r in runs for f in checkpoint_tables(r, "curvature")],
     }
 
 
 def get_dashboard_inputs(wc):
     """Every artifact a sweep's dashboard reads, so that it is rebuilt exactly when one changes."""
     runs = get_experiment_runs(wc)
-    signals = ("detections", "evaluation", "groups", "group_pairs", "group_losses", "loss_changes", "per_example")
     return {
-        "metrics": [f"{run_dir(r)}/train/metrics.parquet" for r in runs],
-        "manifests": [f"{run_dir(r)}/train/manifest.json" for r in runs],  # written with dynamics.parquet
-        "signals": [f"{run_dir(r)}/signals/{name}.parquet" for r in runs for name in signals],
-        "summaries": [f"{run_dir(r)}/signals/summary.json" for r in runs],
-        "examples": [f"{run_dir(r)}/examples/step={s}/part-0.parquet" for r in runs for s in get_steps(r)],
-        "curvature": [f"{run_dir(r)}/curvature/step={s}/part-0.parquet" for r in runs for s in get_steps(r)],
-        "influence": [f"{run_dir(r)}/influence/{name}" for r in runs if r.settings["influence"]["enabled"]
-                      for name in ("top.parquet", "contributions.parquet", "summary.json")],
+        "metrics": [layout.run_file("metrics", r.id) for r in runs],
+        "manifests": [layout.run_file("manifest", r.id) for r in runs],  # written with dynamics.parquet
+        "signals": [layout.run_file(f"signals_{name}", r.id) for r in runs for name in layout.SIGNALS],
+        "examples": [f for r in runs for f in checkpoint_tables(r, "examples")],
+        "curvature": [f for r in runs for f in checkpoint_tables(r, "curvature")],
+        "influence": [layout.run_file(f"influence_{name}", r.id) for r in runs if r.settings["influence"]["enabled"]
+                      for name in layout.INFLUENCE],
     }
 
 
 def get_all_targets():
-    targets = [f"results/sweeps/{e}/report.md" for e in EXPERIMENTS]
-    targets += [f"{run_dir(r)}/report.md" for r in RUNS.values()]
-    targets += ["results/index.html"]
+    targets = [layout.SWEEP["report"].format(experiment=e) for e in EXPERIMENTS]
+    targets += [layout.run_file("report", r.id) for r in RUNS.values()]
+    targets += [layout.INDEX]
     return targets
 
 
@@ -196,7 +213,7 @@ def _estimate(rule_name, wc):
     else:
         key = (rule_name, f"{wc.experiment}/{wc.run}")
         if key not in _ESTIMATES:
-            _ESTIMATES[key] = gs_resources.estimate(rule_name, RUNS[key[1]].settings)
+            _ESTIMATES[key] = gs_resources.estimate(rule_name, RUNS[key[1]].settings, per_run=PER_RUN)
     return _ESTIMATES[key]
 
 
@@ -215,7 +232,7 @@ def _sized(rule_name, key):
     if rule_name in gs_resources.TORCH_RULES:
         return lambda wc, attempt: _estimate(rule_name, wc)[key] * attempt
     if rule_name not in ("sweep_report", "generate_data"):
-        values = {gs_resources.estimate(rule_name, run.settings)[key] for run in RUNS.values()}
+        values = {gs_resources.estimate(rule_name, run.settings, per_run=PER_RUN)[key] for run in RUNS.values()}
         if len(values) == 1:
             return values.pop()
     return lambda wc: _estimate(rule_name, wc)[key]

@@ -1,19 +1,20 @@
 rule curvature:
     input:
         unpack(get_curvature_inputs),
-        manifest="results/runs/{experiment}/{run}/train/manifest.json",
+        manifest=layout.RUN["manifest"],
     output:
-        table="results/runs/{experiment}/{run}/curvature/step={step}/part-0.parquet",
-        eigenvectors="results/runs/{experiment}/{run}/curvature/step={step}/eigenvectors.npy",
+        **({"tables": directory(layout.RUN["curvature_dir"])} if PER_RUN else
+           {"table": layout.RUN["curvature"], "eigenvectors": layout.RUN["eigenvectors"]}),
     log:
-        "logs/curvature/{experiment}/{run}/step={step}.log",
+        layout.log("curvature", JOB_PER),
     benchmark:
-        "benchmarks/curvature/{experiment}/{run}/step={step}.tsv"
+        layout.benchmark("curvature", JOB_PER)
     params:
         curvature=get_settings("curvature"),
         optim=get_settings("optim"),
         loss=get_settings("train", "loss"),
-        device=CONFIG["device"],  # one device for every run; a plain value costs no call per job
+        steps=get_job_steps,
+        device=get_settings("device"),  # the run's, as train gets it (a plain value where all runs share it)
         run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     group:
         CHECKPOINT_GROUP

@@ -4,9 +4,9 @@ rule dashboard:
     input:
         unpack(get_dashboard_inputs),
     output:
-        "results/sweeps/{experiment}/dashboard.html",
+        layout.SWEEP["dashboard"],
     log:
-        "logs/dashboard/{experiment}.log",
+        layout.log("dashboard", "experiment"),
     params:
         runs=lambda wc: [{"id": r.id, "name": r.name, "varying": r.varying} for r in get_experiment_runs(wc)],
         dashboard=CONFIG["dashboard"],
@@ -25,11 +25,11 @@ rule dashboard:
 rule dashboard_index:
     input:
         # Not the sweep reports: `rule all` builds them, and the index links them without waiting for them.
-        dashboards=expand("results/sweeps/{experiment}/dashboard.html", experiment=EXPERIMENTS),
+        dashboards=expand(layout.SWEEP["dashboard"], experiment=EXPERIMENTS),
     output:
-        "results/index.html",
+        layout.INDEX,
     log:
-        "logs/dashboard_index/index.log",
+        layout.log("dashboard_index", "once"),
     params:
         experiments={e: [r.id for r in RUNS.values() if r.experiment == e] for e in EXPERIMENTS},
     conda:

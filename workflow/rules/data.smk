@@ -2,11 +2,9 @@ rule generate_data:
     input:
         get_data_inputs,
     output:
-        train="results/data/{dataset}/train.parquet",
-        test="results/data/{dataset}/test.parquet",
-        meta="results/data/{dataset}/meta.json",
+        **layout.DATASET,
     log:
-        "logs/generate_data/{dataset}.log",
+        layout.log("generate_data", "dataset"),
     params:
         data=lambda wc: DATASETS[wc.dataset],
     conda:

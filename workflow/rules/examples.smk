@@ -1,17 +1,18 @@
 rule extract_examples:
     input:
         unpack(get_dataset_files),
-        manifest="results/runs/{experiment}/{run}/train/manifest.json",
+        manifest=layout.RUN["manifest"],
     output:
-        "results/runs/{experiment}/{run}/examples/step={step}/part-0.parquet",
+        directory(layout.RUN["examples_dir"]) if PER_RUN else layout.RUN["examples"],
     log:
-        "logs/extract_examples/{experiment}/{run}/step={step}.log",
+        layout.log("extract_examples", JOB_PER),
     benchmark:
-        "benchmarks/extract_examples/{experiment}/{run}/step={step}.tsv"
+        layout.benchmark("extract_examples", JOB_PER)
     params:
         examples=get_settings("examples"),
         loss=get_settings("train", "loss"),
-        device=CONFIG["device"],  # one device for every run; a plain value costs no call per job
+        steps=get_job_steps,
+        device=get_settings("device"),  # the run's, as train gets it (a plain value where all runs share it)
         run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     group:
         CHECKPOINT_GROUP

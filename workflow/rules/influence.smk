@@ -1,20 +1,18 @@
 rule influence:
     input:
         examples=get_examples_files,
-        metrics="results/runs/{experiment}/{run}/train/metrics.parquet",
+        metrics=layout.RUN["metrics"],
         train=lambda wc: get_dataset_files(wc)["train"],
         test=lambda wc: get_dataset_files(wc)["test"],
     output:
-        top="results/runs/{experiment}/{run}/influence/top.parquet",
-        contributions="results/runs/{experiment}/{run}/influence/contributions.parquet",
-        summary="results/runs/{experiment}/{run}/influence/summary.json",
+        **{name: layout.RUN[f"influence_{name}"] for name in layout.INFLUENCE},
     log:
-        "logs/influence/{experiment}/{run}.log",
+        layout.log("influence"),
     benchmark:
-        "benchmarks/influence/{experiment}/{run}.tsv"
+        layout.benchmark("influence")
     params:
         influence=get_settings("influence"),
-        run_id=lambda wc: get_run(wc).id,
+        run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     conda:
         "../../envs/gradscope.yaml"
     threads: 1

@@ -1,32 +1,32 @@
 rule plots:
     input:
-        metrics="results/runs/{experiment}/{run}/train/metrics.parquet",
-        summary="results/runs/{experiment}/{run}/signals/summary.json",
+        metrics=layout.RUN["metrics"],
+        summary=layout.RUN["signals_summary"],
         curvature=get_curvature_files,
     output:
         training=report(
-            "results/runs/{experiment}/{run}/figures/training.png",
+            layout.RUN["figure_training"],
             caption="../report/training.rst",
             category="{experiment}",
             subcategory="{run}",
         ),
         flagged=report(
-            "results/runs/{experiment}/{run}/figures/flagged.png",
+            layout.RUN["figure_flagged"],
             caption="../report/flagged.rst",
             category="{experiment}",
             subcategory="{run}",
         ),
         curvature=report(
-            "results/runs/{experiment}/{run}/figures/curvature.png",
+            layout.RUN["figure_curvature"],
             caption="../report/curvature.rst",
             category="{experiment}",
             subcategory="{run}",
         ),
     log:
-        "logs/plots/{experiment}/{run}.log",
+        layout.log("plots"),
     params:
         plots=get_settings("plots"),
-        run_id=lambda wc: get_run(wc).id,
+        run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     conda:
         "../../envs/gradscope.yaml"
     threads: 1
@@ -40,20 +40,20 @@ rule plots:
 rule animate:
     input:
         examples=get_examples_files,
-        detections="results/runs/{experiment}/{run}/signals/detections.parquet",
+        detections=layout.RUN["signals_detections"],
     output:
         gif=report(
-            "results/runs/{experiment}/{run}/figures/gradient_pca.gif",
+            layout.RUN["gif"],
             caption="../report/gradient_pca.rst",
             category="{experiment}",
             subcategory="{run}",
         ),
-        frames=directory("results/runs/{experiment}/{run}/figures/pca_frames"),
+        frames=directory(layout.RUN["frames"]),
     log:
-        "logs/animate/{experiment}/{run}.log",
+        layout.log("animate"),
     params:
         plots=get_settings("plots"),
-        run_id=lambda wc: get_run(wc).id,
+        run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     conda:
         "../../envs/gradscope.yaml"
     threads: 1
@@ -69,16 +69,16 @@ rule plot_density:
         curvature=get_curvature_files,
     output:
         report(
-            "results/runs/{experiment}/{run}/figures/density.png",
+            layout.RUN["figure_density"],
             caption="../report/density.rst",
             category="{experiment}",
             subcategory="{run}",
         ),
     log:
-        "logs/plot_density/{experiment}/{run}.log",
+        layout.log("plot_density"),
     params:
         plots=get_settings("plots"),
-        run_id=lambda wc: get_run(wc).id,
+        run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     conda:
         "../../envs/gradscope.yaml"
     threads: 1
@@ -91,37 +91,37 @@ rule plot_density:
 
 rule plot_signals:
     input:
-        metrics="results/runs/{experiment}/{run}/train/metrics.parquet",
+        metrics=layout.RUN["metrics"],
         meta=lambda wc: get_dataset_files(wc)["meta"],
-        groups="results/runs/{experiment}/{run}/signals/groups.parquet",
-        group_pairs="results/runs/{experiment}/{run}/signals/group_pairs.parquet",
-        group_losses="results/runs/{experiment}/{run}/signals/group_losses.parquet",
-        loss_changes="results/runs/{experiment}/{run}/signals/loss_changes.parquet",
-        per_example="results/runs/{experiment}/{run}/signals/per_example.parquet",
+        groups=layout.RUN["signals_groups"],
+        group_pairs=layout.RUN["signals_group_pairs"],
+        group_losses=layout.RUN["signals_group_losses"],
+        loss_changes=layout.RUN["signals_loss_changes"],
+        per_example=layout.RUN["signals_per_example"],
     output:
         group_losses=report(
-            "results/runs/{experiment}/{run}/figures/group_losses.png",
+            layout.RUN["figure_group_losses"],
             caption="../report/group_losses.rst",
             category="{experiment}",
             subcategory="{run}",
         ),
         loss_changes=report(
-            "results/runs/{experiment}/{run}/figures/loss_changes.png",
+            layout.RUN["figure_loss_changes"],
             caption="../report/loss_changes.rst",
             category="{experiment}",
             subcategory="{run}",
         ),
         cartography=report(
-            "results/runs/{experiment}/{run}/figures/cartography.png",
+            layout.RUN["figure_cartography"],
             caption="../report/cartography.rst",
             category="{experiment}",
             subcategory="{run}",
         ),
     log:
-        "logs/plot_signals/{experiment}/{run}.log",
+        layout.log("plot_signals"),
     params:
         plots=get_settings("plots"),
-        run_id=lambda wc: get_run(wc).id,
+        run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     conda:
         "../../envs/gradscope.yaml"
     threads: 1

@@ -1,24 +1,25 @@
 rule report:
     input:
-        config="results/runs/{experiment}/{run}/config.yaml",
-        metrics="results/runs/{experiment}/{run}/train/metrics.parquet",
-        summary="results/runs/{experiment}/{run}/signals/summary.json",
+        config=layout.RUN["config"],
+        metrics=layout.RUN["metrics"],
+        summary=layout.RUN["signals_summary"],
         curvature=get_curvature_files,
-        training="results/runs/{experiment}/{run}/figures/training.png",
-        flagged="results/runs/{experiment}/{run}/figures/flagged.png",
-        curvature_png="results/runs/{experiment}/{run}/figures/curvature.png",
-        gif="results/runs/{experiment}/{run}/figures/gradient_pca.gif",
-        group_losses="results/runs/{experiment}/{run}/figures/group_losses.png",
-        loss_changes="results/runs/{experiment}/{run}/figures/loss_changes.png",
-        cartography="results/runs/{experiment}/{run}/figures/cartography.png",
+        training=layout.RUN["figure_training"],
+        flagged=layout.RUN["figure_flagged"],
+        curvature_png=layout.RUN["figure_curvature"],
+        gif=layout.RUN["gif"],
+        group_losses=layout.RUN["figure_group_losses"],
+        loss_changes=layout.RUN["figure_loss_changes"],
+        cartography=layout.RUN["figure_cartography"],
         density=get_density_figure,
         influence=get_influence_summary,
+        progress=get_progress_outputs,
     output:
-        "results/runs/{experiment}/{run}/report.md",
+        layout.RUN["report"],
     log:
-        "logs/report/{experiment}/{run}.log",
+        layout.log("report"),
     params:
-        run_id=lambda wc: get_run(wc).id,
+        run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     conda:
         "../../envs/gradscope.yaml"
     threads: 1
@@ -33,23 +34,23 @@ rule sweep_report:
     input:
         unpack(get_sweep_inputs),
     output:
-        runs="results/sweeps/{experiment}/runs.parquet",
-        detectors="results/sweeps/{experiment}/detectors.parquet",
+        runs=layout.SWEEP["runs"],
+        detectors=layout.SWEEP["detectors"],
         comparison=report(
-            "results/sweeps/{experiment}/comparison.png",
+            layout.SWEEP["comparison"],
             caption="../report/comparison.rst",
             category="{experiment}",
             subcategory="sweep",
         ),
         sharpness=report(
-            "results/sweeps/{experiment}/sharpness.png",
+            layout.SWEEP["sharpness"],
             caption="../report/sweep_sharpness.rst",
             category="{experiment}",
             subcategory="sweep",
         ),
-        report="results/sweeps/{experiment}/report.md",
+        report=layout.SWEEP["report"],
     log:
-        "logs/sweep_report/{experiment}.log",
+        layout.log("sweep_report", "experiment"),
     params:
         runs=lambda wc: [{"id": r.id, "name": r.name, "varying": r.varying} for r in get_experiment_runs(wc)],
         plots=lambda wc: get_experiment_runs(wc)[0].settings["plots"],

@@ -2,21 +2,14 @@ rule detect_signals:
     input:
         examples=get_examples_files,
         meta=lambda wc: get_dataset_files(wc)["meta"],
-        metrics="results/runs/{experiment}/{run}/train/metrics.parquet",
+        metrics=layout.RUN["metrics"],
     output:
-        detections="results/runs/{experiment}/{run}/signals/detections.parquet",
-        evaluation="results/runs/{experiment}/{run}/signals/evaluation.parquet",
-        groups="results/runs/{experiment}/{run}/signals/groups.parquet",
-        group_pairs="results/runs/{experiment}/{run}/signals/group_pairs.parquet",
-        group_losses="results/runs/{experiment}/{run}/signals/group_losses.parquet",
-        loss_changes="results/runs/{experiment}/{run}/signals/loss_changes.parquet",
-        per_example="results/runs/{experiment}/{run}/signals/per_example.parquet",
-        summary="results/runs/{experiment}/{run}/signals/summary.json",
+        **{name: layout.RUN[f"signals_{name}"] for name in layout.SIGNALS},
     log:
-        "logs/detect_signals/{experiment}/{run}.log",
+        layout.log("detect_signals"),
     params:
         signals=get_settings("signals"),
-        run_id=lambda wc: get_run(wc).id,
+        run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     conda:
         "../../envs/gradscope.yaml"
     threads: 1

@@ -1,8 +1,8 @@
 rule resolve_config:
     output:
-        "results/runs/{experiment}/{run}/config.yaml",
+        layout.RUN["config"],
     log:
-        "logs/resolve_config/{experiment}/{run}.log",
+        layout.log("resolve_config"),
     params:
         settings=lambda wc: get_run(wc).settings,
     localrule: True
@@ -20,17 +20,17 @@ rule train:
     input:
         unpack(get_dataset_files),
     output:
-        metrics="results/runs/{experiment}/{run}/train/metrics.parquet",
-        manifest="results/runs/{experiment}/{run}/train/manifest.json",
-        dynamics="results/runs/{experiment}/{run}/train/dynamics.parquet",
-        checkpoints=directory("results/runs/{experiment}/{run}/train/checkpoints"),
+        metrics=layout.RUN["metrics"],
+        manifest=layout.RUN["manifest"],
+        dynamics=layout.RUN["dynamics"],
+        checkpoints=directory(layout.RUN["checkpoints"]),
     log:
-        "logs/train/{experiment}/{run}.log",
+        layout.log("train"),
     benchmark:
-        "benchmarks/train/{experiment}/{run}.tsv"
+        layout.benchmark("train")
     params:
         settings=lambda wc: train_slice(get_run(wc).settings),
-        run_id=lambda wc: get_run(wc).id,
+        run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     conda:
         "../../envs/gradscope.yaml"
     threads: 1

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 
-from gradscope import artifacts
+from gradscope import artifacts, layout
 from gradscope.dashboard.collect import collect_run, parse_varying, read_metrics, run_status
 from gradscope.dashboard.page import VIEWS, Figure, View, add_view, render_index, render_page, run_colours
 from gradscope.dashboard import influence as _influence  # noqa: F401, E402  (registers the Influence tab)
+
+# The index, as a sweep's dashboard links it (relative: the pages open from disk anywhere).
+INDEX_FROM_SWEEP = Path(os.path.relpath(layout.INDEX, Path(layout.SWEEP["dashboard"]).parent)).as_posix()
 
 __all__ = ["View", "Figure", "add_view", "build_sweep_dashboard", "build_index", "build_dashboards", "default_settings"]
 log = logging.getLogger(__name__)
@@ -35,13 +39,13 @@ def default_settings() -> dict:
 
 
 def build_sweep_dashboard(experiment: str, runs: list[dict], *, results, settings: dict, out, logs_dir=None,
-                          index_href: str | None = "../../index.html") -> dict:
+                          index_href: str | None = INDEX_FROM_SWEEP) -> dict:
     """Write one sweep's dashboard. runs: [{"id": "exp/name", "name": ..., "varying": {...}}] ("varying" is
     parsed from the name where missing); each run's folder is results/runs/{id}. Returns the page's data."""
     results = Path(results)
     entries = []
     for run in runs:
-        folder = results / "runs" / run["id"]
+        folder = layout.run_dir(run["id"], results)
         status = run_status(folder, logs_dir)
         data = collect_run(folder, max_examples=settings["max_examples"], top_k=settings["top_k"], seed=settings["seed"])
         for view in VIEWS.values():
@@ -82,12 +86,12 @@ def index_row(folder: Path, logs_dir=None) -> dict:
     if metrics is not None and len(metrics):
         last = metrics.sort_values("step").iloc[-1]
         row.update(final_train_acc=float(last["train_acc"]), final_test_acc=float(last["test_acc"]))
-    summary = folder / "signals" / "summary.json"
+    summary = layout.in_run(folder, "signals_summary")
     if summary.exists():
         s = artifacts.read_json(summary)
         row["step_generalized"] = s.get("generalization", {}).get("step_generalized")
         row.update({k: v for k, v in (s.get("headline") or {}).items() if k in INDEX_COLUMNS})
-    curv = sorted(folder.glob("curvature/step=*/part-0.parquet"))
+    curv = layout.tables_in(folder, "curvature")
     if curv:
         c = artifacts.read_partitions(curv)
         row.update(max_sharpness=float(c["sharpness"].max()), sharpness_threshold=float(c["sharpness_threshold"].iloc[0]))
@@ -100,9 +104,9 @@ def build_index(experiments: dict[str, list[str]], *, results, out, logs_dir=Non
     results, out = Path(results), Path(out)
     sections = []
     for exp, run_ids in experiments.items():
-        rows = [index_row(results / "runs" / rid, logs_dir) for rid in run_ids]
+        rows = [index_row(layout.run_dir(rid, results), logs_dir) for rid in run_ids]
         cols = [c for c in INDEX_COLUMNS if any(r.get(c) is not None for r in rows)]
-        dash, report = results / "sweeps" / exp / "dashboard.html", results / "sweeps" / exp / "report.md"
+        dash, report = layout.sweep_file("dashboard", exp, results), layout.sweep_file("report", exp, results)
         sections.append({"experiment": exp, "runs": rows, "columns": cols,
                          "href": _rel(dash, out.parent) if dash.exists() else None,
                          "report_href": _rel(report, out.parent) if link_reports or report.exists() else None})
@@ -118,8 +122,8 @@ def _rel(path: Path, start: Path) -> str:
 def discover(results) -> dict[str, list[str]]:
     """{experiment: [run ids]} of every run folder under results/runs (a run has a config.yaml or a train/ folder)."""
     found: dict[str, list[str]] = {}
-    for folder in sorted(Path(results, "runs").glob("*/*")):
-        if folder.is_dir() and ((folder / "config.yaml").exists() or (folder / "train").exists()):
+    for folder in layout.run_folders(results):
+        if (layout.in_run(folder, "config").exists() or layout.in_run(folder, "metrics").parent.exists()):
             found.setdefault(folder.parent.name, []).append(f"{folder.parent.name}/{folder.name}")
     return found
 
@@ -132,10 +136,10 @@ def build_dashboards(results, *, settings: dict | None = None, logs_dir=None) ->
     experiments = discover(results)
     written = []
     for exp, run_ids in experiments.items():
-        out = results / "sweeps" / exp / "dashboard.html"
+        out = layout.sweep_file("dashboard", exp, results)
         build_sweep_dashboard(exp, [{"id": rid, "name": rid.split("/", 1)[1]} for rid in run_ids], results=results,
                               settings=settings, out=out, logs_dir=logs_dir)
         written.append(out)
-    index = results / "index.html"
+    index = results / Path(layout.INDEX).relative_to(layout.RESULTS)
     build_index(experiments, results=results, out=index, logs_dir=logs_dir)
     return [index, *written]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gradscope import artifacts, logs
+from gradscope import artifacts, layout, logs
 
 METRIC_COLUMNS = ["step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "grad_norm", "clipped_fraction",
                   "weight_norm", "wall_s"]
@@ -74,18 +74,18 @@ def run_status(folder: Path, logs_dir: Path | None = None) -> dict:
     folder = Path(folder)
     experiment, run = folder.parent.name, folder.name
     failed = next((rule for rule, _ in logs.failed_logs(logs_dir, experiment, run)), None) if logs_dir is not None else None
-    if (folder / "train" / "metrics.partial.parquet").exists() and not (folder / "train" / "metrics.parquet").exists():
+    if layout.in_run(folder, "metrics_partial").exists() and not layout.in_run(folder, "metrics").exists():
         return {"status": "failed", "detail": "training stopped: non-finite loss (metrics so far shown)"}
-    if not (folder / "train" / "metrics.parquet").exists():
+    if not layout.in_run(folder, "metrics").exists():
         if failed:
             return {"status": "failed", "detail": f"failed in {failed}"}
-        resume = sorted((folder / "train" / "resume").glob("step_*.pt"))
+        resume = sorted(layout.in_run(folder, "resume").glob("step_*.pt"))
         if resume:
             return {"status": "training", "detail": f"training, last checkpoint {resume[-1].stem}"}
         return {"status": "pending", "detail": "not trained yet"}
-    have = {"examples": any(folder.glob("examples/step=*/part-0.parquet")),
-            "curvature": any(folder.glob("curvature/step=*/part-0.parquet")),
-            "signals": (folder / "signals" / "summary.json").exists()}
+    have = {"examples": bool(layout.tables_in(folder, "examples")),
+            "curvature": bool(layout.tables_in(folder, "curvature")),
+            "signals": layout.in_run(folder, "signals_summary").exists()}
     if all(have.values()):
         return {"status": "complete", "detail": "trained and analysed"}
     missing = ", ".join(k for k, v in have.items() if not v)
@@ -112,11 +112,10 @@ def parse_varying(name: str) -> dict:
 def read_metrics(folder: Path) -> pd.DataFrame | None:
     """metrics.parquet; for a failed run its partial metrics; for a run in training the rows in its latest
     resumable checkpoint."""
-    train = folder / "train"
-    for name in ("metrics.parquet", "metrics.partial.parquet"):
-        if (train / name).exists():
-            return artifacts.read_parquet(train / name)
-    resume = sorted((train / "resume").glob("step_*.pt"))
+    for name in ("metrics", "metrics_partial"):
+        if layout.in_run(folder, name).exists():
+            return artifacts.read_parquet(layout.in_run(folder, name))
+    resume = sorted(layout.in_run(folder, "resume").glob("step_*.pt"))
     if resume:
         from gradscope import checkpoints  # torch only for a run still in training
 
@@ -135,21 +134,21 @@ def collect_run(folder, *, max_examples: int, top_k: int, seed: int) -> dict:
     metrics = read_metrics(folder)
     if metrics is not None and len(metrics):
         out["metrics"] = columns(metrics.sort_values("step"), METRIC_COLUMNS)
-    if (folder / "train" / "dynamics.parquet").exists():
-        out["dynamics"] = collect_dynamics(artifacts.read_parquet(folder / "train" / "dynamics.parquet"))
-    curv_paths = sorted(folder.glob("curvature/step=*/part-0.parquet"))
+    if layout.in_run(folder, "dynamics").exists():
+        out["dynamics"] = collect_dynamics(artifacts.read_parquet(layout.in_run(folder, "dynamics")))
+    curv_paths = layout.tables_in(folder, "curvature")
     if curv_paths:
         out["curvature"] = collect_curvature(artifacts.read_partitions(curv_paths).sort_values("step"))
     signals = {}
     for name in SIGNAL_FILES:
-        path = folder / "signals" / f"{name}.parquet"
+        path = layout.in_run(folder, f"signals_{name}")
         if path.exists():
             signals[name] = artifacts.read_parquet(path)
     if "evaluation" in signals:
         out["detectors"] = collect_evaluation(signals["evaluation"])
     if "group_losses" in signals and "group_pairs" in signals:
         out["groups"] = collect_groups(signals["group_losses"], signals["group_pairs"], signals.get("groups"))
-    ex_paths = sorted(folder.glob("examples/step=*/part-0.parquet"), key=lambda p: int(p.parent.name.split("=")[1]))
+    ex_paths = layout.tables_in(folder, "examples")
     if ex_paths:
         examples = artifacts.read_partitions(ex_paths)
         train = examples[examples["split"] == "train"]

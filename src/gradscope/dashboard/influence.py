@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gradscope import artifacts
+from gradscope import artifacts, layout
 from gradscope.dashboard.page import Figure, View, add_view
 
 # Test examples a page carries per run: those the report lists first, then by id; contributions
@@ -18,12 +18,11 @@ CONTRIB_PER_KIND = 3
 
 def load(folder: Path) -> dict | None:
     """The run's influence tables, trimmed for the page; None where the run has none (yet)."""
-    base = Path(folder) / "influence"
-    if not (base / "summary.json").exists():
+    if not layout.in_run(folder, "influence_summary").exists():
         return None
-    summary = artifacts.read_json(base / "summary.json")
-    top = artifacts.read_parquet(base / "top.parquet")
-    contrib = artifacts.read_parquet(base / "contributions.parquet")
+    summary = artifacts.read_json(layout.in_run(folder, "influence_summary"))
+    top = artifacts.read_parquet(layout.in_run(folder, "influence_top"))
+    contrib = artifacts.read_parquet(layout.in_run(folder, "influence_contributions"))
     shown = [e["test_id"] for e in summary.get("examples", [])]
     order = list(dict.fromkeys(shown + sorted(top["test_id"].unique().tolist())))[:MAX_TESTS]
     tests = {}

@@ -19,6 +19,8 @@ import plotly.colors as pc
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from gradscope import layout
+
 STATUS_COLOURS = {"complete": "#2ca02c", "analysing": "#ff7f0e", "training": "#1f77b4", "failed": "#d62728",
                   "pending": "#7f7f7f"}
 
@@ -244,7 +246,7 @@ def render_index(experiments: list[dict], *, title: str = "gradscope results") -
              "</header>"]
     for exp in experiments:
         link = (f' <a href="{html.escape(exp["href"])}">dashboard</a>' if exp.get("href") else " (no dashboard yet)")
-        report = f' · <a href="{html.escape(exp["report_href"])}">report.md</a>' if exp.get("report_href") else ""
+        report = f' · <a href="{html.escape(exp["report_href"])}">{layout.IN_SWEEP["report"]}</a>' if exp.get("report_href") else ""
         cols = exp["columns"]
         head = "".join(f"<th>{html.escape(c)}</th>" for c in ["run", "status", *cols])
         rows = []

@@ -1,0 +1,144 @@
+"""Where every artifact lies: one path pattern per artifact, the only place one is spelled.
+
+Patterns use Snakemake's wildcards ({dataset}, {experiment}, {run}, {step}). The rules declare
+them (`DATASET`, `RUN`, `SWEEP`, `INDEX`, `log`, `benchmark`); input functions, the CLI, the
+dashboard and the reports fill them (`run_file`, `in_run`, `sweep_file`) or read what a folder
+holds (`tables_in`, `partition_files`). The layout, for one run `{experiment}/{run}`:
+
+    results/data/{dataset}/            train.parquet, test.parquet, meta.json
+    results/runs/{experiment}/{run}/   config.yaml, report.md
+        train/                         metrics.parquet, manifest.json, dynamics.parquet, checkpoints/
+        examples/step={step}/          part-0.parquet (one per checkpoint, Hive-partitioned)
+        curvature/step={step}/         part-0.parquet, eigenvectors.npy
+        signals/, influence/           one table per output, summary.json
+        figures/                       PNGs, the GIF and its frames
+    results/sweeps/{experiment}/       runs.parquet, detectors.parquet, comparison.png, sharpness.png,
+                                       report.md, dashboard.html
+    results/index.html                 the dashboards' index
+    logs/{rule}/..., benchmarks/{rule}/...
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RESULTS = "results"
+LOGS, BENCHMARKS = "logs", "benchmarks"
+
+# ---- datasets: one folder per dataset id, shared by the runs that differ only elsewhere ----
+DATASET = {split: f"{RESULTS}/data/{{dataset}}/{name}" for split, name in
+           (("train", "train.parquet"), ("test", "test.parquet"), ("meta", "meta.json"))}
+
+# ---- one run's artifacts, relative to its folder ----
+SIGNALS = ("detections", "evaluation", "groups", "group_pairs", "group_losses", "loss_changes", "per_example", "summary")
+INFLUENCE = ("top", "contributions", "summary")
+FIGURES = ("training", "flagged", "curvature", "density", "group_losses", "loss_changes", "cartography", "progress")
+
+# Per-checkpoint artifacts: one partition folder step=<n> per checkpoint, under one folder per
+# kind; a partition holds these files.
+PARTITIONED = {"examples": "examples", "curvature": "curvature", "eigenvectors": "curvature"}
+IN_PARTITION = {"examples": "part-0.parquet", "curvature": "part-0.parquet", "eigenvectors": "eigenvectors.npy"}
+
+IN_RUN = {
+    "config": "config.yaml",
+    "report": "report.md",
+    "metrics": "train/metrics.parquet",
+    "metrics_partial": "train/metrics.partial.parquet",  # what a failed or unfinished training logged
+    "manifest": "train/manifest.json",
+    "dynamics": "train/dynamics.parquet",
+    "checkpoints": "train/checkpoints",
+    "resume": "train/resume",
+    **{f"{kind}_dir": kind for kind in ("examples", "curvature")},
+    **{name: f"{PARTITIONED[name]}/step={{step}}/{file}" for name, file in IN_PARTITION.items()},
+    "gif": "figures/gradient_pca.gif",
+    "frames": "figures/pca_frames",
+    **{f"signals_{name}": f"signals/{name}.{'json' if name == 'summary' else 'parquet'}" for name in SIGNALS},
+    **{f"influence_{name}": f"influence/{name}.{'json' if name == 'summary' else 'parquet'}" for name in INFLUENCE},
+    **{f"figure_{name}": f"figures/{name}.png" for name in FIGURES},
+    "progress": "progress/progress.parquet",  # progress measures of modular add/sub runs (gradscope.progress)
+}
+RUN_DIR = f"{RESULTS}/runs/{{experiment}}/{{run}}"
+RUN = {name: f"{RUN_DIR}/{rel}" for name, rel in IN_RUN.items()}
+
+# ---- one experiment's (sweep's) artifacts, and the index over all of them ----
+IN_SWEEP = {"runs": "runs.parquet", "detectors": "detectors.parquet", "comparison": "comparison.png",
+            "sharpness": "sharpness.png", "report": "report.md", "dashboard": "dashboard.html"}
+SWEEP = {name: f"{RESULTS}/sweeps/{{experiment}}/{rel}" for name, rel in IN_SWEEP.items()}
+INDEX = f"{RESULTS}/index.html"
+
+
+# ---- logs and benchmark records: one per job, by rule and by what the job covers ----
+def _job(root: str, rule: str, per: str, ext: str) -> str:
+    tail = {"run": "{experiment}/{run}", "step": "{experiment}/{run}/step={step}", "experiment": "{experiment}",
+            "dataset": "{dataset}", "once": "index"}[per]
+    return f"{root}/{rule}/{tail}.{ext}"
+
+
+def log(rule: str, per: str = "run", logs=LOGS) -> str:
+    """The log of one job of `rule`; `per` is what one job covers: run, step, experiment, dataset or once."""
+    return _job(Path(logs).as_posix(), rule, per, "log")
+
+
+def benchmark(rule: str, per: str = "run") -> str:
+    return _job(BENCHMARKS, rule, per, "tsv")
+
+
+# ---- filling the patterns ----
+def _split(run_id: str) -> dict:
+    experiment, _, run = run_id.partition("/")
+    return {"experiment": experiment, "run": run}
+
+
+def run_dir(run_id: str, results=RESULTS) -> Path:
+    return Path(results) / "runs" / run_id
+
+
+def run_folders(results=RESULTS) -> list[Path]:
+    """Every run folder under a results root (runs/<experiment>/<run>), whatever it holds."""
+    return sorted(p for p in (Path(results) / "runs").glob("*/*") if p.is_dir())
+
+
+def run_file(name: str, run_id: str, **wildcards) -> str:
+    """The workflow's path of one run's artifact, e.g. run_file("examples", "grokking/wd~1.0_seed~0", step=10)."""
+    return RUN[name].format(**_split(run_id), **wildcards)
+
+
+def in_run(folder, name: str, **wildcards) -> Path:
+    """An artifact's path inside a run folder (any results root: the CLI's --results)."""
+    return Path(folder) / IN_RUN[name].format(**wildcards)
+
+
+def dataset_file(split: str, dataset: str, results=RESULTS) -> str:
+    """train, test or meta of one dataset id, under the workflow's results folder or another root."""
+    return (Path(results) / Path(DATASET[split].format(dataset=dataset)).relative_to(RESULTS)).as_posix()
+
+
+def sweep_file(name: str, experiment: str, results=RESULTS) -> Path:
+    return Path(results) / "sweeps" / experiment / IN_SWEEP[name]
+
+
+def partition_file(folder, name: str, step: int) -> Path:
+    """One checkpoint's `name` (examples, curvature, eigenvectors) inside its kind's folder (a per-run job's output)."""
+    return Path(folder) / f"step={step}" / IN_PARTITION[name]
+
+
+def tables_in(folder, name: str) -> list[Path]:
+    """A run folder's per-checkpoint files of `name` (examples, curvature, eigenvectors), in step order."""
+    found = Path(folder).glob(IN_RUN[name].replace("{step}", "*"))
+    return sorted(found, key=lambda p: int(p.parent.name.partition("=")[2]))
+
+
+def partition_files(paths) -> list[Path]:
+    """Per-checkpoint tables from what a rule was given: the step=<n>/part-0.parquet files
+    themselves, or a run's examples/ or curvature/ folder (the per-run jobs' output), expanded
+    to its partitions in step order."""
+    out = []
+    for path in map(Path, [paths] if isinstance(paths, (str, Path)) else paths):
+        if path.is_dir():
+            parts = sorted(path.glob("step=*/part-0.parquet"), key=lambda p: int(p.parent.name.partition("=")[2]))
+            if not parts:
+                raise FileNotFoundError(f"missing artifact: {path} holds no step=<n>/part-0.parquet")
+            out += parts
+        else:
+            out.append(path)
+    return out
