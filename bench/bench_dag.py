@@ -44,6 +44,7 @@ rule all:
     input:
         "results/sweeps/bench/report.md",
         expand("results/runs/bench/{{run}}/report.md", run=RUNS),
+        "results/index.html",
 
 rule generate_data:
     output: "results/data/{{dataset}}/train.parquet", "results/data/{{dataset}}/test.parquet", "results/data/{{dataset}}/meta.json"
@@ -89,6 +90,17 @@ rule detect_signals:
     log: "logs/detect_signals/{{experiment}}/{{run}}.log"
     shell: "touch {{output}} {{log}}"
 
+rule influence:
+    input:
+        lambda wc: expand("results/runs/{{e}}/{{r}}/examples/step={{s}}/part-0.parquet", e=wc.experiment, r=wc.run, s=STEPS),
+        "results/runs/{{experiment}}/{{run}}/train/metrics.parquet",
+        "results/data/" + DATASET + "/train.parquet",
+        "results/data/" + DATASET + "/test.parquet",
+    output: expand("results/runs/{{{{experiment}}}}/{{{{run}}}}/influence/{{f}}", f=["top.parquet", "contributions.parquet", "summary.json"])
+    log: "logs/influence/{{experiment}}/{{run}}.log"
+    benchmark: "benchmarks/influence/{{experiment}}/{{run}}.tsv"
+    shell: "touch {{output}} {{log}}"
+
 rule plot_signals:
     input:
         "results/runs/{{experiment}}/{{run}}/train/metrics.parquet",
@@ -126,6 +138,7 @@ rule report:
         "results/runs/{{experiment}}/{{run}}/figures/curvature.png",
         "results/runs/{{experiment}}/{{run}}/figures/gradient_pca.gif",
         expand("results/runs/{{{{experiment}}}}/{{{{run}}}}/figures/{{f}}.png", f=SIGNAL_FIGURES),
+        "results/runs/{{experiment}}/{{run}}/influence/summary.json",
     output: "results/runs/{{experiment}}/{{run}}/report.md"
     log: "logs/report/{{experiment}}/{{run}}.log"
     shell: "touch {{output}} {{log}}"
@@ -138,6 +151,24 @@ rule sweep_report:
         expand("results/runs/bench/{{r}}/curvature/step={{s}}/part-0.parquet", r=RUNS, s=STEPS),
     output: "results/sweeps/{{experiment}}/runs.parquet", "results/sweeps/{{experiment}}/detectors.parquet", "results/sweeps/{{experiment}}/comparison.png", "results/sweeps/{{experiment}}/sharpness.png", "results/sweeps/{{experiment}}/report.md"
     log: "logs/sweep_report/{{experiment}}.log"
+    shell: "touch {{output}} {{log}}"
+
+rule dashboard:
+    input:
+        expand("results/runs/bench/{{r}}/train/metrics.parquet", r=RUNS),
+        expand("results/runs/bench/{{r}}/train/manifest.json", r=RUNS),
+        expand("results/runs/bench/{{r}}/signals/{{f}}", r=RUNS, f=SIGNALS),
+        expand("results/runs/bench/{{r}}/examples/step={{s}}/part-0.parquet", r=RUNS, s=STEPS),
+        expand("results/runs/bench/{{r}}/curvature/step={{s}}/part-0.parquet", r=RUNS, s=STEPS),
+        expand("results/runs/bench/{{r}}/influence/{{f}}", r=RUNS, f=["top.parquet", "contributions.parquet", "summary.json"]),
+    output: "results/sweeps/{{experiment}}/dashboard.html"
+    log: "logs/dashboard/{{experiment}}.log"
+    shell: "touch {{output}} {{log}}"
+
+rule dashboard_index:
+    input: "results/sweeps/bench/dashboard.html"
+    output: "results/index.html"
+    log: "logs/dashboard_index/index.log"
     shell: "touch {{output}} {{log}}"
 '''
 

@@ -166,7 +166,7 @@ def test_sweep_sharpness_names_each_threshold_on_the_axis(tmp_path, monkeypatch)
     assert right.get_ylim() == pytest.approx(ax_s.get_ylim())  # same scale: a tick sits on its line
     ticks = [t for t in right.yaxis.get_major_ticks() if t.label2.get_visible() and t.label2.get_text()]
     assert [t.get_loc() for t in ticks] == pytest.approx([16, 8, 2 / 0.6])
-    assert [t.label2.get_text() for t in ticks] == ["2/lr = 16", "2/lr = 8", "2/lr = 3.33"]
+    assert [t.label2.get_text() for t in ticks] == ["2/lr = 16", "2/lr = 8", "2/lr = 3.333"]
     # each label in the colour of the first run with that threshold (lr 0.25 seed 0, not seed 1)
     for tick, i in zip(ticks, (0, 1, 3)):
         assert matplotlib.colors.same_color(tick.label2.get_color(), colors[i])

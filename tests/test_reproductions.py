@@ -100,7 +100,8 @@ def test_headline_states_best_test_accuracy_and_the_edge():
 
 def test_sweep_report_counts_the_runs_at_the_edge():
     rows = []
-    for name, sharp, threshold in (("lr~0.25", np.r_[3, 5, 7.5, 8.2, 7.9, 8.1, 8.0, 7.7, 8.3, 8.1, 7.95], 8.0), ("lr~0.125", np.linspace(3, 12.3, 11), 16.0)):
+    at_edge = np.r_[3, 5, 7.5, 8.2, 7.9, 8.1, 8.0, 7.7, 8.3, 8.1, 7.95]
+    for name, sharp, threshold in (("lr~0.25", at_edge, 8.0), ("lr~0.125", np.linspace(3, 12.3, 11), 16.0)):
         head = report.headline(*headline_inputs(np.full(11, 0.5), sharp, threshold))
         rows.append({"run_id": f"eos/{name}", "run": name, **head})
     text = report.render_sweep_report("eos", pd.DataFrame(rows), pd.DataFrame({"detector": ["x"], "n_flagged": [1]}),

@@ -368,7 +368,7 @@ def _label_thresholds(ax, thresholds: list[float], colors: list) -> None:
     right = ax.secondary_yaxis("right")
     right.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(list(first)))
     right.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    right.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"2/lr = {v:.3g}"))
+    right.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"2/lr = {v:.4g}"))  # 2000, not 2e+03
     right.tick_params(labelsize="small")
     for tick, color in zip(right.yaxis.get_major_ticks(len(first)), first.values()):  # in FixedLocator's order
         tick.label2.set_color(color)
