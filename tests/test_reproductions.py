@@ -113,6 +113,14 @@ def test_sweep_report_counts_the_runs_at_the_edge():
     assert f"| 16 | 12.3 | – | {1 - 8.58 / 16:.4g} | False |" in line  # 8.58 at step 600, the tail's lowest
     line = [x for x in text.splitlines() if x.startswith("| lr~0.25")][-1]
     assert f"| 8 | 7.95 | 200 | {0.3 / 8:.4g} | True |" in line  # 7.7 at step 700
+    # an Adam run has no 2/lr edge: it is left out of the verdict, and the report says so
+    adam = {**rows[0], "run_id": "eos/adam", "run": "adam", "optimizer": "adam"}
+    text = report.render_sweep_report("eos", pd.DataFrame([{**r, "optimizer": "sgd"} for r in rows] + [adam]),
+                                      pd.DataFrame({"detector": ["x"], "n_flagged": [1]}), "comparison.png", "sharpness.png")
+    assert "1 of 2 runs stay within 10%" in text and "1 run(s) trained by an adaptive optimizer (adam) are left out" in text
+    text = report.render_sweep_report("eos", pd.DataFrame([adam]), pd.DataFrame({"detector": ["x"], "n_flagged": [1]}),
+                                      "comparison.png", "sharpness.png")
+    assert "runs stay within" not in text and "are left out: 2/lr is the stability threshold of gradient descent" in text
 
 
 # ---- the shipped experiments -------------------------------------------------------------

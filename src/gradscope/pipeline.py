@@ -364,7 +364,8 @@ def write_sweep_report(experiment: str, runs: list[dict], *, metrics_paths, summ
         metrics_by_run[run["name"]] = artifacts.read_parquet(metrics_path)
         curvature_by_run[run["name"]] = read_curvature(mine)
         head = run_headline(metrics_path=metrics_path, summary_path=summary_path, curvature_paths=mine)
-        rows.append({"run_id": run["id"], "run": run["name"], **run["varying"], **head})
+        rows.append({"run_id": run["id"], "run": run["name"], **run["varying"],
+                     **({"optimizer": run["optimizer"]} if "optimizer" in run else {}), **head})
         per_step = pd.DataFrame(artifacts.read_json(summary_path)["per_step"])
         detector_rows.append(report.detector_table(per_step).assign(run_id=run["id"], run=run["name"]))
     detectors = pd.concat(detector_rows, ignore_index=True)

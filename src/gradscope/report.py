@@ -219,9 +219,17 @@ def render_sweep_report(experiment: str, runs: pd.DataFrame, detectors: pd.DataF
 
 
 def edge_of_stability_lines(runs: pd.DataFrame) -> list[str]:
-    """The sweep's edge-of-stability verdict from the runs' headline columns (edge_*)."""
+    """The sweep's edge-of-stability verdict from the runs' headline columns (edge_*), for its runs
+    trained by gradient descent: 2/lr (2(1+beta)/lr with momentum) is the stability threshold of
+    SGD, not of an adaptive optimizer (Adam's edge is in its preconditioned sharpness)."""
     if "edge_at_edge" not in runs:
         return []
+    adaptive = runs["optimizer"].ne("sgd") if "optimizer" in runs else pd.Series(False, index=runs.index)
+    note = ([f"{int(adaptive.sum())} run(s) trained by an adaptive optimizer ({', '.join(sorted(set(runs.loc[adaptive, 'optimizer'])))}) "
+             "are left out: 2/lr is the stability threshold of gradient descent."] if adaptive.any() else [])
+    runs = runs[~adaptive]
+    if runs.empty:
+        return note
     at = runs["edge_at_edge"].astype(bool)
     table = runs[["run", "sharpness_threshold", "final_sharpness", "edge_step_reached", "edge_tail_max_rel_dev",
                   "edge_at_edge"]].rename(columns={
@@ -230,7 +238,7 @@ def edge_of_stability_lines(runs: pd.DataFrame) -> list[str]:
         "edge_at_edge": f"within {EDGE_TOLERANCE:.0%}"})
     return [f"{int(at.sum())} of {len(runs)} runs stay within {EDGE_TOLERANCE:.0%} of 2/lr over the last "
             f"{EDGE_TAIL:.0%} of training (every checkpoint from step {1 - EDGE_TAIL:g} × the last step on):",
-            markdown_table(table)]
+            markdown_table(table), *note]
 
 
 def influence_section(summary: dict) -> list[str]:

@@ -52,7 +52,8 @@ rule sweep_report:
     log:
         layout.log("sweep_report", "experiment"),
     params:
-        runs=lambda wc: [{"id": r.id, "name": r.name, "varying": r.varying} for r in get_experiment_runs(wc)],
+        runs=lambda wc: [{"id": r.id, "name": r.name, "varying": r.varying, "optimizer": r.settings["optim"]["name"]}
+                         for r in get_experiment_runs(wc)],
         plots=lambda wc: get_experiment_runs(wc)[0].settings["plots"],
     conda:
         "../../envs/gradscope.yaml"
