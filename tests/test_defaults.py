@@ -19,8 +19,8 @@ import pytest
 import torch
 import yaml
 
-from gradscope import (animate, config, data, examples, influence, losses, models, opposing, optim, plots, signal_plots,
-                       signals, train)
+from gradscope import (animate, config, curvature, data, examples, influence, losses, models, opposing, optim, plots,
+                       progress, signal_plots, signals, train)
 from gradscope.config import applicable, load_runs, section, section_defaults
 from gradscope.models import InputSpec, build_model
 
@@ -50,6 +50,8 @@ MIRRORS = {
     plots: ["plots"],
     signal_plots: ["plots"],
     animate: ["plots"],
+    curvature: ["curvature"],  # not "train": its batch_size arguments are chunk sizes, not the minibatch
+    progress: ["progress", "plots"],
 }
 
 
