@@ -53,7 +53,7 @@ def curvature_row(cov, exp, step):
 
 
 def test_every_run_finishes_with_its_report_and_figures(cov):
-    for exp in ("tok", "img", "dig"):
+    for exp in ("tok", "img", "dig", "res"):
         for rel in ("report.md", "figures/training.png", "figures/curvature.png", "figures/gradient_pca.gif",
                     "signals/detections.parquet"):
             assert (run_dir(cov, exp) / rel).is_file(), (exp, rel)
@@ -240,3 +240,27 @@ def test_hadamard_projection_and_influence_options(cov):
     assert text.count("**Test example") == 1
     assert not (run_dir(cov, "dig") / "influence").exists()
     assert "Which training examples shaped" not in (run_dir(cov, "dig") / "report.md").read_text()
+
+
+
+def test_resnet_with_batchnorm_on_mnist1d_through_the_workflow(cov):
+    """The ResNet kind and the MNIST-1D source through every stage: the examples table at the last
+    checkpoint is each example's own loss and gradient norm (a loop of single-example backward
+    passes in float64, the model in eval mode as the workflow measures it, BatchNorm on its
+    running statistics)."""
+    model, state = load(cov, "res", 3)
+    assert any(isinstance(m, nn.BatchNorm1d) for m in model.modules()) and any(isinstance(m, nn.Conv1d) for m in model.modules())
+    assert not model.training and state["step"] == 3
+    x, y, df = data.load_split(data_dir(cov, "res"), "train")
+    assert tuple(x.shape) == (48, 1, 40) and data.load_meta(data_dir(cov, "res"))["generator"]["generator"] == "mnist1d"
+    table = artifacts.read_partitions([run_dir(cov, "res") / "examples"])
+    rows = table[(table["step"] == 3) & (table["split"] == "train")].set_index("example_id").loc[df["example_id"]]
+    ref = model.double()
+    params = [p for p in ref.parameters() if p.requires_grad]
+    for i in range(0, 48, 6):
+        loss = nn.functional.cross_entropy(ref(x[i:i + 1].double()), y[i:i + 1])
+        grads = torch.autograd.grad(loss, params)
+        norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
+        assert rows["loss"].iloc[i] == pytest.approx(float(loss), rel=1e-4, abs=1e-6)
+        assert rows["grad_norm"].iloc[i] == pytest.approx(norm, rel=1e-3)
+    assert (run_dir(cov, "res") / "report.md").read_text().count("res/seed~0") >= 1
