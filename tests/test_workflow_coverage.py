@@ -261,6 +261,6 @@ def test_resnet_with_batchnorm_on_mnist1d_through_the_workflow(cov):
         loss = nn.functional.cross_entropy(ref(x[i:i + 1].double()), y[i:i + 1])
         grads = torch.autograd.grad(loss, params)
         norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
-        assert rows["loss"].iloc[i] == pytest.approx(float(loss), rel=1e-4, abs=1e-6)
+        assert rows["loss"].iloc[i] == pytest.approx(loss.item(), rel=1e-4, abs=1e-6)
         assert rows["grad_norm"].iloc[i] == pytest.approx(norm, rel=1e-3)
     assert (run_dir(cov, "res") / "report.md").read_text().count("res/seed~0") >= 1
