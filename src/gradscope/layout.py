@@ -122,10 +122,14 @@ def partition_file(folder, name: str, step: int) -> Path:
     return Path(folder) / f"step={step}" / IN_PARTITION[name]
 
 
+def step_of(path) -> int:
+    """The checkpoint step of a per-checkpoint file, from its partition folder (step=<n>)."""
+    return int(Path(path).parent.name.partition("=")[2])
+
+
 def tables_in(folder, name: str) -> list[Path]:
     """A run folder's per-checkpoint files of `name` (examples, curvature, eigenvectors), in step order."""
-    found = Path(folder).glob(IN_RUN[name].replace("{step}", "*"))
-    return sorted(found, key=lambda p: int(p.parent.name.partition("=")[2]))
+    return sorted(Path(folder).glob(IN_RUN[name].replace("{step}", "*")), key=step_of)
 
 
 def partition_files(paths) -> list[Path]:
@@ -135,7 +139,7 @@ def partition_files(paths) -> list[Path]:
     out = []
     for path in map(Path, [paths] if isinstance(paths, (str, Path)) else paths):
         if path.is_dir():
-            parts = sorted(path.glob("step=*/part-0.parquet"), key=lambda p: int(p.parent.name.partition("=")[2]))
+            parts = sorted(path.glob(f"step=*/{IN_PARTITION['examples']}"), key=step_of)
             if not parts:
                 raise FileNotFoundError(f"missing artifact: {path} holds no step=<n>/part-0.parquet")
             out += parts

@@ -58,8 +58,8 @@ def failed_logs(logs_dir, experiment: str, run: str) -> list[tuple[str, Path]]:
     out = []
     for rule in RUN_RULES:
         wc = {"experiment": experiment, "run": run}
-        per_step = Path(layout.log(rule, "step", logs_dir).format(**wc, step="0")).parent
-        for log in [Path(layout.log(rule, "run", logs_dir).format(**wc)), *sorted(per_step.glob("step=*.log"))]:
+        per_step = Path(layout.log(rule, "step", logs_dir).format(**wc, step="*"))
+        for log in [Path(layout.log(rule, "run", logs_dir).format(**wc)), *sorted(per_step.parent.glob(per_step.name))]:
             if log.is_file() and ended_in_failure(log):
                 out.append((rule, log))
     return out
