@@ -475,5 +475,39 @@ def test_a_truncated_checkpoint_is_named_by_every_workflow_start(done, tmp_path)
     [line] = artifacts.damaged_checkpoints(train / "manifest.json")
     assert str(ckpt) in line and "1,000 bytes on disk" in line and "--force results/runs/flips/seed~0/train/metrics.parquet" in line
     proc = snakemake(cwd, "-n", "--cores", "1")
-    assert proc.returncode == 0 and "damaged checkpoint results/runs/flips/seed~0/train/checkpoints/" in proc.stderr
+    assert proc.returncode == 0 and "damaged artifact results/runs/flips/seed~0/train/checkpoints/" in proc.stderr
     assert "--force results/runs/flips/seed~0/train/metrics.parquet" in proc.stderr
+
+
+def test_a_damaged_parquet_or_json_file_is_named_by_every_workflow_start(done, tmp_path):
+    # A table cut short, a table overwritten with something else and a JSON file that no longer
+    # parses all look current to Snakemake's timestamps: the dry run names each with its command.
+    import shutil as sh
+
+    from gradscope import artifacts
+    from test_workflow import TINY
+
+    cwd = copy_workflow(tmp_path / "wf", yaml.safe_load(TINY.read_text()))
+    sh.copytree(done / "results", cwd / "results")
+    run = cwd / "results/runs/flips/seed~0"
+    assert artifacts.damaged_tables(run) == [] and artifacts.damaged_tables(cwd / "results/sweeps") == []
+    examples = sorted((run / "examples").rglob("*.parquet"))[0]
+    examples.write_bytes(examples.read_bytes()[:-100])  # truncated: the footer's magic is gone
+    curvature = sorted((run / "curvature").rglob("*.parquet"))[0]
+    curvature.write_bytes(b"PAR1" + b"\0" * 40)  # begins like Parquet, ends wrong
+    summary = run / "signals" / "summary.json"
+    summary.write_text('{"detectors": ')
+    data_meta = sorted((cwd / "results/data").glob("*/meta.json"))[0]
+    data_meta.write_text("")
+    lines = artifacts.damaged_tables(run)
+    assert sorted(line.split(":")[0] for line in lines) == sorted(map(str, (examples, curvature, summary)))
+    proc = snakemake(cwd, "-n", "--cores", "1")
+    assert proc.returncode == 0, proc.stderr
+    named = [line for line in proc.stderr.splitlines() if line.startswith("gradscope: damaged artifact ")]
+    assert len(named) == 4, proc.stderr
+    for path, command in [(examples, "--force results/runs/flips/seed~0/examples"),
+                          (curvature, "--force results/runs/flips/seed~0/curvature"),
+                          (summary, "--force results/runs/flips/seed~0/signals/summary.json"),
+                          (data_meta, "--force results/data/")]:
+        [line] = [line for line in named if str(path.relative_to(cwd)) in line]
+        assert command in line, line

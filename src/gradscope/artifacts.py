@@ -414,6 +414,41 @@ def damaged_checkpoints(manifest_path) -> list[str]:
     return out
 
 
+def damaged_tables(folder) -> list[str]:
+    """The Parquet and JSON artifacts under `folder` that are not whole, by a check cheap enough for
+    every workflow start (a dry run too): a Parquet file must begin and end with its magic bytes
+    (a truncated or foreign file does not), a JSON file must parse. One line per file, naming it and
+    the command that writes it again; Snakemake's timestamps alone would call such a file current."""
+    out = []
+    paths = sorted(Path(root) / name for root, _, names in os.walk(folder) for name in names
+                   if name.endswith((".parquet", ".json")) and not name.startswith("."))  # "." : a write in progress
+    for path in paths:
+        if path.suffix == ".parquet":
+            problem = _parquet_ends(path)
+        else:
+            try:
+                json.loads(path.read_bytes())
+                problem = None
+            except (ValueError, UnicodeDecodeError) as e:
+                problem = f"not JSON ({e})"
+        if problem:
+            out.append(f"{path}: {problem}; {regenerate_hint(path)}")
+    return out
+
+
+def _parquet_ends(path: Path) -> str | None:
+    size = path.stat().st_size
+    if size < 12:  # magic, footer length, magic
+        return f"{size} bytes, too short for Parquet"
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(-4, 2)
+        tail = f.read(4)
+    if head != b"PAR1" or tail != b"PAR1":
+        return "not a whole Parquet file (its magic bytes are missing: truncated or overwritten)"
+    return None
+
+
 def check_file(path) -> str | None:
     """None if an artifact reads as a whole file of its kind (a cheap structural check: a zip's
     checksums, a Parquet footer, JSON, an .npy header), else what is wrong with it."""
