@@ -176,6 +176,30 @@ def test_conv1d_random_shapes(seed):
     check_everything(model, x, y, "mse" if seed % 2 else "cross_entropy", batch_size=3)
 
 
+@pytest.mark.parametrize("stride, padding, dilation, projection",
+                         [(1, 0, 1, "gaussian"), (2, 1, 1, "gaussian"), (2, 2, 2, "gaussian"), (2, 1, 1, "hadamard")])
+def test_conv1d_gram_path_without_unfolding(stride, padding, dilation, projection, monkeypatch):
+    # Wide channels over short sequences take the Gram path, where a 1-D convolution's patch Gram
+    # comes from its input's Gram and the dots (and the Gaussian projection) from a convolution:
+    # every statistic against the loop, and the path really taken for both convolutions.
+    from gradscope.grad_rules import base
+
+    taken = []
+    original = base.Tokens._stats_unfolded_free
+    monkeypatch.setattr(base.Tokens, "_stats_unfolded_free",
+                        lambda self, *a: taken.append(self.G.shape) or original(self, *a))
+    gen = torch.Generator().manual_seed(50 + stride)
+    torch.manual_seed(stride)
+    model = nn.Sequential(nn.Conv1d(8, 16, 3, stride=stride, padding=padding, dilation=dilation), nn.Tanh(),
+                          nn.Conv1d(16, 12, 2, padding=padding), nn.Flatten())
+    with torch.no_grad():
+        flat = model(torch.zeros(1, 8, 9)).shape[1]
+    model = nn.Sequential(*model, nn.Linear(flat, 3)).double().eval()
+    x, y = _data(gen, 7, (8, 9))
+    check_everything(model, x, y, "cross_entropy", batch_size=4, proj_dim=5, projection=projection)
+    assert len({shape[-1] for shape in taken}) == 2, taken  # both convolutions (c_out 16 and 12)
+
+
 def test_explicit_sub_batches(monkeypatch):
     # Sub-batches of one example in the explicit path: every sub-batch must use its own rows.
     from gradscope.grad_rules import base

@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from gradscope.projection import Projection
+from gradscope.projection import Kron, Projection
 
 # Sub-batch bound (numbers) for explicitly formed per-example weight gradients and unfolded patches.
 EXPLICIT_MAX_ELEMENTS = 1 << 24
@@ -90,11 +90,15 @@ class Tokens:
     start:stop of it on demand (unfolded convolution patches, built one sub-batch at a time).
     `e_fn(start, stop)`, where given, forms the explicit per-example gradients (stop - start,
     groups, c_out, c_in) of those rows itself (a convolution's batched weight-gradient kernel),
-    cheaper than unfolding.
+    cheaper than unfolding. With one group, `gram_fn()` (b, T, T), the tokens' Gram h_t.h_s, and
+    `apply_fn(W)` (b, T, m), H @ W for W (c_in, m), where given, replace unfolding in the Gram path
+    (a 1-D convolution: its input's Gram and a convolution with W as kernels).
     """
 
-    def __init__(self, G: torch.Tensor, H: torch.Tensor | None = None, h_fn=None, c_in: int | None = None, e_fn=None):
+    def __init__(self, G: torch.Tensor, H: torch.Tensor | None = None, h_fn=None, c_in: int | None = None, e_fn=None,
+                 gram_fn=None, apply_fn=None):
         self.G, self.H, self.h_fn, self.e_fn = G, H, h_fn, e_fn
+        self.gram_fn, self.apply_fn = gram_fn, apply_fn
         self.c_in = H.shape[-1] if H is not None else c_in
 
     @property
@@ -143,6 +147,8 @@ class Tokens:
                 dot.append(flat @ Mg.reshape(-1))
                 acc[s : s + len(E)] += f.project(E.reshape(len(E), g * c_out, c_in))
             return Stat(torch.cat(sq), torch.cat(dot))
+        if g == 1 and self.gram_fn is not None and self.apply_fn is not None:
+            return self._stats_unfolded_free(Mg[0], f, acc)
         H, G = self.materialize(), self.G
         if T == 1:
             sq = (G[:, 0].pow(2).sum(-1) * H[:, 0].pow(2).sum(-1)).sum(-1)
@@ -161,6 +167,22 @@ class Tokens:
             A = f.A.reshape(g, c_out, k)
             acc += (torch.einsum("btjo,jok->btjk", G, A) * (H @ f.B)).sum(2).reshape(b, T, k).sum(1)
         return Stat(sq, dot.reshape(b, T).sum(1))
+
+    def _stats_unfolded_free(self, M: torch.Tensor, f: Projection, acc: torch.Tensor) -> Stat:
+        """The Gram path of one group from gram_fn and apply_fn: no (b, T, c_in) tokens are formed.
+        The dots and, for Kronecker factors, the projection's H @ B come from one apply_fn."""
+        G = self.G[:, :, 0]  # (b, T, c_out)
+        c_out = G.shape[-1]
+        sq = ((G @ G.transpose(1, 2)) * self.gram_fn()).sum(dim=(1, 2))
+        kron = isinstance(f, Kron)
+        HW = self.apply_fn(torch.cat([M.T, f.B], 1) if kron else M.T)  # (b, T, c_out [+ k])
+        dot = (HW[..., :c_out] * G).sum(dim=(1, 2))
+        if kron:
+            acc += ((G @ f.A) * HW[..., c_out:]).sum(1)
+        else:
+            b, T = G.shape[:2]
+            acc += f.tokens(G.reshape(b * T, c_out), self.materialize()[:, :, 0].reshape(b * T, -1)).reshape(b, T, -1).sum(1)
+        return Stat(sq, dot)
 
     def nbytes(self) -> int:
         t = self.G.numel() * self.G.element_size()

@@ -58,6 +58,34 @@ def _patches(x, kernel, stride, padding, dilation, groups):
     return cols.reshape(b, groups, ckk // groups, L).permute(0, 3, 1, 2)
 
 
+def _unfolding_free_1d(x, T, wshape, stride, pad, dilation) -> dict:
+    """Tokens' gram_fn and apply_fn for a 1-D convolution of one group, without unfolding patches,
+    where the input's (b, L, L) Gram is at most twice the size of the patches (b, T, C kernel).
+
+    h_t . h_s = sum_j X2[t stride + j dilation, s stride + j dilation] over the kernel offsets j, with
+    X2 = x^T x over channels (the padded input); H @ W is a convolution with W's columns as kernels."""
+    C, kernel = wshape
+    L = x.shape[-1] + 2 * pad
+    if L * L > 2 * T * C * kernel:
+        return {}
+
+    def gram():
+        xp = F.pad(x, (pad, pad)) if pad else x
+        X2 = xp.transpose(1, 2) @ xp  # (b, L, L), contiguous
+        b = len(X2)
+        total = None
+        for j in range(kernel):
+            v = X2.as_strided((b, T, T), (L * L, stride * L, stride), j * dilation * (L + 1))
+            total = v.clone() if total is None else total.add_(v)
+        return total
+
+    def apply(W):  # (C kernel, m) in weight.reshape(out, -1)'s column order
+        m = W.shape[1]
+        return F.conv1d(x, W.T.reshape(m, C, kernel), None, stride, pad, dilation).transpose(1, 2)
+
+    return {"gram_fn": gram, "apply_fn": apply}
+
+
 def _conv_rule(nd):
     def rule(ctx, func, args, kwargs):
         x, w, b = arg(args, kwargs, 0, "input"), arg(args, kwargs, 1, "weight"), arg(args, kwargs, 2, "bias")
@@ -88,9 +116,13 @@ def _conv_rule(nd):
                         (False, True, False))[1]
                     return gw.reshape(n, groups, w.shape[0] // groups, -1)
 
+                fns = {}
+                if nd == 1 and groups == 1 and pad is not None:
+                    fns = _unfolding_free_1d(inp, G.shape[-1], w.shape[1:], stride[0], pad[0], dilation[0])
                 feats["weight"] = Tokens(Gt, h_fn=lambda s, e: _patches(inp[s:e], kernel, stride, padding, dilation,
                                                                         groups),
-                                         c_in=w.shape[1] * w[0, 0].numel(), e_fn=explicit if pad is not None else None)
+                                         c_in=w.shape[1] * w[0, 0].numel(), e_fn=explicit if pad is not None else None,
+                                         **fns)
             if "bias" in attrs:
                 feats["bias"] = Explicit(G.reshape(batch, G.shape[1], -1).sum(-1))
             return feats
