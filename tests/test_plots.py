@@ -278,6 +278,8 @@ def test_render_projection_animation_needs_one_path_per_step(tmp_path):
 @pytest.fixture
 def drawn(monkeypatch):
     """The matplotlib figures the plot functions save, captured before they are closed."""
+    from gradscope import signal_plots
+
     figures = []
     real = plots._save
 
@@ -286,6 +288,7 @@ def drawn(monkeypatch):
         real(fig, path, dpi)
 
     monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(signal_plots, "_save", keep)  # imported there by name
     return figures
 
 
@@ -337,3 +340,125 @@ def test_sweep_figure_has_one_line_per_run(tmp_path, drawn):
     labels = [ln.get_label() for ax in drawn[-1].axes for ln in ax.get_lines()]
     for run in runs:
         assert any(run in label for label in labels), (run, labels)
+
+
+@pytest.mark.parametrize("variant", ["auroc", "no_column"])
+def test_flagged_figure_plots_each_detectors_counts_and_quality(tmp_path, drawn, variant):
+    # One line per detector in each panel, in its own colour and marker: the detector's flagged
+    # count, AUROC and average precision against step + 1 on a log axis; a dashed chance line at
+    # AUROC 0.5; the quality panels only where the table has them; the legend names the detectors.
+    import matplotlib.colors
+
+    table = per_step_table(with_auroc=variant == "auroc")
+    plots.plot_flagged(table, tmp_path / "f.png", title="flagged run", dpi=DPI)
+    fig = drawn[-1]
+    assert fig._suptitle.get_text() == "flagged run"
+    columns = ["n_flagged", "auroc", "average_precision"] if variant == "auroc" else ["n_flagged"]
+    assert len(fig.axes) == len(columns)
+    detectors = sorted(table["detector"].unique())
+    colors = plots._colors(len(detectors))
+    for ax, column in zip(fig.axes, columns):
+        assert ax.get_xscale() == "log" and ax.get_xlabel() == plots.STEP_LABEL
+        lines = {ln.get_label(): ln for ln in ax.get_lines() if not ln.get_label().startswith("_")}
+        assert sorted(lines) == detectors, column
+        for i, det in enumerate(detectors):
+            want = table[table["detector"] == det].sort_values("step")
+            np.testing.assert_allclose(lines[det].get_xdata(), want["step"] + 1.0)
+            np.testing.assert_allclose(lines[det].get_ydata(), want[column], equal_nan=True, err_msg=f"{det} {column}")
+            assert matplotlib.colors.same_color(lines[det].get_color(), colors[i])
+        assert len({ln.get_marker() for ln in lines.values()}) == len(detectors)
+        chance = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+        assert [list(ln.get_ydata()) for ln in chance] == ([[0.5, 0.5]] if column == "auroc" else [])
+    assert "count" in fig.axes[0].get_ylabel() and fig.axes[0].get_ylim()[0] == 0
+    if variant == "auroc":
+        assert "AUROC" in fig.axes[1].get_ylabel() and "average precision" in fig.axes[2].get_ylabel()
+        assert fig.axes[1].get_ylim() == fig.axes[2].get_ylim() == (0.0, 1.02)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == detectors
+
+
+def test_group_losses_figure_plots_the_strongest_pair_of_each_interval(tmp_path, drawn):
+    # One panel per interval (all three here), with the interval's most negative opposing pair (every
+    # opposing pair here pairs the two planted groups, so none is preferred over another): both
+    # groups' mean loss at every checkpoint, the mean training loss in grey, the selection interval
+    # shaded, and each group's size, purity and majority in its label.
+    tr, groups, pairs, losses, composition, metrics, _ = signal_tables()
+    from gradscope import signal_plots
+
+    signal_plots.plot_group_losses(losses, pairs, composition, metrics, tmp_path / "g.png", title="groups", dpi=DPI)
+    fig = drawn[-1]
+    opposing = pairs[pairs["opposing"]]
+    chosen = opposing.loc[opposing.groupby("step_to")["cosine"].idxmin()].sort_values("step_to")
+    assert len(fig.axes) == len(chosen) == 3
+    comp = composition.set_index(["step_to", "group"])
+    for ax, pair in zip(fig.axes, chosen.itertuples(index=False)):
+        assert ax.get_title() == f"steps {pair.step_from}→{pair.step_to}: gradient cosine {pair.cosine:.2f}"
+        assert ax.get_xscale() == "log" and ax.get_xlabel() == signal_plots.STEP_LABEL
+        lines = ax.get_lines()
+        assert lines[0].get_label() == "all training examples"
+        np.testing.assert_allclose(lines[0].get_xdata(), metrics["step"] + 1.0)
+        np.testing.assert_allclose(lines[0].get_ydata(), metrics["train_loss"])
+        assert len(lines) == 3
+        for line, group in zip(lines[1:], (pair.group_a, pair.group_b)):
+            want = losses[(losses["step_to"] == pair.step_to) & (losses["group"] == group)].sort_values("step")
+            np.testing.assert_allclose(line.get_xdata(), want["step"] + 1.0)
+            np.testing.assert_allclose(line.get_ydata(), want["mean_loss"])
+            c = comp.loc[(pair.step_to, group)]
+            assert line.get_label() == f"group {group} (n={int(c['size'])}, {c['purity']:.0%} {c['majority']})"
+        (span,) = ax.patches  # the selection interval, at step + 1 like the curves
+        assert (span.get_x(), span.get_x() + span.get_width()) == (pair.step_from + 1.0, pair.step_to + 1.0)
+    # without an opposing pair the figure says so
+    signal_plots.plot_group_losses(losses, pairs.assign(opposing=False), composition, metrics, tmp_path / "n.png",
+                                   title="g", dpi=DPI)
+    (ax,) = drawn[-1].axes
+    assert [t.get_text() for t in ax.texts] == ["no opposing pair of groups found"] and not ax.get_lines()
+
+
+@pytest.mark.parametrize("planted", [True, False])
+def test_loss_changes_figure_histograms_each_interval_with_the_planted_examples_stacked(tmp_path, drawn, planted):
+    # Per interval, the counts of Δloss in 40 equal bins over [-max|Δ|, max|Δ|]: the examples not
+    # planted first, the planted ones stacked on them (none without planted ids).
+    from gradscope import opposing, signal_plots
+
+    tr = signal_tables()[0]
+    changes = opposing.loss_changes(tr)
+    planted_ids = list(range(20)) if planted else None
+    signal_plots.plot_loss_changes(changes, planted_ids, tmp_path / "c.png", title="changes", dpi=DPI)
+    fig = drawn[-1]
+    intervals = changes[["step_from", "step_to"]].drop_duplicates().sort_values("step_to")
+    assert len(fig.axes) == len(intervals) == 3
+    for ax, (a, b) in zip(fig.axes, intervals.itertuples(index=False)):
+        assert ax.get_title() == f"steps {a}→{b}"
+        d = changes[(changes["step_from"] == a) & (changes["step_to"] == b)]
+        delta = d["delta_loss"].to_numpy()
+        is_planted = d["example_id"].isin(planted_ids or []).to_numpy()
+        lim = np.abs(delta).max()
+        bins = np.linspace(-lim, lim, 41)
+        parts = [delta[~is_planted], delta[is_planted]] if planted else [delta]
+        assert len(ax.containers) == len(parts)
+        for bars, part in zip(ax.containers, parts):
+            np.testing.assert_allclose([r.get_x() for r in bars], bins[:-1])
+            np.testing.assert_array_equal([r.get_height() for r in bars], np.histogram(part, bins)[0])
+        if planted:  # stacked: the planted bars start where the others end
+            np.testing.assert_array_equal([r.get_y() for r in ax.containers[1]], np.histogram(parts[0], bins)[0])
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == (["not planted", "planted"] if planted
+                                                                          else ["all"])
+
+
+def test_cartography_figure_places_each_example_and_rings_the_planted_ones(tmp_path, drawn):
+    from gradscope import signal_plots
+
+    rng = np.random.default_rng(3)
+    per_example = pd.DataFrame({"example_id": np.arange(30), "variability": rng.uniform(0, 0.5, 30),
+                                "confidence": rng.uniform(0, 1, 30), "correctness": rng.uniform(0, 1, 30),
+                                "planted": np.arange(30) % 5 == 0})
+    signal_plots.plot_cartography(per_example, tmp_path / "m.png", title="carto", dpi=DPI)
+    ax = drawn[-1].axes[0]
+    points, rings = ax.collections
+    np.testing.assert_allclose(points.get_offsets(), per_example[["variability", "confidence"]])
+    np.testing.assert_allclose(points.get_array(), per_example["correctness"])
+    assert points.get_clim() == (0, 1)
+    planted = per_example[per_example["planted"]]
+    np.testing.assert_allclose(rings.get_offsets(), planted[["variability", "confidence"]])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["planted (6)"]
+    assert ax.get_xlabel().startswith("variability") and ax.get_ylabel().startswith("confidence")
+    assert drawn[-1].axes[1].get_ylabel().startswith("correctness")  # the colour bar

@@ -405,6 +405,17 @@ def write_idx(path, array: np.ndarray):
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
+def write_mnist(root, train, test):
+    """ROOT/MNIST/raw/ as torchvision's MNIST reads it: the four idx files of images (n, H, W) and
+    labels (n,), for train = (images, labels) and test likewise. torchvision checks no checksum of
+    these files (only that they exist), so a Snakemake job reads them unpatched."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, (images, labels) in (("train", train), ("t10k", test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+
+
 def test_mnist_idx_files_load_through_torchvision(tmp_path, tv, offline):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)

@@ -30,8 +30,10 @@ def snakemake(cwd, *args, check=True):
 
 
 def copy_workflow(dest: Path, config: dict) -> Path:
+    """The workflow, and user_code/ (the example factories a `python` model or data source names,
+    imported from the working directory), copied into `dest` with `config` as its config file."""
     dest.mkdir(parents=True, exist_ok=True)
-    for item in ("Snakefile", "workflow", "scripts", "envs"):
+    for item in ("Snakefile", "workflow", "scripts", "envs", "user_code"):
         src = REPO / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item)
     (dest / "config").mkdir()

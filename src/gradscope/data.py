@@ -496,11 +496,25 @@ def _how_to_get(key: str, what: str) -> str:
             f"(e.g. ROOT/cifar-10-batches-py/, ROOT/MNIST/raw/)")
 
 
+def _init_parameters(cls) -> set[str]:
+    """The keyword arguments a class's constructor takes, following **kwargs to the base classes
+    (EMNIST(root, split, **kwargs) passes train= on to MNIST)."""
+    names = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        names |= {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            break
+    return names
+
+
 def _vision_split(cls, root: Path, split: str, download: bool, kwargs: dict, key: str):
     """One split of a torchvision dataset as (images (n, C, H, W) float32 in [0, 1], labels, n_classes or None)."""
     from torchvision.transforms.functional import to_tensor  # uint8 pixels / 255, (C, H, W)
 
-    params = inspect.signature(cls.__init__).parameters
+    params = _init_parameters(cls)
     if "train" in params:
         which = {"train": split == "train"}
     elif "split" in params and "split" not in kwargs:
