@@ -21,8 +21,9 @@ output-gradient) into exact per-example statistics without forming per-example g
   over the tokens t of the example, so ||G_n||^2 = sum_{t,s} (g_t.g_s)(h_t.h_s) (Gram form)
   and <G_n, M> = sum_t g_t^T M h_t. When T (in + out) > in * out, G_n is formed explicitly
   instead, in sub-batches of at most EXPLICIT_MAX_ELEMENTS numbers.
-- F.conv1d / F.conv2d (any stride, padding, dilation, groups; depthwise): the input is
-  unfolded and the output positions are the tokens of a Linear per group.
+- F.conv1d / F.conv2d (any stride, padding, dilation, groups; depthwise): the output
+  positions are the tokens of a Linear per group, over the unfolded input (a 1-D convolution's
+  Gram path reads the input's Gram and convolves instead of unfolding).
 - F.embedding: G_n = sum_t e_{id_t} g_t^T (padding_idx rows get none).
 - F.layer_norm, F.group_norm, F.batch_norm (running statistics): per-example gradients of
   the affine parameters are formed explicitly ((b, C): small).

@@ -6,7 +6,8 @@ a Linear per group, so G_n = blockdiag_j(sum_t g_{t,j} h_{t,j}^T) for the weight
 height 1. Other padding modes reach here already padded (nn.Conv pads, then calls F.conv with 0).
 Where the explicit per-example gradients are cheaper than the T x T Gram (most convolutions),
 they come from one convolution weight-gradient kernel over the batch folded into the groups
-(n * groups), which is faster than unfolding and a batched matmul.
+(n * groups), which is faster than unfolding and a batched matmul. Where the Gram path is
+cheaper, a 1-D convolution of one group takes it without unfolding (`_unfolding_free_1d`).
 """
 
 from __future__ import annotations
