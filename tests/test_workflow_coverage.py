@@ -485,3 +485,11 @@ def test_files_source_reads_one_parquet_file_with_split_and_id_columns(cov):
     assert float(v.norm()) == pytest.approx(1.0, abs=1e-5)
     assert float(v @ hv) == pytest.approx(curvature_row(cov, "arr", 3)["sharpness"], rel=1e-3)
     assert_single_example_stats(model, x, y, train_rows(cov, "arr", 3, df), range(0, 20, 4))
+
+
+def test_edge_of_stability_is_assessed_in_the_run_report_for_gradient_descent_only(cov):
+    # The tok run trains with Adam: its report has no edge_* figures and says why; the dig run (SGD) has them.
+    adam = (run_dir(cov, "tok") / "report.md").read_text()
+    sgd = (run_dir(cov, "dig") / "report.md").read_text()
+    assert "| edge_at_edge |" not in adam and "not assessed, as this run trains with adam" in adam
+    assert "| edge_at_edge |" in sgd and "not assessed" not in sgd

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from gradscope import layout, signals
 
@@ -72,6 +73,16 @@ def render_run_report(run_id: str, *, config_yaml: str, head: dict, summary: dic
                "fisher_trace", "gauss_newton_trace", "input_jacobian_norm", "input_hessian_trace", "hvp_count",
                "ggn_top_eigenvalue", "ggn_mvp_count"]
     ggn = "ggn_top_eigenvalue" in curvature and curvature["ggn_top_eigenvalue"].notna().any()
+    # 2/lr is the stability threshold of gradient descent: an adaptive optimizer's run gets no verdict (as in
+    # the sweep report's edge_of_stability_lines)
+    optimizer = ((yaml.safe_load(config_yaml) or {}).get("optim") or {}).get("name", "sgd")
+    if optimizer != "sgd":
+        head = {k: v for k, v in head.items() if not k.startswith("edge_")}
+    edge = (f"Edge of stability: edge_step_reached = first checkpoint with sharpness ≥ {1 - EDGE_TOLERANCE:g} × 2/lr; "
+            f"edge_tail_max_rel_dev = largest |sharpness/(2/lr) − 1| over the last {EDGE_TAIL:.0%} of training; "
+            f"edge_at_edge = that is at most {EDGE_TOLERANCE:g}." if optimizer == "sgd" else
+            f"Edge of stability: not assessed, as this run trains with {optimizer}: 2/lr is the stability "
+            "threshold of gradient descent (an adaptive optimizer's edge is in its preconditioned sharpness).")
     curv = curvature.sort_values("step")[[c for c in columns if c in curvature
                                           and not (curvature[c].dtype.kind == "f" and curvature[c].isna().all())
                                           and (ggn or c != "ggn_mvp_count")]]
@@ -81,9 +92,7 @@ def render_run_report(run_id: str, *, config_yaml: str, head: dict, summary: dic
         markdown_table(pd.DataFrame({"figure": list(head), "value": list(head.values())})),
         f"Memorized = first logged step with train accuracy ≥ {summary['generalization']['train_threshold']}; "
         f"generalized = first logged step from then on with test accuracy ≥ {summary['generalization']['test_threshold']}. "
-        f"Edge of stability: edge_step_reached = first checkpoint with sharpness ≥ {1 - EDGE_TOLERANCE:g} × 2/lr; "
-        f"edge_tail_max_rel_dev = largest |sharpness/(2/lr) − 1| over the last {EDGE_TAIL:.0%} of training; "
-        f"edge_at_edge = that is at most {EDGE_TOLERANCE:g}.",
+        + edge,
         "## Training",
         f"![Loss and accuracy]({figures['training']})",
         *signals_section(summary, per_step, figures),
