@@ -24,6 +24,7 @@ from gradscope.config import train_slice
 from gradscope.curvature import gauss_newton_trace, layer_top_eigenvalues
 from gradscope.models import InputSpec
 from test_sources import write_mnist
+from test_dashboard import browser  # noqa: F401 (a fixture)
 from test_workflow import REPO, copy_workflow, snakemake
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
@@ -493,3 +494,23 @@ def test_edge_of_stability_is_assessed_in_the_run_report_for_gradient_descent_on
     sgd = (run_dir(cov, "dig") / "report.md").read_text()
     assert "| edge_at_edge |" not in adam and "not assessed, as this run trains with adam" in adam
     assert "| edge_at_edge |" in sgd and "not assessed" not in sgd
+
+
+def test_dashboard_draws_the_hessian_and_gauss_newton_densities(cov, browser):  # noqa: F811
+    # img has curvature.density and curvature.ggn: its dashboard's density figure draws both spectra
+    # of the chosen checkpoint, as stored in its curvature table.
+    from test_dashboard import console_errors, open_page
+
+    open_page(browser, cov / "results" / "sweeps" / "img" / "dashboard.html")
+    browser.execute_script("gradscope.show('curvature')")
+    step = browser.execute_script("return document.getElementById('gs-density-step').value")
+    drawn = browser.execute_script("""
+        const el = document.getElementById('fig-density');
+        return el.data.map(t => ({name: t.name, x: Array.from(t.x), y: Array.from(t.y)}));""")
+    assert [t["name"] for t in drawn] == [f"Hessian, step {step}", f"Gauss-Newton, step {step}"]
+    row = curvature_row(cov, "img", int(step))
+    for trace, key in zip(drawn, ("density", "ggn_density")):
+        np.testing.assert_allclose(trace["x"], row[f"{key}_grid"], rtol=1e-5)  # the page keeps 6 digits
+        np.testing.assert_allclose(trace["y"], row[key], rtol=1e-5, atol=1e-12)
+    assert not np.allclose(drawn[0]["y"], drawn[1]["y"])  # two different spectra
+    assert console_errors(browser) == []

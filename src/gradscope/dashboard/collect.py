@@ -177,11 +177,14 @@ def collect_dynamics(dyn: pd.DataFrame) -> dict | None:
 def collect_curvature(curv: pd.DataFrame) -> dict:
     out = {"step": clean(curv["step"].to_numpy()), **columns(curv, CURVATURE_COLUMNS)}
     out["top_eigenvalues"] = clean([list(v) if v is not None else [] for v in curv["top_eigenvalues"]])
-    density = {}
-    for step, grid, dens in zip(curv["step"], curv["density_grid"], curv["density"]):
-        if grid is not None and len(grid):
-            density[str(int(step))] = {"grid": clean(np.asarray(grid)), "density": clean(np.asarray(dens))}
-    out["density"] = density
+    # spectral densities by step: the Hessian's (curvature.density) and the GGN's (with curvature.ggn)
+    for key in ("density", "ggn_density"):
+        out[key] = {}
+        if f"{key}_grid" not in curv:
+            continue
+        for step, grid, dens in zip(curv["step"], curv[f"{key}_grid"], curv[key]):
+            if grid is not None and len(grid):
+                out[key][str(int(step))] = {"grid": clean(np.asarray(grid)), "density": clean(np.asarray(dens))}
     return out
 
 

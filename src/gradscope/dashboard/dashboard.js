@@ -215,8 +215,12 @@
     fillSelect(dsel, dsteps.map(s => [s, `step ${s}`]), state.densityStep);
     state.densityStep = dsel.value || null;
     const d = state.densityStep && dens[state.densityStep];
-    draw('density', d ? [{type: 'scatter', mode: 'lines', x: d.grid, y: d.density, name: `step ${state.densityStep}`,
-                          line: {color: '#1f77b4'}, fill: 'tozeroy'}] : [], {},
+    const g = d && c.ggn_density ? c.ggn_density[state.densityStep] : null;  // with curvature.ggn
+    draw('density', d ? [{type: 'scatter', mode: 'lines', x: d.grid, y: d.density, name: `Hessian, step ${state.densityStep}`,
+                          line: {color: '#1f77b4'}, fill: 'tozeroy'},
+                         ...(g ? [{type: 'scatter', mode: 'lines', x: g.grid, y: g.density,
+                                   name: `Gauss-Newton, step ${state.densityStep}`, line: {color: '#d62728', dash: 'dot'}}] : [])]
+                       : [], {},
          'no spectral density (curvature.density: false)');
   };
 

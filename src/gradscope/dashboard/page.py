@@ -91,7 +91,7 @@ BUILTIN_VIEWS = [
         Figure("fisher_gn", "Gauss-Newton (solid, ± s.e.) and Fisher (dotted) traces", "trace"),
         Figure("input_jacobian", "input-Jacobian norm", "‖∂f/∂x‖"),
         Figure("input_hessian", "input-Hessian trace", "tr ∂²L/∂x²"),
-        Figure("density", "Hessian spectral density", "density", ylog=True, linked=False, xtitle="eigenvalue"),
+        Figure("density", "spectral density (Hessian; Gauss-Newton dotted)", "density", ylog=True, linked=False, xtitle="eigenvalue"),
     ], controls=_select("gs-density-step", "spectral density at"),
         note="Eigenvalues and the spectral density: the focus run."),
     View("signals", "Signals", [
