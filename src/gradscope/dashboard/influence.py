@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from gradscope import artifacts, layout
 from gradscope.dashboard.page import Figure, View, add_view
 
