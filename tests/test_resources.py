@@ -137,3 +137,17 @@ def test_data_size_of_the_new_sources():
         "n_train"] == 4000
     cifar = data_size({"data": {"generator": "torchvision", "torchvision": {"name": "CIFAR10", "subsample_train": 1000}}})
     assert (cifar["n_train"], cifar["n_test"], cifar["features"], cifar["classes"]) == (1000, 10000, 3072, 10)
+
+
+def test_data_size_of_digits_and_opposing_features_is_that_of_the_generated_data():
+    # (before: both were sized as planted_flips' defaults, 2,000 + 1,000 examples of 20 features)
+    from gradscope import data
+    from gradscope.config import section
+    from gradscope.resources import data_size
+
+    for gen, block in (("digits", {"train_fraction": 0.2}), ("opposing_features", {"n_train": 30, "n_test": 12, "side": 6})):
+        settings = {"data": {"generator": gen, gen: section("data", {"generator": gen, gen: block})[gen]}}
+        train, test, meta = data.generate(settings["data"])
+        got = data_size(settings)
+        assert (got["n_train"], got["n_test"]) == (len(train), len(test)), gen
+        assert (got["features"], got["classes"]) == (meta["input"]["dim"], meta["input"]["n_classes"]), gen

@@ -28,32 +28,40 @@ TORCH_RULES = ("train", "extract_examples", "curvature")  # the rules that put w
 
 
 def data_size(settings: dict) -> dict:
-    """Examples in each split, the input width the model sees, and the classes."""
+    """Examples in each split, the input width the model sees, and the classes. `settings`, here and
+    below: a run's resolved settings (every default filled from the schema, as the workflow has them)."""
     data = settings["data"]
     gen = data["generator"]
-    g = data.get(gen, {})
+    g = data[gen]
     if gen == "modular":
-        p = int(g.get("p", 47))
-        n = p * (p - 1) if g.get("op") == "div" else p * p
-        n_train = int(round(float(g.get("train_fraction", 0.4)) * n))
+        p = int(g["p"])
+        n = p * (p - 1) if g["op"] == "div" else p * p
+        n_train = int(round(float(g["train_fraction"]) * n))
         return {"n_train": n_train, "n_test": n - n_train, "tokens": 2, "vocab": p, "features": 0, "classes": p}
     if gen == "mnist1d":
-        n = 10 * (int(g.get("num_samples", 5000)) // 10)
-        n_train = int(n * float(g.get("train_split", 0.8)))
+        n = 10 * (int(g["num_samples"]) // 10)
+        n_train = int(n * float(g["train_split"]))
         size = {"n_train": n_train, "n_test": n - n_train, "features": 40, "classes": 10}
     elif gen in ("torchvision", "files", "python"):
         # Known torchvision sets by name; anything else is sized as CIFAR-100 (60,000 colour images), generously.
         size = dict(zip(("n_train", "n_test", "features", "classes"),
                         _VISION_SIZES.get(g.get("name"), (50000, 10000, 3072, 100))))
-    else:
-        size = {"n_train": int(g.get("n_train", 2000)), "n_test": int(g.get("n_test", 1000)),
-                "features": int(g.get("n_features", 20)), "classes": int(g.get("n_classes", 2))}
+    elif gen == "digits":  # scikit-learn's 1,797 8x8 images
+        n_train = int(round(float(g["train_fraction"]) * DIGITS))
+        size = {"n_train": n_train, "n_test": DIGITS - n_train, "features": 64, "classes": 10}
+    elif gen == "opposing_features":
+        size = {"n_train": int(g["n_train"]), "n_test": int(g["n_test"]), "features": int(g["side"]) ** 2,
+                "classes": int(g["n_classes"])}
+    else:  # planted_flips
+        size = {"n_train": int(g["n_train"]), "n_test": int(g["n_test"]),
+                "features": int(g["n_features"]), "classes": int(g["n_classes"])}
     for split in ("train", "test"):
         if g.get(f"subsample_{split}") is not None:
             size[f"n_{split}"] = min(size[f"n_{split}"], int(g[f"subsample_{split}"]))
     return {"tokens": 0, "vocab": 0, **size}
 
 
+DIGITS = 1797  # scikit-learn's digits
 # torchvision dataset name -> (train examples, test examples, input numbers, classes)
 _VISION_SIZES = {"CIFAR10": (50000, 10000, 3072, 10), "CIFAR100": (50000, 10000, 3072, 100),
                  "MNIST": (60000, 10000, 784, 10), "FashionMNIST": (60000, 10000, 784, 10),
@@ -62,18 +70,18 @@ _VISION_SIZES = {"CIFAR10": (50000, 10000, 3072, 10), "CIFAR100": (50000, 10000,
 
 def model_size(settings: dict) -> tuple[int, int]:
     """(parameters, activations per example): counted from the model settings, without building it."""
-    m, d = settings.get("model", {}), data_size(settings)
-    kind = m.get("kind", "mlp")
+    m, d = settings["model"], data_size(settings)
+    kind = m["kind"]
     if kind == "transformer":
-        dm, heads, dh = int(m.get("d_model", 128)), int(m.get("n_heads", 4)), int(m.get("d_head", 32))
-        dmlp, layers, seq = int(m.get("d_mlp", 512)), int(m.get("n_layers", 1)), d["tokens"] + 1
+        dm, heads, dh = int(m["d_model"]), int(m["n_heads"]), int(m["d_head"])
+        dmlp, layers, seq = int(m["d_mlp"]), int(m["n_layers"]), d["tokens"] + 1
         params = (d["vocab"] + 1 + seq) * dm + layers * (4 * dm * heads * dh + 2 * dm * dmlp + dmlp + dm) + dm * d["classes"]
         acts = layers * seq * (4 * dm + 3 * heads * dh + heads * seq + dmlp)
         return params, acts
     if kind in ("resnet", "vgg"):
         return _conv_net_size(m, d)
     if kind == "cnn":
-        channels = [int(c) for c in m.get("channels", [16, 32])]
+        channels = [int(c) for c in m["channels"]]
         side, prev, params, acts = max(1, math.isqrt(max(d["features"], 1))), 1, 0, 0
         for ch in channels:
             params += 9 * prev * ch + ch
@@ -81,9 +89,9 @@ def model_size(settings: dict) -> tuple[int, int]:
             prev, side = ch, max(1, side // 2)
         return params + prev * side * side * d["classes"] + d["classes"], acts
     # mlp (and the fallback for any other kind): input encoding, hidden layers, output layer
-    depth, width = int(m.get("depth", 2)), int(m.get("width", 128))
-    if d["tokens"] and m.get("input_encoding", "onehot") == "embedding":
-        embed = int(m.get("embed_dim", 32))
+    depth, width = int(m["depth"]), int(m["width"])
+    if d["tokens"] and m["input_encoding"] == "embedding":
+        embed = int(m["embed_dim"])
         params, fan_in = d["vocab"] * embed, d["tokens"] * embed
     else:
         params, fan_in = 0, d["tokens"] * d["vocab"] if d["tokens"] else d["features"]
@@ -101,15 +109,15 @@ def _conv_net_size(m: dict, d: dict) -> tuple[int, int]:
     one, else a one-channel square image of `features` pixels."""
     shape = list(d.get("shape") or [])
     in_ch, nd, spatial = (shape[0], len(shape) - 1, math.prod(shape[1:])) if len(shape) >= 2 else (1, 2, d["features"])
-    k, width, norm = 3**nd, int(m.get("base_width", 16)), m.get("norm", "batch") or "none"
+    k, width, norm = 3**nd, int(m["base_width"]), m["norm"] or "none"
 
     def conv(c_in, c_out, kernel=k):  # weights, plus the bias (no norm) or the norm's scale and shift
         return kernel * c_in * c_out + (c_out if norm == "none" else 2 * c_out)
 
     spatial = max(spatial, 1)
-    if m.get("kind") == "resnet":
+    if m["kind"] == "resnet":
         params, acts, c = conv(in_ch, width), 3 * width * spatial, width
-        for i, n in enumerate(m.get("blocks", [2, 2, 2, 2])):
+        for i, n in enumerate(m["blocks"]):
             out = width * 2**i
             for j in range(int(n)):
                 if i > 0 and j == 0:
@@ -155,11 +163,11 @@ def estimate(rule: str, settings: dict, *, per_run: bool = False) -> dict:
     n = d["n_train"] + d["n_test"]
     width_in = d["tokens"] or d["features"]
     params, acts = model_size(settings)
-    train, ex, curv = settings["train"], settings.get("examples", {}), settings.get("curvature", {})
+    train, ex, curv = settings["train"], settings["examples"], settings["curvature"]
     steps = int(train["steps"])
-    batch = int(train.get("batch_size") or d["n_train"])
+    batch = int(train["batch_size"] or d["n_train"])
     ckpts = n_checkpoints(settings)
-    proj_dim = int(ex.get("proj_dim", 32))
+    proj_dim = int(ex["proj_dim"])
     data_bytes = 8 * n * (width_in + 4)
     mem, flops = 0.0, 0.0
     if rule == "generate_data":
@@ -168,25 +176,25 @@ def estimate(rule: str, settings: dict, *, per_run: bool = False) -> dict:
     elif rule == "train":
         # weights, gradient, two optimizer moments, the resume checkpoint and its copy; activations of a batch
         mem = _mb(4 * params * 6 + 4 * 3 * acts * batch + data_bytes)
-        evals = steps / max(int(train.get("log_every", 10)), 1)
+        evals = steps / max(int(train["log_every"]), 1)
         flops = 6.0 * params * batch * steps + 2.0 * params * n * evals
     elif rule == "extract_examples":
-        chunk = int(ex.get("batch_size", 256))
+        chunk = int(ex["batch_size"])
         # one chunk of per-example gradients (and their projections), activations, the whole table
         mem = _mb(4 * 3 * params * chunk + 4 * 3 * acts * chunk + n * (4 * proj_dim + 100) + data_bytes)
         flops = n * (8.0 * params + 4.0 * params * proj_dim / max(math.sqrt(params), 1.0))
     elif rule == "curvature":
-        subset = min(int(curv.get("subset_size", 512)), d["n_train"])
-        hvps = int(curv.get("lanczos_iters", 50)) + int(curv.get("trace_max_samples", 50))
+        subset = min(int(curv["subset_size"]), d["n_train"])
+        hvps = int(curv["lanczos_iters"]) + int(curv["trace_max_samples"])
         # Lanczos basis (float64), a double-backward graph over the subset
-        mem = _mb(8 * params * (int(curv.get("lanczos_iters", 50)) + 4) + 4 * 6 * acts * subset + 4 * 4 * params + data_bytes)
+        mem = _mb(8 * params * (int(curv["lanczos_iters"]) + 4) + 4 * 6 * acts * subset + 4 * 4 * params + data_bytes)
         flops = 12.0 * params * subset * hvps
     elif rule in ("detect_signals", "animate"):
         mem = _mb(4 * n * ckpts * (4 * proj_dim + 100))
         flops = 50.0 * n * ckpts * proj_dim
     elif rule == "influence":
         # every checkpoint's table in memory, and a block of 512 test examples' scores against all training examples
-        n_test = d["n_test"] if not settings.get("influence", {}).get("test_examples") else min(
+        n_test = d["n_test"] if not settings["influence"]["test_examples"] else min(
             d["n_test"], int(settings["influence"]["test_examples"]))
         mem = _mb(4 * n * ckpts * (4 * proj_dim + 100) + 8 * 3 * 512 * d["n_train"])
         flops = 2.0 * n_test * d["n_train"] * ckpts * proj_dim
@@ -200,12 +208,12 @@ def estimate(rule: str, settings: dict, *, per_run: bool = False) -> dict:
         mem = _mb(100 * ckpts * 1000)
     if per_run and rule in ("extract_examples", "curvature"):
         flops *= ckpts
-    gpu = settings.get("device", "auto") == "cuda" and rule in TORCH_RULES
+    gpu = settings.get("device") == "cuda" and rule in TORCH_RULES
     return {"mem_mb": _round_mb(mem), "runtime": _round_min(flops, "cuda" if gpu else "cpu"), "gpu": int(gpu)}
 
 
 def estimate_sweep(runs_settings: list[dict]) -> dict:
     """The sweep report of an experiment reads every run's metrics and curvature tables."""
-    total = sum(n_checkpoints(s) + int(s["train"]["steps"]) // max(int(s["train"].get("log_every", 10)), 1)
+    total = sum(n_checkpoints(s) + int(s["train"]["steps"]) // max(int(s["train"]["log_every"]), 1)
                 for s in runs_settings)
     return {"mem_mb": _round_mb(_mb(200 * total)), "runtime": _round_min(1e4 * total), "gpu": 0}
