@@ -49,12 +49,14 @@ EXPERIMENTS = sorted({run.experiment for run in RUNS.values()})
 DATASET_OF = {run.id: dataset_id(run.settings) for run in RUNS.values()}
 # A file damaged since it was written (a truncated checkpoint, Parquet table or JSON) looks current to
 # Snakemake's timestamps: said here, with the command that writes it again, on every start, a dry run
-# too (a stat per checkpoint, the two ends of each Parquet file, each JSON parsed).
-_folders = ([layout.run_dir(run_id) for run_id in RUNS] + [layout.sweep_file("report", e).parent for e in EXPERIMENTS]
-            + [Path(layout.dataset_file("meta", d)).parent for d in sorted(set(DATASET_OF.values()))])
-for _line in ([line for run_id in RUNS for line in gs_artifacts.damaged_checkpoints(layout.run_file("manifest", run_id))]
-              + [line for folder in _folders for line in gs_artifacts.damaged_tables(folder)]):
-    print(f"gradscope: damaged artifact {_line}", file=sys.stderr)
+# too (a stat per checkpoint, the two ends of each Parquet file, each JSON parsed); not again in each
+# job's own Snakemake process (a cluster job, a subprocess).
+if not (workflow.remote_exec or workflow.subprocess_exec):
+    _folders = ([layout.run_dir(run_id) for run_id in RUNS] + [layout.sweep_file("report", e).parent for e in EXPERIMENTS]
+                + [Path(layout.dataset_file("meta", d)).parent for d in sorted(set(DATASET_OF.values()))])
+    for _line in ([line for run_id in RUNS for line in gs_artifacts.damaged_checkpoints(layout.run_file("manifest", run_id))]
+                  + [line for folder in _folders for line in gs_artifacts.damaged_tables(folder)]):
+        print(f"gradscope: damaged artifact {_line}", file=sys.stderr)
 DATASETS = {DATASET_OF[run.id]: data_slice(run.settings) for run in RUNS.values()}
 STEPS = {run.id: checkpoint_steps(run.settings["train"]) for run in RUNS.values()}
 DATASET_FILES = {run_id: {split: layout.dataset_file(split, d) for split in layout.DATASET} for run_id, d in DATASET_OF.items()}
