@@ -417,14 +417,10 @@ def write_mnist(root, train, test):
 
 
 def test_mnist_idx_files_load_through_torchvision(tmp_path, tv, offline):
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
     x, xt = rng.integers(0, 256, size=(6, 28, 28)), rng.integers(0, 256, size=(3, 28, 28))
     y, yt = np.array([5, 0, 4, 1, 9, 2]), np.array([7, 2, 1])
-    for stem, array in (("train-images-idx3-ubyte", x), ("train-labels-idx1-ubyte", y),
-                        ("t10k-images-idx3-ubyte", xt), ("t10k-labels-idx1-ubyte", yt)):
-        write_idx(raw / stem, array)
+    write_mnist(tmp_path, (x, y), (xt, yt))
     train, test, meta = make("torchvision", name="MNIST", root=str(tmp_path), standardize=None, subsample_train=4)
     assert meta["input"]["shape"] == [1, 28, 28] and meta["input"]["n_classes"] == 10
     ids = train["source_id"].to_numpy()

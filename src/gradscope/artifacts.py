@@ -423,14 +423,7 @@ def damaged_tables(folder) -> list[str]:
     paths = sorted(Path(root) / name for root, _, names in os.walk(folder) for name in names
                    if name.endswith((".parquet", ".json")) and not name.startswith("."))  # "." : a write in progress
     for path in paths:
-        if path.suffix == ".parquet":
-            problem = _parquet_ends(path)
-        else:
-            try:
-                json.loads(path.read_bytes())
-                problem = None
-            except (ValueError, UnicodeDecodeError) as e:
-                problem = f"not JSON ({e})"
+        problem = _parquet_ends(path) if path.suffix == ".parquet" else check_file(path)
         if problem:
             out.append(f"{path}: {problem}; {regenerate_hint(path)}")
     return out

@@ -20,6 +20,12 @@ from gradscope import layout, signals
 EDGE_TOLERANCE, EDGE_TAIL = 0.1, 0.4
 
 
+def edge_assessed(optimizer: str) -> bool:
+    """Whether a run's sharpness is judged against 2/lr: the stability threshold of gradient descent
+    (with momentum 2(1+beta)/lr), not of an adaptive optimizer, whose edge is in its preconditioned sharpness."""
+    return optimizer == "sgd"
+
+
 def headline(metrics: pd.DataFrame, summary: dict, curvature: pd.DataFrame) -> dict:
     last = metrics.iloc[-1]
     gen = summary["generalization"]  # thresholds from the signals config (signals.generalization)
@@ -73,16 +79,15 @@ def render_run_report(run_id: str, *, config_yaml: str, head: dict, summary: dic
                "fisher_trace", "gauss_newton_trace", "input_jacobian_norm", "input_hessian_trace", "hvp_count",
                "ggn_top_eigenvalue", "ggn_mvp_count"]
     ggn = "ggn_top_eigenvalue" in curvature and curvature["ggn_top_eigenvalue"].notna().any()
-    # 2/lr is the stability threshold of gradient descent: an adaptive optimizer's run gets no verdict (as in
-    # the sweep report's edge_of_stability_lines)
-    optimizer = ((yaml.safe_load(config_yaml) or {}).get("optim") or {}).get("name", "sgd")
-    if optimizer != "sgd":
+    optimizer = yaml.safe_load(config_yaml)["optim"]["name"]
+    if edge_assessed(optimizer):
+        edge = (f"Edge of stability: edge_step_reached = first checkpoint with sharpness ≥ {1 - EDGE_TOLERANCE:g} × 2/lr; "
+                f"edge_tail_max_rel_dev = largest |sharpness/(2/lr) − 1| over the last {EDGE_TAIL:.0%} of training; "
+                f"edge_at_edge = that is at most {EDGE_TOLERANCE:g}.")
+    else:
         head = {k: v for k, v in head.items() if not k.startswith("edge_")}
-    edge = (f"Edge of stability: edge_step_reached = first checkpoint with sharpness ≥ {1 - EDGE_TOLERANCE:g} × 2/lr; "
-            f"edge_tail_max_rel_dev = largest |sharpness/(2/lr) − 1| over the last {EDGE_TAIL:.0%} of training; "
-            f"edge_at_edge = that is at most {EDGE_TOLERANCE:g}." if optimizer == "sgd" else
-            f"Edge of stability: not assessed, as this run trains with {optimizer}: 2/lr is the stability "
-            "threshold of gradient descent (an adaptive optimizer's edge is in its preconditioned sharpness).")
+        edge = (f"Edge of stability: not assessed, as this run trains with {optimizer}: 2/lr is the stability "
+                "threshold of gradient descent (an adaptive optimizer's edge is in its preconditioned sharpness).")
     curv = curvature.sort_values("step")[[c for c in columns if c in curvature
                                           and not (curvature[c].dtype.kind == "f" and curvature[c].isna().all())
                                           and (ggn or c != "ggn_mvp_count")]]
@@ -233,7 +238,7 @@ def edge_of_stability_lines(runs: pd.DataFrame) -> list[str]:
     SGD, not of an adaptive optimizer (Adam's edge is in its preconditioned sharpness)."""
     if "edge_at_edge" not in runs:
         return []
-    adaptive = runs["optimizer"].ne("sgd") if "optimizer" in runs else pd.Series(False, index=runs.index)
+    adaptive = ~runs["optimizer"].map(edge_assessed) if "optimizer" in runs else pd.Series(False, index=runs.index)
     note = ([f"{int(adaptive.sum())} run(s) trained by an adaptive optimizer ({', '.join(sorted(set(runs.loc[adaptive, 'optimizer'])))}) "
              "are left out: 2/lr is the stability threshold of gradient descent."] if adaptive.any() else [])
     runs = runs[~adaptive]
