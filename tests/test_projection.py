@@ -63,15 +63,25 @@ def test_hadamard_matches_its_definition_on_every_path(rows, cols, k):
     torch.testing.assert_close(kron, D, rtol=0, atol=1e-12)
 
 
-def test_count_sketch_matches_its_definition():
-    f = pj.CountSketch(50, 16, torch.Generator().manual_seed(0), torch.float64, "cpu")
-    D = torch.zeros(50, 16, dtype=torch.float64)
-    for i in range(50):
+@pytest.mark.parametrize("numel, k, seed", [(50, 16, 0), (50, 16, 3), (20, 64, 0), (20, 64, 9), (64, 64, 1)])
+def test_count_sketch_matches_its_definition(numel, k, seed):
+    f = pj.CountSketch(numel, k, torch.Generator().manual_seed(seed), torch.float64, "cpu")
+    D = torch.zeros(numel, k, dtype=torch.float64)
+    for i in range(numel):
         D[i, f.bucket[i]] = f.sign[i]
     torch.testing.assert_close(f.dense(), D, rtol=0, atol=0)
-    x = torch.randn(4, 50, dtype=torch.float64)
+    x = torch.randn(4, numel, dtype=torch.float64)
     torch.testing.assert_close(f.project(x), x @ D)
-    assert set(f.sign.tolist()) == {-1.0, 1.0} and len(set(f.bucket.tolist())) > 10
+    acc = torch.randn(4, k, dtype=torch.float64)  # the engine's path adds into the other layers' sum
+    want = acc + x @ D
+    f.add_project(acc, x)
+    torch.testing.assert_close(acc, want)
+    assert set(f.sign.tolist()) == {-1.0, 1.0}
+    counts = torch.bincount(f.bucket, minlength=k)
+    assert int(counts.max()) - int(counts.min()) <= 1  # balanced: floor or ceiling of numel / k per bucket
+    # (seed 9 puts the 20 entries at offset 62 of 64: the slice wraps around)
+    if numel <= k:  # distinct buckets: an exact isometry
+        torch.testing.assert_close(D @ D.T, torch.eye(numel, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("shape", [(6, 11), (13,)])

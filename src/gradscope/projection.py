@@ -17,8 +17,10 @@ Kinds (`examples.projection`):
   2021, "Faster Johnson-Lindenstrauss transforms via Kronecker products"). Each side of the
   matrix gets random signs D, zero padding to a power of two P (rows) and Q (cols), an
   orthonormal Walsh-Hadamard transform H and a random permutation pi, so a rank-one gradient
-  g h^T becomes u v^T with u = pi_P(H_P D_r g), v = pi_Q(H_Q D_c h), computed in O(P log P + Q
-  log Q) (the transforms as two small dense factors, H_P = H_a kron H_b), whatever k. The
+  g h^T becomes u v^T with u = pi_P(H_P D_r g), v = pi_Q(H_Q D_c h), whatever k. H_P = H_a kron
+  H_b is applied as two small dense factors (O(P (a + b)), a, b ~ sqrt(P)), and pi is a product
+  permutation (of H_a's rows and H_b's columns, see _Side) folded into them, so it costs nothing;
+  the longer side computes only the entries the kept pairs read. The
   projection keeps k entries of u v^T, scaled by sqrt(P Q / k): the pairs (i, (i + r) mod M)
   of the shorter side's index i < m = min(P, Q) and the longer side's, r = 0, 1, ... in order
   (output j = r m + i), read as strided windows with no gather. Each entry's expected product
@@ -26,7 +28,8 @@ Kinds (`examples.projection`):
   permutations make the kept pairs a random design. Cost per token: the two transforms plus
   one multiply-add per output, i.e. O(k) with a small constant, against O(k (rows + cols))
   for "gaussian". A one-dimensional parameter gets a count sketch (Charikar et al. 2002):
-  entry i goes, with a random sign, to bucket h(i) (O(numel), exact when k >> numel).
+  entry i goes, with a random sign, to bucket h(i): distinct buckets when numel <= k (an exact
+  isometry), a random permutation folded onto the k buckets beyond (O(numel)).
 - "auto" (the default): "hadamard" from k = HADAMARD_FROM_K on, "gaussian" below, where the
   Gaussian's k (rows + cols) flops are fewer than the transforms' (bench/bench_projections.py).
 
@@ -154,19 +157,41 @@ class Dense(Projection):
 
 
 class CountSketch(Projection):
-    """Entry i of a vector goes to bucket h(i) with sign s(i): O(numel) per example."""
+    """Entry i of a vector goes to bucket h(i) with sign s(i): O(numel) per example.
+
+    With numel <= k, h(i) = (i + offset) mod k: distinct buckets, so the map is an exact isometry
+    on this parameter, and the sketch is at most two contiguous slice additions into the output.
+    With numel > k, the buckets are a random permutation folded onto k: the entry at position j
+    of the permutation goes to bucket (j + offset) mod k, so every bucket receives the floor or
+    the ceiling of numel / k entries (a random balanced hash). Either way no scatter over the
+    output's columns (a strided pass over all of it) is made."""
 
     def __init__(self, numel: int, k: int, gen, dtype, device):
-        self.k = k
-        self.bucket = torch.randint(0, k, (numel,), generator=gen).to(device)
+        self.k, self.numel = k, numel
+        perm = torch.randperm(numel, generator=gen) if numel > k else torch.arange(numel)
+        self.offset = int(torch.randint(0, k, (1,), generator=gen))
         self.sign = (torch.randint(0, 2, (numel,), generator=gen) * 2 - 1).to(dtype=dtype, device=device)
+        self.bucket = torch.empty(numel, dtype=torch.long).index_put_(
+            (perm,), (torch.arange(numel) + self.offset) % k).to(device)
+        self.perm = perm.to(device) if numel > k else None
+        self.sign_perm = self.sign if self.perm is None else self.sign[self.perm]  # the sign of each position
 
     def project(self, grads):
         flat = grads.reshape(len(grads), -1)
-        return flat.new_zeros(len(flat), self.k).index_add_(1, self.bucket, flat * self.sign)
+        out = flat.new_zeros(len(flat), self.k)
+        self.add_project(out, flat)
+        return out
 
     def add_project(self, acc, grads):
-        acc.index_add_(1, self.bucket, (grads.reshape(len(grads), -1) * self.sign).to(acc.dtype))
+        z, sign = grads.reshape(len(grads), -1).to(acc.dtype), self.sign_perm.to(acc.dtype)
+        if self.perm is not None:  # permute, sign, and fold: position j adds into column j mod k
+            z = z.index_select(1, self.perm) * sign
+            z, sign = torch.nn.functional.pad(z, (0, -self.numel % self.k)).view(len(z), -1, self.k).sum(1), None
+        w, o = z.shape[1], self.offset
+        first = min(w, self.k - o)  # columns o .. o + w, wrapping around at k
+        for dst, part in ((acc[:, o : o + first], slice(0, first)), (acc[:, : w - first], slice(first, w))):
+            if part.stop > part.start:
+                dst.add_(z[:, part]) if sign is None else dst.addcmul_(z[:, part], sign[part])
 
     def dense(self):
         out = self.sign.new_zeros(len(self.sign), self.k)
@@ -182,51 +207,72 @@ def _hadamard(n: int, dtype, device) -> torch.Tensor:
 
 
 class _Side:
-    """One side of a matrix: signs, zero padding to P = 2^p, H_P = H_a kron H_b, a permutation."""
+    """One side of a matrix: signs, zero padding to P = 2^p, H_P = H_a kron H_b, a permutation.
+
+    A vector z (zero-padded to P) is a matrix Z (a, b), row-major, and H_P z is H_a Z H_b. The
+    permutation is a product one: the mixed matrix's rows by sigma_a and its columns by sigma_b,
+    read row-major, i.e. pi(y)[rho b + gamma] = y[sigma_a(rho) b + sigma_b(gamma)]. Folded into
+    the factors (rows of H_a, columns of H_b), it costs nothing, and the first `keep` entries need
+    only the first ceil(keep / b) rows of the left factor: (rows, a) Z (b, b), not the whole H_P.
+    """
 
     def __init__(self, d: int, gen, dtype, device):
         self.d, self.P = d, 1 << max(0, (d - 1).bit_length())
         self.sign = (torch.randint(0, 2, (d,), generator=gen) * 2 - 1).to(dtype=dtype, device=device)
-        self.perm = torch.randperm(self.P, generator=gen).to(device)
         a = 1 << ((self.P.bit_length() - 1) // 2)
-        self.Ha, self.Hb = _hadamard(a, dtype, device), _hadamard(self.P // a, dtype, device)
-        # mix() computes H_P z as two plain matmuls whose result lists entry i * b + j at j * a + i:
-        # the permutation reads through that order.
         b = self.P // a
-        self._read = (self.perm % b) * a + self.perm // b
+        sigma_a, sigma_b = torch.randperm(a, generator=gen), torch.randperm(b, generator=gen)
+        self.a, self.b = a, b
+        self.perm = (sigma_a[:, None] * b + sigma_b[None, :]).reshape(-1).to(device)
+        self.filled = -(-d // b)  # rows of Z that hold entries of z; the rest are padding
+        self.left = _hadamard(a, dtype, device)[sigma_a.to(device)][:, : self.filled].contiguous()  # (a, filled)
+        self.right = _hadamard(b, dtype, device)[:, sigma_b.to(device)].contiguous()  # (b, b)
 
-    def mix(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-        """(N, d) -> (N, P): pi(H_P D x), times scale.
+    def mix(self, x: torch.Tensor, scale: float = 1.0, keep: int | None = None) -> torch.Tensor:
+        """(N, d) -> (N, W), W >= keep (default P): its first `keep` entries are those of pi(H_P D x),
+        times scale; with keep None, W = P.
 
         The result may be this side's workspace, overwritten by its next call: use it before then."""
-        N, P, a, b = x.shape[0], self.P, self.Ha.shape[0], self.Hb.shape[0]
+        N, b, filled = x.shape[0], self.b, self.filled
+        rows = self.a if keep is None or keep >= self.P else -(-keep // b)
         sign = self.sign if scale == 1.0 else self.sign * scale
-        ws = self._workspace(N, x.dtype, x.device)
+        ws = self._workspace(N, rows, x.dtype, x.device)
         if ws is None:
-            z = x * sign
-            if P > self.d:
-                z = torch.nn.functional.pad(z, (0, P - self.d))
-            # (H_a kron H_b) z = H_a Z H_b for Z = z as (a, b) (both symmetric): one (N a, b) matmul,
-            # then one (N b, a) matmul on the transpose, rather than N small batched products.
-            z = (z.reshape(-1, b) @ self.Hb).reshape(-1, a, b).transpose(1, 2).reshape(-1, a) @ self.Ha
-            return z.reshape(-1, P).index_select(1, self._read)
-        padded, t1, t2, out = ws  # the same steps into buffers kept between calls (no page faults)
+            z = torch.nn.functional.pad(x * sign, (0, filled * b - self.d)).view(N, filled, b)
+            mixed = torch.matmul(self.left[:rows], z)  # (N, rows, b)
+            return (mixed.view(N * rows, b) @ self.right).view(N, rows * b)
+        padded, mixed, out = ws  # the same steps into buffers kept between calls (no page faults)
         torch.mul(x, sign, out=padded[:, : self.d])
-        torch.matmul(padded.view(-1, b), self.Hb, out=t1.view(-1, b))
-        t2.view(N, b, a).copy_(t1.view(N, a, b).transpose(1, 2))
-        torch.matmul(t2.view(-1, a), self.Ha, out=t1.view(-1, a))
-        return torch.index_select(t1, 1, self._read, out=out)
+        torch.bmm(self.left[:rows].expand(N, rows, filled), padded.view(N, filled, b), out=mixed)
+        torch.mm(mixed.view(N * rows, b), self.right, out=out.view(N * rows, b))
+        return out
 
-    def _workspace(self, N: int, dtype, device):
-        """Buffers (N, P) for mix, kept for the last N up to WORKSPACE_MAX_ELEMENTS (chunks repeat their
+    def _workspace(self, N: int, rows: int, dtype, device):
+        """Buffers for mix, kept for the last (N, rows) up to WORKSPACE_MAX_ELEMENTS (chunks repeat their
         size; fresh multi-megabyte tensors cost page faults on every call); None beyond it."""
         if N * self.P > WORKSPACE_MAX_ELEMENTS:
             return None
-        key = (N, dtype, device)
+        key = (N, rows, dtype, device)
         if getattr(self, "_ws_key", None) != key:
             self._ws_key = key
-            self._ws = [torch.zeros(N, self.P, dtype=dtype, device=device) for _ in range(4)]
+            self._ws = (torch.zeros(N, self.filled * self.b, dtype=dtype, device=device),
+                        torch.empty(N, rows, self.b, dtype=dtype, device=device),
+                        torch.empty(N, rows * self.b, dtype=dtype, device=device))
         return self._ws
+
+
+def _wrapped(x: torch.Tensor, width: int, M: int, owner) -> torch.Tensor:
+    """(N, width): x's first M columns repeated cyclically; in owner's buffer when it is small enough."""
+    N = x.shape[0]
+    if N * width > WORKSPACE_MAX_ELEMENTS:
+        return x[:, :M].repeat(1, -(-width // M))[:, :width]
+    buf = getattr(owner, "_wrap", None)
+    if buf is None or buf.shape != (N, width) or buf.dtype != x.dtype or buf.device != x.device:
+        buf = owner._wrap = torch.empty(N, width, dtype=x.dtype, device=x.device)
+    for start in range(0, width, M):
+        stop = min(width, start + M)
+        buf[:, start:stop].copy_(x[:, : stop - start])
+    return buf
 
 
 class SampledHadamard(Projection):
@@ -262,13 +308,14 @@ class SampledHadamard(Projection):
 
     def _factors(self, G, H):
         """The shorter side's mixed vectors (N, m) and the windows (N, R, m) of the longer side's."""
+        need = self.m + self.R - 1  # the windows read the long side's first `need` entries (all, if they wrap)
         if self.short_rows:
-            short, long = self.out.mix(G, self.scale), self.inp.mix(H)
+            short, long = self.out.mix(G, self.scale), self.inp.mix(H, keep=need)
         else:
-            short, long = self.inp.mix(H, self.scale), self.out.mix(G)
-        N, need = short.shape[0], self.m + self.R - 1
-        if need > self.M:  # windows run past the end: wrap around
-            long = long.repeat(1, -(-need // self.M))
+            short, long = self.inp.mix(H, self.scale), self.out.mix(G, keep=need)
+        N = short.shape[0]
+        if need > self.M:  # windows run past the end: wrap around, into a buffer kept between calls
+            long = _wrapped(long, need, self.M, self)
         long = long.contiguous()
         return short, long.as_strided((N, self.R, self.m), (long.shape[1], 1, 1))  # [n, r, i] = long[n, r + i]
 

@@ -77,7 +77,7 @@ class Explicit:
     def stats(self, M: torch.Tensor, f: Projection, acc: torch.Tensor) -> Stat:
         flat = self.g.reshape(len(self.g), -1)
         f.add_project(acc, self.g)
-        return Stat(flat.pow(2).sum(1), flat @ M.reshape(-1))
+        return Stat(torch.linalg.vector_norm(flat, dim=1).square(), flat @ M.reshape(-1))
 
     def nbytes(self) -> int:
         return self.g.numel() * self.g.element_size()
@@ -150,6 +150,8 @@ class Tokens:
         if g == 1 and self.gram_fn is not None and self.apply_fn is not None:
             return self._stats_unfolded_free(Mg[0], f, acc)
         H, G = self.materialize(), self.G
+        if T == 1 and g == 1:  # one token, one group: a Linear on vectors, the commonest case
+            return self._stats_rank_one(G[:, 0, 0], H[:, 0, 0], Mg[0], f, acc)
         if T == 1:
             sq = (G[:, 0].pow(2).sum(-1) * H[:, 0].pow(2).sum(-1)).sum(-1)
         else:  # sum_j sum_{t,s} (g_tj.g_sj)(h_tj.h_sj)
@@ -167,6 +169,19 @@ class Tokens:
             A = f.A.reshape(g, c_out, k)
             acc += (torch.einsum("btjo,jok->btjk", G, A) * (H @ f.B)).sum(2).reshape(b, T, k).sum(1)
         return Stat(sq, dot.reshape(b, T).sum(1))
+
+    @staticmethod
+    def _stats_rank_one(G: torch.Tensor, H: torch.Tensor, M: torch.Tensor, f: Projection, acc: torch.Tensor) -> Stat:
+        """G_n = g_n h_n^T: |G_n|^2 = |g_n|^2 |h_n|^2; g_n^T M h_n and, for Kronecker factors, the
+        projection's H @ B from one matmul H @ [M^T | B]; reductions without (b, c) temporaries."""
+        sq = torch.linalg.vector_norm(G, dim=1).square() * torch.linalg.vector_norm(H, dim=1).square()
+        c_out = G.shape[1]
+        if isinstance(f, Kron):
+            HW = H @ torch.cat([M.T, f.B], 1)  # (b, c_out + k)
+            acc.addcmul_(G @ f.A, HW[:, c_out:])
+            return Stat(sq, HW[:, :c_out].mul_(G).sum(1))
+        f.add_tokens(acc, G, H)
+        return Stat(sq, (H @ M.T).mul_(G).sum(1))
 
     def _stats_unfolded_free(self, M: torch.Tensor, f: Projection, acc: torch.Tensor) -> Stat:
         """The Gram path of one group from gram_fn and apply_fn: no (b, T, c_in) tokens are formed.

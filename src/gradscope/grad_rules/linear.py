@@ -15,7 +15,7 @@ def linear_features(x, G, axis, batch, attrs):
     if "weight" in attrs:
         out["weight"] = Tokens(Gt.unsqueeze(2), seq_tokens(x, axis, batch, n_in).unsqueeze(2))
     if "bias" in attrs:
-        out["bias"] = Explicit(Gt.sum(1))
+        out["bias"] = Explicit(Gt[:, 0] if Gt.shape[1] == 1 else Gt.sum(1))  # one token: a view, no copy
     return out
 
 
