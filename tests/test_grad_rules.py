@@ -176,13 +176,17 @@ def test_conv1d_random_shapes(seed):
     check_everything(model, x, y, "mse" if seed % 2 else "cross_entropy", batch_size=3)
 
 
-@pytest.mark.parametrize("stride, padding, dilation, projection",
-                         [(1, 0, 1, "gaussian"), (2, 1, 1, "gaussian"), (2, 2, 2, "gaussian"), (2, 1, 1, "hadamard")])
-def test_conv1d_gram_path_without_unfolding(stride, padding, dilation, projection, monkeypatch):
+@pytest.mark.parametrize("stride, padding, dilation, projection, residue_min",
+                         [(1, 0, 1, "gaussian", 16), (2, 1, 1, "gaussian", 16), (2, 1, 1, "gaussian", 1),
+                          (2, 2, 2, "gaussian", 1), (3, 1, 2, "gaussian", 1), (2, 1, 1, "hadamard", 1)])
+def test_conv1d_gram_path_without_unfolding(stride, padding, dilation, projection, residue_min, monkeypatch):
     # Wide channels over short sequences take the Gram path, where a 1-D convolution's patch Gram
-    # comes from its input's Gram and the dots (and the Gaussian projection) from a convolution:
-    # every statistic against the loop, and the path really taken for both convolutions.
-    from gradscope.grad_rules import base
+    # comes from its input's Gram (whole, or per residue class of positions modulo the stride) and
+    # the dots (and the Gaussian projection) from a convolution: every statistic against the loop,
+    # and the path really taken for both convolutions.
+    from gradscope.grad_rules import base, conv
+
+    monkeypatch.setattr(conv, "RESIDUE_MIN_LENGTH", residue_min)
 
     taken = []
     original = base.Tokens._stats_unfolded_free

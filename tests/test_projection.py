@@ -63,6 +63,17 @@ def test_hadamard_matches_its_definition_on_every_path(rows, cols, k):
     torch.testing.assert_close(kron, D, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("dense_max", [0, 1 << 20])
+def test_gaussian_projection_of_explicit_gradients_on_both_paths(monkeypatch, dense_max):
+    # Explicit per-example gradients (convolutions, the vmap fallback) go through Kron.project: by the
+    # dense map when it is small, by the factors beyond; both equal the Kronecker columns' definition.
+    monkeypatch.setattr(pj, "DENSE_MAX_ELEMENTS", dense_max)
+    f = pj.build("gaussian", (7, 3, 5), 24, torch.Generator().manual_seed(2), torch.float64, "cpu")
+    D = torch.stack([torch.kron(f.A[:, j], f.B[:, j]) for j in range(24)], dim=1)
+    E = torch.randn(6, 7, 3, 5, dtype=torch.float64)
+    torch.testing.assert_close(f.project(E), E.reshape(6, -1) @ D, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("numel, k, seed", [(50, 16, 0), (50, 16, 3), (20, 64, 0), (20, 64, 9), (64, 64, 1)])
 def test_count_sketch_matches_its_definition(numel, k, seed):
     f = pj.CountSketch(numel, k, torch.Generator().manual_seed(seed), torch.float64, "cpu")

@@ -65,6 +65,9 @@ KINDS = ("auto", "gaussian", "hadamard")
 HADAMARD_FROM_K = 256
 # The Hadamard transforms keep their buffers between calls up to this many numbers per buffer.
 WORKSPACE_MAX_ELEMENTS = 1 << 21
+# Kron.project forms explicit gradients' projection with the dense (numel, k) map up to this many
+# numbers: the same multiply-adds as its factored form, in one matmul without a (b, rows, k) pass.
+DENSE_MAX_ELEMENTS = 1 << 20
 # Seeds of distinct parameter tensors: seed * SEED_STRIDE + index, a stride above any
 # realistic number of parameter tensors, so distinct pairs never share a stream.
 SEED_STRIDE = 1_000_003
@@ -128,9 +131,14 @@ class Kron(Projection):
 
     def __init__(self, A: torch.Tensor, B: torch.Tensor):
         self.A, self.B, self.k = A, B, A.shape[1]
+        self._dense = None
 
     def project(self, grads):
         b, rows, cols = grads.shape[0], self.A.shape[0], self.B.shape[0]
+        if rows * cols * self.k <= DENSE_MAX_ELEMENTS:  # the same multiply-adds as one plain matmul
+            if self._dense is None:
+                self._dense = self.dense()
+            return grads.reshape(b, rows * cols) @ self._dense
         return ((grads.reshape(b, rows, cols) @ self.B) * self.A).sum(dim=1)
 
     def tokens(self, G, H):

@@ -141,8 +141,8 @@ MUTANTS = [
            'ax_s.axhline(threshold, color="0.2"', 'ax_s.axhline(2 * threshold, color="0.2"', (T_PLOTS,),
            "the 2/lr line drawn at the wrong height"),
     # ---- later engine and reliability changes ---------------------------------------------------------
-    Mutant("conv1d_gram_ignores_dilation", "src/gradscope/grad_rules/conv.py", "j * dilation * (L + 1))",
-           "j * (L + 1))", (T_RULES + "::test_conv1d_gram_path_without_unfolding",),
+    Mutant("conv1d_gram_ignores_dilation", "src/gradscope/grad_rules/conv.py", "offsets = [(j * dilation // step, j * dilation % step)",
+           "offsets = [(j // step, j % step)", (T_RULES + "::test_conv1d_gram_path_without_unfolding",),
            "a dilated 1-D convolution's patch Gram read at undilated kernel offsets"),
     Mutant("parquet_tail_unchecked", "src/gradscope/artifacts.py", 'if head != b"PAR1" or tail != b"PAR1":',
            'if head != b"PAR1":',

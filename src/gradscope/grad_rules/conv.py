@@ -59,24 +59,40 @@ def _patches(x, kernel, stride, padding, dilation, groups):
     return cols.reshape(b, groups, ckk // groups, L).permute(0, 3, 1, 2)
 
 
+# The 1-D Gram path splits positions into residue classes modulo the stride when each class is at
+# least this long (shorter ones make batched matmuls of tiny matrices, slower than one whole Gram).
+RESIDUE_MIN_LENGTH = 16
+
+
 def _unfolding_free_1d(x, T, wshape, stride, pad, dilation) -> dict:
     """Tokens' gram_fn and apply_fn for a 1-D convolution of one group, without unfolding patches,
-    where the input's (b, L, L) Gram is at most twice the size of the patches (b, T, C kernel).
+    where the input's Grams below are at most twice the size of the patches (b, T, C kernel).
 
-    h_t . h_s = sum_j X2[t stride + j dilation, s stride + j dilation] over the kernel offsets j, with
-    X2 = x^T x over channels (the padded input); H @ W is a convolution with W's columns as kernels."""
+    h_t . h_s = sum_j X2[t stride + o_j, s stride + o_j] over the kernel offsets o_j = j dilation,
+    with X2 = x^T x over channels (the padded input). Only entries whose two positions agree
+    modulo the stride are read, so X2 is formed per residue class r of the offsets: with
+    o_j = q_j stride + r, the entry is X2_r[t + q_j, s + q_j], X2_r the Gram of positions r,
+    r + stride, ... (1 / stride of the work of the whole Gram; one whole Gram, step 1, where the
+    classes are shorter than RESIDUE_MIN_LENGTH). H @ W is a convolution with W's columns as kernels."""
     C, kernel = wshape
     L = x.shape[-1] + 2 * pad
-    if L * L > 2 * T * C * kernel:
+    step = stride if L // stride >= RESIDUE_MIN_LENGTH else 1  # classes too short for an efficient bmm: one Gram
+    offsets = [(j * dilation // step, j * dilation % step) for j in range(kernel)]  # (q_j, r_j) in units of step
+    lengths = {r: -(-(L - r) // step) for _, r in offsets}
+    if sum(n * n for n in lengths.values()) > 2 * T * C * kernel:
         return {}
 
     def gram():
         xp = F.pad(x, (pad, pad)) if pad else x
-        X2 = xp.transpose(1, 2) @ xp  # (b, L, L), contiguous
-        b = len(X2)
+        grams = {}
+        for r, n in lengths.items():
+            xr = xp[:, :, r::step].contiguous() if step > 1 else xp  # a strided operand slows bmm down
+            grams[r] = xr.transpose(1, 2) @ xr  # (b, n, n)
+        b, s = len(xp), stride // step  # positions t stride = (t s) step
         total = None
-        for j in range(kernel):
-            v = X2.as_strided((b, T, T), (L * L, stride * L, stride), j * dilation * (L + 1))
+        for q, r in offsets:
+            n = lengths[r]
+            v = grams[r].as_strided((b, T, T), (n * n, s * n, s), q * (n + 1))
             total = v.clone() if total is None else total.add_(v)
         return total
 
