@@ -357,17 +357,20 @@ class _Engine:
         out_grads = dict(zip([id(u) for u in uses if u.out.requires_grad], got[: len(outs)]))
         ref = dict(zip(self.names, got[len(outs):]))
         feats = self._features(uses, [out_grads.get(id(u)) for u in uses], plan_used, len(x2))
-        fast = set()
         with torch.no_grad():
+            checked, errors, bounds = [], [], []
             for name in self.names:
-                r = ref[name]
-                r = torch.zeros_like(self.params[name]) if r is None else _dense(r)
                 if name in bad:
                     continue
+                r = ref[name]
+                r = torch.zeros_like(self.params[name]) if r is None else _dense(r)
                 f = feats.get(name)
                 s = torch.zeros_like(r) if f is None else f.sum(r.shape)
-                if (s - r).norm() <= 1e-4 * r.norm() + 1e-8 * max(1, s.numel()) ** 0.5:
-                    fast.add(name)
+                checked.append(name)
+                errors.append(torch.linalg.vector_norm(s - r))
+                bounds.append(1e-4 * torch.linalg.vector_norm(r) + 1e-8 * max(1, s.numel()) ** 0.5)
+            agree = (torch.stack(errors) <= torch.stack(bounds)).tolist() if checked else []
+        fast = {name for name, ok in zip(checked, agree) if ok}
         self.fast = fast
         # The capture plan: a use is needed when one of its parameters is fast.
         self.plan = [m if m is not None and any(n in fast for n in u.names.values()) else None
