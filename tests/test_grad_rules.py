@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradscope.examples import fallback_parameters, layer_names, per_example_stats
+from gradscope.examples import fallback_parameters, layer_names, per_example_stats, projection_factors
 from test_examples import check_everything
 
 
@@ -298,13 +298,16 @@ def test_attention_out_projection_is_not_zeroed():
     assert stats["layer_grad_norm"][:, names.index("encoder.layers.1.self_attn.out_proj.weight")].min() > 0
 
 
+@pytest.mark.parametrize("k", [12, 40, 400])
 @pytest.mark.parametrize("arch", ["encoder", "cross_attention", "resnet", "conv1d", "tied", "explicit_sub_batches"])
-def test_hadamard_projection_on_every_path(arch, monkeypatch):
+def test_hadamard_projection_on_every_path(arch, k, monkeypatch):
     # The "hadamard" projection through every path of the engine (rank-one tokens, the Gram
     # path, explicit convolution gradients and their sub-batches, grouped convolutions and
     # embeddings through its Kronecker factors, normalization affine parameters, the vmap
-    # fallback) equals the flat per-example gradients times its dense form; k = 40 is above
-    # some layers' P * Q (pairs wrap) and not a multiple of their short side.
+    # fallback) equals the flat per-example gradients times its dense form; k = 12 and 40 are
+    # above some layers' P * Q (pairs wrap) and not multiples of their short side; matrices with
+    # numel <= k take the signed injection instead (a few at k = 40, most at k = 400).
+    from gradscope import projection as pj
     gen = torch.Generator().manual_seed(40)
     torch.manual_seed(40)
     if arch == "explicit_sub_batches":
@@ -321,4 +324,7 @@ def test_hadamard_projection_on_every_path(arch, monkeypatch):
     model = model.double().eval()
     n_classes = 6 if arch == "tied" else 3
     y = torch.randint(n_classes, (len(x),), generator=gen)
-    check_everything(model, x, y, "cross_entropy", batch_size=4, proj_dim=40, projection="hadamard")
+    factors = projection_factors(model, k, 0, True, "hadamard")
+    kinds = {type(f) for f in factors.values()}
+    assert k == 40 or (pj.SampledHadamard if k == 12 else pj.Injection) in kinds, kinds
+    check_everything(model, x, y, "cross_entropy", batch_size=4, proj_dim=k, projection="hadamard")

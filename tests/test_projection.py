@@ -63,6 +63,34 @@ def test_hadamard_matches_its_definition_on_every_path(rows, cols, k):
     torch.testing.assert_close(kron, D, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("rows, cols, k, seed", [(3, 5, 15, 0), (3, 5, 40, 1), (4, 2, 9, 2), (1, 6, 6, 3)])
+def test_injection_matches_its_definition_on_every_path(rows, cols, k, seed):
+    # "hadamard" gives a matrix with numel <= k distinct outputs: entry (p, q) to offset + p cols + q
+    # with sign s_r(p) s_c(q), an exact isometry; every path of the interface equals that dense map.
+    f = pj.build("hadamard", (rows, cols), k, torch.Generator().manual_seed(seed), torch.float64, "cpu")
+    assert isinstance(f, pj.Injection) and 0 <= f.offset <= k - rows * cols
+    D = torch.zeros(rows * cols, k, dtype=torch.float64)
+    for p in range(rows):
+        for q in range(cols):
+            D[p * cols + q, f.offset + p * cols + q] = f.s_r[p] * f.s_c[q]
+    torch.testing.assert_close(f.dense(), D, rtol=0, atol=0)
+    torch.testing.assert_close(D @ D.T, torch.eye(rows * cols, dtype=torch.float64))  # isometry
+    gen = torch.Generator().manual_seed(9)
+    G, H = torch.randn(7, rows, generator=gen, dtype=torch.float64), torch.randn(7, cols, generator=gen,
+                                                                                 dtype=torch.float64)
+    outer = (G[:, :, None] * H[:, None, :]).reshape(7, -1)
+    torch.testing.assert_close(f.tokens(G, H), outer @ D)
+    acc = torch.randn(7, k, dtype=torch.float64)
+    want = acc + outer @ D
+    f.add_tokens(acc, G, H)
+    torch.testing.assert_close(acc, want)
+    E = torch.randn(7, rows, cols, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(f.project(E), E.reshape(7, -1) @ D)
+    kron = torch.stack([torch.kron(f.A[:, j], f.B[:, j]) for j in range(k)], dim=1)  # the Kronecker factors
+    torch.testing.assert_close(kron, D, rtol=0, atol=0)
+    assert set(f.s_r.tolist()) | set(f.s_c.tolist()) <= {-1.0, 1.0}
+
+
 @pytest.mark.parametrize("dense_max", [0, 1 << 20])
 def test_gaussian_projection_of_explicit_gradients_on_both_paths(monkeypatch, dense_max):
     # Explicit per-example gradients (convolutions, the vmap fallback) go through Kron.project: by the

@@ -29,7 +29,10 @@ Kinds (`examples.projection`):
   one multiply-add per output, i.e. O(k) with a small constant, against O(k (rows + cols))
   for "gaussian". A one-dimensional parameter gets a count sketch (Charikar et al. 2002):
   entry i goes, with a random sign, to bucket h(i): distinct buckets when numel <= k (an exact
-  isometry), a random permutation folded onto the k buckets beyond (O(numel)).
+  isometry), a random permutation folded onto the k buckets beyond (O(numel)). A matrix
+  parameter with numel <= k (a small read-out layer at large k) gets the same exact isometry,
+  `Injection`: its entries into distinct outputs with random signs, at no more than numel
+  multiply-adds per token.
 - "auto" (the default): "hadamard" from k = HADAMARD_FROM_K on, "gaussian" below, where the
   Gaussian's k (rows + cols) flops are fewer than the transforms' (bench/bench_projections.py).
 
@@ -91,6 +94,8 @@ def build(kind: str, shape: tuple, k: int, gen: torch.Generator, dtype, device):
             A = torch.randn(rows, k, generator=gen) / math.sqrt(k)
             B = torch.randn(cols, k, generator=gen)
             return Kron(A.to(dtype=dtype, device=device), B.to(dtype=dtype, device=device))
+        if numel <= k:
+            return Injection(rows, cols, k, gen, dtype, device)
         return SampledHadamard(rows, cols, k, gen, dtype, device)
     if kind == "gaussian":
         return Dense((torch.randn(numel, k, generator=gen) / math.sqrt(k)).to(dtype=dtype, device=device))
@@ -204,6 +209,61 @@ class CountSketch(Projection):
     def dense(self):
         out = self.sign.new_zeros(len(self.sign), self.k)
         return out.index_put_((torch.arange(len(self.sign), device=out.device), self.bucket), self.sign)
+
+
+class Injection(Projection):
+    """A matrix parameter with numel <= k: entry (p, q) goes to output offset + p cols + q with the
+    sign s_r(p) s_c(q). Distinct outputs, so the map is an exact isometry on this parameter (no
+    sketching error), and a rank-one gradient g h^T adds (s_r g) (s_c h)^T into numel contiguous
+    outputs: one multiply-add per entry, with no transform and no pass over the other k - numel."""
+
+    def __init__(self, rows: int, cols: int, k: int, gen, dtype, device):
+        self.rows, self.cols, self.k = rows, cols, k
+        self.offset = int(torch.randint(0, k - rows * cols + 1, (1,), generator=gen))
+        self.s_r = (torch.randint(0, 2, (rows,), generator=gen) * 2 - 1).to(dtype=dtype, device=device)
+        self.s_c = (torch.randint(0, 2, (cols,), generator=gen) * 2 - 1).to(dtype=dtype, device=device)
+        self.sign = torch.outer(self.s_r, self.s_c)  # (rows, cols)
+        self._A = self._B = None
+
+    def _block(self, acc: torch.Tensor) -> torch.Tensor:
+        return acc[:, self.offset : self.offset + self.rows * self.cols].unflatten(1, (self.rows, self.cols))
+
+    def project(self, grads):
+        out = grads.new_zeros(len(grads), self.k)
+        self.add_project(out, grads)
+        return out
+
+    def add_project(self, acc, grads):
+        self._block(acc).addcmul_(grads.reshape(len(grads), self.rows, self.cols).to(acc.dtype),
+                                  self.sign.to(acc.dtype))
+
+    def tokens(self, G, H):
+        out = G.new_zeros(len(G), self.k)
+        self.add_tokens(out, G, H)
+        return out
+
+    def add_tokens(self, acc, G, H):
+        self._block(acc).addcmul_((G * self.s_r).to(acc.dtype).unsqueeze(2), (H * self.s_c).to(acc.dtype).unsqueeze(1))
+
+    def dense(self):
+        out = self.sign.new_zeros(self.rows * self.cols, self.k)
+        out[:, self.offset : self.offset + self.rows * self.cols] = torch.diag(self.sign.reshape(-1))
+        return out
+
+    @property
+    def A(self) -> torch.Tensor:  # proj_j = A[:, j]^T G B[:, j]: column offset + p cols + q is s_r(p) e_p
+        if self._A is None:
+            self._A = self.s_r.new_zeros(self.rows, self.k)
+            self._A[:, self.offset : self.offset + self.rows * self.cols] = torch.diag(self.s_r).repeat_interleave(
+                self.cols, dim=1)
+        return self._A
+
+    @property
+    def B(self) -> torch.Tensor:  # ... and s_c(q) e_q
+        if self._B is None:
+            self._B = self.s_c.new_zeros(self.cols, self.k)
+            self._B[:, self.offset : self.offset + self.rows * self.cols] = torch.diag(self.s_c).repeat(1, self.rows)
+        return self._B
 
 
 def _hadamard(n: int, dtype, device) -> torch.Tensor:
