@@ -2,6 +2,7 @@
 
     python bench/bench_projections.py                        # everything (about 5 minutes on 2 cores)
     python bench/bench_projections.py --proj-dims 1024 --no-memory --no-quality
+    python bench/bench_projections.py --proj-dims 4096 --parts 1024 4096 --no-memory --no-quality
 
 Not a test. Model: the gradscope MLP 784-256-256-10 (ReLU, 269k parameters), cross-entropy,
 batch 1024 of Gaussian inputs labelled by a random linear teacher, after 30 steps of SGD
@@ -94,6 +95,48 @@ def time_costs(k: int, rounds: int) -> dict:
     return {name: med[name] / med["batched_backward"] for name in methods} | {"backward_s": med["batched_backward"]}
 
 
+def time_parts(k: int, rounds: int) -> dict:
+    """Where the hadamard kind's time goes at k, as ratios to the batched backward: the probe that
+    checks the rules on two examples, the forward and backward to the captured outputs, one chunk's
+    statistics with every projection switched off (norms and cosines), and the whole call."""
+    from gradscope import projection as pj
+
+    model, x, y = setup(1024)
+    engine = examples._Engine(model, "cross_entropy", k, 0, "auto", True, "hadamard")
+    engine.make_plan(x[:2], y[:2])
+    acc = torch.zeros(1024, k)
+    kinds = (pj.SampledHadamard, pj.Injection, pj.CountSketch)
+    saved = {(c, m): getattr(c, m) for c in kinds for m in ("add_tokens", "add_project") if m in vars(c)}
+
+    def without_projection():
+        for c, m in saved:
+            setattr(c, m, lambda self, acc, *a: None)
+        try:
+            engine.chunk(x, y, None, 1024, acc)
+        finally:
+            for (c, m), f in saved.items():
+                setattr(c, m, f)
+
+    def backward():
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+
+    methods = {"batched_backward": backward, "probe": lambda: engine.make_plan(x[:2], y[:2]),
+               "capture": lambda: engine._capture_pass(x, y, True), "norms_cosines": without_projection,
+               "whole_call": lambda: examples.per_example_stats(model, x, y, proj_dim=k, batch_size=1024,
+                                                                projection="hadamard")}
+    for f in methods.values():
+        f()
+    times = {name: [] for name in methods}
+    for _ in range(rounds):
+        for name, f in methods.items():
+            t = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t)
+    med = {name: statistics.median(v) for name, v in times.items()}
+    return {name: med[name] / med["batched_backward"] for name in methods}
+
+
 def memory_worker(kind: str, k: int, n: int) -> None:
     model, x, y = setup(n)
     examples.per_example_stats(model, x[:8], y[:8], proj_dim=k, projection=kind)  # factors built, imports done
@@ -142,6 +185,8 @@ def main() -> None:
     ap.add_argument("--memory-n", type=int, default=50_000)
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-quality", action="store_true")
+    ap.add_argument("--parts", type=int, nargs="*", metavar="K",
+                    help="also break the hadamard kind's cost down at these k (probe, capture, norms and cosines)")
     ap.add_argument("--memory-worker", nargs=3, metavar=("KIND", "K", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_worker:
@@ -155,6 +200,13 @@ def main() -> None:
         r = time_costs(k, args.rounds)
         print(f"{k:>6} {r['backward_s'] * 1e3:>12.1f} {r['gaussian']:>8.2f}x {r['hadamard']:>8.2f}x "
               f"{r['output_pass']:>11.2f}x", flush=True)
+    if args.parts:
+        print("\nhadamard, parts of one call / batched backward (the chunk's norms and cosines include the capture)")
+        print(f"{'k':>6} {'probe':>7} {'capture':>8} {'norms+cosines':>14} {'whole call':>11}")
+        for k in args.parts:
+            r = time_parts(k, args.rounds)
+            print(f"{k:>6} {r['probe']:>6.2f}x {r['capture']:>7.2f}x {r['norms_cosines']:>13.2f}x "
+                  f"{r['whole_call']:>10.2f}x", flush=True)
     if not args.no_memory:
         print(f"\nmemory: per_example_stats over {args.memory_n} examples at k = 1024, fresh process per kind")
         for kind in KINDS:
