@@ -89,15 +89,29 @@ class PerToken(nn.Module):
         return self.head(torch.tanh(self.tok(x)).flatten(1))
 
 
+class ConvTokens(nn.Module):
+    """A Conv1d whose patches (7 positions x 6 numbers per example) are unfolded on demand, so the
+    batch sum of its rank-one tokens is formed in sub-batches bounded by EXPLICIT_MAX_ELEMENTS."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 2, 2)
+        self.head = nn.Linear(14, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.conv(x)).flatten(1))
+
+
+@pytest.mark.parametrize("arch", ["linear", "conv"])
 @pytest.mark.parametrize("limit", [30, 60, 90])  # sub-batches of 1, 2 (even) and 3 (the last one shorter)
-def test_explicit_linear_sub_batches_each_use_their_own_rows(monkeypatch, limit):
-    # per example: 2 x 3 gradient numbers + 8 tokens x 3 inputs = 30, so 60 gives sub-batches of two
-    # (and the batch sums of 8 x 3 input numbers per example: sub-batches of 1, 2, 3)
+def test_explicit_linear_sub_batches_each_use_their_own_rows(monkeypatch, limit, arch):
+    # per example: 2 x 3 gradient numbers + 8 tokens x 3 inputs = 30, so 60 gives sub-batches of two;
+    # the convolution's sums unfold 7 x 6 patch numbers per example: sub-batches of 1, 1 and 2
     monkeypatch.setattr(base, "EXPLICIT_MAX_ELEMENTS", limit)
     gen = torch.Generator().manual_seed(11)
     torch.manual_seed(11)
-    model = PerToken().double()
-    x = torch.randn(7, 8, 3, generator=gen, dtype=torch.float64)
+    model = (PerToken() if arch == "linear" else ConvTokens()).double()
+    x = torch.randn(7, *((8, 3) if arch == "linear" else (3, 8)), generator=gen, dtype=torch.float64)
     y = torch.randint(0, 3, (7,), generator=gen)
     # the engine's probe checks the sub-batched sums against autograd: a wrong sum would send the
     # parameter to the vmap fallback (right numbers, by another path), so none may fall back
