@@ -83,16 +83,22 @@ def time_costs(k: int, rounds: int) -> dict:
     for kind in KINDS:
         methods[kind] = (lambda kind=kind: examples.per_example_stats(model, x, y, proj_dim=k, batch_size=1024,
                                                                       projection=kind))
+    med = interleaved(methods, rounds)
+    return {name: med[name] / med["batched_backward"] for name in methods} | {"backward_s": med["batched_backward"]}
+
+
+def interleaved(methods: dict, rounds: int) -> dict:
+    """Median wall time of each method over `rounds` rounds (every method once per round), after a warm-up
+    (factor cache, allocator)."""
     for f in methods.values():
-        f()  # warm-up (factor cache, allocator)
+        f()
     times = {name: [] for name in methods}
     for _ in range(rounds):
         for name, f in methods.items():
             t = time.perf_counter()
             f()
             times[name].append(time.perf_counter() - t)
-    med = {name: statistics.median(v) for name, v in times.items()}
-    return {name: med[name] / med["batched_backward"] for name in methods} | {"backward_s": med["batched_backward"]}
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def time_parts(k: int, rounds: int) -> dict:
@@ -125,15 +131,7 @@ def time_parts(k: int, rounds: int) -> dict:
                "capture": lambda: engine._capture_pass(x, y, True), "norms_cosines": without_projection,
                "whole_call": lambda: examples.per_example_stats(model, x, y, proj_dim=k, batch_size=1024,
                                                                 projection="hadamard")}
-    for f in methods.values():
-        f()
-    times = {name: [] for name in methods}
-    for _ in range(rounds):
-        for name, f in methods.items():
-            t = time.perf_counter()
-            f()
-            times[name].append(time.perf_counter() - t)
-    med = {name: statistics.median(v) for name, v in times.items()}
+    med = interleaved(methods, rounds)
     return {name: med[name] / med["batched_backward"] for name in methods}
 
 
