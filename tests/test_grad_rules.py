@@ -176,17 +176,23 @@ def test_conv1d_random_shapes(seed):
     check_everything(model, x, y, "mse" if seed % 2 else "cross_entropy", batch_size=3)
 
 
-@pytest.mark.parametrize("stride, padding, dilation, projection, residue_min",
-                         [(1, 0, 1, "gaussian", 16), (2, 1, 1, "gaussian", 16), (2, 1, 1, "gaussian", 1),
-                          (2, 2, 2, "gaussian", 1), (3, 1, 2, "gaussian", 1), (2, 1, 1, "hadamard", 1)])
-def test_conv1d_gram_path_without_unfolding(stride, padding, dilation, projection, residue_min, monkeypatch):
+@pytest.mark.parametrize("stride, padding, dilation, projection, residue_min, dense_side_below",
+                         [(1, 0, 1, "gaussian", 16, 256), (2, 1, 1, "gaussian", 16, 256), (2, 1, 1, "gaussian", 1, 256),
+                          (2, 2, 2, "gaussian", 1, 256), (3, 1, 2, "gaussian", 1, 256), (2, 1, 1, "hadamard", 1, 256),
+                          (2, 1, 1, "hadamard", 16, 1)])
+def test_conv1d_gram_path_without_unfolding(stride, padding, dilation, projection, residue_min, dense_side_below,
+                                            monkeypatch):
     # Wide channels over short sequences take the Gram path, where a 1-D convolution's patch Gram
     # comes from its input's Gram (whole, or per residue class of positions modulo the stride) and
     # the dots (and the Gaussian projection) from a convolution: every statistic against the loop,
-    # and the path really taken for both convolutions.
+    # and the path really taken for both convolutions. The hadamard kind sums its tokens per example
+    # (SampledHadamard.add_token_sums), its columns side mixed by a convolution with the side's dense
+    # map, or (DENSE_SIDE_BELOW 1) by the factored transforms on unfolded patches.
+    from gradscope import projection as pj
     from gradscope.grad_rules import base, conv
 
     monkeypatch.setattr(conv, "RESIDUE_MIN_LENGTH", residue_min)
+    monkeypatch.setattr(pj, "DENSE_SIDE_BELOW", dense_side_below)
 
     taken = []
     original = base.Tokens._stats_unfolded_free
@@ -202,6 +208,26 @@ def test_conv1d_gram_path_without_unfolding(stride, padding, dilation, projectio
     x, y = _data(gen, 7, (8, 9))
     check_everything(model, x, y, "cross_entropy", batch_size=4, proj_dim=5, projection=projection)
     assert len({shape[-1] for shape in taken}) == 2, taken  # both convolutions (c_out 16 and 12)
+
+
+@pytest.mark.parametrize("dense_side_below", [1, 256])
+@pytest.mark.parametrize("k", [7, 40, 90])  # pairs within the longer side, and wrapping past it
+def test_hadamard_sums_tokens_per_example_on_the_gram_path(k, dense_side_below, monkeypatch):
+    # A Linear over 3 tokens of 16 features (3 x 32 <= 16 x 16: the Gram path) with the hadamard kind:
+    # the per-example product of the mixed sides, read at the kept pairs, against the loop.
+    from gradscope import projection as pj
+
+    monkeypatch.setattr(pj, "DENSE_SIDE_BELOW", dense_side_below)
+    calls = []
+    original = pj.SampledHadamard.add_token_sums
+    monkeypatch.setattr(pj.SampledHadamard, "add_token_sums", lambda self, *a, **kw: calls.append(self.k) or
+                        original(self, *a, **kw))
+    gen = torch.Generator().manual_seed(70 + k)
+    torch.manual_seed(k)
+    model = nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 12), nn.Flatten(), nn.Linear(36, 3)).double()
+    x, y = _data(gen, 7, (3, 16))
+    check_everything(model, x, y, "cross_entropy", batch_size=4, proj_dim=k, projection="hadamard")
+    assert calls, "the per-example token sums were not used"
 
 
 def test_explicit_sub_batches(monkeypatch):
@@ -298,16 +324,19 @@ def test_attention_out_projection_is_not_zeroed():
     assert stats["layer_grad_norm"][:, names.index("encoder.layers.1.self_attn.out_proj.weight")].min() > 0
 
 
-@pytest.mark.parametrize("k", [12, 40, 400])
+@pytest.mark.parametrize("k, dense_side_below", [(12, 1), (40, 1), (40, 256), (400, 256)])
 @pytest.mark.parametrize("arch", ["encoder", "cross_attention", "resnet", "conv1d", "tied", "explicit_sub_batches"])
-def test_hadamard_projection_on_every_path(arch, k, monkeypatch):
+def test_hadamard_projection_on_every_path(arch, k, dense_side_below, monkeypatch):
     # The "hadamard" projection through every path of the engine (rank-one tokens, the Gram
     # path, explicit convolution gradients and their sub-batches, grouped convolutions and
     # embeddings through its Kronecker factors, normalization affine parameters, the vmap
     # fallback) equals the flat per-example gradients times its dense form; k = 12 and 40 are
     # above some layers' P * Q (pairs wrap) and not multiples of their short side; matrices with
-    # numel <= k take the signed injection instead (a few at k = 40, most at k = 400).
+    # numel <= k take the signed injection instead (a few at k = 40, most at k = 400). These sides are
+    # small enough to mix by their dense maps; DENSE_SIDE_BELOW = 1 sends them through the factors.
     from gradscope import projection as pj
+
+    monkeypatch.setattr(pj, "DENSE_SIDE_BELOW", dense_side_below)  # 1: the factored transforms on every side
     gen = torch.Generator().manual_seed(40)
     torch.manual_seed(40)
     if arch == "explicit_sub_batches":

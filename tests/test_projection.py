@@ -47,8 +47,11 @@ def definition(f: pj.SampledHadamard) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("rows, cols, k", [(3, 5, 7), (10, 7, 32), (5, 33, 200), (16, 16, 300), (1, 9, 8), (6, 1, 4)])
-def test_hadamard_matches_its_definition_on_every_path(rows, cols, k):
+@pytest.mark.parametrize("dense_side_below", [1, pj.DENSE_SIDE_BELOW])  # factored mixing, and dense for small sides
+@pytest.mark.parametrize("rows, cols, k", [(3, 5, 7), (10, 7, 32), (5, 33, 200), (16, 16, 300), (1, 9, 8), (6, 1, 4),
+                                           (300, 2, 64)])
+def test_hadamard_matches_its_definition_on_every_path(rows, cols, k, dense_side_below, monkeypatch):
+    monkeypatch.setattr(pj, "DENSE_SIDE_BELOW", dense_side_below)
     f = _hadamard(rows, cols, k, seed=rows + cols)
     D = definition(f)
     torch.testing.assert_close(f.dense(), D, rtol=0, atol=1e-12)

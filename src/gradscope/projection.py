@@ -69,6 +69,9 @@ KINDS = ("auto", "gaussian", "hadamard")
 HADAMARD_FROM_K = 128
 # The Hadamard transforms keep their buffers between calls up to this many numbers per buffer.
 WORKSPACE_MAX_ELEMENTS = 1 << 21
+# A side of the hadamard kind padded to fewer than this many entries mixes by one matmul with its
+# dense (d, P) map (at most d P multiply-adds, against batched products of tiny factors).
+DENSE_SIDE_BELOW = 256
 # Kron.project forms explicit gradients' projection with the dense (numel, k) map up to this many
 # numbers: the same multiply-adds as its factored form, in one matmul without a (b, rows, k) pass.
 DENSE_MAX_ELEMENTS = 1 << 20
@@ -296,6 +299,7 @@ class _Side:
         self.filled = -(-d // b)  # rows of Z that hold entries of z; the rest are padding
         self.left = _hadamard(a, dtype, device)[sigma_a.to(device)][:, : self.filled].contiguous()  # (a, filled)
         self.right = _hadamard(b, dtype, device)[:, sigma_b.to(device)].contiguous()  # (b, b)
+        self._maps = {}  # (scale, keep) -> dense (d, keep) map, for sides below DENSE_SIDE_BELOW
 
     def mix(self, x: torch.Tensor, scale: float = 1.0, keep: int | None = None) -> torch.Tensor:
         """(N, d) -> (N, W), W >= keep (default P): its first `keep` entries are those of pi(H_P D x),
@@ -303,6 +307,8 @@ class _Side:
 
         The result may be this side's workspace, overwritten by its next call: use it before then."""
         N, b, filled = x.shape[0], self.b, self.filled
+        if self.P < DENSE_SIDE_BELOW:  # small factors make batched products of tiny matrices: one matmul
+            return x @ self.dense_map(scale, self.P if keep is None else min(keep, self.P))
         rows = self.a if keep is None or keep >= self.P else -(-keep // b)
         sign = self.sign if scale == 1.0 else self.sign * scale
         ws = self._workspace(N, rows, x.dtype, x.device)
@@ -315,6 +321,16 @@ class _Side:
         torch.bmm(self.left[:rows].expand(N, rows, filled), padded.view(N, filled, b), out=mixed)
         torch.mm(mixed.view(N * rows, b), self.right, out=out.view(N * rows, b))
         return out
+
+    def dense_map(self, scale: float, keep: int) -> torch.Tensor:
+        """The dense (d, keep) map x -> the first keep entries of pi(H_P D x) times scale: column j is
+        sign * H_P[perm[j], :d] (H_P = H_a kron H_b, symmetric)."""
+        key = (scale, keep)
+        if key not in self._maps:
+            H = torch.kron(_hadamard(self.a, self.sign.dtype, self.sign.device),
+                           _hadamard(self.b, self.sign.dtype, self.sign.device))
+            self._maps[key] = (H[self.perm[:keep], : self.d].T * (self.sign * scale)[:, None]).contiguous()
+        return self._maps[key]
 
     def _workspace(self, N: int, rows: int, dtype, device):
         """Buffers for mix, kept for the last (N, rows) up to WORKSPACE_MAX_ELEMENTS (chunks repeat their
@@ -388,13 +404,40 @@ class SampledHadamard(Projection):
         long = long.contiguous()
         return short, long.as_strided((N, self.R, self.m), (long.shape[1], 1, 1))  # [n, r, i] = long[n, r + i]
 
+    def add_token_sums(self, acc, G, H, mixed_cols=None):
+        """acc (b, k) += the projection of sum_t G[:, t] H[:, t]^T for G (b, T, rows), H (b, T, cols).
+
+        Per example, the mixed sides' product S^T L (m, need), S (T, m) the shorter side's mixed
+        tokens and L (T, need) the first entries of the longer side's, holds every kept pair: output
+        r m + i is entry (i, i + r). One batched matmul and a strided read, instead of k outputs per
+        token (each a multiply-add over the whole output). `mixed_cols`, where given, is the columns side already mixed (b, T, >= its keep)."""
+        b, T = G.shape[:2]
+        need = self.m + self.R - 1
+        keep = min(need, self.M)
+        kp, kq = (self.out.P, keep) if self.short_rows else (keep, self.inp.P)
+        rows = self.out.mix(G.reshape(b * T, self.rows), self.scale, keep=kp)[:, :kp].reshape(b, T, kp)
+        cols = (mixed_cols if mixed_cols is not None else
+                self.inp.mix(H.reshape(b * T, self.cols), keep=kq).reshape(b, T, -1))[..., :kq]
+        short, long = (rows, cols) if self.short_rows else (cols, rows)
+        LS = long.transpose(1, 2) @ short  # (b, keep, m) = (S^T L)^T (a transposed first operand slows bmm down)
+        if need > self.M:  # windows run past the end: wrap around
+            LS = LS.repeat(1, -(-need // self.M), 1)[:, :need]
+        LS = LS.contiguous()
+        W = LS.shape[1]
+        windows = LS.as_strided((b, self.R, self.m), (W * self.m, self.m, self.m + 1))  # [n, r, i] = LS[n, i + r, i]
+        acc += windows.reshape(b, self.R * self.m)[:, : self.k]
+
     def project(self, grads):
+        """Explicit gradients: mix the columns, then the rows, of only the entries the pairs read (the
+        longer side's first m + R - 1, all of it when the windows wrap), then gather the k pairs."""
         b = grads.shape[0]
-        E = grads.reshape(b * self.rows, self.cols)
-        E = self.inp.mix(E).reshape(b, self.rows, self.inp.P).transpose(1, 2)  # (b, Q, rows)
-        E = self.out.mix(E.reshape(b * self.inp.P, self.rows)).reshape(b, self.inp.P, self.out.P)
+        keep = min(self.m + self.R - 1, self.M)
+        kp, kq = (self.out.P, keep) if self.short_rows else (keep, self.inp.P)
+        E = self.inp.mix(grads.reshape(b * self.rows, self.cols), keep=kq)[:, :kq]
+        E = E.reshape(b, self.rows, kq).transpose(1, 2).reshape(b * kq, self.rows)  # (b kq, rows)
+        E = self.out.mix(E, self.scale, keep=kp)[:, :kp].reshape(b, kq * kp)
         p, q = self._pairs()
-        return E.reshape(b, -1).index_select(1, q * self.out.P + p) * self.scale
+        return E.index_select(1, q * kp + p)
 
     def dense(self):
         eye = torch.eye(self.rows * self.cols, dtype=self.out.sign.dtype, device=self.out.sign.device)

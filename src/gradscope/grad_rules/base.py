@@ -26,7 +26,8 @@ from typing import Callable
 
 import torch
 
-from gradscope.projection import Kron, Projection
+from gradscope import projection as projections
+from gradscope.projection import Kron, Projection, SampledHadamard
 
 # Sub-batch bound (numbers) for explicitly formed per-example weight gradients and unfolded patches.
 EXPLICIT_MAX_ELEMENTS = 1 << 24
@@ -149,7 +150,7 @@ class Tokens:
                 dot.append(flat @ Mg.reshape(-1))
                 acc[s : s + len(E)] += f.project(E.reshape(len(E), g * c_out, c_in))
             return Stat(torch.cat(sq), torch.cat(dot))
-        if g == 1 and self.gram_fn is not None and self.apply_fn is not None:
+        if g == 1 and self.gram_fn is not None and self.apply_fn is not None and (isinstance(f, Kron) or self.e_fn):
             return self._stats_unfolded_free(Mg[0], f, acc)
         H, G = self.materialize(), self.G
         if T == 1 and g == 1:  # one token, one group: a Linear on vectors, the commonest case
@@ -164,6 +165,8 @@ class Tokens:
             dot = ((Hf @ Mg[0].T) * Gf).sum(1)  # g^T M h at the cost of a forward matmul
             if T == 1:
                 f.add_tokens(acc, Gf, Hf)
+            elif isinstance(f, SampledHadamard):
+                f.add_token_sums(acc, G[:, :, 0], H[:, :, 0])
             else:
                 acc += f.tokens(Gf, Hf).reshape(b, T, k).sum(1)
         else:
@@ -187,7 +190,8 @@ class Tokens:
 
     def _stats_unfolded_free(self, M: torch.Tensor, f: Projection, acc: torch.Tensor) -> Stat:
         """The Gram path of one group from gram_fn and apply_fn: no (b, T, c_in) tokens are formed.
-        The dots and, for Kronecker factors, the projection's H @ B come from one apply_fn."""
+        The dots and, for Kronecker factors, the projection's H @ B come from one apply_fn; other
+        projections take the explicit per-example gradients from e_fn."""
         G = self.G[:, :, 0]  # (b, T, c_out)
         c_out = G.shape[-1]
         sq = ((G @ G.transpose(1, 2)) * self.gram_fn()).sum(dim=(1, 2))
@@ -196,9 +200,18 @@ class Tokens:
         dot = (HW[..., :c_out] * G).sum(dim=(1, 2))
         if kron:
             acc += ((G @ f.A) * HW[..., c_out:]).sum(1)
-        else:
-            b, T = G.shape[:2]
-            acc += f.tokens(G.reshape(b * T, c_out), self.materialize()[:, :, 0].reshape(b * T, -1)).reshape(b, T, -1).sum(1)
+        elif isinstance(f, SampledHadamard):  # the columns side mixed by a convolution with its dense map
+            mixed = None
+            if f.inp.P < projections.DENSE_SIDE_BELOW:
+                keep = f.inp.P if not f.short_rows else min(f.m + f.R - 1, f.M)
+                mixed = self.apply_fn(f.inp.dense_map(1.0, keep))
+            f.add_token_sums(acc, G, None if mixed is not None else self.materialize()[:, :, 0], mixed_cols=mixed)
+        else:  # project the explicit per-example gradients (the convolution's kernel), sub-batched
+            b, c_in = G.shape[0], self.c_in
+            step = self._step(c_out * c_in)
+            for s in range(0, b, step):
+                E = self.e_fn(s, min(b, s + step))
+                acc[s : s + len(E)] += f.project(E.reshape(len(E), c_out, c_in))
         return Stat(sq, dot)
 
     def nbytes(self) -> int:
