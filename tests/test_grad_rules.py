@@ -176,18 +176,20 @@ def test_conv1d_random_shapes(seed):
     check_everything(model, x, y, "mse" if seed % 2 else "cross_entropy", batch_size=3)
 
 
-@pytest.mark.parametrize("stride, padding, dilation, projection, residue_min, dense_side_below",
-                         [(1, 0, 1, "gaussian", 16, 256), (2, 1, 1, "gaussian", 16, 256), (2, 1, 1, "gaussian", 1, 256),
-                          (2, 2, 2, "gaussian", 1, 256), (3, 1, 2, "gaussian", 1, 256), (2, 1, 1, "hadamard", 1, 256),
-                          (2, 1, 1, "hadamard", 16, 1)])
-def test_conv1d_gram_path_without_unfolding(stride, padding, dilation, projection, residue_min, dense_side_below,
+@pytest.mark.parametrize("stride, padding, dilation, projection, residue_min, dense_side_below, k",
+                         [(1, 0, 1, "gaussian", 16, 256, 5), (2, 1, 1, "gaussian", 16, 256, 5),
+                          (2, 1, 1, "gaussian", 1, 256, 5), (2, 2, 2, "gaussian", 1, 256, 5),
+                          (3, 1, 2, "gaussian", 1, 256, 5), (2, 1, 1, "hadamard", 1, 256, 5),
+                          (2, 1, 1, "hadamard", 16, 1, 5), (2, 1, 1, "hadamard", 16, 256, 400)])
+def test_conv1d_gram_path_without_unfolding(stride, padding, dilation, projection, residue_min, dense_side_below, k,
                                             monkeypatch):
     # Wide channels over short sequences take the Gram path, where a 1-D convolution's patch Gram
     # comes from its input's Gram (whole, or per residue class of positions modulo the stride) and
     # the dots (and the Gaussian projection) from a convolution: every statistic against the loop,
     # and the path really taken for both convolutions. The hadamard kind sums its tokens per example
     # (SampledHadamard.add_token_sums), its columns side mixed by a convolution with the side's dense
-    # map, or (DENSE_SIDE_BELOW 1) by the factored transforms on unfolded patches.
+    # map, or (DENSE_SIDE_BELOW 1) by the factored transforms on unfolded patches; at k = 400 both
+    # convolutions' weights (384 entries each) take the signed injection, from explicit gradients.
     from gradscope import projection as pj
     from gradscope.grad_rules import base, conv
 
@@ -206,7 +208,7 @@ def test_conv1d_gram_path_without_unfolding(stride, padding, dilation, projectio
         flat = model(torch.zeros(1, 8, 9)).shape[1]
     model = nn.Sequential(*model, nn.Linear(flat, 3)).double().eval()
     x, y = _data(gen, 7, (8, 9))
-    check_everything(model, x, y, "cross_entropy", batch_size=4, proj_dim=5, projection=projection)
+    check_everything(model, x, y, "cross_entropy", batch_size=4, proj_dim=k, projection=projection)
     assert len({shape[-1] for shape in taken}) == 2, taken  # both convolutions (c_out 16 and 12)
 
 
