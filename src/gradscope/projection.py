@@ -410,7 +410,8 @@ class SampledHadamard(Projection):
         Per example, the mixed sides' product S^T L (m, need), S (T, m) the shorter side's mixed
         tokens and L (T, need) the first entries of the longer side's, holds every kept pair: output
         r m + i is entry (i, i + r). One batched matmul and a strided read, instead of k outputs per
-        token (each a multiply-add over the whole output). `mixed_cols`, where given, is the columns side already mixed (b, T, >= its keep)."""
+        token (each a multiply-add over the whole output). `mixed_cols`, where given, is the columns
+        side already mixed, (b, T, >= its keep)."""
         b, T = G.shape[:2]
         need = self.m + self.R - 1
         keep = min(need, self.M)
