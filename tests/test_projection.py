@@ -53,6 +53,8 @@ def definition(f: pj.SampledHadamard) -> torch.Tensor:
 def test_hadamard_matches_its_definition_on_every_path(rows, cols, k, dense_side_below, monkeypatch):
     monkeypatch.setattr(pj, "DENSE_SIDE_BELOW", dense_side_below)
     f = _hadamard(rows, cols, k, seed=rows + cols)
+    for side in (f.out, f.inp):  # each side's (product) permutation is a permutation of its P entries
+        assert torch.equal(side.perm.sort().values, torch.arange(side.P))
     D = definition(f)
     torch.testing.assert_close(f.dense(), D, rtol=0, atol=1e-12)
     gen = torch.Generator().manual_seed(1)
