@@ -127,6 +127,11 @@ class Projection:
         """acc (N, k) += tokens(G, H), in place where the kind can."""
         acc += self.tokens(G, H)
 
+    def add_token_sums(self, acc: torch.Tensor, G: torch.Tensor, H: torch.Tensor) -> None:
+        """acc (b, k) += the projection of sum_t G[:, t] H[:, t]^T, for G (b, T, rows) and H (b, T, cols)."""
+        b, T = G.shape[:2]
+        acc += self.tokens(G.reshape(b * T, -1), H.reshape(b * T, -1)).reshape(b, T, self.k).sum(1)
+
     def dense(self) -> torch.Tensor:
         """The dense equivalent (numel, k): a flat gradient g projects to g @ dense(). Small models only."""
         raise NotImplementedError
@@ -373,6 +378,19 @@ class SampledHadamard(Projection):
         self.scale = math.sqrt(P * Q / k)
         self._A = self._B = None
 
+    def _kept(self) -> tuple[int, int]:
+        """How many mixed entries of the rows side and of the columns side the kept pairs read: all of
+        the shorter side, and the longer side's first m + R - 1 (all of it when the windows wrap)."""
+        keep = min(self.m + self.R - 1, self.M)
+        return (self.out.P, keep) if self.short_rows else (keep, self.inp.P)
+
+    def cols_mixed_by(self, apply_fn):
+        """The columns side's mixed tokens (b, T, kept) from apply_fn(W) = H @ W (a convolution with W's
+        columns as kernels) and the side's dense map; None where the side mixes by its factors."""
+        if self.inp.P >= DENSE_SIDE_BELOW:
+            return None
+        return apply_fn(self.inp.dense_map(1.0, self._kept()[1]))
+
     def _pairs(self):
         """(row index, col index) in the mixed (P, Q) matrix of each output j = r m + i."""
         j = torch.arange(self.k, device=self.out.perm.device)
@@ -414,16 +432,14 @@ class SampledHadamard(Projection):
         side already mixed, (b, T, >= its keep)."""
         b, T = G.shape[:2]
         need = self.m + self.R - 1
-        keep = min(need, self.M)
-        kp, kq = (self.out.P, keep) if self.short_rows else (keep, self.inp.P)
+        kp, kq = self._kept()
         rows = self.out.mix(G.reshape(b * T, self.rows), self.scale, keep=kp)[:, :kp].reshape(b, T, kp)
         cols = (mixed_cols if mixed_cols is not None else
                 self.inp.mix(H.reshape(b * T, self.cols), keep=kq).reshape(b, T, -1))[..., :kq]
         short, long = (rows, cols) if self.short_rows else (cols, rows)
-        LS = long.transpose(1, 2) @ short  # (b, keep, m) = (S^T L)^T (a transposed first operand slows bmm down)
         if need > self.M:  # windows run past the end: wrap around
-            LS = LS.repeat(1, -(-need // self.M), 1)[:, :need]
-        LS = LS.contiguous()
+            long = _wrapped(long.reshape(b * T, self.M), need, self.M, self).reshape(b, T, need)
+        LS = long.transpose(1, 2) @ short  # (b, need, m) = (S^T L)^T (a transposed first operand slows bmm down)
         W = LS.shape[1]
         windows = LS.as_strided((b, self.R, self.m), (W * self.m, self.m, self.m + 1))  # [n, r, i] = LS[n, i + r, i]
         acc += windows.reshape(b, self.R * self.m)[:, : self.k]
@@ -432,8 +448,7 @@ class SampledHadamard(Projection):
         """Explicit gradients: mix the columns, then the rows, of only the entries the pairs read (the
         longer side's first m + R - 1, all of it when the windows wrap), then gather the k pairs."""
         b = grads.shape[0]
-        keep = min(self.m + self.R - 1, self.M)
-        kp, kq = (self.out.P, keep) if self.short_rows else (keep, self.inp.P)
+        kp, kq = self._kept()
         E = self.inp.mix(grads.reshape(b * self.rows, self.cols), keep=kq)[:, :kq]
         E = E.reshape(b, self.rows, kq).transpose(1, 2).reshape(b * kq, self.rows)  # (b kq, rows)
         E = self.out.mix(E, self.scale, keep=kp)[:, :kp].reshape(b, kq * kp)

@@ -26,7 +26,6 @@ from typing import Callable
 
 import torch
 
-from gradscope import projection as projections
 from gradscope.projection import Kron, Projection, SampledHadamard
 
 # Sub-batch bound (numbers) for explicitly formed per-example weight gradients and unfolded patches.
@@ -160,15 +159,10 @@ class Tokens:
         else:  # sum_j sum_{t,s} (g_tj.g_sj)(h_tj.h_sj)
             Gp, Hp = G.permute(0, 2, 1, 3), H.permute(0, 2, 1, 3)  # (b, g, T, c)
             sq = ((Gp @ Gp.transpose(2, 3)) * (Hp @ Hp.transpose(2, 3))).sum(dim=(1, 2, 3))
-        if g == 1:  # plain matmuls: the common Linear case
+        if g == 1:  # plain matmuls: a Linear over tokens (T > 1: one token went to _stats_rank_one)
             Hf, Gf = H.reshape(b * T, c_in), G.reshape(b * T, c_out)
             dot = ((Hf @ Mg[0].T) * Gf).sum(1)  # g^T M h at the cost of a forward matmul
-            if T == 1:
-                f.add_tokens(acc, Gf, Hf)
-            elif isinstance(f, SampledHadamard):
-                f.add_token_sums(acc, G[:, :, 0], H[:, :, 0])
-            else:
-                acc += f.tokens(Gf, Hf).reshape(b, T, k).sum(1)
+            f.add_token_sums(acc, G[:, :, 0], H[:, :, 0])
         else:
             dot = (torch.einsum("btji,joi->btjo", H, Mg) * G).sum(dim=(2, 3))
             A = f.A.reshape(g, c_out, k)
@@ -201,10 +195,7 @@ class Tokens:
         if kron:
             acc += ((G @ f.A) * HW[..., c_out:]).sum(1)
         elif isinstance(f, SampledHadamard):  # the columns side mixed by a convolution with its dense map
-            mixed = None
-            if f.inp.P < projections.DENSE_SIDE_BELOW:
-                keep = f.inp.P if not f.short_rows else min(f.m + f.R - 1, f.M)
-                mixed = self.apply_fn(f.inp.dense_map(1.0, keep))
+            mixed = f.cols_mixed_by(self.apply_fn)
             f.add_token_sums(acc, G, None if mixed is not None else self.materialize()[:, :, 0], mixed_cols=mixed)
         else:  # project the explicit per-example gradients (the convolution's kernel), sub-batched
             b, c_in = G.shape[0], self.c_in
