@@ -66,6 +66,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_examples import SEED, make_method  # noqa: E402  (also puts src/ on sys.path)
+from runs import repeat, spread, write_json  # noqa: E402
 
 from gradscope import examples  # noqa: E402
 from gradscope.models import InputSpec, build_model  # noqa: E402
@@ -287,6 +288,50 @@ def print_tables(results: dict, proj_dims: list[int]) -> None:
         print(f"  {arch:<13} {verdict}")
 
 
+def summary(results: dict, proj_dims: list[int]) -> dict:
+    """What one run hands to --runs: per architecture its fallback count and gradscope's ratio to the
+    batched backward at each proj_dim."""
+    out = {}
+    for arch, res in results.items():
+        ratios, bwd = {}, None
+        for k in proj_dims:
+            rows = summarize(res, k, proj_dims[0])
+            gs, bwd = rows.get("gradscope", {}), rows.get("batched_backward", {}).get("med", bwd)
+            if "x_bwd" in gs:
+                ratios[str(k)] = gs["x_bwd"]
+        out[arch] = {"fallback": len(res["fallback"]), "x_bwd": ratios, "backward_ms": None if bwd is None else bwd * 1e3}
+    return out
+
+
+def print_runs(runs: list[dict], proj_dims: list[int]) -> None:
+    """gradscope's ratio to the batched backward in each fresh run, its median over runs, and the target on it."""
+    k0 = 32 if 32 in proj_dims else proj_dims[0]
+    print(f"\ngradscope / batched backward over {len(runs)} fresh runs: median (min-max), then each run")
+    for k in proj_dims:
+        print(f"-- proj_dim {k}")
+        for arch in runs[0]:
+            vals = [r[arch]["x_bwd"][str(k)] for r in runs if str(k) in r[arch]["x_bwd"]]
+            if vals:
+                print(f"  {arch:<13} {spread(vals):>20}   {' '.join(f'{v:.2f}' for v in vals)}")
+    print("-- the batched backward itself, ms in each run (the reference moves between processes)")
+    for arch in runs[0]:
+        ms = [r[arch]["backward_ms"] for r in runs if r[arch].get("backward_ms") is not None]
+        print(f"  {arch:<13} {' '.join(f'{v:.1f}' for v in ms)}")
+    print(f"\ntarget: <= {TARGET}x a batched backward at proj_dim {k0} for architectures made only of fast-path "
+          f"layers (median over runs)")
+    for arch in runs[0]:
+        vals = [r[arch]["x_bwd"][str(k0)] for r in runs if str(k0) in r[arch]["x_bwd"]]
+        if runs[0][arch]["fallback"]:
+            verdict = f"not applicable ({runs[0][arch]['fallback']} fallback tensors)"
+        elif not vals:
+            verdict = "failed"
+        else:
+            med = statistics.median(vals)
+            above = sum(v > TARGET for v in vals)
+            verdict = f"{'meets' if med <= TARGET else 'MISSES'} ({med:.2f}x; {above} of {len(vals)} runs above)"
+        print(f"  {arch:<13} {verdict}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
@@ -294,7 +339,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=None, help="one batch size for every architecture (default: each its own)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="repeat everything in this many fresh processes and report gradscope's ratios over them")
+    ap.add_argument("--json-out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.runs > 1:
+        print_runs(repeat(__file__, args.runs), args.proj_dims)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -309,6 +360,7 @@ def main() -> None:
         print_arch(arch, results[arch], args.proj_dims)
         sys.stdout.flush()
     print_tables(results, args.proj_dims)
+    write_json(args.json_out, summary(results, args.proj_dims))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; load average at the end: "
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 

@@ -8,15 +8,19 @@ Not a test. Model: the gradscope MLP 784-256-256-10 (ReLU, 269k parameters), cro
 batch 1024 of Gaussian inputs labelled by a random linear teacher, after 30 steps of SGD
 (so the gradients are those of a partly fitted network, not of the initialization).
 
-Cost: per proj_dim k, in one process and in rounds (every method once per round, so that the
-machine's load hits all alike), the median wall time of
+Cost: per proj_dim k, in one process, each method in its own rounds alternating with the batched
+backward (so that the machine's load hits both alike, and one kind's large temporaries do not
+slow another: measured here, the hadamard call at k = 4096 took 2.44x the backward in rounds of
+its own and 2.74-2.87x in rounds shared with the Gaussian kind, whose call at that k allocates
+hundreds of megabytes), the median wall time of
   batched_backward   forward and backward of the mean loss (the reference cost)
   gaussian           per_example_stats(projection="gaussian"): norms, cosines, projection
   hadamard           per_example_stats(projection="hadamard")
   output_pass        allocate the (1024, k) float32 output and make one multiply-add pass over it:
                      what any projection pays at least once per layer that reaches all k outputs
 printed as ratios to the batched backward. Torch's default threads (2 here) unless
-OMP_NUM_THREADS is set.
+OMP_NUM_THREADS is set. `--runs N` repeats the cost table in N fresh processes and prints the
+median and range of each ratio over them (bench/runs.py: why one process is not enough here).
 
 Memory (--no-memory skips): per_example_stats over 50,000 examples at k = 1024 in a fresh
 subprocess for each kind; "+MB" is the rise of the peak resident set (ru_maxrss) over the
@@ -45,7 +49,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
 from gradscope import examples  # noqa: E402
+from runs import repeat, spread, write_json  # noqa: E402
 from gradscope.models import InputSpec, build_model  # noqa: E402
 
 KINDS = ("gaussian", "hadamard")
@@ -79,12 +86,16 @@ def time_costs(k: int, rounds: int) -> dict:
     def output_pass():  # allocate the (b, k) output and make one multiply-add pass over it: a floor
         torch.zeros(1024, k).addcmul_(u, v)
 
-    methods = {"batched_backward": backward, "output_pass": output_pass}
+    methods = {"output_pass": output_pass}
     for kind in KINDS:
         methods[kind] = (lambda kind=kind: examples.per_example_stats(model, x, y, proj_dim=k, batch_size=1024,
                                                                       projection=kind))
-    med = interleaved(methods, rounds)
-    return {name: med[name] / med["batched_backward"] for name in methods} | {"backward_s": med["batched_backward"]}
+    out, backward_s = {}, []
+    for name, f in methods.items():  # each in its own rounds with the backward: see the module docstring
+        med = interleaved({"batched_backward": backward, name: f}, rounds)
+        out[name] = med[name] / med["batched_backward"]
+        backward_s.append(med["batched_backward"])
+    return out | {"backward_s": statistics.median(backward_s)}
 
 
 def interleaved(methods: dict, rounds: int) -> dict:
@@ -176,6 +187,15 @@ def quality(ks: list[int], n: int = 256) -> list[dict]:
     return rows
 
 
+def print_runs(runs: list[dict], proj_dims: list[int]) -> None:
+    print(f"cost over {len(runs)} fresh runs: ratio to the batched backward, median (min-max)")
+    print(f"{'k':>6} {'gaussian':>20} {'hadamard':>20} {'output pass':>20}   hadamard in each run")
+    for k in map(str, proj_dims):
+        cells = "".join(f"{spread([r[k][m] for r in runs]):>21}" for m in ("gaussian", "hadamard", "output_pass"))
+        each = " ".join(f"{r[k]['hadamard']:.2f}" for r in runs)
+        print(f"{k:>6}{cells}   {each}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--proj-dims", type=int, nargs="+", default=[32, 256, 1024, 4096])
@@ -185,19 +205,30 @@ def main() -> None:
     ap.add_argument("--no-quality", action="store_true")
     ap.add_argument("--parts", type=int, nargs="*", metavar="K",
                     help="also break the hadamard kind's cost down at these k (probe, capture, norms and cosines)")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="repeat the cost table in this many fresh processes (only it: memory, accuracy and parts "
+                         "are skipped) and print each ratio's median and range over them")
     ap.add_argument("--memory-worker", nargs=3, metavar=("KIND", "K", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--json-out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_worker:
         kind, k, n = args.memory_worker
         memory_worker(kind, int(k), int(n))
         return
+    if args.runs > 1:
+        print_runs(repeat(__file__, args.runs), args.proj_dims)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; MLP 784-256-256-10, batch 1024")
     print("\ncost: median time / batched backward (norms + cosines + projection)")
     print(f"{'k':>6} {'backward ms':>12} {'gaussian':>9} {'hadamard':>9} {'output pass':>12}")
+    costs = {}
     for k in args.proj_dims:
-        r = time_costs(k, args.rounds)
+        r = costs[str(k)] = time_costs(k, args.rounds)
         print(f"{k:>6} {r['backward_s'] * 1e3:>12.1f} {r['gaussian']:>8.2f}x {r['hadamard']:>8.2f}x "
               f"{r['output_pass']:>11.2f}x", flush=True)
+    write_json(args.json_out, costs)
+    if args.json_out:  # a run of --runs: the cost table only
+        return
     if args.parts:
         print("\nhadamard, parts of one call / batched backward (the chunk's norms and cosines include the capture)")
         print(f"{'k':>6} {'probe':>7} {'capture':>8} {'norms+cosines':>14} {'whole call':>11}")
