@@ -44,7 +44,8 @@ expanded over the batch (the same function).
 Timing: one process; per architecture every (method, proj_dim) runs once per round,
 --rounds rounds after a warm-up, so that changes of the machine's load hit every method
 alike; median and minimum wall time. Torch's default threads unless --threads (on a loaded shared
-machine, --threads 1 is much less noisy: see bench/README.md). Checks: each
+machine, --threads 1 is much less noisy: see bench/README.md). --runs N repeats everything in N
+fresh processes (bench/runs.py) and judges the target on gradscope's median ratio over them. Checks: each
 method's grad_norm against the vmap peer's (max over examples of |a - b| / |b|); a peer
 that is off by more than 1e-3 is marked "wrong" and is not counted as the fastest peer.
 Target: an architecture made only of fast-path layers (no fallback parameter) costs at

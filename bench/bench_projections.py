@@ -48,7 +48,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-
 sys.path.insert(0, str(ROOT / "bench"))
 
 from gradscope import examples  # noqa: E402

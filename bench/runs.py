@@ -1,10 +1,10 @@
 """Repeat a benchmark in fresh processes (`--runs N` of bench_architectures.py and bench_projections.py).
 
-On this shared 2-core machine one process's ratios can sit far from another's for the same code:
-the batched backward of the Conv1d net took 16 ms in one process and 35 ms in the next, mostly
-in page faults (minor faults cost about 3.5 us each here, and how many a call takes depends on
-the allocator's state). Rounds inside one process do not average that out; runs in fresh
-processes do. Each run is the script itself with `--runs` removed and `--json-out FILE` added:
+On this shared 2-core machine one process's ratios can sit far from another's for the same code,
+because the reference itself moves: the batched backward of the Conv1d net took 16, 26 and 35 ms
+in three consecutive processes of one throwaway script. Page faults are a large part of it
+(minor faults cost about 3.5 us each here, and how many a call takes depends on the allocator's
+state). Rounds inside one process do not average that out; runs in fresh processes do. Each run is the script itself with `--runs` removed and `--json-out FILE` added:
 it prints its usual tables (not shown) and writes its summary to FILE.
 """
 
