@@ -32,9 +32,10 @@ a batched backward takes about 0.1-0.3 s for the first four on one core; --batch
                but eval), token embedding (vocab 1000) + learned positions nn.Embedding(arange(32)),
                mean pooling, Linear head; sequences of 32 tokens
   conv1d       Conv1d(1,32,5,pad 2)-ReLU-Conv1d(32,32,3,stride 2)-ReLU-Conv1d(32,32,3,stride 2)-flatten-
-               Linear(288,10) on MNIST-1D-shaped inputs (1, 40)
+               Linear(288,10) on MNIST-1D (inputs (1, 40) and labels of its training split, made by
+               gradscope.data from the mnist1d package's templates, seed 0: nothing is downloaded)
   lstm         nn.LSTM(1 feature over 40 steps, hidden 64, batch_first) + Linear(64,10) on the last
-               state: its 4 LSTM tensors fall back to vmap(grad) in gradscope
+               state, on the same MNIST-1D: its 4 LSTM tensors fall back to vmap(grad) in gradscope
 
 The BatchNorm variants get random running statistics (means in [-0.2, 0.2], variances in
 [0.5, 2]) so that eval-mode normalization is not the identity. Opacus and BackPACK assume
@@ -62,6 +63,7 @@ import sys
 import time
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -70,6 +72,7 @@ from bench_examples import SEED, make_method  # noqa: E402  (also puts src/ on s
 from runs import repeat, spread, write_json  # noqa: E402
 
 from gradscope import examples  # noqa: E402
+from gradscope.data import generate_mnist1d  # noqa: E402
 from gradscope.models import InputSpec, build_model  # noqa: E402
 
 PEERS = ["vmap", "opacus", "backpack"]
@@ -117,8 +120,16 @@ def conv1d_net():
                          nn.Conv1d(32, 32, 3, stride=2), nn.Flatten(), nn.Linear(32 * 9, N_CLASSES))
 
 
+def mnist1d(b: int, _gen=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """b examples of MNIST-1D's training split: inputs (b, 1, 40) and labels."""
+    train, _, _ = generate_mnist1d(num_samples=10 * -(-2 * b // 10), train_split=0.8, seed=0, label_noise=0.0,
+                                   subsample_train=None, subsample_test=None, standardize=None)
+    x = torch.tensor(np.stack(train["x"].to_numpy()[:b]), dtype=torch.float32).reshape(b, 1, 40)
+    return x, torch.tensor(train["label"].to_numpy()[:b])
+
+
 IMAGE = InputSpec("dense", 3 * 32 * 32, 0, N_CLASSES, (3, 32, 32))
-# name: (builder, batch, input maker(batch, generator))
+# name: (builder, batch, data maker(batch, generator) -> inputs, or (inputs, labels))
 ARCHS = {
     "resnet18_gn": (lambda: build_model({"kind": "resnet", "base_width": 16, "norm": "group", "groups": 8}, IMAGE),
                     64, lambda b, g: torch.randn(b, 3, 32, 32, generator=g)),
@@ -127,8 +138,8 @@ ARCHS = {
     "vgg11_bn": (lambda: build_model({"kind": "vgg", "base_width": 16, "norm": "batch"}, IMAGE),
                  128, lambda b, g: torch.randn(b, 3, 32, 32, generator=g)),
     "transformer": (TokenTransformer, 128, lambda b, g: torch.randint(1000, (b, 32), generator=g)),
-    "conv1d": (conv1d_net, 1024, lambda b, g: torch.randn(b, 1, 40, generator=g)),
-    "lstm": (SeqLSTM, 256, lambda b, g: torch.randn(b, 1, 40, generator=g)),
+    "conv1d": (conv1d_net, 1024, mnist1d),
+    "lstm": (SeqLSTM, 256, mnist1d),
 }
 
 
@@ -145,7 +156,9 @@ def setup(arch: str, batch: int | None = None):
                     m.running_mean.uniform_(-0.2, 0.2)
                     m.running_var.uniform_(0.5, 2.0)
     gen = torch.Generator().manual_seed(SEED + 1)
-    return model, inputs(batch, gen), torch.randint(N_CLASSES, (batch,), generator=gen), batch
+    data = inputs(batch, gen)
+    x, y = data if isinstance(data, tuple) else (data, torch.randint(N_CLASSES, (batch,), generator=gen))
+    return model, x, y, batch
 
 
 def opacus_train_mode(model) -> None:
