@@ -42,7 +42,7 @@ The BatchNorm variants get random running statistics (means in [-0.2, 0.2], vari
 every layer input has a batch axis: for them only, the transformer's positions index arange
 expanded over the batch (the same function).
 
-Timing: one process; per architecture every (method, proj_dim) runs once per round,
+Timing: one fresh process per architecture; in it every (method, proj_dim) runs once per round,
 --rounds rounds after a warm-up, so that changes of the machine's load hit every method
 alike; median and minimum wall time. Torch's default threads unless --threads (on a loaded shared
 machine, --threads 1 is much less noisy: see bench/README.md). --runs N repeats everything in N
@@ -69,7 +69,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_examples import SEED, make_method  # noqa: E402  (also puts src/ on sys.path)
-from runs import repeat, spread, write_json  # noqa: E402
+from runs import child, repeat, spread, without, write_json  # noqa: E402
 
 from gradscope import examples  # noqa: E402
 from gradscope.data import generate_mnist1d  # noqa: E402
@@ -214,6 +214,13 @@ def time_arch(arch: str, proj_dims: list[int], rounds: int, batch: int | None) -
             "fallback": examples.fallback_parameters(model, x, y), "res": res}
 
 
+def table(out: dict, proj_dims: list[int]) -> dict:
+    """One architecture's results as plain numbers (what a process of a run hands back): batch, size,
+    fallback tensors and, per proj_dim, every method's row (`summarize`)."""
+    return {"batch": out["batch"], "n_params": out["n_params"], "fallback": out["fallback"],
+            "rows": {str(k): summarize(out, k, proj_dims[0]) for k in proj_dims}}
+
+
 def rel_diff(a, b) -> float:
     a, b = a.double(), b.double()
     return float(((a - b).abs() / b.abs().clamp_min(1e-30)).max())
@@ -249,13 +256,14 @@ def summarize(out: dict, k: int, k0: int) -> dict:
 
 
 def print_arch(arch: str, out: dict, proj_dims: list[int]) -> None:
+    """One architecture's table (`table`): every method at every proj_dim."""
     fb = out["fallback"]
     print(f"\n== {arch}: {out['n_params']:,} parameters, batch {out['batch']}; fallback (vmap) parameter tensors: "
           f"{len(fb)}{' (' + ', '.join(fb) + ')' if fb else ''}")
     print(f"  {'method':<17} {'proj':>5} {'median ms':>10} {'min ms':>9} {'x bwd':>7} {'x bwd min':>9}  "
           f"grad_norm vs vmap (max rel. diff)")
     for k in proj_dims:
-        for method, row in summarize(out, k, proj_dims[0]).items():
+        for method, row in out["rows"][str(k)].items():
             if method == "batched_backward" and k != proj_dims[0]:
                 continue
             kk = "-" if method == "batched_backward" else str(k)
@@ -276,7 +284,7 @@ def print_tables(results: dict, proj_dims: list[int]) -> None:
         print(f"  {'architecture':<13} {'batch':>5} {'fallback':>8} {'bwd ms':>8} {'gradscope ms':>13} "
               f"{'x bwd':>13} {'fastest peer':>13} {'peer ms':>9} {'peer/gs':>8} {'gs vs vmap':>10}")
         for arch, out in results.items():
-            rows = summarize(out, k, proj_dims[0])
+            rows = out["rows"][str(k)]
             bwd, gs = rows.get("batched_backward", {}), rows.get("gradscope", {})
             if "med" not in gs or "med" not in bwd:
                 print(f"  {arch:<13} failed: {gs.get('error') or bwd.get('error')}")
@@ -292,7 +300,7 @@ def print_tables(results: dict, proj_dims: list[int]) -> None:
     print(f"\ntarget: <= {TARGET}x a batched backward at proj_dim {k} for architectures made only of fast-path "
           f"layers (median ratio)")
     for arch, out in results.items():
-        gs = summarize(out, k, proj_dims[0]).get("gradscope", {})
+        gs = out["rows"][str(k)].get("gradscope", {})
         if out["fallback"]:
             verdict = f"not applicable ({len(out['fallback'])} fallback tensors)"
         elif "x_bwd" not in gs:
@@ -302,41 +310,39 @@ def print_tables(results: dict, proj_dims: list[int]) -> None:
         print(f"  {arch:<13} {verdict}")
 
 
-def summary(results: dict, proj_dims: list[int]) -> dict:
-    """What one run hands to --runs: per architecture its fallback count and gradscope's ratio to the
-    batched backward at each proj_dim."""
-    out = {}
-    for arch, res in results.items():
-        ratios, bwd = {}, None
-        for k in proj_dims:
-            rows = summarize(res, k, proj_dims[0])
-            gs, bwd = rows.get("gradscope", {}), rows.get("batched_backward", {}).get("med", bwd)
-            if "x_bwd" in gs:
-                ratios[str(k)] = gs["x_bwd"]
-        out[arch] = {"fallback": len(res["fallback"]), "x_bwd": ratios, "backward_ms": None if bwd is None else bwd * 1e3}
-    return out
+def separately(argv: list[str], archs: list[str], show: bool) -> dict:
+    """{arch: table}: each architecture in a fresh process of its own, so that one architecture's peers
+    (gigabytes of per-example gradients) do not shape the allocator that the next one is timed with."""
+    argv = without(argv, "--archs")
+    return {arch: child(__file__, [*argv, "--archs", arch], show)[arch] for arch in archs}
 
 
 def print_runs(runs: list[dict], proj_dims: list[int]) -> None:
     """gradscope's ratio to the batched backward in each fresh run, its median over runs, and the target on it."""
     k0 = 32 if 32 in proj_dims else proj_dims[0]
+
+    def ratios(arch, k):
+        return [r[arch]["rows"][str(k)]["gradscope"]["x_bwd"] for r in runs
+                if "x_bwd" in r[arch]["rows"][str(k)].get("gradscope", {})]
+
     print(f"\ngradscope / batched backward over {len(runs)} fresh runs: median (min-max), then each run")
     for k in proj_dims:
         print(f"-- proj_dim {k}")
         for arch in runs[0]:
-            vals = [r[arch]["x_bwd"][str(k)] for r in runs if str(k) in r[arch]["x_bwd"]]
+            vals = ratios(arch, k)
             if vals:
                 print(f"  {arch:<13} {spread(vals):>20}   {' '.join(f'{v:.2f}' for v in vals)}")
     print("-- the batched backward itself, ms in each run (the reference moves between processes)")
     for arch in runs[0]:
-        ms = [r[arch]["backward_ms"] for r in runs if r[arch].get("backward_ms") is not None]
+        ms = [r[arch]["rows"][str(proj_dims[0])]["batched_backward"]["med"] * 1e3 for r in runs
+              if "med" in r[arch]["rows"][str(proj_dims[0])].get("batched_backward", {})]
         print(f"  {arch:<13} {' '.join(f'{v:.1f}' for v in ms)}")
     print(f"\ntarget: <= {TARGET}x a batched backward at proj_dim {k0} for architectures made only of fast-path "
           f"layers (median over runs)")
     for arch in runs[0]:
-        vals = [r[arch]["x_bwd"][str(k0)] for r in runs if str(k0) in r[arch]["x_bwd"]]
-        if runs[0][arch]["fallback"]:
-            verdict = f"not applicable ({runs[0][arch]['fallback']} fallback tensors)"
+        vals, fallback = ratios(arch, k0), runs[0][arch]["fallback"]
+        if fallback:
+            verdict = f"not applicable ({len(fallback)} fallback tensors)"
         elif not vals:
             verdict = "failed"
         else:
@@ -358,7 +364,7 @@ def main() -> None:
     ap.add_argument("--json-out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.runs > 1:
-        print_runs(repeat(__file__, args.runs), args.proj_dims)
+        print_runs(repeat(__file__, args.runs, run=lambda argv: separately(argv, args.archs, False)), args.proj_dims)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -368,13 +374,17 @@ def main() -> None:
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}; {args.rounds} timed rounds after a warm-up, "
           f"methods interleaved")
     t0 = time.perf_counter()
-    results = {}
-    for arch in args.archs:
-        results[arch] = time_arch(arch, args.proj_dims, args.rounds, args.batch)
-        print_arch(arch, results[arch], args.proj_dims)
+    if len(args.archs) > 1:  # each in a fresh process of its own, whose tables print as it ends
         sys.stdout.flush()
+        results = separately(sys.argv[1:], args.archs, show=True)
+    else:
+        arch = args.archs[0]
+        results = {arch: table(time_arch(arch, args.proj_dims, args.rounds, args.batch), args.proj_dims)}
+        print_arch(arch, results[arch], args.proj_dims)
+    if args.json_out:  # a process of a larger run: its summary goes back to the parent
+        write_json(args.json_out, results)
+        return
     print_tables(results, args.proj_dims)
-    write_json(args.json_out, summary(results, args.proj_dims))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; load average at the end: "
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
