@@ -369,16 +369,15 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads (OMP_NUM_THREADS="
-          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), {os.cpu_count()} CPUs, load average "
-          f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}; {args.rounds} timed rounds after a warm-up, "
-          f"methods interleaved")
     t0 = time.perf_counter()
-    if len(args.archs) > 1:  # each in a fresh process of its own, whose tables print as it ends
-        sys.stdout.flush()
+    if len(args.archs) > 1:  # each in a fresh process of its own, whose header and tables print as it ends
         results = separately(sys.argv[1:], args.archs, show=True)
     else:
         arch = args.archs[0]
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads (OMP_NUM_THREADS="
+              f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), {os.cpu_count()} CPUs, load average "
+              f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}; {args.rounds} timed rounds after a warm-up, "
+              f"methods interleaved", flush=True)
         results = {arch: table(time_arch(arch, args.proj_dims, args.rounds, args.batch), args.proj_dims)}
         print_arch(arch, results[arch], args.proj_dims)
     if args.json_out:  # a process of a larger run: its summary goes back to the parent

@@ -10,9 +10,9 @@ batch 1024 of Gaussian inputs labelled by a random linear teacher, after 30 step
 
 Cost: per proj_dim k, in one process, each method in its own rounds alternating with the batched
 backward (so that the machine's load hits both alike, and one kind's large temporaries do not
-slow another: measured here, the hadamard call at k = 4096 took 2.44x the backward in rounds of
-its own and 2.74-2.87x in rounds shared with the Gaussian kind, whose call at that k allocates
-hundreds of megabytes), the median wall time of
+slow another: measured here with a throwaway script, the hadamard call at k = 4096 took 2.44x the
+backward in rounds of its own and 2.74-2.87x in rounds shared with the Gaussian kind, whose call at
+that k allocates hundreds of megabytes), the median wall time of
   batched_backward   forward and backward of the mean loss (the reference cost)
   gaussian           per_example_stats(projection="gaussian"): norms, cosines, projection
   hadamard           per_example_stats(projection="hadamard")

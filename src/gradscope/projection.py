@@ -375,13 +375,14 @@ class SampledHadamard(Projection):
         self.short_rows = P <= Q
         self.m, self.M = min(P, Q), max(P, Q)
         self.R = -(-k // self.m)  # blocks of m outputs
+        self.need = self.m + self.R - 1  # the windows read the longer side's first `need` entries (wrapping past M)
         self.scale = math.sqrt(P * Q / k)
         self._A = self._B = None
 
     def _kept(self) -> tuple[int, int]:
         """How many mixed entries of the rows side and of the columns side the kept pairs read: all of
         the shorter side, and the longer side's first m + R - 1 (all of it when the windows wrap)."""
-        keep = min(self.m + self.R - 1, self.M)
+        keep = min(self.need, self.M)
         return (self.out.P, keep) if self.short_rows else (keep, self.inp.P)
 
     def cols_mixed_by(self, apply_fn):
@@ -411,7 +412,7 @@ class SampledHadamard(Projection):
 
     def _factors(self, G, H):
         """The shorter side's mixed vectors (N, m) and the windows (N, R, m) of the longer side's."""
-        need = self.m + self.R - 1  # the windows read the long side's first `need` entries (all, if they wrap)
+        need = self.need
         if self.short_rows:
             short, long = self.out.mix(G, self.scale), self.inp.mix(H, keep=need)
         else:
@@ -431,7 +432,7 @@ class SampledHadamard(Projection):
         token (each a multiply-add over the whole output). `mixed_cols`, where given, is the columns
         side already mixed, (b, T, >= its keep)."""
         b, T = G.shape[:2]
-        need = self.m + self.R - 1
+        need = self.need
         kp, kq = self._kept()
         rows = self.out.mix(G.reshape(b * T, self.rows), self.scale, keep=kp)[:, :kp].reshape(b, T, kp)
         cols = (mixed_cols if mixed_cols is not None else

@@ -114,6 +114,18 @@ class Tokens:
     def _step(self, per_example: int) -> int:
         return max(1, EXPLICIT_MAX_ELEMENTS // max(1, per_example))
 
+    def _explicit_blocks(self, per_example: int):
+        """(start, E) over sub-batches of at most EXPLICIT_MAX_ELEMENTS numbers (per_example each): the
+        explicit per-example gradients E (n, g, c_out, c_in), from e_fn where given, else from the tokens."""
+        b = self.G.shape[0]
+        step = self._step(per_example)
+        for s in range(0, b, step):
+            if self.e_fn is not None:
+                yield s, self.e_fn(s, min(b, s + step))
+            else:
+                H = self.h(s, s + step)
+                yield s, torch.einsum("btjo,btji->bjoi", self.G[s : s + len(H)], H)
+
     def sum(self, shape) -> torch.Tensor:
         b, T, g, c_out = self.G.shape
         if g == 1 and self.H is not None:  # one matmul over all tokens
@@ -137,13 +149,7 @@ class Tokens:
         if T > 1 and T * (c_in + c_out) > c_in * c_out:
             # Explicit per-example gradients (sb, g, c_out, c_in), sub-batched: cheaper than the T x T Gram.
             sq, dot = [], []
-            step = self._step(g * c_out * c_in + T * g * c_in)
-            for s in range(0, b, step):
-                if self.e_fn is not None:
-                    E = self.e_fn(s, min(b, s + step))
-                else:
-                    H = self.h(s, s + step)
-                    E = torch.einsum("btjo,btji->bjoi", self.G[s : s + len(H)], H)
+            for s, E in self._explicit_blocks(g * c_out * c_in + T * g * c_in):
                 flat = E.reshape(len(E), -1)
                 sq.append(torch.linalg.vector_norm(flat, dim=1).square())
                 dot.append(flat @ Mg.reshape(-1))
@@ -198,11 +204,8 @@ class Tokens:
             mixed = f.cols_mixed_by(self.apply_fn)
             f.add_token_sums(acc, G, None if mixed is not None else self.materialize()[:, :, 0], mixed_cols=mixed)
         else:  # project the explicit per-example gradients (the convolution's kernel), sub-batched
-            b, c_in = G.shape[0], self.c_in
-            step = self._step(c_out * c_in)
-            for s in range(0, b, step):
-                E = self.e_fn(s, min(b, s + step))
-                acc[s : s + len(E)] += f.project(E.reshape(len(E), c_out, c_in))
+            for s, E in self._explicit_blocks(c_out * self.c_in):
+                acc[s : s + len(E)] += f.project(E.reshape(len(E), c_out, self.c_in))
         return Stat(sq, dot)
 
     def nbytes(self) -> int:
