@@ -327,6 +327,11 @@ def read_npy(path) -> np.ndarray:
         raise ValueError(f"{path}: not a readable .npy array ({e}); {regenerate_hint(path)}") from None
 
 
+def write_npz(path, **arrays) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
 def write_bytes(data: bytes, path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

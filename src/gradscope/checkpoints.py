@@ -82,15 +82,95 @@ def load_state(path) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"missing checkpoint: {path}")
+    if path.suffix == ".safetensors":
+        return {"model_state": _read_safetensors(path)}
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated or foreign files raise several types
         raise ValueError(f"cannot read checkpoint {path} ({e}): {artifacts.regenerate_hint(path)}") from e
 
 
-def load(path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model of a checkpoint (in eval mode) and return it with the checkpoint dict."""
+def _read_safetensors(path: Path) -> dict:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ValueError(f"{path} is a safetensors file, and reading it needs the safetensors package: "
+                         "pip install safetensors") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:
+        raise ValueError(f"cannot read checkpoint {path} as safetensors ({e}): {artifacts.regenerate_hint(path)}") from e
+
+
+def is_own(state) -> bool:
+    """A checkpoint gradscope wrote (the train stage or a Recorder): it rebuilds its model itself."""
+    return isinstance(state, dict) and "settings" in state and "input_spec" in state and "model_state" in state
+
+
+# Where other loops keep the weights inside the dict they save (Lightning: state_dict; many
+# scripts: model_state_dict), and the prefixes wrappers add to every key (DDP, torch.compile).
+_WEIGHT_KEYS = ("state_dict", "model_state_dict", "model_state", "model")
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def plain_weights(state, path) -> dict:
+    """The parameter and buffer tensors of a checkpoint that is not gradscope's own: a state_dict,
+    or a dict holding one under a usual key (state_dict, model_state_dict, model_state, model)."""
+    if isinstance(state, dict) and not _all_tensors(state):
+        for key in _WEIGHT_KEYS:
+            if isinstance(state.get(key), dict) and _all_tensors(state[key]):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not state or not _all_tensors(state):
+        keys = sorted(map(str, state))[:8] if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path}: not a model state_dict (found {keys}); a checkpoint of your own loop is "
+                         f"torch.save(model.state_dict(), path), a dict holding it under one of "
+                         f"{', '.join(_WEIGHT_KEYS)}, or a .safetensors file")
+    return state
+
+
+def _all_tensors(d: dict) -> bool:
+    return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
+
+
+def load_weights(model: torch.nn.Module, weights: dict, path) -> None:
+    """Put `weights` into `model`; keys that do not match (after removing a DDP or torch.compile
+    prefix) raise a ValueError naming the file, the missing and the unexpected keys."""
+    expected = set(model.state_dict())
+    for prefix in _PREFIXES:
+        if not set(weights) & expected and all(k.startswith(prefix) for k in weights):
+            weights = {k[len(prefix):]: v for k, v in weights.items()}
+    missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+    if missing or unexpected:
+        def some(keys):
+            return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "") if keys else "none"
+        raise ValueError(f"{path}: its keys do not match the model: missing {some(missing)}; unexpected "
+                         f"{some(unexpected)}. Check the experiment's model settings (kind, factory, kwargs) against "
+                         "the model this checkpoint was saved from")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:  # same keys, other shapes
+        raise ValueError(f"{path}: its tensors do not fit the model: {e}. Check the experiment's model settings "
+                         "against the model this checkpoint was saved from") from None
+
+
+def load(path, device: str | torch.device = "cpu", *, model_settings: dict | None = None,
+         spec: InputSpec | None = None) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model of a checkpoint (in eval mode) and return it with the checkpoint dict.
+
+    gradscope's own checkpoints rebuild themselves. Any other (a plain state_dict in a .pt, .pth,
+    .bin or .ckpt file, or a .safetensors file) is loaded into the model that `model_settings`
+    (a run's `model` section) builds for `spec`; its dict then holds model_state, and
+    optimizer_state and lr are None (what it does not record)."""
     state = load_state(path)
-    model = build_model(state["settings"]["model"], InputSpec.from_dict(state["input_spec"]))
-    model.load_state_dict(state["model_state"])
-    return model.to(device).eval(), state
+    if is_own(state):
+        model = build_model(state["settings"]["model"], InputSpec.from_dict(state["input_spec"]))
+        model.load_state_dict(state["model_state"])
+        return model.to(device).eval(), state
+    if model_settings is None or spec is None:
+        raise ValueError(f"{path} is not a gradscope checkpoint (it records no model to rebuild): give the model "
+                         "settings and the input spec it was trained with")
+    weights = plain_weights(state, path)
+    model = build_model(model_settings, spec)
+    load_weights(model, weights, path)
+    return model.to(device).eval(), {"model_state": weights, "optimizer_state": None, "lr": None}

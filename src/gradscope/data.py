@@ -760,15 +760,31 @@ def load_split(dataset, split: str) -> tuple[torch.Tensor, torch.Tensor, pd.Data
     for images), else (n, dim)."""
     files = dataset_files(dataset)
     df = artifacts.read_parquet(files[split])
+    meta_path = files["meta"]
+    shape = artifacts.read_json(meta_path)["input"].get("shape") if meta_path.exists() else None
+    return (*split_tensors(df, shape), df)
+
+
+def split_tensors(df: pd.DataFrame, shape=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets of one split's table as the model takes them: dense inputs reshaped to
+    (n, *shape) where `shape` (the meta's input shape) is given, token pairs as (n, 2) ids."""
     if "x" in df.columns:
         inputs = torch.from_numpy(np.stack(df["x"].to_numpy()).astype(np.float32))
-        meta_path = files["meta"]
-        shape = artifacts.read_json(meta_path)["input"].get("shape") if meta_path.exists() else None
         if shape is not None:
             inputs = inputs.reshape(len(df), *shape)
     else:
         inputs = torch.tensor(df[["a", "b"]].to_numpy(dtype=np.int64))
-    return inputs, torch.tensor(df["label"].to_numpy(dtype=np.int64)), df
+    return inputs, torch.tensor(df["label"].to_numpy(dtype=np.int64))
+
+
+def load(data_config: dict):
+    """The dataset a data block describes, generated or read as the workflow does, as tensors for
+    your own loop: ((x_train, y_train), (x_test, y_test), spec), spec the models.InputSpec."""
+    from gradscope.models import InputSpec
+
+    train, test, meta = generate(data_config)
+    shape = meta["input"].get("shape")
+    return split_tensors(train, shape), split_tensors(test, shape), InputSpec.from_dict(meta["input"])
 
 
 def load_meta(dataset) -> dict:

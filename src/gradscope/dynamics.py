@@ -33,15 +33,18 @@ def _tier_norms(w: torch.Tensor, g: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def layer_dynamics(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, lr: float) -> list[dict]:
-    """One row per parameter tensor: see the module docstring. Gradients must be in .grad."""
+def layer_dynamics(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, lr: float,
+                   grad_scale: float = 1.0) -> list[dict]:
+    """One row per parameter tensor: see the module docstring. Gradients must be in .grad, times
+    1/grad_scale (a GradScaler's gradients before unscaling; 1 for plain ones)."""
     group = optimizer.param_groups[0]
     adam = "betas" in group
     rows = []
     for name, p in model.named_parameters():
+        grad = None if p.grad is None else (p.grad if grad_scale == 1.0 else p.grad.float() * grad_scale)
         row = {"step": step, "layer": name, "weight_norm": float(p.norm()),
-               "grad_norm": float(p.grad.norm()) if p.grad is not None else float("nan")}
-        row.update(_tier_norms(p, p.grad) if p.grad is not None else {f"grad_norm_{t}": float("nan") for t, _, _ in TIERS})
+               "grad_norm": float(grad.norm()) if grad is not None else float("nan")}
+        row.update(_tier_norms(p, grad) if grad is not None else {f"grad_norm_{t}": float("nan") for t, _, _ in TIERS})
         row.update(adam_eff_lr_median=float("nan"), adam_snr_median=float("nan"), update_to_decay_ratio=float("nan"))
         state = optimizer.state.get(p, {})
         if adam and "exp_avg" in state:

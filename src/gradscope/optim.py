@@ -34,6 +34,9 @@ def build_optimizer(params, optim: dict) -> torch.optim.Optimizer:
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, alpha=optim["alpha"], eps=optim["eps"], weight_decay=wd,
                                    momentum=optim["momentum"])
+    if name == "custom":
+        raise ValueError("optim.name 'custom' is an optimizer of your own loop, which gradscope cannot build: such runs "
+                         "come from a recording (gradscope.Recorder) or a folder of checkpoints, not from training")
     raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
 
 
