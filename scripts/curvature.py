@@ -16,7 +16,8 @@ with log_to(snakemake.log[0]):
                  {name: layout.partition_file(snakemake.output.tables, name, step) for name in ("curvature", "eigenvectors")})
         compute_curvature(snakemake.params.curvature, optim=snakemake.params.optim, loss=snakemake.params.loss,
                           device=snakemake.params.device, dataset=dict(snakemake.input.items()),
-                          manifest=snakemake.input.manifest, step=step, out=files["curvature"],
+                          manifest=snakemake.input.get("manifest"), checkpoints=snakemake.params.checkpoints,
+                          model=snakemake.params.model, step=step, out=files["curvature"],
                           eigenvectors_out=files["eigenvectors"], run_id=snakemake.params.run_id,
                           warm=warm if snakemake.params.curvature["warm_start"] else None)
         warm = files["eigenvectors"]

@@ -11,6 +11,7 @@ out = snakemake.output[0]
 with log_to(snakemake.log[0]):
     for step in snakemake.params.steps:
         extract_examples(snakemake.params.examples, loss=snakemake.params.loss, device=snakemake.params.device,
-                         dataset=dict(snakemake.input.items()), manifest=snakemake.input.manifest, step=step,
+                         dataset=dict(snakemake.input.items()), manifest=snakemake.input.get("manifest"), step=step,
+                         checkpoints=snakemake.params.checkpoints, model=snakemake.params.model,
                          out=out if "step" in snakemake.wildcards.keys() else layout.partition_file(out, "examples", step),
                          run_id=snakemake.params.run_id)

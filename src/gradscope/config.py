@@ -46,6 +46,8 @@ class Run:
     name: str  # e.g. "wd~1.0_seed~0"
     settings: dict  # the fully resolved run config: every section, seed, device
     varying: dict = field(default_factory=dict)  # grid values and seed, by short name
+    # A run gradscope did not train (an experiment's `source`): {step: checkpoint file}; empty for a trained run.
+    checkpoints: dict = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -426,6 +428,12 @@ def expand_runs(config: dict, schema_path: str | Path | None = None, *, given: d
     experiment = _validator({"$defs": schema["$defs"], **schema["$defs"]["experiment"]}, True)
     runs, problems = [], []
     for exp_name, exp in config["experiments"].items():
+        if exp.get("source") is not None:
+            written = (given or config)["experiments"][exp_name]
+            found, trouble = _external_runs(exp_name, exp, written, config.get("device", "auto"), experiment)
+            runs += found
+            problems += trouble
+            continue
         grid = exp.get("grid", {})
         keys = list(grid)
         short = _short_names(keys)
@@ -467,6 +475,66 @@ def expand_runs(config: dict, schema_path: str | Path | None = None, *, given: d
     if problems:
         raise ConfigError("invalid gradscope config:\n  " + "\n  ".join(problems))
     return runs
+
+
+def _external_runs(exp_name: str, exp: dict, written: dict, device: str, validator) -> tuple[list[Run], list[str]]:
+    """The runs of an experiment whose `source` names recorded runs or a folder of checkpoints
+    (gradscope.external), and the problems found; nothing is trained for them."""
+    from gradscope import external
+
+    prefix = f"experiments.{exp_name}"
+    source = exp["source"]
+    try:
+        kind = external.kind(source)
+    except external.SourceError as e:
+        return [], [f"bad value at {prefix}.source: {e}"]
+    unused = [k for k in ("grid", "seeds") if k in written]
+    if kind == "recorded":
+        unused += [k for k in external.TRAINING if k in written]
+    if kind == "recorded" and "glob" in (written.get("source") or {}):
+        unused.append("source.glob")
+    if unused:
+        why = "a recorded run's config.yaml gives them" if kind == "recorded" else "the runs are given, not swept"
+        return [], [f"bad key at {prefix}.{k}: set, but the experiment's source is {kind} ({why}); remove it"
+                    for k in unused]
+    runs, problems = [], []
+    paths = source["recorded"] if kind == "recorded" else [source["checkpoints"]]
+    for path in [paths] if isinstance(paths, str) else paths:
+        key = f"{prefix}.source.{kind}"
+        try:
+            if kind == "recorded":
+                recorded = external.recorded_settings(path, key)
+                files = external.recorded_checkpoints(path)
+                seed = recorded.pop("seed")
+                settings = {**copy.deepcopy({s: exp[s] for s in SECTIONS if s in exp}), **recorded}
+            else:
+                files = external.discover(path, source["glob"], key)
+                settings = copy.deepcopy({s: exp[s] for s in SECTIONS if s in exp})
+                if max(files) < 1:
+                    raise external.SourceError(f"{key}: {path} holds a checkpoint at step 0 only; a run needs a later one")
+                settings["train"]["steps"] = max(files)  # the run's length is its last checkpoint's step
+                seed = 0
+        except external.SourceError as e:
+            problems.append(f"bad value at {e}")
+            continue
+        name = external.run_name(path)
+        settings["source"] = {kind: Path(path).as_posix(), **({"glob": source["glob"]} if kind == "checkpoints" else {})}
+        try:
+            _check(validator, settings, prefix=f"{prefix} (run {name})")
+            _check_factories(settings, prefix=f"{prefix} (run {name})")
+        except ConfigError as e:
+            problems.append(str(e).split("\n", 1)[-1].strip())
+            continue
+        problems += [f"bad value at {prefix}.{key}: {text}" for check in CROSS_CHECKS if check is not _check_checkpoints
+                     for key, text in check(settings)]
+        settings.update(experiment=exp_name, run=name, seed=seed, device=device)
+        runs.append(Run(exp_name, name, _sorted(settings), {"seed": seed}, checkpoints=files))
+    return runs, problems
+
+
+def run_steps(run: Run) -> list[int]:
+    """The checkpoint steps of a run: its schedule, or the checkpoints its source holds."""
+    return sorted(run.checkpoints) if run.checkpoints else checkpoint_steps(run.settings["train"])
 
 
 def _repeated_grid_values(grid: dict, prefix: str) -> list[str]:

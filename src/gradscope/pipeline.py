@@ -49,6 +49,20 @@ def _checkpoint_path(manifest_path, step: int) -> Path:
     return Path(manifest_path).parent / manifest["checkpoints"][str(step)]
 
 
+def open_checkpoint(step: int, *, dataset, device, manifest=None, checkpoints: dict | None = None,
+                    model: dict | None = None):
+    """The model (eval mode) and checkpoint dict at `step`: through a run's manifest, or from
+    `checkpoints` ({step: file}: a run gradscope did not train). A plain state_dict is loaded into
+    the model that `model` (the run's model section) builds for the dataset's inputs."""
+    from gradscope import checkpoints as ckpt
+    from gradscope import data
+    from gradscope.models import InputSpec
+
+    path = Path(checkpoints[str(step)]) if checkpoints else _checkpoint_path(manifest, step)
+    spec = InputSpec.from_dict(data.load_meta(dataset)["input"])
+    return ckpt.load(path, device=device, model_settings=model, spec=spec)
+
+
 def examples_columns(proj_dim: int, proj_dtype: str, n_layers: int | None = None) -> dict:
     """Columns of a per-example table; with n_layers, also the per-layer gradient norms (names in the metadata)."""
     columns = {**artifacts.EXAMPLES, "grad_proj": artifacts.projection_type(proj_dim, proj_dtype)}
@@ -57,16 +71,18 @@ def examples_columns(proj_dim: int, proj_dtype: str, n_layers: int | None = None
     return columns
 
 
-def extract_examples(settings: dict, *, loss: str, device: str, dataset, manifest, step: int, out, run_id: str) -> pd.DataFrame:
+def extract_examples(settings: dict, *, loss: str, device: str, dataset, step: int, out, run_id: str, manifest=None,
+                     checkpoints: dict | None = None, model: dict | None = None) -> pd.DataFrame:
     """Per-example statistics of both splits at one checkpoint; cosines against the mean *training* gradient.
 
-    dataset: the dataset's files as the rule declares them, or its folder (data.dataset_files)."""
-    from gradscope import checkpoints, data, examples, projection
+    dataset: the dataset's files as the rule declares them, or its folder (data.dataset_files);
+    the checkpoint: see `open_checkpoint` (manifest, or checkpoints and model)."""
+    from gradscope import data, examples, projection
     from gradscope.models import resolve_device
 
     settings = config.filled("examples", settings)  # each stage's section: what it leaves out takes the schema's default
     dev = resolve_device(device)
-    model, _ = checkpoints.load(_checkpoint_path(manifest, step), device=dev)
+    model, _ = open_checkpoint(step, dataset=dataset, device=dev, manifest=manifest, checkpoints=checkpoints, model=model)
     x_train, y_train, train_df = data.load_split(dataset, "train")
     trainable_only = settings["trainable_only"]
     mean_grad = examples.mean_gradient(model, x_train.to(dev), y_train.to(dev), loss=loss, batch_size=settings["batch_size"],
@@ -222,8 +238,9 @@ def _labels(path, ids: np.ndarray) -> pd.DataFrame:
                          "planted": (df["planted"] if "planted" in df else pd.Series(False, index=df.index)).to_numpy()})
 
 
-def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, dataset, manifest, step: int, out,
-                      eigenvectors_out, run_id: str, warm=None):
+def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, dataset, step: int, out,
+                      eigenvectors_out, run_id: str, warm=None, manifest=None, checkpoints: dict | None = None,
+                      model: dict | None = None):
     """Curvature at one checkpoint on a fixed, seeded subset of the training set (the same at every step).
 
     eigenvectors_out: the .npy of the top-k eigenvectors (float32, (k, n_params), n_params the
@@ -235,14 +252,18 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
     Update sharpness uses the optimizer's own next update, rebuilt from the checkpoint's
     optimizer state and lr with the gradient of the whole training set (the update of
     full-batch training; for minibatch SGD, its expectation over batches; for Adam-family
-    optimizers, the update the full-batch gradient would give).
+    optimizers, the update the full-batch gradient would give). It needs the optimizer's state, so it
+    is NaN for a checkpoint without one (a plain state_dict), unless plain SGD needs none, and for
+    an optimizer gradscope does not build (optim.name custom).
+    The checkpoint: see `open_checkpoint` (manifest, or checkpoints and model).
     """
-    from gradscope import checkpoints, curvature, data
+    from gradscope import curvature, data
     from gradscope import train as training
     from gradscope.models import resolve_device
 
     dev = resolve_device(device)
-    model, state = checkpoints.load(_checkpoint_path(manifest, step), device=dev)
+    model, state = open_checkpoint(step, dataset=dataset, device=dev, manifest=manifest, checkpoints=checkpoints,
+                                   model=model)
     n_params = curvature.n_trainable(model)  # the Hessian's coordinates: trainable parameters only
     start = None  # the previous checkpoint's eigenvectors, checked before any work
     if warm is not None:
@@ -253,7 +274,12 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
     x, y = x.to(dev), y.to(dev)
     subset = np.sort(np.random.default_rng(settings["seed"]).permutation(len(y))[: settings["subset_size"]])
     update = None
-    if settings["update_sharpness"]:
+    stateless = optim["name"] == "sgd" and not optim["momentum"]  # plain SGD's update needs no optimizer state
+    replayable = optim["name"] != "custom" and (state.get("optimizer_state") is not None or stateless)
+    if settings["update_sharpness"] and not replayable:
+        log.info("step %d: no update sharpness (%s)", step, "optim.name is custom" if optim["name"] == "custom" else
+                 "the checkpoint holds no optimizer state")
+    if settings["update_sharpness"] and replayable:
         update = curvature.optimizer_update(model, state["optimizer_state"], optim, x, y, loss=loss, step=step,
                                             lr=state["lr"])
     keep = settings["eigenvectors"] or settings["warm_start"]

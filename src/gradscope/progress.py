@@ -59,7 +59,7 @@ import torch
 
 from gradscope import artifacts, checkpoints, data
 from gradscope.losses import per_example_loss
-from gradscope.models import MLP, OneHot, Transformer
+from gradscope.models import MLP, InputSpec, OneHot, Transformer
 
 log = logging.getLogger(__name__)
 
@@ -238,12 +238,16 @@ def compute_progress(settings: dict, *, data_settings: dict, loss: str, dataset,
     p, op = int(data_settings["modular"]["p"]), data_settings["modular"]["op"]
     index = {split: (df["a"].to_numpy() * p + df["b"].to_numpy())
              for split in ("train", "test") for df in [data.load_split(dataset, split)[2]]}
-    files = artifacts.read_json(manifest)["checkpoints"]
+    listed = artifacts.read_json(manifest)
+    files = listed["checkpoints"]
+    spec = InputSpec.from_dict(data.load_meta(dataset)["input"])
     steps = sorted(int(s) for s in files)
     logged = artifacts.read_parquet(metrics_path, columns=["step", "weight_norm"]).set_index("step")["weight_norm"]
 
     def model_at(step):
-        return checkpoints.load(Path(manifest).parent / files[str(step)], device="cpu")[0]
+        # a run gradscope did not train lists its plain checkpoints with the model that takes them
+        return checkpoints.load(Path(manifest).parent / files[str(step)], device="cpu", model_settings=listed.get("model"),
+                                spec=spec)[0]
 
     keys = None
     if settings["key_frequencies_from"] == "final":

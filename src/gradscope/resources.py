@@ -24,7 +24,7 @@ MIN_RUNTIME = 10  # minutes: start-up, imports, reading and writing Parquet
 # cores, 50 GFLOP/s on a GPU.
 FLOPS_PER_MINUTE = {"cpu": 300e9, "cuda": 3000e9}
 SAFETY = 2.0  # on every estimate
-TORCH_RULES = ("train", "extract_examples", "curvature")  # the rules that put work on the device
+TORCH_RULES = ("train", "import_run", "extract_examples", "curvature")  # the rules that put work on the device
 
 
 def data_size(settings: dict) -> dict:
@@ -178,6 +178,10 @@ def estimate(rule: str, settings: dict, *, per_run: bool = False) -> dict:
         mem = _mb(4 * params * 6 + 4 * 3 * acts * batch + data_bytes)
         evals = steps / max(int(train["log_every"]), 1)
         flops = 6.0 * params * batch * steps + 2.0 * params * n * evals
+    elif rule == "import_run":
+        # a run gradscope did not train: each checkpoint evaluated on both splits, and its mean training gradient
+        mem = _mb(4 * 4 * params + 4 * 3 * acts * 8192 + data_bytes)
+        flops = ckpts * 8.0 * params * n
     elif rule == "extract_examples":
         chunk = int(ex["batch_size"])
         # one chunk of per-example gradients (and their projections), activations, the whole table

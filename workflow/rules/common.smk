@@ -9,7 +9,7 @@ from gradscope import artifacts as gs_artifacts
 from gradscope import progress as gs_progress
 from gradscope import layout
 from gradscope import resources as gs_resources
-from gradscope.config import ConfigError, checkpoint_steps, compose, data_slice, dataset_id, load_runs
+from gradscope.config import ConfigError, compose, data_slice, dataset_id, load_runs, run_steps
 from gradscope.config import read_config_file, require_device, train_slice
 
 
@@ -58,7 +58,14 @@ if not (workflow.remote_exec or workflow.subprocess_exec):
                   + [line for folder in _folders for line in gs_artifacts.damaged_tables(folder)]):
         print(f"gradscope: damaged artifact {_line}", file=sys.stderr)
 DATASETS = {DATASET_OF[run.id]: data_slice(run.settings) for run in RUNS.values()}
-STEPS = {run.id: checkpoint_steps(run.settings["train"]) for run in RUNS.values()}
+STEPS = {run.id: run_steps(run) for run in RUNS.values()}
+# Experiments whose runs gradscope did not train (`source`: recorded runs, a folder of checkpoints):
+# import_run writes their train/ outputs, and their per-checkpoint jobs read each checkpoint file itself.
+EXTERNAL = sorted({run.experiment for run in RUNS.values() if run.checkpoints})
+_NAMES = "|".join(EXTERNAL)
+# (every path has "/" after the experiment: the lookahead stops at the name's end)
+TRAINED_EXPERIMENT = f"(?!(?:{_NAMES})/)[A-Za-z0-9_-]+" if EXTERNAL else "[A-Za-z0-9_-]+"
+EXTERNAL_EXPERIMENT = f"(?:{_NAMES})" if EXTERNAL else "(?!)"  # (?!) matches nothing
 DATASET_FILES = {run_id: {split: layout.dataset_file(split, d) for split in layout.DATASET} for run_id, d in DATASET_OF.items()}
 # The per-checkpoint stages (extract_examples, curvature): one job per run, which pays the start-up
 # (interpreter, torch, data) once, or one per checkpoint (checkpoint_jobs). Per checkpoint on a
@@ -103,6 +110,33 @@ def checkpoint_tables(run, kind):
     if PER_RUN:
         return [layout.run_file(f"{kind}_dir", run.id)]
     return [layout.run_file(kind, run.id, step=s) for s in get_steps(run)]
+
+
+def get_checkpoint_inputs(wc):
+    """What a per-checkpoint job reads its checkpoints through: a trained run's manifest, or the
+    checkpoint files themselves of a run gradscope did not train (so a checkpoint added to its
+    folder plans its own jobs only)."""
+    run = get_run(wc)
+    if not run.checkpoints:
+        return {"manifest": layout.run_file("manifest", run.id)}
+    return {"checkpoints": [run.checkpoints[s] for s in get_job_steps(wc)]}
+
+
+def get_checkpoint_files(wc):
+    """{step: file} of the job's checkpoints for a run gradscope did not train; {} for a trained run."""
+    run = get_run(wc)
+    return {str(s): run.checkpoints[s] for s in get_job_steps(wc)} if run.checkpoints else {}
+
+
+def get_source_inputs(wc):
+    """The files import_run reads: a recorded run's metrics, dynamics and checkpoints, or every
+    checkpoint of a folder."""
+    run = get_run(wc)
+    files = {"checkpoints": list(run.checkpoints.values())}
+    if "recorded" in run.settings["source"]:
+        folder = run.settings["source"]["recorded"]
+        files.update(metrics=layout.in_run(folder, "metrics"), dynamics=layout.in_run(folder, "dynamics"))
+    return files
 
 
 def get_job_steps(wc):

@@ -1,7 +1,7 @@
 rule curvature:
     input:
         unpack(get_curvature_inputs),
-        manifest=layout.RUN["manifest"],
+        unpack(get_checkpoint_inputs),
     output:
         **({"tables": directory(layout.RUN["curvature_dir"])} if PER_RUN else
            {"table": layout.RUN["curvature"], "eigenvectors": layout.RUN["eigenvectors"]}),
@@ -14,6 +14,8 @@ rule curvature:
         optim=get_settings("optim"),
         loss=get_settings("train", "loss"),
         steps=get_job_steps,
+        checkpoints=get_checkpoint_files,  # {step: file} of a run gradscope did not train
+        model=get_settings("model"),  # rebuilds the model of a plain state_dict
         device=get_settings("device"),  # the run's, as train gets it (a plain value where all runs share it)
         run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     group:

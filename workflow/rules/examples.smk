@@ -1,7 +1,7 @@
 rule extract_examples:
     input:
         unpack(get_dataset_files),
-        manifest=layout.RUN["manifest"],
+        unpack(get_checkpoint_inputs),
     output:
         directory(layout.RUN["examples_dir"]) if PER_RUN else layout.RUN["examples"],
     log:
@@ -12,6 +12,8 @@ rule extract_examples:
         examples=get_settings("examples"),
         loss=get_settings("train", "loss"),
         steps=get_job_steps,
+        checkpoints=get_checkpoint_files,  # {step: file} of a run gradscope did not train
+        model=get_settings("model"),  # rebuilds the model of a plain state_dict
         device=get_settings("device"),  # the run's, as train gets it (a plain value where all runs share it)
         run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     group:

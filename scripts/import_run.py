@@ -1,0 +1,9 @@
+"""Snakemake adapter for rule import_run: see gradscope.external.import_run."""
+from gradscope.external import import_run
+from gradscope.logs import log_to
+
+with log_to(snakemake.log[0]):
+    import_run(snakemake.params.settings, snakemake.params.source, snakemake.params.checkpoints,
+               dataset={k: snakemake.input[k] for k in ("train", "test", "meta")},
+               out={k: snakemake.output[k] for k in ("metrics", "dynamics", "manifest")},
+               run_id=snakemake.params.run_id, device=snakemake.params.settings["device"])
