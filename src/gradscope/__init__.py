@@ -5,3 +5,16 @@ Opposing signals (Rosenfeld & Risteski 2023), curvature and the edge of stabilit
 """
 
 __version__ = "0.1.0"
+
+# The notebook entry points, imported when first used (so `import gradscope` stays light).
+_LAZY = {"open_run": "gradscope.results", "open_results": "gradscope.results", "analyze": "gradscope.results",
+         "Recorder": "gradscope.recorder"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gradscope' has no attribute {name!r}")

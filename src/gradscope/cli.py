@@ -11,51 +11,8 @@ import click
 import pandas as pd
 import yaml
 
-HEADLINE_COLUMNS = ["final_train_acc", "final_test_acc", "generalization_delay_steps", "max_sharpness",
-                    "sharpness_threshold", "final_auroc_high_loss", "best_auroc_cos_rule"]
-
-
-def parse_run_name(name: str) -> dict:
-    """`wd~1.0_seed~0` -> {"wd": "1.0", "seed": "0"}: the varying parameters of a run id."""
-    return dict(part.split("~", 1) for part in name.split("_") if "~" in part)
-
-
-def run_folders(results: Path) -> list[Path]:
-    """The run folders under `results` that hold a resolved config.yaml."""
-    from gradscope import layout
-
-    return [f for f in layout.run_folders(results) if layout.in_run(f, "config").exists()]
-
-
-def run_status(folder: Path, logs_dir: Path | None = None) -> dict:
-    """Headline figures of a finished run; the stage reached for one in progress.
-
-    status: "done", "analysed" (no report yet), "trained", "training" (resumable checkpoints, no
-    metrics yet), "not trained", "<rule> failed" (that job's log under `logs_dir` ends in its
-    failure; "note" names the log), or "damaged" (an artifact does not read; "note" says which
-    and how to regenerate it)."""
-    from gradscope import layout, pipeline
-    from gradscope.logs import failed_logs
-
-    metrics, summary = layout.in_run(folder, "metrics"), layout.in_run(folder, "signals_summary")
-    curvature = layout.tables_in(folder, "curvature")
-    failed = failed_logs(logs_dir, folder.parent.name, folder.name) if logs_dir is not None else []
-    if not (metrics.exists() and summary.exists() and curvature):
-        if failed:
-            return {"status": f"{failed[0][0]} failed", "note": f"see {failed[0][1]}"}
-        if layout.in_run(folder, "metrics_partial").exists() and not metrics.exists():
-            return {"status": "train failed", "note": f"see {layout.in_run(folder, 'metrics_partial')}"}
-        if metrics.exists():
-            return {"status": "trained"}
-        return {"status": "training" if any(layout.in_run(folder, "resume").glob("step_*.pt")) else "not trained"}
-    try:
-        head = pipeline.run_headline(metrics_path=metrics, summary_path=summary, curvature_paths=curvature)
-    except (OSError, ValueError, KeyError) as e:
-        return {"status": "damaged", "note": str(e).splitlines()[0]}
-    done = layout.in_run(folder, "report").exists()
-    if not done and failed:
-        return {"status": f"{failed[0][0]} failed", "note": f"see {failed[0][1]}", **head}
-    return {"status": "done" if done else "analysed", **head}
+# What `gradscope runs` lists, computed where notebooks get it too (gradscope.open_results).
+from gradscope.results import HEADLINE_COLUMNS, parse_run_name, run_folders, run_status  # noqa: E402,F401
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,15 +30,10 @@ def main():
 @click.option("--experiment", "-e", default=None, help="Only runs of this experiment.")
 def runs(results: Path, experiment: str | None):
     """List runs with their varying parameters and headline figures."""
-    rows, folders = [], run_folders(results)
-    for folder in folders:
-        exp, name = folder.parent.name, folder.name
-        if experiment and exp != experiment:
-            continue
-        status = run_status(folder, logs_dir=results.parent / "logs")
-        rows.append({"run": f"{exp}/{name}", **parse_run_name(name), "status": status["status"],
-                     **{k: status.get(k) for k in HEADLINE_COLUMNS if k in status},
-                     **({"note": status["note"]} if "note" in status else {})})
+    from gradscope.results import runs_rows
+
+    folders = run_folders(results)
+    rows = runs_rows(results, experiment)
     if not rows and experiment and folders:
         known = sorted({f.parent.name for f in folders})
         raise click.ClickException(f"no runs of experiment {experiment!r} under {results / 'runs'}; its experiments: "
@@ -142,7 +94,7 @@ def train_command(run: str, config_path: Path, results: Path):
     import logging
 
     from gradscope import artifacts, layout, pipeline
-    from gradscope.config import ConfigError, applicable, dataset_id, load_config_files, load_runs, train_slice
+    from gradscope.config import ConfigError, dataset_id, load_config_files, load_runs, run_config, train_slice
     from gradscope.train import RunLocked
 
     try:  # the runs Snakemake would plan for --configfile CONFIG (README, "Configuration")
@@ -151,13 +103,16 @@ def train_command(run: str, config_path: Path, results: Path):
         raise click.ClickException(str(e) if not str(e).startswith("invalid") else f"{config_path}: {e}")
     if run not in runs:
         raise click.ClickException(f"no run {run!r} in {config_path}; its runs: {', '.join(runs)}")
+    if runs[run].checkpoints:
+        raise click.ClickException(f"{run} is not trained by gradscope: its experiment's source is "
+                                   f"{runs[run].settings['source']}; analyze it with snakemake")
     settings = runs[run].settings
     files = {split: layout.dataset_file(split, dataset_id(settings), results) for split in layout.DATASET}
     if not Path(files["meta"]).exists():
         pipeline.generate_data(train_slice(settings)["data"], train_path=files["train"], test_path=files["test"],
                                meta_path=files["meta"])
     out = layout.run_dir(run, results)
-    artifacts.write_yaml(applicable(settings), layout.in_run(out, "config"))  # as rule resolve_config writes it
+    artifacts.write_yaml(run_config(settings), layout.in_run(out, "config"))  # as rule resolve_config writes it
     logging.basicConfig(level=logging.WARNING)
     with click.progressbar(length=settings["train"]["steps"], label=f"training {run}") as bar:
         last = [0]

@@ -658,6 +658,12 @@ def dataset_id(settings: dict) -> str:
     return f"{d['generator']}-{digest}"
 
 
+def run_config(settings: dict) -> dict:
+    """What a run's config.yaml holds: the settings that apply to the run (`applicable`) and the id
+    of its dataset (the folder results/data/<id>/ it was trained and analyzed on)."""
+    return {**applicable(settings), "dataset": {"id": dataset_id(settings)}}
+
+
 def train_slice(settings: dict) -> dict:
     """Everything training depends on (and nothing it does not, so plots never retrain)."""
     keys = ("model", "optim", "train", "seed", "device")
