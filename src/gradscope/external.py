@@ -128,6 +128,7 @@ def import_run(settings: dict, source: dict, checkpoint_files: dict, *, dataset,
     checkpoint_files = {int(s): p for s, p in checkpoint_files.items()}
     if kind(source) == "recorded":
         folder = Path(source["recorded"])
+        _check_recorded_dataset(folder, dataset)
         metrics = artifacts.read_parquet(layout.in_run(folder, "metrics"))
         dynamics = artifacts.read_parquet(layout.in_run(folder, "dynamics"))
     else:
@@ -142,6 +143,26 @@ def import_run(settings: dict, source: dict, checkpoint_files: dict, *, dataset,
                           "checkpoints": {str(s): Path(p).resolve().as_posix() for s, p in checkpoint_files.items()},
                           "wall_s": float("nan")}, out["manifest"])
     return metrics
+
+
+def _check_recorded_dataset(folder: Path, dataset) -> None:
+    """The dataset the workflow made from a recorded run's data block must be the one recorded
+    with: same sizes and inputs (a data file or factory edited since gives another)."""
+    from gradscope import data
+
+    recorded = ((yaml.safe_load(layout.in_run(folder, "config").read_text()).get("source") or {}).get("dataset"))
+    if not recorded:
+        return
+    meta = data.load_meta(dataset)
+    now = {"n_train": meta["n_train"], "n_test": meta["n_test"], "input": dict(meta["input"], shape=list(
+        meta["input"].get("shape") or [meta["input"]["dim"]]))}
+    then = {**recorded, "input": {k: recorded["input"].get(k) for k in ("kind", "dim", "vocab", "n_classes", "shape")}}
+    now["input"] = {k: now["input"].get(k, 0 if k == "vocab" else None) for k in then["input"]}
+    diff = [f"{k}: recorded {then[k]}, now {now[k]}" for k in ("n_train", "n_test", "input") if then[k] != now[k]]
+    if diff:
+        raise SourceError(f"the dataset made from the data block of the recorded run {folder} is not the one it was "
+                          f"recorded with ({'; '.join(diff)}): its data source changed since (a file or factory "
+                          "edited?). Put the data back as it was, or record the run again")
 
 
 def evaluate_checkpoints(settings: dict, checkpoint_files: dict[int, str], *, dataset, device: str = "cpu") -> pd.DataFrame:

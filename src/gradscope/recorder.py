@@ -19,7 +19,8 @@ whole splits) with the gradient norm of step t's update. An experiment with
 Steps count optimizer steps, so gradient accumulation is one `before_update` per `optimizer.step()`.
 With AMP pass the GradScaler (`scaler=`): gradients still scaled are divided by its scale. A
 loop that crashed continues with `resume=True`: the model, optimizer and RNG states of the last
-checkpoint are put back and `rec.step` says where to go on from.
+checkpoint are put back (and of `batch_generator`, the scaler's, and `rec.loop_state`, a dict your loop
+may keep its epoch order or cursor in) and `rec.step` says where to go on from.
 
 The data is a gradscope data block (the workflow regenerates the same dataset; `gradscope.data.load`
 gives it to your loop as tensors), or your own arrays ((x_train, y_train), (x_test, y_test)), which
@@ -125,9 +126,13 @@ class Recorder:
                  model_settings: dict | None = None, model_factory=None, model_kwargs: dict | None = None,
                  checkpoints: dict | None = None, log_every: int | str = "auto", dynamics_every: int | None = None,
                  loss: str = "cross_entropy", optim: dict | None = None, batch_size: int | None = None, seed: int = 0,
-                 device: str = "auto", scaler=None, resume: bool = False, run_id: str | None = None):
+                 device: str = "auto", scaler=None, batch_generator: torch.Generator | None = None,
+                 resume: bool = False, run_id: str | None = None):
         self.folder = Path(folder)
-        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.model, self.optimizer, self.scaler, self.batch_generator = model, optimizer, scaler, batch_generator
+        # Whatever else your loop needs to go on after a crash (an epoch's order, a cursor): saved with
+        # every checkpoint, and filled back on resume.
+        self.loop_state: dict = {}
         self.run_id = run_id or self.folder.name
         self.auto = log_every == "auto"
         if not self.auto and not (isinstance(log_every, int) and log_every >= 1):
@@ -162,7 +167,10 @@ class Recorder:
         """The run's config.yaml: the training settings (as the train stage's checkpoints hold
         them) and how the run was made."""
         return {**self.settings, "source": {"kind": "recorder", "run_id": self.run_id,
-                                            "log_every": "auto" if self.auto else self.log_every}}
+                                            "log_every": "auto" if self.auto else self.log_every,
+                                            # what the analysis checks the dataset it regenerates against
+                                            "dataset": {"n_train": len(self.y_train), "n_test": len(self.y_test),
+                                                        "input": dict(self.spec.__dict__, shape=list(self.spec.shape))}}}
 
     def _data_block(self, given) -> dict:
         if isinstance(given, dict):
@@ -242,8 +250,11 @@ class Recorder:
             raise RecorderError(f"{path} was written with other settings than this recorder's; record into a new folder")
         self.model.load_state_dict(state["model_state"])
         self.optimizer.load_state_dict(state["optimizer_state"])
-        checkpoints.restore_rng(state["rng"])
+        checkpoints.restore_rng(state["rng"], self.batch_generator)
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         rec = state["recorder"]
+        self.loop_state = rec["loop_state"]
         self.rows, self.layer_rows, self.pending, self._clips = rec["rows"], rec["layer_rows"], rec["pending"], rec["clips"]
         self.log_every, self._next_log, self._wall_before = rec["log_every"], rec["next_log"], rec["elapsed_s"]
         self.step = state["step"]
@@ -371,12 +382,14 @@ class Recorder:
                 self._schedule(step)
         if step in self.save_at:
             rec = {"rows": self.rows, "layer_rows": self.layer_rows, "pending": self.pending, "clips": self._clips,
+                   "loop_state": self.loop_state,
                    "log_every": self.log_every,
                    "next_log": self._next_log,
                    "elapsed_s": time.perf_counter() - getattr(self, "_start", time.perf_counter())}
             checkpoints.save(layout.in_run(self.folder, "checkpoints") / checkpoints.checkpoint_name(step),
                              model=self.model, optimizer=self.optimizer, step=step, spec=self.spec, settings=self.settings,
-                             lr=lr, extra={"recorder": rec})
+                             lr=lr, batch_generator=self.batch_generator,
+                             extra={"recorder": rec, "scaler": self.scaler.state_dict() if self.scaler is not None else None})
 
     def _schedule(self, step: int) -> None:
         """Auto logging: the next evaluation where the loop's own time since this one is 1/AUTO_BUDGET

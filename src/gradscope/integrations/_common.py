@@ -3,11 +3,27 @@ optimizer and device the recorder should use."""
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
+import sys
 
 import torch
 
 from gradscope.recorder import Recorder, RecorderError, model_settings_of
+
+def torchvision_first() -> None:
+    """Import torchvision (where installed and not yet imported) the way gradscope's torchvision data
+    source does: the frameworks import it on their own (Lightning through torchmetrics), and PyPI's
+    torchvision beside a CPU build of torch fails to import otherwise (`gradscope.data.import_torchvision`)."""
+    if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is None:
+        return
+    from gradscope import data
+
+    try:
+        data.import_torchvision()
+    except (ImportError, RuntimeError):  # the framework's own import then says what is wrong
+        pass
+
 
 # Given by the trainer when training starts, not by the user.
 _FROM_TRAINER = ("model", "optimizer")

@@ -21,6 +21,10 @@ import logging
 import math
 import os
 
+from gradscope.integrations import _common
+
+_common.torchvision_first()  # Lightning imports torchmetrics, which imports torchvision where installed
+
 try:
     import lightning.pytorch as pl
 except ImportError as e:  # only users of this module need Lightning
@@ -29,7 +33,6 @@ except ImportError as e:  # only users of this module need Lightning
 
 import torch
 
-from gradscope.integrations import _common
 from gradscope.recorder import Recorder, RecorderError
 
 log = logging.getLogger(__name__)
