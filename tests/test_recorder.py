@@ -147,12 +147,27 @@ def test_a_loop_that_crashed_resumes_to_the_same_run(trained, tmp_path):
     pd.testing.assert_frame_equal(ours, theirs)
 
 
-def test_auto_logging_evaluates_at_every_checkpoint_and_spaces_the_rest_by_cost(tmp_path):
-    rec = hand_loop(resolved(), tmp_path / "auto", log_every="auto")
+def test_auto_logging_spaces_evaluations_by_their_cost(tmp_path, monkeypatch):
+    """With the evaluation costing as much as 10 of the loop's steps (a slow clock inside it), a 2% budget
+    asks for an evaluation every 500 steps or more: at 40 steps, only the first and the last."""
+    import gradscope.recorder as recorder
+    from gradscope import train
+
+    real = train.evaluate
+
+    def slow(*args, **kw):
+        import time
+
+        time.sleep(0.02)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train, "evaluate", slow)
+    rec = hand_loop(resolved(), tmp_path / "auto", log_every="auto", dynamics_every="auto")
     steps = pd.read_parquet(layout.in_run(tmp_path / "auto", "metrics"))["step"].tolist()
-    assert set(config.checkpoint_steps(resolved()["train"])) <= set(steps)
-    assert steps == sorted(steps) and steps[-1] == STEPS
-    assert rec.log_every >= 1 and str(rec.log_every)[0] in "125"
+    assert steps[0] == 0 and steps[-1] == STEPS and steps == sorted(set(steps))
+    assert len(steps) <= 3 and rec.log_every >= 100 and str(rec.log_every)[0] in "125"
+    dyn = pd.read_parquet(layout.in_run(tmp_path / "auto", "dynamics"))
+    assert sorted(dyn["step"].unique()) == [0] and rec.dynamics_every >= recorder.DYNAMICS_MIN_EVERY
 
 
 def test_optimizer_settings_are_read_off_the_optimizer():

@@ -48,8 +48,10 @@ log = logging.getLogger(__name__)
 
 # The arrays a recorder stores when it is given data instead of a data block, relative to the run folder.
 DATA_FILES = {"train": "data/train.npz", "test": "data/test.npz"}
-# "auto" logging: evaluate no more often than keeps evaluation under this fraction of the loop's own time.
+# "auto" logging: evaluate the whole splits no more often than keeps that under this fraction of the
+# loop's own time; the dynamics log, at least DYNAMICS_MIN_EVERY steps apart, under DYNAMICS_BUDGET.
 AUTO_BUDGET = 0.02
+DYNAMICS_BUDGET, DYNAMICS_MIN_EVERY = 0.01, 100
 # Each optimizer class gradscope builds, by the name the `optim` section gives it, and the keys it reads there.
 _OPTIMIZERS = {torch.optim.SGD: ("sgd", ("momentum", "nesterov")), torch.optim.Adam: ("adam", ("betas", "eps")),
                torch.optim.AdamW: ("adamw", ("betas", "eps")), torch.optim.RMSprop: ("rmsprop", ("alpha", "eps", "momentum"))}
@@ -115,7 +117,9 @@ class Recorder:
     steps: the optimizer steps the loop will take (the schedule of log-spaced checkpoints needs it).
     checkpoints: when to checkpoint, as the train section's `checkpoints` ({log_spaced: 10} by default).
     log_every: evaluate the whole splits every this many steps, or "auto": as often as keeps the
-        evaluation under 2% of the loop's own time (and at every checkpoint).
+        evaluation under 2% of the loop's own time (and at the last step).
+    dynamics_every: the dynamics log's interval (0: none), or "auto": every 100 steps or more seldom,
+        as keeps it under 1% of the loop's own time.
     loss: the loss the analysis uses per example (cross_entropy or mse); your loop may train on another.
     optim: the `optim` section to record; by default read off the optimizer (`optim_settings`).
     batch_size: your batch size, recorded (None: not said).
@@ -124,7 +128,7 @@ class Recorder:
 
     def __init__(self, folder, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data, steps: int,
                  model_settings: dict | None = None, model_factory=None, model_kwargs: dict | None = None,
-                 checkpoints: dict | None = None, log_every: int | str = "auto", dynamics_every: int | None = None,
+                 checkpoints: dict | None = None, log_every: int | str = "auto", dynamics_every: int | str = "auto",
                  loss: str = "cross_entropy", optim: dict | None = None, batch_size: int | None = None, seed: int = 0,
                  device: str = "auto", scaler=None, batch_generator: torch.Generator | None = None,
                  resume: bool = False, run_id: str | None = None):
@@ -134,14 +138,16 @@ class Recorder:
         # every checkpoint, and filled back on resume.
         self.loop_state: dict = {}
         self.run_id = run_id or self.folder.name
-        self.auto = log_every == "auto"
+        self.auto, self.auto_dynamics = log_every == "auto", dynamics_every == "auto"
         if not self.auto and not (isinstance(log_every, int) and log_every >= 1):
             raise RecorderError(f"log_every: {log_every!r}; allowed: a whole number >= 1, or 'auto'")
+        if not self.auto_dynamics and not (isinstance(dynamics_every, int) and dynamics_every >= 0):
+            raise RecorderError(f"dynamics_every: {dynamics_every!r}; allowed: a whole number >= 0 (0: none), or 'auto'")
         data_block = self._data_block(data)
         train_section = config.section("train", {
             "steps": steps, "batch_size": batch_size, "loss": loss, "log_every": 1 if self.auto else log_every,
             **({"checkpoints": checkpoints} if checkpoints is not None else {}),
-            **({"dynamics_every": dynamics_every} if dynamics_every is not None else {})})
+            "dynamics_every": DYNAMICS_MIN_EVERY if self.auto_dynamics else dynamics_every})
         self.settings = {"data": config.data_slice({"data": config.section("data", data_block)}),
                          "model": model_settings_of(model_factory, model_kwargs, model_settings),
                          "optim": config.section("optim", optim) if optim is not None else optim_settings(optimizer),
@@ -153,14 +159,16 @@ class Recorder:
         self.rows, self.layer_rows, self.pending, self._clips = [], [], None, (0, 0)
         self.step, self.finished = 0, False
         self._own_s, self._last_wall, self._loop_s, self._loop_steps, self._eval_s = 0.0, None, 0.0, 0, None
-        self._next_log = 0
+        self._next_log, self._next_dynamics = 0, 0
         self._check_folder(resume)
         if resume and self._latest() is not None:
             self._resume()
+            self._start = time.perf_counter() - self._wall_before
         else:
             artifacts.write_text(yaml.safe_dump(self.config(), sort_keys=False), layout.in_run(self.folder, "config"))
+            self._start = time.perf_counter()
             self._observe(0)
-        self._start = time.perf_counter() - self._wall_before
+        self._last_wall = time.perf_counter()  # the loop's own time is measured from here
 
     # ---- what is recorded ------------------------------------------------------------------
     def config(self) -> dict:
@@ -257,6 +265,7 @@ class Recorder:
         self.loop_state = rec["loop_state"]
         self.rows, self.layer_rows, self.pending, self._clips = rec["rows"], rec["layer_rows"], rec["pending"], rec["clips"]
         self.log_every, self._next_log, self._wall_before = rec["log_every"], rec["next_log"], rec["elapsed_s"]
+        self.dynamics_every, self._next_dynamics = rec["dynamics_every"], rec["next_dynamics"]
         self.step = state["step"]
         log.info("resuming %s at step %d from %s", self.folder, self.step, path)
 
@@ -269,15 +278,22 @@ class Recorder:
         t0 = time.perf_counter()
         self._check_step(step, self.step, "before_update")
         lr = float(self.optimizer.param_groups[0]["lr"])
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         scale = self._grad_scale()
-        grad_norm = math.sqrt(sum(float(g.detach().float().pow(2).sum()) for g in grads)) * scale
-        if self.dynamics_every and step % self.dynamics_every == 0:
+        if self._dynamics_due(step):
+            t1 = time.perf_counter()
             self.layer_rows += dynamics.layer_dynamics(self.model, self.optimizer, step, lr, grad_scale=scale)
+            if self.auto_dynamics:
+                self.dynamics_every = max(self.dynamics_every, self._interval(time.perf_counter() - t1, DYNAMICS_BUDGET))
+                self._next_dynamics = (step // self.dynamics_every + 1) * self.dynamics_every
+        row_due = self.pending is not None and self.pending["step"] == step
         clip = self.settings["optim"]["grad_clip"]
+        grad_norm = float("nan")
+        if row_due or clip is not None:  # one synchronization per tensor: only where something reads it
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            grad_norm = math.sqrt(sum(float(g.detach().float().pow(2).sum()) for g in grads)) * scale
         clipped = bool(clip is not None and grad_norm > clip)
         self._clips = (self._clips[0] + clipped, self._clips[1] + 1)
-        if self.pending is not None and self.pending["step"] == step:
+        if row_due:
             self.rows.append({**self.pending, "lr": lr, "grad_norm": grad_norm, "clipped": clipped,
                               "clipped_fraction": self._clips[0] / self._clips[1]})
             self.pending, self._clips = None, (0, 0)
@@ -357,8 +373,22 @@ class Recorder:
 
     def _due(self, step: int) -> bool:
         if self.auto:
-            return step >= self._next_log or step in self.save_at or step == self.steps
+            return step >= self._next_log or step == self.steps
         return step % self.log_every == 0 or step == self.steps
+
+    def _dynamics_due(self, step: int) -> bool:
+        if self.auto_dynamics:
+            return step >= self._next_dynamics
+        return bool(self.dynamics_every) and step % self.dynamics_every == 0
+
+    def _interval(self, cost_s: float, budget: float) -> int:
+        """The smallest interval of 1, 2 or 5 times a power of ten over which the loop's own time is
+        at least cost_s / budget (at least DYNAMICS_MIN_EVERY for the dynamics, 1 for evaluations)."""
+        per_step = self._loop_s / self._loop_steps if self._loop_steps else None
+        if per_step is None:
+            return 1
+        need = cost_s / (budget * max(per_step, 1e-9))
+        return next(m * 10**e for e in range(12) for m in (1, 2, 5) if m * 10**e >= need)
 
     def _observe(self, step: int) -> None:
         """At `step` updates: save the checkpoint if scheduled, evaluate if due."""
@@ -376,7 +406,7 @@ class Recorder:
             self.pending = dict(step=step, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                                 test_acc=test_acc, weight_norm=math.sqrt(sum(float(p.detach().float().pow(2).sum())
                                                                              for p in self.model.parameters())),
-                                wall_s=time.perf_counter() - getattr(self, "_start", time.perf_counter()))
+                                wall_s=time.perf_counter() - self._start)
             if self.auto:
                 self._eval_s = time.perf_counter() - t0
                 self._schedule(step)
@@ -384,8 +414,9 @@ class Recorder:
             rec = {"rows": self.rows, "layer_rows": self.layer_rows, "pending": self.pending, "clips": self._clips,
                    "loop_state": self.loop_state,
                    "log_every": self.log_every,
-                   "next_log": self._next_log,
-                   "elapsed_s": time.perf_counter() - getattr(self, "_start", time.perf_counter())}
+                   "next_log": self._next_log, "dynamics_every": self.dynamics_every,
+                   "next_dynamics": self._next_dynamics,
+                   "elapsed_s": time.perf_counter() - self._start}
             checkpoints.save(layout.in_run(self.folder, "checkpoints") / checkpoints.checkpoint_name(step),
                              model=self.model, optimizer=self.optimizer, step=step, spec=self.spec, settings=self.settings,
                              lr=lr, batch_generator=self.batch_generator,
@@ -393,12 +424,6 @@ class Recorder:
 
     def _schedule(self, step: int) -> None:
         """Auto logging: the next evaluation where the loop's own time since this one is 1/AUTO_BUDGET
-        times the evaluation's, as an interval of 1, 2 or 5 times a power of ten."""
-        if self._loop_steps:
-            per_step = self._loop_s / self._loop_steps
-            need = self._eval_s / (AUTO_BUDGET * max(per_step, 1e-9))
-            interval = next(m * 10**e for e in range(12) for m in (1, 2, 5) if m * 10**e >= need)
-            self.log_every = max(self.log_every, interval)
-        else:
-            self.log_every = max(self.log_every, 1)
+        times the evaluation's (`_interval`); the interval only grows."""
+        self.log_every = max(self.log_every, self._interval(self._eval_s, AUTO_BUDGET))
         self._next_log = (step // self.log_every + 1) * self.log_every

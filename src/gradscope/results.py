@@ -298,9 +298,10 @@ def analyze(checkpoints, *, data, model: dict | None = None, loss: str = "cross_
     train, test, meta = gdata.generate(data)
     with tempfile.TemporaryDirectory(prefix="gradscope-analyze-") as tmp:
         folder = Path(tmp)
-        gdata.write_dataset(train, test, meta, folder / "train.parquet", folder / "test.parquet", folder / "meta.json")
+        files = gdata.dataset_files(folder)
+        gdata.write_dataset(train, test, meta, files["train"], files["test"], files["meta"])
         tables = [pipeline.extract_examples(config.filled("examples", examples), loss=loss, device=device, dataset=folder,
-                                            step=step, out=folder / f"step={step}" / "part-0.parquet", run_id="analyze",
+                                            step=step, out=layout.partition_file(folder, "examples", step), run_id="analyze",
                                             checkpoints={str(step): path}, model=model).assign(step=step)
                   for step, path in checkpoints.items()]
     table = pd.concat(tables, ignore_index=True)

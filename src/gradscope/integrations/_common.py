@@ -11,6 +11,7 @@ import torch
 
 from gradscope.recorder import Recorder, RecorderError, model_settings_of
 
+
 def torchvision_first() -> None:
     """Import torchvision (where installed and not yet imported) the way gradscope's torchvision data
     source does: the frameworks import it on their own (Lightning through torchmetrics), and PyPI's
@@ -63,8 +64,9 @@ def unwrap_optimizer(optimizer):
     """The torch optimizer inside a wrapper (accelerate's AcceleratedOptimizer, Lightning's
     LightningOptimizer): the recorder reads its param_groups, state and state_dict, and
     `optim_settings` names only the exact torch classes."""
-    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer) and optimizer.optimizer is not optimizer:
-        optimizer = optimizer.optimizer
+    inner = getattr(optimizer, "optimizer", None)
+    while isinstance(inner, torch.optim.Optimizer) and inner is not optimizer:
+        optimizer, inner = inner, getattr(inner, "optimizer", None)
     return optimizer
 
 

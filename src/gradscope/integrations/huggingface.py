@@ -16,8 +16,6 @@ set max_grad_norm=0 to record unclipped ones. Only the world's process zero reco
 
 from __future__ import annotations
 
-import logging
-
 try:
     import accelerate  # noqa: F401  (the Trainer needs it)
     import transformers
@@ -25,11 +23,12 @@ try:
 except ImportError as e:  # only users of this module need transformers
     raise ImportError("gradscope.integrations.huggingface needs transformers (and accelerate for its Trainer): "
                       "pip install 'gradscope[huggingface]'") from e
+if not hasattr(TrainerCallback, "on_pre_optimizer_step"):  # older releases call no callback between backward and step
+    raise ImportError(f"gradscope.integrations.huggingface needs a transformers whose Trainer calls "
+                      f"on_pre_optimizer_step (this is {transformers.__version__}): pip install -U transformers")
 
 from gradscope.integrations import _common
 from gradscope.recorder import Recorder, RecorderError
-
-log = logging.getLogger(__name__)
 
 
 class GradscopeTrainerCallback(TrainerCallback):
@@ -37,7 +36,8 @@ class GradscopeTrainerCallback(TrainerCallback):
 
     folder, data and the other keyword arguments are the Recorder's (model_settings or
     model_factory + model_kwargs, checkpoints, log_every, dynamics_every, loss, optim, batch_size,
-    seed, device, scaler, resume, run_id), except model and optimizer, which come from the Trainer.
+    seed, device, scaler, batch_generator, resume, run_id), except model and optimizer, which come
+    from the Trainer.
     steps: the optimizer steps of the training; by default the Trainer's `state.max_steps`.
     model_attr: the attribute of the model to record (dotted names allowed), when the model's own
         forward does not map inputs to logits (None: the model itself).

@@ -43,7 +43,8 @@ class GradscopeCallback(pl.Callback):
 
     folder, data and the other keyword arguments are the Recorder's (model_settings or
     model_factory + model_kwargs, checkpoints, log_every, dynamics_every, loss, optim, batch_size,
-    seed, device, scaler, resume, run_id), except model and optimizer, which come from the Trainer.
+    seed, device, scaler, batch_generator, resume, run_id), except model and optimizer, which come
+    from the Trainer.
     steps: the optimizer steps of the fit; by default `trainer.estimated_stepping_batches` (the
         Trainer's max_steps, or what max_epochs gives where it ends sooner).
     model_attr: the attribute of the LightningModule to record (dotted names allowed), when its
