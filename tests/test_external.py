@@ -42,7 +42,8 @@ def twin(tmp_path_factory):
     hand_loop(resolved(), root / "my_runs" / "loop")
     record_lightning_run(root / "my_runs" / "lightning", log_every="auto")
     record_hf_run(root / "my_runs" / "hf", log_every="auto")
-    cwd = copy_workflow(root / "wf", {"device": "cpu", "experiments": {
+    # one job per run for the trained run's per-checkpoint stages, one per checkpoint for the others (always)
+    cwd = copy_workflow(root / "wf", {"device": "cpu", "checkpoint_jobs": "per_run", "experiments": {
         "trained": experiment_of(resolved()),
         "recorded": {"source": {"recorded": str(root / "my_runs" / "loop")}, **ANALYSIS},
         "frameworks": {"source": {"recorded": [str(root / "my_runs" / name) for name in ("lightning", "hf")]},
@@ -126,7 +127,7 @@ def own_loop(folder, steps=(0, 5, 20, 40)):
 def folder_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("plain")
     saved, _ = own_loop(root / "ckpts")
-    cwd = copy_workflow(root / "wf", {"device": "cpu", "checkpoint_jobs": "per_checkpoint", "experiments": {
+    cwd = copy_workflow(root / "wf", {"device": "cpu", "checkpoint_jobs": "per_run", "experiments": {
         "mine": {"source": {"checkpoints": str(root / "ckpts")}, "data": DIGITS, "model": MODEL,
                  "optim": {"name": "sgd", "lr": 0.2}, **ANALYSIS}}})
     snakemake(cwd, "--cores", "2")
@@ -162,13 +163,14 @@ def test_an_added_checkpoint_plans_only_its_jobs_and_their_readers_and_a_changed
     state = saved[40][1]
     torch.save({k: v * 1.01 for k, v in state.items()}, folder / "step_60.pt")
     counts = planned(cwd)
-    assert counts["extract_examples"] == 1 and counts["curvature"] == 1, counts
+    # checkpoint_jobs is per_run (the default config's), yet a run gradscope did not train has one job per checkpoint
+    assert counts["extract_examples_per_checkpoint"] == 1 and counts["curvature_per_checkpoint"] == 1, counts
     assert counts["import_run"] == 1 and counts["detect_signals"] == 1
-    assert "generate_data" not in counts and "train" not in counts
+    assert not {"generate_data", "train", "extract_examples", "curvature"} & set(counts)
     snakemake(cwd, "--cores", "2")
     torch.save({k: v * 1.02 for k, v in state.items()}, folder / "step_60.pt")  # the same step, new weights
     counts = planned(cwd)
-    assert counts["extract_examples"] == 1 and counts["curvature"] == 1, counts
+    assert counts["extract_examples_per_checkpoint"] == 1 and counts["curvature_per_checkpoint"] == 1, counts
 
 
 # ---- bad inputs: stopped before any job, naming the key or file and what to do --------------------------
@@ -247,3 +249,51 @@ def test_a_recorded_run_whose_data_changed_since_is_refused(tmp_path):
     assert proc.returncode != 0
     logs = "\n".join(p.read_text() for p in (cwd / "logs").rglob("*.log"))
     assert "n_train: recorded 60, now 50" in logs and "record the run again" in logs
+
+
+# ---- the same runs, opened in a notebook ----------------------------------------------------------------
+def test_open_run_gives_typed_tables_labels_and_the_model_at_a_checkpoint(twin):
+    import gradscope
+    from gradscope import checkpoints
+
+    run = gradscope.open_run(twin / "results" / "runs" / "recorded" / "loop")
+    assert run.dataset_id == config.dataset_id(resolved()) and run.dataset is not None
+    assert run.steps == config.checkpoint_steps(resolved()["train"])
+    examples = run.examples
+    assert examples["step"].dtype == np.int64 and examples["step"].max() == run.steps[-1]
+    train = examples[examples["split"] == "train"]
+    assert {"label", "clean_label", "planted"} <= set(examples.columns)
+    assert (train["planted"] == (train["label"] != train["clean_label"])).all() and train["planted"].any()
+    assert run.metrics["step"].dtype == np.int64 and run.signals["evaluation"]["auroc"].notna().any()
+    assert run.signals["summary"]["n_train"] == train["example_id"].nunique()
+    model = run.checkpoint(run.steps[2])
+    saved = checkpoints.load_state(twin / "results" / "runs" / "trained" / "seed~4" / "train" / "checkpoints" /
+                                   checkpoints.checkpoint_name(run.steps[2]))["model_state"]
+    assert not model.training and all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    with pytest.raises(KeyError, match="no checkpoint at step 7"):
+        run.checkpoint(7)
+
+
+def test_open_results_lists_every_run_with_the_cli_columns(twin):
+    import gradscope
+    from gradscope.results import HEADLINE_COLUMNS
+
+    table = gradscope.open_results(twin / "results")
+    assert sorted(table["run"]) == ["frameworks/hf", "frameworks/lightning", "recorded/loop", "trained/seed~4"]
+    assert (table["status"] == "done").all() and set(HEADLINE_COLUMNS) - {"generalization_delay_steps"} <= set(table)
+    same = table.set_index("run").loc[["recorded/loop", "trained/seed~4"], "final_test_acc"]
+    assert same.iloc[0] == same.iloc[1]
+
+
+def test_analyze_without_snakemake_gives_the_workflows_tables(twin):
+    import gradscope
+
+    run = gradscope.open_run(twin / "results" / "runs" / "recorded" / "loop")
+    files = {int(s): path for s, path in run.manifest["checkpoints"].items()}  # the recorder's own files
+    out = gradscope.analyze(files, data=resolved()["data"], examples=ANALYSIS["examples"], signals=ANALYSIS["signals"],
+                            lr=run.metrics.set_index("step")["lr"].to_dict())
+    ours = out["examples"].sort_values(["step", "split", "example_id"]).reset_index(drop=True)
+    theirs = table(twin, "recorded/loop", "examples").sort_values(["step", "split", "example_id"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(ours[theirs.columns], theirs)
+    pd.testing.assert_frame_equal(out["detections"].reset_index(drop=True),
+                                  table(twin, "recorded/loop", "detections").reset_index(drop=True))

@@ -104,10 +104,20 @@ def get_steps(run):
     return STEPS[run.id]
 
 
+# The experiments whose per-checkpoint stages run one job per run (rules extract_examples and curvature
+# with PER_RUN): the trained ones. A run gradscope did not train always has one job per checkpoint
+# (extract_examples_per_checkpoint, curvature_per_checkpoint), so an added checkpoint runs its own jobs only.
+PER_RUN_EXPERIMENT = TRAINED_EXPERIMENT if PER_RUN else "[A-Za-z0-9_-]+"
+
+
+def per_checkpoint_jobs(run):
+    return not PER_RUN or bool(run.checkpoints)
+
+
 def checkpoint_tables(run, kind):
     """A run's per-checkpoint tables of `kind` (examples, curvature) as the rules declare them: the
     run's folder of them (one job per run) or one file per checkpoint."""
-    if PER_RUN:
+    if not per_checkpoint_jobs(run):
         return [layout.run_file(f"{kind}_dir", run.id)]
     return [layout.run_file(kind, run.id, step=s) for s in get_steps(run)]
 
@@ -153,7 +163,7 @@ def get_curvature_inputs(wc):
     (Lanczos starts from them; a per-run job carries them from one checkpoint to the next itself)."""
     files = get_dataset_files(wc)
     run = get_run(wc)
-    if run.settings["curvature"]["warm_start"] and not PER_RUN:
+    if run.settings["curvature"]["warm_start"] and per_checkpoint_jobs(run):
         earlier = [s for s in get_steps(run) if s < int(wc.step)]
         if earlier:
             files["warm"] = layout.run_file("eigenvectors", run.id, step=earlier[-1])

@@ -20,6 +20,8 @@ rule curvature:
         run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     group:
         CHECKPOINT_GROUP
+    wildcard_constraints:
+        experiment=PER_RUN_EXPERIMENT,
     conda:
         "../../envs/gradscope.yaml"
     threads: 1
@@ -29,3 +31,16 @@ rule curvature:
         gpu=get_gpu("curvature"),
     script:
         "../../scripts/curvature.py"
+
+
+if PER_RUN:  # runs gradscope did not train: one job per checkpoint all the same (see PER_RUN_EXPERIMENT)
+    use rule curvature as curvature_per_checkpoint with:
+        output:
+            table=layout.RUN["curvature"],
+            eigenvectors=layout.RUN["eigenvectors"],
+        log:
+            layout.log("curvature", "step"),
+        benchmark:
+            layout.benchmark("curvature", "step")
+        wildcard_constraints:
+            experiment=EXTERNAL_EXPERIMENT,

@@ -18,6 +18,8 @@ rule extract_examples:
         run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     group:
         CHECKPOINT_GROUP
+    wildcard_constraints:
+        experiment=PER_RUN_EXPERIMENT,
     conda:
         "../../envs/gradscope.yaml"
     threads: 1
@@ -27,3 +29,15 @@ rule extract_examples:
         gpu=get_gpu("extract_examples"),
     script:
         "../../scripts/extract_examples.py"
+
+
+if PER_RUN:  # runs gradscope did not train: one job per checkpoint all the same (see PER_RUN_EXPERIMENT)
+    use rule extract_examples as extract_examples_per_checkpoint with:
+        output:
+            layout.RUN["examples"],
+        log:
+            layout.log("extract_examples", "step"),
+        benchmark:
+            layout.benchmark("extract_examples", "step")
+        wildcard_constraints:
+            experiment=EXTERNAL_EXPERIMENT,
