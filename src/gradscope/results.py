@@ -300,12 +300,13 @@ def analyze(checkpoints, *, data, model: dict | None = None, loss: str = "cross_
         folder = Path(tmp)
         files = gdata.dataset_files(folder)
         gdata.write_dataset(train, test, meta, files["train"], files["test"], files["meta"])
-        tables = [pipeline.extract_examples(config.filled("examples", examples), loss=loss, device=device, dataset=folder,
-                                            step=step, out=layout.partition_file(folder, "examples", step), run_id="analyze",
-                                            checkpoints={str(step): path}, model=model).assign(step=step)
-                  for step, path in checkpoints.items()]
-    table = pd.concat(tables, ignore_index=True)
-    table = table[["step"] + [c for c in table.columns if c != "step"]]
+        parts = []
+        for step, path in checkpoints.items():
+            parts.append(layout.partition_file(folder / "examples", "examples", step))
+            pipeline.extract_examples(config.filled("examples", examples), loss=loss, device=device, dataset=folder,
+                                      step=step, out=parts[-1], run_id="analyze", checkpoints={str(step): path},
+                                      model=model)
+        table = pipeline.read_examples(parts)  # as the workflow's stages read them (the file's types)
     settings = config.filled("signals", signals)
     rates = None if lr is None else (pd.Series(lr) if isinstance(lr, dict) else pd.Series({min(checkpoints): float(lr)}))
     tr = gsignals.Trajectories.from_table(table, lr=rates)
