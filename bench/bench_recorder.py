@@ -9,7 +9,7 @@ epoch from the training split, forward, cross-entropy, zero_grad, backward, opti
 
   bare      the loop alone
   recorder  the same loop with a Recorder at its defaults (log_every "auto", checkpoints
-            {log_spaced: 10}, dynamics_every 100): before_update(step) after backward,
+            {log_spaced: 10}, dynamics_every "auto"): before_update(step) after backward,
             after_update(step + 1) after optimizer.step(), finish() at the end, into a fresh
             temporary folder each round
 
@@ -27,9 +27,9 @@ recorder / bare (median over rounds and range), the same ratio by process CPU ti
 other processes load the machine), what the recorder wrote (metrics rows, checkpoints, dynamics
 rows, the interval auto logging settled on), and the target: ratio at most 1.05 (PASS/FAIL).
 
-Part of the overhead is fixed per run, whatever the number of steps: the evaluation of the whole
-splits at each of the checkpoint steps (the recorder always evaluates there) and the checkpoint
-saves, plus finish(). It is timed in every recorded round (the recorder's evaluate and
+Part of the overhead is fixed per run, whatever the number of steps: the evaluations of the whole
+splits that fall on checkpoint steps (the last step always; others where the auto schedule lands
+on one) and the checkpoint saves, plus finish(). It is timed in every recorded round (the recorder's evaluate and
 checkpoint save are wrapped: microseconds on about 30 calls a run) and the ratio without it is
 printed as "per step": what the overhead tends to in a long run. The constructor (it loads the
 data block itself, writes config.yaml, evaluates and checkpoints step 0) is timed on its own and

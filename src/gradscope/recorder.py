@@ -50,8 +50,8 @@ log = logging.getLogger(__name__)
 DATA_FILES = {"train": "data/train.npz", "test": "data/test.npz"}
 # "auto" logging: evaluate the whole splits no more often than keeps that under this fraction of the
 # loop's own time; the dynamics log, at least DYNAMICS_MIN_EVERY steps apart, under DYNAMICS_BUDGET.
-AUTO_BUDGET = 0.02
-DYNAMICS_BUDGET, DYNAMICS_MIN_EVERY = 0.01, 100
+AUTO_BUDGET = 0.01
+DYNAMICS_BUDGET, DYNAMICS_MIN_EVERY = 0.005, 100
 # Each optimizer class gradscope builds, by the name the `optim` section gives it, and the keys it reads there.
 _OPTIMIZERS = {torch.optim.SGD: ("sgd", ("momentum", "nesterov")), torch.optim.Adam: ("adam", ("betas", "eps")),
                torch.optim.AdamW: ("adamw", ("betas", "eps")), torch.optim.RMSprop: ("rmsprop", ("alpha", "eps", "momentum"))}
@@ -117,9 +117,9 @@ class Recorder:
     steps: the optimizer steps the loop will take (the schedule of log-spaced checkpoints needs it).
     checkpoints: when to checkpoint, as the train section's `checkpoints` ({log_spaced: 10} by default).
     log_every: evaluate the whole splits every this many steps, or "auto": as often as keeps the
-        evaluation under 2% of the loop's own time (and at the last step).
+        evaluation under 1% of the loop's own time (and at the last step).
     dynamics_every: the dynamics log's interval (0: none), or "auto": every 100 steps or more seldom,
-        as keeps it under 1% of the loop's own time.
+        as keeps it under 0.5% of the loop's own time.
     loss: the loss the analysis uses per example (cross_entropy or mse); your loop may train on another.
     optim: the `optim` section to record; by default read off the optimizer (`optim_settings`).
     batch_size: your batch size, recorded (None: not said).
@@ -156,6 +156,7 @@ class Recorder:
         self._check_model()
         self.steps, self.save_at = train_section["steps"], set(config.checkpoint_steps(train_section))
         self.log_every, self.dynamics_every = train_section["log_every"], train_section["dynamics_every"]
+        self._clip = self.settings["optim"]["grad_clip"]
         self.rows, self.layer_rows, self.pending, self._clips = [], [], None, (0, 0)
         self.step, self.finished = 0, False
         self._own_s, self._last_wall, self._loop_s, self._loop_steps, self._eval_s = 0.0, None, 0.0, 0, None
@@ -276,41 +277,49 @@ class Recorder:
         """Call after backward (and after any unscale or clipping of yours) and before optimizer.step():
         the gradients of step `step` give its metrics row's grad_norm and, on schedule, the dynamics rows."""
         t0 = time.perf_counter()
-        self._check_step(step, self.step, "before_update")
+        if step != self.step or self.finished or step >= self.steps:
+            self._check_step(step, self.step, "before_update", last=self.steps - 1)
+        row_due = self.pending is not None and self.pending["step"] == step
+        dynamics_due = self._dynamics_due(step)
+        if row_due or dynamics_due or self._clip is not None:
+            self._read_gradients(step, row_due, dynamics_due)
+        else:  # most steps: nothing reads the gradients (a metrics row or clipping would), so nothing is computed
+            self._clips = (self._clips[0], self._clips[1] + 1)
+        self._own_s += time.perf_counter() - t0
+
+    def _read_gradients(self, step: int, row_due: bool, dynamics_due: bool) -> None:
         lr = float(self.optimizer.param_groups[0]["lr"])
         scale = self._grad_scale()
-        if self._dynamics_due(step):
+        if dynamics_due:
             t1 = time.perf_counter()
             self.layer_rows += dynamics.layer_dynamics(self.model, self.optimizer, step, lr, grad_scale=scale)
             if self.auto_dynamics:
                 self.dynamics_every = max(self.dynamics_every, self._interval(time.perf_counter() - t1, DYNAMICS_BUDGET))
                 self._next_dynamics = (step // self.dynamics_every + 1) * self.dynamics_every
-        row_due = self.pending is not None and self.pending["step"] == step
-        clip = self.settings["optim"]["grad_clip"]
         grad_norm = float("nan")
-        if row_due or clip is not None:  # one synchronization per tensor: only where something reads it
+        if row_due or self._clip is not None:  # one synchronization per tensor: only where something reads it
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             grad_norm = math.sqrt(sum(float(g.detach().float().pow(2).sum()) for g in grads)) * scale
-        clipped = bool(clip is not None and grad_norm > clip)
+        clipped = bool(self._clip is not None and grad_norm > self._clip)
         self._clips = (self._clips[0] + clipped, self._clips[1] + 1)
         if row_due:
             self.rows.append({**self.pending, "lr": lr, "grad_norm": grad_norm, "clipped": clipped,
                               "clipped_fraction": self._clips[0] / self._clips[1]})
             self.pending, self._clips = None, (0, 0)
-        self._updating = step
-        self._own_s += time.perf_counter() - t0
 
     def after_update(self, step: int) -> None:
         """Call after optimizer.step() with the number of optimizer steps taken so far (step + 1 in
         `for step in range(...)`): checkpoint and evaluate on schedule."""
-        self._check_step(step, self.step + 1, "after_update")
         now = time.perf_counter()
+        if step != self.step + 1 or self.finished or step > self.steps:
+            self._check_step(step, self.step + 1, "after_update", last=self.steps)
         if self._last_wall is not None:
             self._loop_s += now - self._last_wall - self._own_s
             self._loop_steps += 1
         self._own_s = 0.0
         self.step = step
-        self._observe(step)
+        if self._due(step) or step in self.save_at:
+            self._observe(step)
         self._last_wall = time.perf_counter()
 
     def finish(self) -> pd.DataFrame:
@@ -350,7 +359,8 @@ class Recorder:
             self.finish()
 
     # ---- inside ----------------------------------------------------------------------------------
-    def _check_step(self, step: int, expected: int, call: str) -> None:
+    def _check_step(self, step: int, expected: int, call: str, last: int) -> None:
+        """Raise the RecorderError for a call the recorder cannot take (called only when something is off)."""
         if self.finished:
             raise RecorderError(f"{call}({step}) after finish(): the recording of {self.folder} is complete")
         if not isinstance(step, (int, np.integer)) or step != expected:
@@ -358,7 +368,7 @@ class Recorder:
             raise RecorderError(f"{call}({step}) {went}: the recorder is at step {self.step}, so it expected "
                                 f"{call}({expected}). Steps count optimizer steps: before_update(step) then "
                                 "after_update(step + 1), once per optimizer.step()")
-        if step > self.steps:
+        if step > last:
             raise RecorderError(f"{call}({step}) is past steps={self.steps}, the recorder's schedule")
 
     def _grad_scale(self) -> float:
