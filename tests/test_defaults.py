@@ -21,7 +21,7 @@ import yaml
 
 from gradscope import (animate, config, curvature, data, examples, influence, losses, models, opposing, optim, plots,
                        progress, signal_plots, signals, train)
-from gradscope.config import applicable, load_runs, section, section_defaults
+from gradscope.config import applicable, dataset_id, load_runs, run_config, section, section_defaults
 from gradscope.models import InputSpec, build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,7 +195,7 @@ def test_every_key_of_a_selected_object_says_where_it_applies():
 def test_the_selectors_choices_are_what_the_code_builds():
     schema = config.load_schema()["$defs"]
     assert schema["model"]["properties"]["kind"]["enum"] == list(models.MODEL_KINDS)
-    assert schema["optim"]["properties"]["name"]["enum"] == list(optim.OPTIMIZERS)
+    assert schema["optim"]["properties"]["name"]["enum"] == [*optim.OPTIMIZERS, optim.CUSTOM]  # custom: never built
     assert set(schema["data"]["properties"]["generator"]["enum"]) == set(data.GENERATORS) | set(data.SOURCES)
 
 
@@ -356,7 +356,8 @@ def test_resolve_config_writes_the_trimmed_config_and_show_prints_it(tmp_path):
     snakemake(cwd, "--cores", "1", *targets)
     mlp, tf = (yaml.safe_load((cwd / t).read_text()) for t in targets)
     _, runs = load_runs(cfg)
-    assert mlp == applicable(runs[0].settings) and tf == applicable(runs[1].settings)
+    assert mlp == run_config(runs[0].settings) and tf == run_config(runs[1].settings)
+    assert mlp == {**applicable(runs[0].settings), "dataset": {"id": dataset_id(runs[0].settings)}}
     assert set(mlp["data"]) == {"generator", "modular"} and "d_head" not in mlp["model"] and "width" in mlp["model"]
     assert "d_head" in tf["model"] and "width" not in tf["model"]
     result = CliRunner().invoke(main, ["show", "tf/seed~0", "--results", str(cwd / "results")])

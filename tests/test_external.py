@@ -299,3 +299,24 @@ def test_analyze_without_snakemake_gives_the_workflows_tables(twin):
     pd.testing.assert_frame_equal(ours[theirs.columns], theirs)
     pd.testing.assert_frame_equal(out["detections"].reset_index(drop=True),
                                   table(twin, "recorded/loop", "detections").reset_index(drop=True))
+
+
+def test_a_glob_picks_hugging_faces_checkpoint_folders(tmp_path):
+    """Hugging Face's Trainer saves checkpoint-<step>/ folders holding model.safetensors beside its optimizer
+    and scheduler files: source.glob names the weights, and the step comes from the folder's name."""
+    from safetensors.torch import save_file
+
+    (x, y), _, spec = data.load(DIGITS)
+    for step in (10, 200, 30):
+        folder = tmp_path / "out" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        save_file(build_model(MODEL, spec).state_dict(), str(folder / "model.safetensors"))
+        torch.save({}, folder / "optimizer.pt")
+    experiment = {"source": {"checkpoints": str(tmp_path / "out"), "glob": "checkpoint-*/model.safetensors"},
+                  "data": DIGITS, "model": MODEL}
+    _, runs = config.load_runs({"experiments": {"hf": experiment}})
+    assert {s: p.split("/")[-2] for s, p in runs[0].checkpoints.items()} == {
+        10: "checkpoint-10", 30: "checkpoint-30", 200: "checkpoint-200"}
+    assert runs[0].settings["train"]["steps"] == 200 and config.run_steps(runs[0]) == [10, 30, 200]
+    with pytest.raises(config.ConfigError, match="holds no checkpoint file matching '\\*'"):
+        config.load_runs({"experiments": {"hf": {**experiment, "source": {"checkpoints": str(tmp_path / "out")}}}})

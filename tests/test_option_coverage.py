@@ -28,9 +28,13 @@ K = "tests/test_curvature.py::"
 E = "tests/test_examples.py::"
 R = "tests/test_reliability.py::"
 F = "tests/test_option_effects.py::"
+X = "tests/test_external.py::"
 
 COVERED = {
     # ---- top level ----
+    "source.recorded": X + "test_a_recorded_run_gives_the_trained_runs_examples_and_signals_tables",
+    "source.checkpoints": X + "test_a_folder_of_plain_checkpoints_is_analyzed_end_to_end",
+    "source.glob": X + "test_a_glob_picks_hugging_faces_checkpoint_folders",
     "device": R + "test_cuda_without_cuda_stops_at_validation",
     "extend_experiments": R + "test_merge_rule_a_config_file_replaces_the_default_experiments_unless_it_extends_them",
     "cluster.group_checkpoint_jobs": "tests/test_resources.py::test_slurm_profile_plans_one_submission_per_run_for_its_checkpoint_jobs",

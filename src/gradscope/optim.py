@@ -18,7 +18,8 @@ import torch
 
 from gradscope import config
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")  # what build_optimizer builds
+CUSTOM = "custom"  # the name of an optimizer of your own loop (a recorded run, a checkpoint folder): never built
 
 
 def build_optimizer(params, optim: dict) -> torch.optim.Optimizer:
@@ -34,7 +35,7 @@ def build_optimizer(params, optim: dict) -> torch.optim.Optimizer:
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, alpha=optim["alpha"], eps=optim["eps"], weight_decay=wd,
                                    momentum=optim["momentum"])
-    if name == "custom":
+    if name == CUSTOM:
         raise ValueError("optim.name 'custom' is an optimizer of your own loop, which gradscope cannot build: such runs "
                          "come from a recording (gradscope.Recorder) or a folder of checkpoints, not from training")
     raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")

@@ -277,10 +277,10 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
     stateless = optim["name"] == "sgd" and not optim["momentum"]  # plain SGD's update needs no optimizer state
     saved = state.get("optimizer_state")
     # gradscope rebuilds one parameter group; a loop with several (Hugging Face's decay / no-decay) cannot be replayed
-    replayable = optim["name"] != "custom" and (saved is not None and len(saved["param_groups"]) == 1 or
+    replayable = optim["name"] != training.CUSTOM and (saved is not None and len(saved["param_groups"]) == 1 or
                                                 saved is None and stateless)
     if settings["update_sharpness"] and not replayable:
-        log.info("step %d: no update sharpness (%s)", step, "optim.name is custom" if optim["name"] == "custom" else
+        log.info("step %d: no update sharpness (%s)", step, "optim.name is custom" if optim["name"] == training.CUSTOM else
                  "the checkpoint holds no optimizer state" if saved is None else
                  f"the optimizer has {len(saved['param_groups'])} parameter groups; gradscope rebuilds one")
     if settings["update_sharpness"] and replayable:

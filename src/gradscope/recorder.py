@@ -43,6 +43,7 @@ import yaml
 
 from gradscope import artifacts, checkpoints, config, data, dynamics, factories, layout
 from gradscope.models import build_model, resolve_device
+from gradscope.optim import CUSTOM
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def optim_settings(optimizer: torch.optim.Optimizer) -> dict:
                 value = group[key]
                 out[key] = [float(v) for v in value] if isinstance(value, tuple) else value
             return config.section("optim", out)
-    return config.section("optim", {"name": "custom", "lr": float(group["lr"])})
+    return config.section("optim", {"name": CUSTOM, "lr": float(group["lr"])})
 
 
 def model_settings_of(factory=None, kwargs: dict | None = None, settings: dict | None = None) -> dict:

@@ -29,7 +29,7 @@ import yaml
 
 from gradscope import artifacts, checkpoints, config, dynamics, layout
 from gradscope.config import checkpoint_steps
-from gradscope.optim import Plateau, build_optimizer, lr_at, sharpness_threshold  # noqa: F401  (re-exported)
+from gradscope.optim import CUSTOM, Plateau, build_optimizer, lr_at, sharpness_threshold  # noqa: F401  (re-exported)
 from gradscope.losses import per_example_loss
 from gradscope.models import InputSpec, build_model, resolve_device
 
