@@ -71,5 +71,6 @@ rule import_run:
     resources:
         mem_mb=get_mem_mb("import_run"),
         runtime=get_runtime("import_run"),
+        gpu=get_gpu("import_run"),
     script:
         "../../scripts/import_run.py"
