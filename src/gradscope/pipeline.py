@@ -207,7 +207,7 @@ def compute_influence(settings: dict, *, examples_paths, metrics_path, train_pat
         keep = np.sort(rng.choice(len(test_ids), size=settings["test_examples"], replace=False))
         test_ids, test_proj = test_ids[keep], test_proj[:, keep]
     top = influence.top_influences(train_proj, test_proj, lr, settings["top_k"])
-    train_df, test_df = _labels(train_path, train_ids), _labels(test_path, test_ids)
+    train_df, test_df = split_labels(train_path, train_ids), split_labels(test_path, test_ids)
     rows, contributions = influence.influence_tables(top, steps=steps, lr=lr, test_ids=test_ids, train=train_df,
                                                      test=test_df)
     provenance = {"influence": settings}
@@ -227,15 +227,30 @@ def compute_influence(settings: dict, *, examples_paths, metrics_path, train_pat
     return summary
 
 
-def _labels(path, ids: np.ndarray) -> pd.DataFrame:
-    """example_id, label, clean_label (the label where the data has no noise) and planted of `ids`, in
-    order, from a dataset split's table."""
+def split_labels(path, ids: np.ndarray | None = None) -> pd.DataFrame:
+    """example_id, label, clean_label (the label where the data has no noise) and planted of a dataset
+    split's table: of `ids`, in order, or of every example."""
     names = pq.read_schema(path).names
     df = artifacts.read_parquet(path, columns=[c for c in ("example_id", "label", "clean_label", "planted") if c in names])
-    df = df.set_index("example_id").loc[ids]
-    return pd.DataFrame({"example_id": ids, "label": df["label"].to_numpy(),
+    df = df.set_index("example_id")
+    if ids is not None:
+        df = df.loc[ids]
+    return pd.DataFrame({"example_id": df.index.to_numpy(), "label": df["label"].to_numpy(),
                          "clean_label": (df["clean_label"] if "clean_label" in df else df["label"]).to_numpy(),
                          "planted": (df["planted"] if "planted" in df else pd.Series(False, index=df.index)).to_numpy()})
+
+
+def _update_not_replayable(optim: dict, saved: dict | None) -> str | None:
+    """Why the checkpoint's next update cannot be replayed for update sharpness; None where it can."""
+    from gradscope.optim import CUSTOM
+
+    if optim["name"] == CUSTOM:
+        return "optim.name is custom"
+    if saved is None:  # plain SGD's update needs no optimizer state
+        return None if optim["name"] == "sgd" and not optim["momentum"] else "the checkpoint holds no optimizer state"
+    if len(saved["param_groups"]) != 1:  # a loop with several (Hugging Face's decay / no-decay)
+        return f"the optimizer has {len(saved['param_groups'])} parameter groups; gradscope rebuilds one"
+    return None
 
 
 def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, dataset, step: int, out,
@@ -274,16 +289,10 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
     x, y = x.to(dev), y.to(dev)
     subset = np.sort(np.random.default_rng(settings["seed"]).permutation(len(y))[: settings["subset_size"]])
     update = None
-    stateless = optim["name"] == "sgd" and not optim["momentum"]  # plain SGD's update needs no optimizer state
-    saved = state.get("optimizer_state")
-    # gradscope rebuilds one parameter group; a loop with several (Hugging Face's decay / no-decay) cannot be replayed
-    replayable = optim["name"] != training.CUSTOM and (saved is not None and len(saved["param_groups"]) == 1 or
-                                                saved is None and stateless)
-    if settings["update_sharpness"] and not replayable:
-        log.info("step %d: no update sharpness (%s)", step, "optim.name is custom" if optim["name"] == training.CUSTOM else
-                 "the checkpoint holds no optimizer state" if saved is None else
-                 f"the optimizer has {len(saved['param_groups'])} parameter groups; gradscope rebuilds one")
-    if settings["update_sharpness"] and replayable:
+    not_replayable = _update_not_replayable(optim, state.get("optimizer_state"))
+    if settings["update_sharpness"] and not_replayable:
+        log.info("step %d: no update sharpness (%s)", step, not_replayable)
+    if settings["update_sharpness"] and not not_replayable:
         update = curvature.optimizer_update(model, state["optimizer_state"], optim, x, y, loss=loss, step=step,
                                             lr=state["lr"])
     keep = settings["eigenvectors"] or settings["warm_start"]

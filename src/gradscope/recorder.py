@@ -161,7 +161,7 @@ class Recorder:
         self.rows, self.layer_rows, self.pending, self._clips = [], [], None, (0, 0)
         self.step, self.finished = 0, False
         self._own_s, self._last_wall, self._loop_s, self._loop_steps, self._eval_s = 0.0, None, 0.0, 0, None
-        self._next_log, self._next_dynamics = 0, 0
+        self._next_log, self._next_dynamics, self._wall_before = 0, 0, 0.0
         self._check_folder(resume)
         if resume and self._latest() is not None:
             self._resume()
@@ -270,8 +270,6 @@ class Recorder:
         self.dynamics_every, self._next_dynamics = rec["dynamics_every"], rec["next_dynamics"]
         self.step = state["step"]
         log.info("resuming %s at step %d from %s", self.folder, self.step, path)
-
-    _wall_before = 0.0
 
     # ---- the loop's calls ----------------------------------------------------------------------
     def before_update(self, step: int) -> None:

@@ -136,30 +136,26 @@ class RunView:
     @property
     def dataset(self) -> Path | None:
         """The dataset folder (train.parquet, test.parquet, meta.json) the workflow wrote for this run, where it is."""
-        folder = Path(layout.dataset_file("meta", self.dataset_id, self.path.parents[2])).parent
+        results = self.path.resolve().parents[2]  # results/runs/<experiment>/<run>: a recorder's folder may lie elsewhere
+        folder = Path(layout.dataset_file("meta", self.dataset_id, results)).parent
         return folder if folder.exists() else None
 
     def _dataset_or_raise(self) -> Path:
         if self.dataset is None:
             raise FileNotFoundError(f"{self.id}: its dataset {self.dataset_id} is not under "
-                                    f"{self.path.parents[2] / 'data'}; analyze the run with the workflow first")
+                                    f"{self.path.resolve().parents[2] / 'data'}; analyze the run with the workflow first")
         return self.dataset
 
     @functools.cached_property
     def labels(self) -> pd.DataFrame:
         """split, example_id, label (as given to training), clean_label (the original label) and planted, per example."""
         from gradscope.data import dataset_files
+        from gradscope.pipeline import split_labels
 
         files = dataset_files(self._dataset_or_raise())
-        parts = []
-        for split in ("train", "test"):
-            df = artifacts.read_parquet(files[split])
-            clean = df["clean_label"] if "clean_label" in df else df["label"]
-            planted = df["planted"] if "planted" in df else pd.Series(False, index=df.index)
-            parts.append(pd.DataFrame({"split": split, "example_id": df["example_id"].astype("int64"),
-                                       "label": df["label"].astype("int64"), "clean_label": clean.astype("int64"),
-                                       "planted": planted.astype(bool)}))
-        return pd.concat(parts, ignore_index=True)
+        parts = [split_labels(files[split]).assign(split=split) for split in ("train", "test")]
+        table = pd.concat(parts, ignore_index=True)
+        return table[["split", "example_id", "label", "clean_label", "planted"]]
 
     # ---- tables ---------------------------------------------------------------------------------
     @functools.cached_property
