@@ -1,6 +1,6 @@
 """Which test sets each config option to a non-default value and checks its effect.
 
-COVERED maps every option of workflow/schemas/config.schema.yaml (dotted path inside an
+COVERED maps every option of src/gradscope/schemas/config.schema.yaml (dotted path inside an
 experiment, or a top-level key) to the test that covers it, as a pytest node id without
 parameters. A new schema option fails `test_every_schema_option_has_a_covering_test` until it
 gets an entry here (and a test): add one line.

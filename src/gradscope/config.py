@@ -23,7 +23,8 @@ import yaml
 
 from gradscope import factories
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+# Package data (pyproject.toml), so an installed gradscope fills settings as a clone does.
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 SECTIONS = ("data", "model", "optim", "train", "examples", "signals", "curvature", "influence", "progress", "plots")
 # Short names for grid keys in run ids; anything else uses the last component of the key.
 ABBREVIATIONS = {

@@ -9,7 +9,7 @@ embeddings, and the Transformer reads as a token sequence [a, b, =].
 The model is rebuilt from `(model_config, input_spec)` alone, which is what checkpoints store.
 
 Kinds and their config keys (every key's default and meaning is in the schema,
-workflow/schemas/config.schema.yaml, the one place defaults live: build_model fills what a
+src/gradscope/schemas/config.schema.yaml, the one place defaults live: build_model fills what a
 config leaves out from there; each key's `x-when` there names the kinds it applies to):
   mlp          depth, width, activation, input_encoding, embed_dim; dense inputs of any
                shape are flattened

@@ -10,7 +10,7 @@ from gradscope import progress as gs_progress
 from gradscope import layout
 from gradscope import resources as gs_resources
 from gradscope.config import ConfigError, compose, data_slice, dataset_id, load_runs, run_steps
-from gradscope.config import read_config_file, require_device, train_slice
+from gradscope.config import SCHEMA_PATH, read_config_file, require_device, train_slice
 
 
 def _composed_config():
@@ -27,7 +27,7 @@ def _composed_config():
 
 try:
     _composed = _composed_config()
-    CONFIG, _runs = load_runs(_composed, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+    CONFIG, _runs = load_runs(_composed, SCHEMA_PATH)
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 config.clear()
