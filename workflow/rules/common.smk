@@ -14,10 +14,14 @@ from gradscope.config import SCHEMA_PATH, read_config_file, require_device, trai
 
 
 def _composed_config():
-    """gradscope's merge rule (README, "Configuration"; `gradscope.config.compose`), not Snakemake's
+    """gradscope's merge rule (docs/configuration.md; `gradscope.config.compose`), not Snakemake's
     key-by-key merge: the Snakefile's config file, then each --configfile (whose experiments
     replace the earlier ones unless it sets extend_experiments), then --config. Each file is
-    read again here, so a duplicate key or a bad file is named with its line and column."""
+    read again here, so a duplicate key or a bad file is named with its line and column.
+    As a module (AS_MODULE, in the Snakefile): the config its `module` statement passes, which the
+    importing workflow composed from its own config files and --config."""
+    if AS_MODULE:
+        return dict(config)
     given = [Path(f).absolute() for f in workflow.overwrite_configfiles]
     own = [f for f in workflow.configfiles if Path(f).absolute() not in given]
     if workflow.config_settings.replace_workflow_config:
@@ -30,8 +34,9 @@ try:
     CONFIG, _runs = load_runs(_composed, SCHEMA_PATH)
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
-config.clear()
-config.update(_composed)  # what Snakemake shows (--report, --lint) is the config that runs
+if not AS_MODULE:  # (as a module, `config` is the importing workflow's dict: it stays as that workflow made it)
+    config.clear()
+    config.update(_composed)  # what Snakemake shows (--report, --lint) is the config that runs
 
 
 onstart:
