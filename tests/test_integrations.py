@@ -29,7 +29,7 @@ import pytest
 import torch
 import yaml
 
-from gradscope import checkpoints, config, data, layout
+from gradscope import checkpoints, config, data, doctor, layout
 from gradscope.models import build_model
 from gradscope.recorder import RecorderError
 from gradscope.train import evaluate
@@ -295,5 +295,6 @@ def test_hf_callback_checks_its_arguments_at_once(tmp_path):
 def test_a_missing_framework_says_what_to_install(monkeypatch, module, missing, extra):
     monkeypatch.setitem(sys.modules, missing, None)  # import of it raises ImportError
     monkeypatch.delitem(sys.modules, f"gradscope.integrations.{module}", raising=False)
-    with pytest.raises(ImportError, match=re.escape(f"pip install 'gradscope[{extra}]'")):
+    with pytest.raises(ImportError, match=re.escape(doctor.install_hint(extra))) as raised:
         importlib.import_module(f"gradscope.integrations.{module}")
+    assert f"[{extra}]" in str(raised.value) and "gradscope doctor" in str(raised.value)

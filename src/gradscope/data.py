@@ -22,7 +22,7 @@ Sources of the user's data (`SOURCES`):
 These four share one finishing step (`labelled_dataset`): a seeded subsample of either split,
 planted label noise on the training split (the flipped ids are the planted truth, as for
 `digits`), and standardization fitted on the training split, per feature or per channel.
-Their inputs keep their shape: meta["input"]["shape"] is the per-example shape the model
+Their inputs keep their shape: `meta["input"]["shape"]` is the per-example shape the model
 receives ([1, 40] for MNIST-1D, [C, H, W] for images); the Parquet `x` column stays flat.
 
 A dataset is two DataFrames (train, test) with `example_id`, the inputs, `label` and
@@ -50,7 +50,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from gradscope import artifacts, config, factories, layout
+from gradscope import artifacts, config, factories, layout, tables
 
 Dataset = tuple[pd.DataFrame, pd.DataFrame, dict]
 
@@ -177,9 +177,9 @@ def generate_opposing_features(n_train, n_test, side, n_classes, patch, signal, 
     - Noise: i.i.d. N(0, noise^2) on every pixel.
     Labels are balanced within each split (sizes differ by at most one), in random order.
     Train and test are drawn the same way (test after train from one seeded stream, so the
-    training split does not depend on n_test). meta["planted"]["train_ids"] is the union of
-    the two training groups, meta["planted"]["groups"] each group's training ids and
-    meta["planted"]["test_groups"] the same for the test split; the tables' `planted` and
+    training split does not depend on n_test). `meta["planted"]["train_ids"]` is the union of
+    the two training groups, `meta["planted"]["groups"]` each group's training ids and
+    `meta["planted"]["test_groups"]` the same for the test split; the tables' `planted` and
     `group` ("" for none) columns mark the members of each split.
     """
     if 2 * patch > side:
@@ -377,7 +377,7 @@ def labelled_dataset(train: Split, test: Split, *, n_classes: int | None, seed: 
       replacement and kept in source order; None keeps the split whole.
     - Label noise: exactly round(label_noise * n_train) training labels (after subsampling)
       moved to a uniformly chosen different class by `flip_labels`; their ids are
-      meta["planted"]["train_ids"] (None when nothing is flipped). The test split is never noisy.
+      `meta["planted"]["train_ids"]` (None when nothing is flipped). The test split is never noisy.
     - Each of the three draws has its own stream of `seed` (SeedSequence(seed).spawn(3)), so
       the training subsample depends on neither subsample_test nor label_noise.
     - standardize: `standardize_shaped`, fitted on the training split after subsampling.
@@ -468,8 +468,9 @@ def import_torchvision():
     try:
         import torchvision
     except ImportError as e:
-        raise ImportError("the torchvision data source (data.generator: torchvision) needs torchvision; install it "
-                          "with your torch pinned in the same command, e.g. pip install torch==2.13.0 -e '.[vision]'") from e
+        from gradscope.doctor import missing_message
+
+        raise ImportError(missing_message("vision", "the torchvision data source (data.generator: torchvision)")) from e
     except RuntimeError as e:
         if "torchvision::" not in str(e) or "does not exist" not in str(e):
             raise
@@ -724,22 +725,10 @@ def generate(data_config: dict) -> Dataset:
     return train, test, meta
 
 
-def _columns(df: pd.DataFrame, meta: dict) -> dict:
-    types = {"example_id": pa.int64(), "label": pa.int64(), "planted": pa.bool_()}
-    if meta["input"]["kind"] == "dense":
-        types |= {"x": pa.list_(pa.float32(), meta["input"]["dim"]), "clean_label": pa.int64()}
-    else:
-        types |= {"a": pa.int64(), "b": pa.int64()}
-    if "group" in df.columns:  # opposing_features: the planted group an example belongs to, "" for none
-        types["group"] = pa.string()
-    if "source_id" in df.columns:  # the labelled sources: an example's id in the source
-        types["source_id"] = pa.int64() if pd.api.types.is_integer_dtype(df["source_id"]) else pa.string()
-    return types
-
-
 def write_dataset(train: pd.DataFrame, test: pd.DataFrame, meta: dict, out_train, out_test, out_meta) -> None:
-    for df, path in ((train, out_train), (test, out_test)):
-        artifacts.write_parquet(df, path, _columns(df, meta), config=meta["generator"])
+    for split, df, path in (("train", train, out_train), ("test", test, out_test)):
+        artifacts.write_parquet(df, path, tables.dataset_columns(df, meta), table=f"dataset_{split}",
+                                config=meta["generator"])
     artifacts.write_json(meta, out_meta)
 
 
@@ -756,7 +745,7 @@ def load_split(dataset, split: str) -> tuple[torch.Tensor, torch.Tensor, pd.Data
     """Inputs and targets of one split ("train" or "test") as tensors, plus its table; inputs as the model takes them.
 
     dataset: the dataset's files or folder (`dataset_files`). Dense inputs are (n, *shape) where the
-    meta file gives meta["input"]["shape"] (the labelled sources: [1, 40] for MNIST-1D, [C, H, W]
+    meta file gives `meta["input"]["shape"]` (the labelled sources: [1, 40] for MNIST-1D, [C, H, W]
     for images), else (n, dim)."""
     files = dataset_files(dataset)
     df = artifacts.read_parquet(files[split])

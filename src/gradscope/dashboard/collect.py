@@ -159,7 +159,7 @@ def collect_run(folder, *, max_examples: int, top_k: int, seed: int) -> dict:
 
 
 def collect_dynamics(dyn: pd.DataFrame) -> dict | None:
-    """Per layer (parameter tensor) and logged step: the dynamics columns as [layer][step] lists."""
+    """Per layer (parameter tensor) and logged step: the dynamics columns as `[layer][step]` lists."""
     if dyn.empty:
         return None
     steps = sorted(dyn["step"].unique())

@@ -6,4 +6,5 @@
 Each takes the Recorder's keyword arguments except model and optimizer, which it takes from the
 trainer when training starts, and calls the recorder at the trainer's optimizer steps. Each
 module imports its framework, so import only the one you use; this package imports neither.
+`gradscope doctor` says which frameworks are installed, and the command that adds a missing one.
 """

@@ -21,8 +21,9 @@ try:
     import transformers
     from transformers import TrainerCallback
 except ImportError as e:  # only users of this module need transformers
-    raise ImportError("gradscope.integrations.huggingface needs transformers (and accelerate for its Trainer): "
-                      "pip install 'gradscope[huggingface]'") from e
+    from gradscope.doctor import missing_message
+
+    raise ImportError(missing_message("huggingface", "gradscope.integrations.huggingface")) from e
 if not hasattr(TrainerCallback, "on_pre_optimizer_step"):  # older releases call no callback between backward and step
     raise ImportError(f"gradscope.integrations.huggingface needs a transformers whose Trainer calls "
                       f"on_pre_optimizer_step (this is {transformers.__version__}): pip install -U transformers")

@@ -28,8 +28,9 @@ _common.torchvision_first()  # Lightning imports torchmetrics, which imports tor
 try:
     import lightning.pytorch as pl
 except ImportError as e:  # only users of this module need Lightning
-    raise ImportError("gradscope.integrations.lightning needs Lightning (the `lightning` package): "
-                      "pip install 'gradscope[lightning]'") from e
+    from gradscope.doctor import missing_message
+
+    raise ImportError(missing_message("lightning", "gradscope.integrations.lightning")) from e
 
 import torch
 
