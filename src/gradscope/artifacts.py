@@ -3,7 +3,9 @@
 Every file is written to a temporary name in its own folder and then renamed, so a file
 that exists is complete. Every Parquet file carries key-value metadata
 (`gradscope.schema_version`, `gradscope.run_id`, `gradscope.config` as JSON), so a file read
-on its own says where it came from. Column names and types are defined here, once.
+on its own says where it came from, and each column's description as field metadata. Column
+names, types and descriptions are defined once, in `gradscope.tables` (the type dicts are
+importable from here too).
 """
 
 from __future__ import annotations
@@ -24,187 +26,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from gradscope import layout
+from gradscope import layout, tables
+# The tables' columns and the registry of their meanings, defined in gradscope.tables; importable from here.
+from gradscope.tables import (CURVATURE, CURVATURE_ABSENT, DETECTIONS, DYNAMICS, EVALUATION,  # noqa: F401
+                              EXAMPLES, GROUP_LOSSES, GROUP_PAIRS, GROUPS, INFLUENCE_CONTRIBUTIONS, INFLUENCE_TOP,
+                              LOSS_CHANGES, METRICS, PER_EXAMPLE, PROGRESS, TABLES, Column, Table, projection_type,
+                              tables_markdown)
 
 SCHEMA_VERSION = "1"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-
-def projection_type(proj_dim: int, dtype: str = "float32") -> pa.DataType:
-    """Fixed-size list type of a gradient projection column."""
-    return pa.list_(pa.float16() if dtype == "float16" else pa.float32(), proj_dim)
-
-
-# ---- table schemas (name -> type); "{proj}" is filled in per run ----------------------
-METRICS = {
-    "step": pa.int64(),
-    "lr": pa.float64(),
-    "train_loss": pa.float64(),
-    "train_acc": pa.float64(),
-    "test_loss": pa.float64(),
-    "test_acc": pa.float64(),
-    "grad_norm": pa.float64(),
-    "clipped": pa.bool_(),
-    "clipped_fraction": pa.float64(),
-    "weight_norm": pa.float64(),
-    "wall_s": pa.float64(),
-}
-
-# One row per (logged step, parameter tensor): see gradscope.dynamics.
-DYNAMICS = {
-    "step": pa.int64(),
-    "layer": pa.string(),
-    **{name: pa.float64() for name in ("weight_norm", "grad_norm", "grad_norm_top5", "grad_norm_mid90",
-                                       "grad_norm_bottom5", "adam_eff_lr_median", "adam_snr_median",
-                                       "update_to_decay_ratio")},
-}
-
-# Per-checkpoint tables live in Hive partitions (`.../step=<step>/part-0.parquet`): the step is
-# in the path, not in the file, so pandas, pyarrow and DuckDB all read a folder of them as one table.
-EXAMPLES = {
-    "split": pa.string(),
-    "example_id": pa.int64(),
-    "label": pa.int64(),
-    "loss": pa.float64(),
-    "pred": pa.int64(),
-    "margin": pa.float64(),
-    "p_true": pa.float64(),
-    "el2n": pa.float64(),
-    "correct": pa.bool_(),
-    "grad_norm": pa.float64(),
-    "grad_dot_mean": pa.float64(),
-    "grad_cos_mean": pa.float64(),
-    "planted": pa.bool_(),
-}
-
-DETECTIONS = {
-    "step": pa.int64(),
-    "example_id": pa.int64(),
-    "detector": pa.string(),
-    "score": pa.float64(),
-    "flagged": pa.bool_(),
-}
-
-EVALUATION = {
-    "detector": pa.string(),
-    "step": pa.int64(),
-    "n_flagged": pa.int64(),
-    "auroc": pa.float64(),
-    "average_precision": pa.float64(),
-    "precision_at_k": pa.float64(),
-    "recall_at_k": pa.float64(),
-    "precision": pa.float64(),
-    "recall": pa.float64(),
-}
-
-GROUPS = {
-    "step_from": pa.int64(),
-    "step_to": pa.int64(),
-    "group": pa.int64(),
-    "example_id": pa.int64(),
-    "delta_loss": pa.float64(),
-}
-
-GROUP_PAIRS = {
-    "step_from": pa.int64(),
-    "step_to": pa.int64(),
-    "group_a": pa.int64(),
-    "group_b": pa.int64(),
-    "size_a": pa.int64(),
-    "size_b": pa.int64(),
-    "mean_delta_a": pa.float64(),
-    "mean_delta_b": pa.float64(),
-    "cosine": pa.float64(),
-    "opposing": pa.bool_(),
-}
-
-GROUP_LOSSES = {
-    "step_from": pa.int64(),
-    "step_to": pa.int64(),
-    "group": pa.int64(),
-    "step": pa.int64(),
-    "mean_loss": pa.float64(),
-}
-
-LOSS_CHANGES = {
-    "step_from": pa.int64(),
-    "step_to": pa.int64(),
-    "example_id": pa.int64(),
-    "delta_loss": pa.float64(),
-}
-
-PER_EXAMPLE = {
-    "example_id": pa.int64(),
-    "confidence": pa.float64(),
-    "variability": pa.float64(),
-    "correctness": pa.float64(),
-    "forgetting_events": pa.int64(),
-    "never_learned": pa.bool_(),
-    "aum": pa.float64(),
-    "opposition": pa.float64(),
-    "tracin_self_influence": pa.float64(),
-    "final_loss": pa.float64(),
-    "final_correct": pa.bool_(),
-    "planted": pa.bool_(),
-    "planted_group": pa.string(),
-}
-
-INFLUENCE_TOP = {  # influence/top.parquet: each scored test example's top proponents and opponents
-    "test_id": pa.int64(),
-    "test_label": pa.int64(),
-    "kind": pa.string(),  # proponent | opponent
-    "rank": pa.int64(),  # 1 = strongest
-    "train_id": pa.int64(),
-    "score": pa.float64(),  # TracIn-CP: sum over checkpoints of lr x <train grad, test grad> (projected)
-    "train_label": pa.int64(),
-    "train_clean_label": pa.int64(),
-    "train_planted": pa.bool_(),
-}
-
-INFLUENCE_CONTRIBUTIONS = {  # influence/contributions.parquet: those pairs' score, checkpoint by checkpoint
-    "test_id": pa.int64(),
-    "train_id": pa.int64(),
-    "kind": pa.string(),
-    "step": pa.int64(),
-    "lr": pa.float64(),
-    "contribution": pa.float64(),  # lr x <train grad, test grad> at this checkpoint; sums to the score
-}
-
-CURVATURE = {
-    "sharpness": pa.float64(),
-    "top_eigenvalues": pa.list_(pa.float64()),
-    "lanczos_steps": pa.int64(),
-    "lanczos_residual": pa.float64(),
-    "hessian_trace": pa.float64(),
-    "hessian_trace_stderr": pa.float64(),
-    "hutchinson_samples": pa.int64(),
-    "hvp_count": pa.int64(),
-    "fisher_trace": pa.float64(),
-    "gauss_newton_trace": pa.float64(),
-    "gauss_newton_stderr": pa.float64(),
-    "input_jacobian_norm": pa.float64(),
-    "input_hessian_trace": pa.float64(),
-    "update_sharpness": pa.float64(),
-    "density_grid": pa.list_(pa.float64()),  # empty unless the spectral density is asked for
-    "density": pa.list_(pa.float64()),
-    "layer_sharpness": pa.map_(pa.string(), pa.float64()),  # empty unless per_layer
-    "ggn_top_eigenvalue": pa.float64(),  # the generalized Gauss-Newton's (curvature.ggn), NaN unless asked
-    "ggn_top_eigenvalues": pa.list_(pa.float64()),
-    "ggn_lanczos_steps": pa.int64(),
-    "ggn_mvp_count": pa.int64(),  # GGN-vector products (hvp_count counts the Hessian's)
-    "ggn_density_grid": pa.list_(pa.float64()),  # empty unless ggn and density
-    "ggn_density": pa.list_(pa.float64()),
-    "lr": pa.float64(),
-    "sharpness_threshold": pa.float64(),
-    "n_examples": pa.int64(),
-    "n_params": pa.int64(),
-    "wall_s": pa.float64(),
-}
-# What a curvature row holds for a measure that did not run (gradscope.curvature.compute_curvature
-# returns only the measures that ran): NaN, an empty list or map, a count of 0.
-CURVATURE_ABSENT = {name: ([] if isinstance(t, pa.ListType) else {} if isinstance(t, pa.MapType)
-                           else 0 if pa.types.is_integer(t) else float("nan")) for name, t in CURVATURE.items()}
 
 
 def arrow_schema(columns: dict[str, pa.DataType], meta: dict[str, str] | None = None) -> pa.Schema:
@@ -261,19 +92,30 @@ def _write_error(path: Path, error: OSError) -> OSError:
     return OSError(code, f"cannot write {path}: {why}")
 
 
-def write_parquet(df: pd.DataFrame, path, columns: dict[str, pa.DataType] | None, *, run_id=None, config=None) -> None:
-    """Write `df` with exactly the declared columns and types (inferred when `columns` is None), plus gradscope metadata."""
+def write_parquet(df: pd.DataFrame, path, columns: dict[str, pa.DataType] | None, *, table: str | None = None,
+                  run_id=None, config=None) -> None:
+    """Write `df` with exactly the declared columns and types (inferred when `columns` is None), plus gradscope metadata.
+
+    table: the registry's name of the table (`gradscope.tables.TABLES`): each column it describes
+    carries its description as field metadata (b"description"), and a declared column it does not
+    describe is an error."""
     meta = file_metadata(run_id, config)
+    if table is not None and columns is not None:
+        undescribed = [c for c in columns if c not in tables.table(table).descriptions]
+        if undescribed:
+            raise ValueError(f"{path}: columns {undescribed} are not described in gradscope.tables (table {table!r})")
     if columns is None:
-        table = pa.Table.from_pandas(df, preserve_index=False)
-        table = table.replace_schema_metadata(meta)
+        out = pa.Table.from_pandas(df, preserve_index=False)
+        out = out.replace_schema_metadata(meta)
     else:
         missing = [c for c in columns if c not in df.columns]
         if missing:
             raise ValueError(f"{path}: missing columns {missing}")
-        table = pa.Table.from_pandas(df[list(columns)], schema=arrow_schema(columns, meta), preserve_index=False)
+        out = pa.Table.from_pandas(df[list(columns)], schema=arrow_schema(columns, meta), preserve_index=False)
+    if table is not None:
+        out = out.cast(tables.with_descriptions(out.schema, table))
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(out, tmp)
 
 
 def read_parquet(path, columns=None) -> pd.DataFrame:

@@ -97,7 +97,7 @@ def train_command(run: str, config_path: Path, results: Path):
     from gradscope.config import ConfigError, dataset_id, load_config_files, load_runs, run_config, train_slice
     from gradscope.train import RunLocked
 
-    try:  # the runs Snakemake would plan for --configfile CONFIG (README, "Configuration")
+    try:  # the runs Snakemake would plan for --configfile CONFIG (docs/configuration.md)
         runs = {r.id: r for r in load_runs(load_config_files([config_path]), check_device=True)[1]}
     except ConfigError as e:
         raise click.ClickException(str(e) if not str(e).startswith("invalid") else f"{config_path}: {e}")
@@ -140,7 +140,7 @@ def train_command(run: str, config_path: Path, results: Path):
 def validate(configs: tuple[Path, ...], default: Path, device_check: bool):
     """Check config files and list the runs that `snakemake --configfile CONFIG...` plans, one per line.
 
-    The files combine as Snakemake combines them here (README, "Configuration"): the default
+    The files combine as Snakemake combines them here (docs/configuration.md): the default
     config first; a file with `experiments` replaces the experiments before it unless it sets
     `extend_experiments: true`. Every problem stops here, before any job, naming the key, the
     value and what is allowed."""
@@ -155,6 +155,21 @@ def validate(configs: tuple[Path, ...], default: Path, device_check: bool):
         raise click.ClickException(f"{' then '.join(read)}: {e}")
     for run in runs:
         click.echo(run.id)
+
+
+@main.command()
+@click.argument("table", required=False)
+def schema(table: str | None):
+    """Describe the Parquet tables gradscope writes: all of them, one TABLE (e.g. examples), or a Parquet file.
+
+    Each column with its type and meaning; a file's meanings come from its field metadata (for a file
+    written before it carried them, from the table its path matches)."""
+    from gradscope import tables
+
+    try:
+        click.echo(tables.schema_text(table))
+    except (LookupError, ValueError) as e:
+        raise click.ClickException(str(e))
 
 
 @main.command()
@@ -179,3 +194,16 @@ def dashboard(results: Path, max_examples: int | None, open_: bool):
         import webbrowser
 
         webbrowser.open(written[0].resolve().as_uri())
+
+
+@main.command("doctor")
+def doctor_command():
+    """Check this installation: python, torch, snakemake, the package data and the optional extras,
+    one line each, with the install command for each missing piece. Exits nonzero only when a
+    required piece is missing."""
+    from gradscope import doctor
+
+    lines, ok = doctor.report()
+    click.echo("\n".join(lines))
+    if not ok:
+        raise SystemExit(1)

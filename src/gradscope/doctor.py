@@ -46,7 +46,7 @@ EXTRAS = {
     "docs": Extra(("mkdocs-material", "mkdocstrings", "mkdocstrings-python"), "the documentation site, mkdocs build", False),
 }
 # Optional pieces outside the extras: (what they are for, the command that adds them).
-DUCKDB = ("SQL over the artifacts as in the README, and tests/test_workflow.py", "pip install duckdb")
+DUCKDB = ("SQL over the artifacts, as in docs/results.md", "pip install duckdb")
 # tests/test_dashboard.py drives chromium through chromedriver (the binaries on PATH, else /usr/bin);
 # .ci/run installs Debian's packages.
 BROWSER = ("the dashboard's browser tests, tests/test_dashboard.py", "apt-get install chromium chromium-driver")

@@ -14,10 +14,11 @@ import math
 
 import torch
 
+from gradscope.tables import DYNAMICS
+
 TIERS = (("top5", 0.95, 1.0), ("mid90", 0.05, 0.95), ("bottom5", 0.0, 0.05))
 
-COLUMNS = ["step", "layer", "weight_norm", "grad_norm", "grad_norm_top5", "grad_norm_mid90", "grad_norm_bottom5",
-           "adam_eff_lr_median", "adam_snr_median", "update_to_decay_ratio"]
+COLUMNS = list(DYNAMICS)  # the dynamics table's columns, in file order
 
 
 def _tier_norms(w: torch.Tensor, g: torch.Tensor) -> dict[str, float]:

@@ -136,8 +136,9 @@ def import_run(settings: dict, source: dict, checkpoint_files: dict, *, dataset,
         from gradscope import dynamics as dyn
 
         dynamics = pd.DataFrame(columns=dyn.COLUMNS)
-    artifacts.write_parquet(metrics, out["metrics"], artifacts.METRICS, run_id=run_id, config=settings)
-    artifacts.write_parquet(dynamics, out["dynamics"], artifacts.DYNAMICS, run_id=run_id, config=settings)
+    artifacts.write_parquet(metrics, out["metrics"], artifacts.METRICS, table="metrics", run_id=run_id, config=settings)
+    artifacts.write_parquet(dynamics, out["dynamics"], artifacts.DYNAMICS, table="dynamics", run_id=run_id,
+                            config=settings)
     artifacts.write_json({"run_id": run_id, "steps": max(checkpoint_files), "stopped_early_at": None,
                           "source": source, "model": settings["model"],
                           "checkpoints": {str(s): Path(p).resolve().as_posix() for s, p in checkpoint_files.items()},

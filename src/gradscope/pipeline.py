@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 # Only what every stage needs loads here: the stages that run torch import it themselves, so that
 # a job that reads tables and draws (signals, plots, reports) starts without it (about 1.5 s).
 from gradscope import artifacts, config, layout, opposing, report, scoring, signals
+from gradscope.tables import examples_columns  # noqa: F401 (pipeline.examples_columns, as before)
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,6 @@ def open_checkpoint(step: int, *, dataset, device, manifest=None, checkpoints: d
     return ckpt.load(path, device=device, model_settings=model, spec=spec)
 
 
-def examples_columns(proj_dim: int, proj_dtype: str, n_layers: int | None = None) -> dict:
-    """Columns of a per-example table; with n_layers, also the per-layer gradient norms (names in the metadata)."""
-    columns = {**artifacts.EXAMPLES, "grad_proj": artifacts.projection_type(proj_dim, proj_dtype)}
-    if n_layers is not None:
-        columns["layer_grad_norm"] = artifacts.projection_type(n_layers, "float32")
-    return columns
-
-
 def extract_examples(settings: dict, *, loss: str, device: str, dataset, step: int, out, run_id: str, manifest=None,
                      checkpoints: dict | None = None, model: dict | None = None) -> pd.DataFrame:
     """Per-example statistics of both splits at one checkpoint; cosines against the mean *training* gradient.
@@ -102,10 +95,10 @@ def extract_examples(settings: dict, *, loss: str, device: str, dataset, step: i
     table = pd.concat(tables, ignore_index=True)
     names = examples.layer_names(model, trainable_only)
     artifacts.write_parquet(table, out, examples_columns(settings["proj_dim"], settings["proj_dtype"], len(names)),
-                            run_id=run_id, config={"examples": settings, "loss": loss, "step": step, "layer_names": names,
-                                                   "projection": projection.resolve_kind(settings["projection"],
-                                                                                         settings["proj_dim"]),
-                                                   "mode": "eval"})  # checkpoints.load gives the model in eval mode
+                            table="examples", run_id=run_id,
+                            config={"examples": settings, "loss": loss, "step": step, "layer_names": names,
+                                    "projection": projection.resolve_kind(settings["projection"], settings["proj_dim"]),
+                                    "mode": "eval"})  # checkpoints.load gives the model in eval mode
     return table
 
 
@@ -123,7 +116,7 @@ def planted_truth(meta_path) -> tuple[list | None, dict | None]:
 def detect_signals(settings: dict, *, examples_paths, meta_path, metrics_path, out: dict, run_id: str) -> dict:
     """Every configured detector on the training split, scored against the planted truth where the data has one.
 
-    out: a path for each of layout.SIGNALS (the tables of the README's artifact list)."""
+    out: a path for each of layout.SIGNALS (the tables of docs/artifacts.md)."""
     missing = [k for k in layout.SIGNALS if k not in out]
     if missing:
         raise ValueError(f"detect_signals needs output paths for {missing}")
@@ -156,7 +149,7 @@ def detect_signals(settings: dict, *, examples_paths, meta_path, metrics_path, o
                                 ("group_losses", group_losses, artifacts.GROUP_LOSSES),
                                 ("loss_changes", opposing.loss_changes(tr), artifacts.LOSS_CHANGES),
                                 ("per_example", per_example, artifacts.PER_EXAMPLE)):
-        artifacts.write_parquet(table, out[name], schema, run_id=run_id, config=provenance)
+        artifacts.write_parquet(table, out[name], schema, table=name, run_id=run_id, config=provenance)
     artifacts.write_json(summary, out["summary"])
     log.info("signals: %d detectors, %d checkpoints, %d training examples; %d opposing group pairs",
              detections["detector"].nunique(), len(tr.steps), len(tr.example_ids), int(pairs["opposing"].sum()))
@@ -211,9 +204,10 @@ def compute_influence(settings: dict, *, examples_paths, metrics_path, train_pat
     rows, contributions = influence.influence_tables(top, steps=steps, lr=lr, test_ids=test_ids, train=train_df,
                                                      test=test_df)
     provenance = {"influence": settings}
-    artifacts.write_parquet(rows, out["top"], artifacts.INFLUENCE_TOP, run_id=run_id, config=provenance)
-    artifacts.write_parquet(contributions, out["contributions"], artifacts.INFLUENCE_CONTRIBUTIONS, run_id=run_id,
+    artifacts.write_parquet(rows, out["top"], artifacts.INFLUENCE_TOP, table="influence_top", run_id=run_id,
                             config=provenance)
+    artifacts.write_parquet(contributions, out["contributions"], artifacts.INFLUENCE_CONTRIBUTIONS,
+                            table="influence_contributions", run_id=run_id, config=provenance)
     last = table[(table["split"] == "test") & (table["step"] == steps[-1])].set_index("example_id")
     summary = {"run_id": run_id, "settings": settings, "steps": steps.tolist(), "lr": lr.tolist(),
                "n_train": len(train_ids), "n_test_scored": len(test_ids), "proj_dim": int(train_proj.shape[-1]),
@@ -303,7 +297,7 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
     # The table has every column: a measure that did not run reads NaN (lists empty, counts 0).
     row = {**artifacts.CURVATURE_ABSENT, **result, "lr": optim["lr"],
            "sharpness_threshold": training.sharpness_threshold(optim)}
-    artifacts.write_parquet(pd.DataFrame([row]), out, artifacts.CURVATURE, run_id=run_id,
+    artifacts.write_parquet(pd.DataFrame([row]), out, artifacts.CURVATURE, table="curvature", run_id=run_id,
                             config={"curvature": settings, "optim": optim, "loss": loss, "step": step,
                                     "subset_ids": subset.tolist(), "mode": "eval"})
     log.info("step %d: sharpness %.4g (2/lr %.4g; %d Lanczos steps), trace %.4g ± %.2g, update sharpness %.4g, "
@@ -408,11 +402,13 @@ def write_sweep_report(experiment: str, runs: list[dict], *, metrics_paths, summ
         per_step = pd.DataFrame(artifacts.read_json(summary_path)["per_step"])
         detector_rows.append(report.detector_table(per_step).assign(run_id=run["id"], run=run["name"]))
     detectors = pd.concat(detector_rows, ignore_index=True)
-    artifacts.write_parquet(detectors, detectors_path, None, run_id=experiment, config={"experiment": experiment})
+    artifacts.write_parquet(detectors, detectors_path, None, table="sweep_detectors", run_id=experiment,
+                            config={"experiment": experiment})
     table = pd.DataFrame(rows)
     # Columns vary with the grid, so their types are inferred; list-valued grid values become text.
     table = table.apply(lambda col: col.map(str) if col.map(lambda v: isinstance(v, (list, tuple))).any() else col)
-    artifacts.write_parquet(table, runs_path, None, run_id=experiment, config={"experiment": experiment, "runs": runs})
+    artifacts.write_parquet(table, runs_path, None, table="sweep_runs", run_id=experiment,
+                            config={"experiment": experiment, "runs": runs})
     plots.plot_sweep(metrics_by_run, comparison_png, title=f"{experiment}: accuracy of every run", dpi=plots_settings["dpi"])
     plots.plot_sweep_sharpness(curvature_by_run, metrics_by_run, sharpness_png, title=f"{experiment}: sharpness of every run",
                                dpi=plots_settings["dpi"])

@@ -54,36 +54,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import torch
 
 from gradscope import artifacts, checkpoints, data
+from gradscope.tables import PROGRESS  # the table's columns (one row per checkpoint), defined with their meanings
 from gradscope.losses import per_example_loss
 from gradscope.models import MLP, InputSpec, OneHot, Transformer
 
 log = logging.getLogger(__name__)
 
 OPS = ("add", "sub")  # the operations with a Fourier circuit over a ± b
-
-# One row per checkpoint. Lists: key frequencies (1..p//2) and the spectrum (norm of frequency k at index k-1).
-PROGRESS = {
-    "step": pa.int64(),
-    "train_loss": pa.float64(),
-    "test_loss": pa.float64(),
-    "restricted_loss": pa.float64(),
-    "restricted_loss_all": pa.float64(),
-    "excluded_loss": pa.float64(),
-    "key_frequencies": pa.list_(pa.int64()),
-    "key_fraction": pa.float64(),
-    "top_frequencies": pa.list_(pa.int64()),
-    "top_fraction": pa.float64(),
-    "constant_norm": pa.float64(),
-    "embedding_norm": pa.float64(),
-    "spectrum": pa.list_(pa.float64()),
-    "weight_norm": pa.float64(),
-    "weight_norm_logged": pa.bool_(),
-}
-
 
 def applies(data_settings: dict) -> bool:
     """Whether a run's data has progress measures: modular addition or subtraction."""
@@ -275,7 +255,7 @@ def write_progress(settings: dict, *, data_settings: dict, loss: str, dataset, m
 
     table = compute_progress(settings, data_settings=data_settings, loss=loss, dataset=dataset, manifest=manifest,
                              metrics_path=metrics_path, run_id=run_id)
-    artifacts.write_parquet(table, out, PROGRESS, run_id=run_id,
+    artifacts.write_parquet(table, out, PROGRESS, table="progress", run_id=run_id,
                             config={"progress": settings, "data": data_settings, "loss": loss, "mode": "eval"})
     plots.plot_progress(table, artifacts.read_parquet(metrics_path), figure,
                         title=f"{run_id}: progress measures (Nanda et al. 2023)", dpi=dpi)

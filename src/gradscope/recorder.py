@@ -333,11 +333,11 @@ class Recorder:
                             if self.pending else [])
         out = layout.in_run(self.folder, "metrics").parent
         metrics = pd.DataFrame(rows, columns=list(artifacts.METRICS))
-        artifacts.write_parquet(metrics, layout.in_run(self.folder, "metrics"), artifacts.METRICS, run_id=self.run_id,
-                                config=self.settings)
+        artifacts.write_parquet(metrics, layout.in_run(self.folder, "metrics"), artifacts.METRICS, table="metrics",
+                                run_id=self.run_id, config=self.settings)
         artifacts.write_parquet(pd.DataFrame(self.layer_rows, columns=dynamics.COLUMNS),
-                                layout.in_run(self.folder, "dynamics"), artifacts.DYNAMICS, run_id=self.run_id,
-                                config=self.settings)
+                                layout.in_run(self.folder, "dynamics"), artifacts.DYNAMICS, table="dynamics",
+                                run_id=self.run_id, config=self.settings)
         ckpt_dir = layout.in_run(self.folder, "checkpoints")
         saved = sorted(self.save_at)
         artifacts.write_json({"run_id": self.run_id, "steps": self.steps, "stopped_early_at": None,

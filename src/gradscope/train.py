@@ -319,7 +319,7 @@ def _train(settings: dict, train_split, test_split, spec: InputSpec, out_dir: Pa
     _publish(store, ckpt_dir, sorted(save_at))
     metrics = _write_metrics(rows, out_dir / FILES["metrics"], run_id, settings)
     artifacts.write_parquet(pd.DataFrame(layer_rows, columns=dynamics.COLUMNS), out_dir / FILES["dynamics"],
-                            artifacts.DYNAMICS, run_id=run_id, config=settings)
+                            artifacts.DYNAMICS, table="dynamics", run_id=run_id, config=settings)
     artifacts.write_json({"run_id": run_id, "steps": steps, "stopped_early_at": stopped_at, "checkpoints": {
         str(s): f"checkpoints/{checkpoints.checkpoint_name(s)}" for s in sorted(save_at)},
         # sizes as written: a checkpoint truncated or replaced later is found by a stat (checkpoints.damaged)
@@ -331,5 +331,5 @@ def _train(settings: dict, train_split, test_split, spec: InputSpec, out_dir: Pa
 
 def _write_metrics(rows, path, run_id, settings) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=list(artifacts.METRICS))
-    artifacts.write_parquet(df, path, artifacts.METRICS, run_id=run_id, config=settings)
+    artifacts.write_parquet(df, path, artifacts.METRICS, table="metrics", run_id=run_id, config=settings)
     return df
