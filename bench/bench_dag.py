@@ -7,7 +7,7 @@ has `runs` points (seed 0), `checkpoints` checkpoints a run, and (2) a bare Snak
 same rules, wildcards, paths and dependencies whose rules only `touch` their outputs, with the
 runs and steps as plain Python lists. Times `snakemake -n --cores 1 --quiet rules` (parse, DAG,
 dry-run summary; the same flags for both) from a fresh process, checks both plan the same jobs
-per rule, and prints both times and the ratio. The README quotes this script's output. The
+per rule, and prints both times and the ratio. docs/cluster.md quotes this script's output. The
 gradscope copy is made by the tests' `copy_workflow`, so it needs the test extra installed.
 """
 

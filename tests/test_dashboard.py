@@ -7,7 +7,6 @@ they fail.
 """
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -22,8 +21,6 @@ from gradscope.cli import main
 from gradscope.dashboard import collect, page
 from test_workflow import snakemake
 
-REQUIRED = os.environ.get("GRADSCOPE_REQUIRE_BROWSER") == "1"
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
 # ---- data, without a browser ---------------------------------------------------------------------
@@ -100,26 +97,6 @@ def test_workflow_writes_the_pages(built):
     # nothing to redo: the pages are up to date with their inputs
     assert "Nothing to be done" in snakemake(results.parent, "-n", "--cores", "1", "results/index.html").stdout + \
         snakemake(results.parent, "-n", "--cores", "1", "results/index.html").stderr
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from selenium import webdriver
-
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
-            options.add_argument(arg)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
-    except Exception as e:  # selenium missing, no chromium, or it does not start
-        reason = f"cannot start headless chromium ({CHROMIUM}, {CHROMEDRIVER}): {type(e).__name__}: {str(e)[:300]}"
-        if REQUIRED:
-            pytest.fail(f"GRADSCOPE_REQUIRE_BROWSER=1 but {reason}")
-        pytest.skip(reason)
-    yield driver
-    driver.quit()
 
 
 def open_page(driver, path: Path) -> float:

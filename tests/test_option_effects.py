@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from gradscope import data
-from test_dashboard import browser  # noqa: F401  (a fixture)
 from test_sources import arrays, make, offline, rows, tv, write_mnist  # noqa: F401  (offline, tv: fixtures)
 
 

@@ -1,5 +1,5 @@
 """Issue 13: every bad input and fault ends in a clear message, nothing stale looks current,
-the same config gives the same bytes. The README's "Reliability" section lists these cases."""
+the same config gives the same bytes. docs/reliability.md lists these cases."""
 
 import copy
 import json

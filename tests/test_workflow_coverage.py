@@ -24,7 +24,6 @@ from gradscope.config import train_slice
 from gradscope.curvature import gauss_newton_trace, layer_top_eigenvalues
 from gradscope.models import InputSpec
 from test_sources import write_mnist
-from test_dashboard import browser  # noqa: F401 (a fixture)
 from test_workflow import REPO, copy_workflow, snakemake
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")

@@ -348,7 +348,7 @@ def check_config_file(path: str | Path) -> None:
 def compose(default: dict | None, files: list[dict] = (), overrides: dict | None = None) -> dict:
     """The config Snakemake runs: the default config file, then each `--configfile`, then `--config`.
 
-    The rule (README, "Configuration"): experiments are whole units, never merged key by key.
+    The rule (docs/configuration.md): experiments are whole units, never merged key by key.
     A config file that has `experiments` replaces every experiment before it, unless it sets
     `extend_experiments: true`: then its experiments are added, each replacing a same-named
     one whole. A file's other top-level keys (device, cluster, ...) replace those before it,

@@ -50,7 +50,7 @@ dots with it (one forward-sized matmul per layer) and the projection ("gaussian"
 (in + out) flops per layer; "hadamard": two small transforms per token plus b T k): about
 1.5 batched backwards plus the projection. With n >
 batch_size and no `mean_grad`, a first pass computes the mean gradient: about 2.5.
-Figures in bench/bench_examples.py and bench/bench_architectures.py (README).
+Figures in bench/bench_examples.py and bench/bench_architectures.py (docs/benchmarks.md).
 Memory is that of one chunk: the captured inputs and output-gradients (the activations a
 backward keeps anyway) plus, for fallback parameters, their (chunk, numel) gradients.
 

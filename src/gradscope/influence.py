@@ -65,7 +65,7 @@ def top_influences(train: np.ndarray, test: np.ndarray, lr: np.ndarray, top_k: i
 
 
 def influence_tables(top: dict, *, steps, lr, test_ids, train: pd.DataFrame, test: pd.DataFrame):
-    """The `top` and `contributions` tables of the artifact list (README) from `top_influences`' arrays.
+    """The `top` and `contributions` tables of the artifact list (docs/artifacts.md) from `top_influences`' arrays.
 
     train: the training examples in the order of the train axis, with example_id, label,
     clean_label and planted; test: the test examples scored, in the order of the test axis,

@@ -46,7 +46,7 @@ back toward the Gaussian value. Measured over 300 seeds at k = 64 (tests/test_ex
 rms error of the projected cosine / sqrt((1 + rho^2) / k): 0.9-1.0 on average and at most 1.3
 for a 3-layer MLP (Gaussian columns: 0.9 and 1.1), 1.2 and 1.6 for one rank-one layer.
 
-Accuracy, measured side by side on the same gradients (bench/bench_projections.py, README):
+Accuracy, measured side by side on the same gradients (bench/bench_projections.py, docs/benchmarks.md):
 |projected cosine - exact cosine| over random pairs of examples, at the median and the 99th
 percentile, within a few percent of a dense i.i.d. Gaussian projection of the same k for both
 kinds.
