@@ -91,9 +91,8 @@ DETECTIONS = {
     "flagged": pa.bool_(),
 }
 
-EVALUATION = {
-    "detector": pa.string(),
-    "step": pa.int64(),
+# A detector's quality against planted truth: per checkpoint (EVALUATION), per run (SWEEP_DETECTORS).
+_QUALITY = {
     "n_flagged": pa.int64(),
     "auroc": pa.float64(),
     "average_precision": pa.float64(),
@@ -102,6 +101,8 @@ EVALUATION = {
     "precision": pa.float64(),
     "recall": pa.float64(),
 }
+
+EVALUATION = {"detector": pa.string(), "step": pa.int64(), **_QUALITY}
 
 GROUPS = {
     "step_from": pa.int64(),
@@ -272,13 +273,7 @@ SWEEP_RUNS = {
 SWEEP_DETECTORS = {
     "detector": pa.large_string(),
     "last_step": pa.int64(),
-    "n_flagged": pa.int64(),
-    "auroc": pa.float64(),
-    "average_precision": pa.float64(),
-    "precision_at_k": pa.float64(),
-    "recall_at_k": pa.float64(),
-    "precision": pa.float64(),
-    "recall": pa.float64(),
+    **_QUALITY,
     "best_auroc": pa.float64(),
     "best_step": "int64 or double",
     "run_id": pa.large_string(),
