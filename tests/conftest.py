@@ -7,6 +7,26 @@ torch.set_num_threads(1)
 
 import pytest  # noqa: E402
 
+# Markers (registered in pyproject.toml). The inner loop, `python -m pytest -m "not slow"`, leaves out
+# every test that runs Snakemake, a browser or a Slurm cluster, or takes over about 2 s alone; CI runs
+# them all. A test is marked from the fixtures it uses (below), from its module's `pytestmark`
+# (modules that run Snakemake themselves), or by `@pytest.mark.slow` at the test.
+WORKFLOW_FIXTURES = {"done", "built", "cov", "twin", "folder_run", "cluster", "runs"}  # each runs Snakemake
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & WORKFLOW_FIXTURES:
+            item.add_marker(pytest.mark.workflow)
+        if "browser" in names:
+            item.add_marker(pytest.mark.browser)
+        if "cluster" in names:
+            item.add_marker(pytest.mark.slurm)
+        notebook = item.path.suffix == ".ipynb"  # the tutorials (nbmake): each runs a workflow
+        if notebook or any(item.get_closest_marker(m) for m in ("workflow", "browser", "slurm")):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def done(tmp_path_factory):

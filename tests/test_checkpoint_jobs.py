@@ -2,10 +2,13 @@
 curvature, and writes the same tables as the per-checkpoint jobs of the tiny run (`done`)."""
 
 import pandas as pd
+import pytest
 import yaml
 
 from gradscope import artifacts, layout
 from test_workflow import TINY, copy_workflow, planned, snakemake
+
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
 # Columns that hold a time, not a result.
 TIMES = {"wall_s"}

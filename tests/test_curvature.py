@@ -626,6 +626,7 @@ def real_problem(name: str, seed: int = 0):
 ARCHITECTURES = ["resnet_group", "resnet_batch", "resnet_1d", "vgg_batch", "transformer", "cnn_1d"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_top_eigenvalues_and_trace_on_real_architectures_match_the_dense_hessian(name):
     model, x, y = real_problem(name)

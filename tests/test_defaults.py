@@ -343,6 +343,8 @@ def test_applicable_leaves_the_full_settings_alone_and_reads_partial_ones():
     assert applicable({"model": {"kind": "transformer", "width": 3}}) == {"model": {"kind": "transformer"}}
 
 
+@pytest.mark.workflow
+@pytest.mark.slow
 def test_resolve_config_writes_the_trimmed_config_and_show_prints_it(tmp_path):
     from click.testing import CliRunner
     from test_workflow import copy_workflow, snakemake

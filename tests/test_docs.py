@@ -98,6 +98,7 @@ def site(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_site_builds_strict_with_the_generated_pages(site):
     reference = (site / "reference" / "configuration" / "index.html").read_text()
     default = config.load_schema()["$defs"]["curvature"]["properties"]["lanczos_iters"]["default"]

@@ -20,6 +20,8 @@ from gradscope import config, data, layout
 from gradscope.losses import per_example_loss
 from gradscope.models import build_model
 
+pytestmark = pytest.mark.slow
+
 ANALYSIS = {"examples": {"proj_dim": 8}, "signals": {"opposing_groups": {"top_k": 20, "n_groups": 2}},
             "curvature": {"subset_size": 64, "lanczos_iters": 6, "trace_max_samples": 6}, "plots": {"dpi": 50, "gif_points": 30}}
 SIGNAL_TABLES = ("detections", "evaluation", "groups", "group_pairs", "group_losses", "loss_changes", "per_example")

@@ -20,6 +20,8 @@ import pytest
 
 from gradscope import artifacts
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 
 

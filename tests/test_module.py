@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
+
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
 CLONE = Path(__file__).resolve().parents[1]
 TINY = CLONE / "tests" / "configs" / "tiny.yaml"  # the workflow tests' tiny config

@@ -261,6 +261,8 @@ def test_key_frequencies_from_the_final_or_each_checkpoint(done, tmp_path):
             "generator": "modular", "modular": {"p": 7, "op": "mul"}}})
 
 
+@pytest.mark.workflow
+@pytest.mark.slow
 def test_only_modular_add_and_sub_runs_with_progress_enabled_plan_the_stage(tmp_path):
     """A dry run: of a grid over progress.enabled and a run on multiplication, one progress job."""
     from test_workflow import copy_workflow, planned

@@ -161,6 +161,8 @@ def planned_runs(cwd, *args) -> list[str]:
     return sorted({f"{e}/{r}" for e, r in found})
 
 
+@pytest.mark.workflow
+@pytest.mark.slow
 def test_validate_reports_exactly_the_runs_snakemake_plans(tmp_path):
     default = yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text())
     cwd = copy_workflow(tmp_path, default)
@@ -456,6 +458,8 @@ def test_a_second_trainer_of_a_run_stops_and_says_who_holds_it(tmp_path):
     assert not (out / train.LOCK).exists()
 
 
+@pytest.mark.workflow
+@pytest.mark.slow
 def test_a_truncated_checkpoint_is_named_by_every_workflow_start(done, tmp_path):
     # Snakemake's timestamps cannot see a checkpoint cut short after training: each start (a dry
     # run too) names it, with the command that writes it again, from the sizes in the manifest.
@@ -479,6 +483,8 @@ def test_a_truncated_checkpoint_is_named_by_every_workflow_start(done, tmp_path)
     assert "--force results/runs/flips/seed~0/train/metrics.parquet" in proc.stderr
 
 
+@pytest.mark.workflow
+@pytest.mark.slow
 def test_a_damaged_parquet_or_json_file_is_named_by_every_workflow_start(done, tmp_path):
     # A table cut short, a table overwritten with something else and a JSON file that no longer
     # parses all look current to Snakemake's timestamps: the dry run names each with its command.

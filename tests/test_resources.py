@@ -86,6 +86,8 @@ def dry_run_resources(cwd, *args) -> dict[str, list[dict]]:
     return jobs
 
 
+@pytest.mark.workflow
+@pytest.mark.slow
 def test_rules_ask_for_what_the_config_needs_and_overrides_win(tmp_path):
     tiny = yaml.safe_load(TINY.read_text())
     cfg = bigger(tiny)
@@ -105,6 +107,8 @@ def test_rules_ask_for_what_the_config_needs_and_overrides_win(tmp_path):
         assert all("mem_mb" in j and "runtime" in j for j in jobs[rule]), rule
 
 
+@pytest.mark.workflow
+@pytest.mark.slow
 def test_slurm_profile_plans_one_submission_per_run_for_its_checkpoint_jobs(tmp_path):
     pytest.importorskip("snakemake_executor_plugin_slurm")
     profile = ["--profile", str(REPO / "workflow/profiles/slurm")]

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 import torch
 
 from gradscope import train
@@ -40,6 +41,7 @@ def kill_when_checkpointed(cmd, store, min_step, env=None, **popen):
     assert proc.returncode == -signal.SIGKILL, f"the job was not killed mid-run: {proc.stderr.read().decode()[-2000:]}"
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_to_identical_metrics_and_checkpoints(tmp_path, caplog):
     settings, (tr, te), spec = long_run(tmp_path)
     reference = train.train(settings, tr, te, spec, tmp_path / "reference", "r")

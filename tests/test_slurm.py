@@ -27,6 +27,8 @@ import yaml
 
 from test_workflow import SIGNALS_FILES, TINY, copy_workflow, planned
 
+pytestmark = [pytest.mark.workflow, pytest.mark.slurm, pytest.mark.slow]
+
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED = os.environ.get("GRADSCOPE_REQUIRE_SLURM") == "1"
 PROFILE = str(REPO / "workflow" / "profiles" / "slurm")

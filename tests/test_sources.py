@@ -316,6 +316,8 @@ def test_files_errors_name_the_key_and_the_path(tmp_path):
         make("files", **files_block(tmp_path / "neg.npz", test=str(tmp_path / "neg.npz")))
 
 
+@pytest.mark.workflow
+@pytest.mark.slow
 def test_files_source_is_a_rule_input(tmp_path):
     """The files a `files` source reads are generate_data's inputs: a dry run sees them."""
     from test_workflow import copy_workflow, planned, snakemake

@@ -14,6 +14,8 @@ import yaml
 
 from gradscope import artifacts, pipeline
 
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 SIGNALS_FILES = [f"signals/{name}.parquet" for name in ("evaluation", "group_pairs", "group_losses", "loss_changes",

@@ -26,7 +26,7 @@ from gradscope.models import InputSpec
 from test_sources import write_mnist
 from test_workflow import REPO, copy_workflow, snakemake
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+pytestmark = [pytest.mark.workflow, pytest.mark.slow, pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")]
 COVERAGE = REPO / "tests" / "configs" / "coverage.yaml"
 
 
