@@ -1,5 +1,5 @@
 # gradscope: generate data -> train -> per-example statistics -> signals, curvature -> figures -> reports.
-# The map is in docs/workflow.md ("The DAG"); each stage is one file under workflow/rules/
+# The map is in docs/workflow.md ("The DAG"); each stage is one file under workflow/rules/.
 from snakemake.utils import min_version
 
 import gradscope.config
