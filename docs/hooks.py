@@ -15,6 +15,7 @@ input, so a test can check that a changed default changes the page.
 
 from __future__ import annotations
 
+import importlib
 import json
 import pkgutil
 from pathlib import Path
@@ -45,7 +46,7 @@ def _value(v) -> str:
 
 def _type(node: dict) -> str:
     t = node.get("type")
-    if t is None and "oneOf" in node or "anyOf" in node:
+    if t is None and ("oneOf" in node or "anyOf" in node):
         t = [_type(n) for n in node.get("oneOf", node.get("anyOf", []))]
     if isinstance(t, list):
         return " or ".join(str(x) for x in t)
@@ -152,8 +153,6 @@ def render_api_pages(modules: list[str]) -> dict[str, str]:
     index = ["# Python API", "", "Generated from the docstrings of every public module at every docs build.",
              "`import gradscope` gives `Recorder`, `open_run`, `open_results` and `analyze`; the rest is "
              "imported from its module.", "", "| module | what it is |", "|---|---|"]
-    import importlib
-
     for name in modules:
         doc = (importlib.import_module(name).__doc__ or "").strip().split("\n")[0]
         index.append(f"| [`{name}`]({name}.md) | {_cell(doc)} |")
