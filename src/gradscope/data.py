@@ -38,10 +38,11 @@ The fitted `{"mean": [...], "std": [...]}` is kept in meta["standardize"] (None 
 from __future__ import annotations
 
 import inspect
+import logging
 import random
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,7 @@ import torch
 from gradscope import artifacts, config, factories, layout, tables
 
 Dataset = tuple[pd.DataFrame, pd.DataFrame, dict]
+log = logging.getLogger(__name__)
 
 
 def standardize_inputs(x: np.ndarray, n_train: int) -> tuple[np.ndarray, dict]:
@@ -287,6 +289,8 @@ class Split:
     x: np.ndarray  # (n, *shape) float32 inputs
     y: np.ndarray  # (n,) int64 class labels
     source_id: np.ndarray  # (n,) each example's id in the source: its row index unless the source names ids
+    where: str = ""  # what messages call it: "data.files.train: /abs/train.npz", "data.python.factory: 'm:f', its train split"
+    rows: np.ndarray | None = None  # each example's row in its file, where that is not its index (one file, both splits)
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -334,7 +338,115 @@ def _subsample(split: Split, count: int | None, rng, key: str) -> Split:
     if count > len(split.y):
         raise ValueError(f"{key}={count} is more than the {len(split.y)} examples of that split")
     idx = np.sort(rng.choice(len(split.y), size=count, replace=False))
-    return Split(split.x[idx], split.y[idx], split.source_id[idx])
+    return Split(split.x[idx], split.y[idx], split.source_id[idx], split.where)
+
+
+# ---- checks of a source's splits, before anything is drawn from them ----------------------------
+def _spans(values) -> str:
+    """Sorted whole numbers as text, runs shortened: [0, 1, 2, 5, 7, 8, 9] -> '0..2, 5, 7..9'."""
+    values, out, i = sorted(int(v) for v in values), [], 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
+            j += 1
+        out.append(str(values[i]) if j == i else f"{values[i]}, {values[j]}" if j == i + 1 else f"{values[i]}..{values[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def _rows(split: Split, idx: np.ndarray, limit: int = 5) -> str:
+    """'row 3' or 'rows 3, 7, 9 and 12 more': the examples `idx` of a split, as rows of its file (from 0)."""
+    rows = (split.rows[idx] if split.rows is not None else idx)[:limit]
+    more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
+    return f"row{'s' if len(idx) > 1 else ''} {', '.join(str(int(r)) for r in rows)}{more}"
+
+
+def _nonfinite_rows(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Indices of the examples of `x` (n, ...) with a NaN or inf anywhere (a chunk at a time: little memory)."""
+    if not np.issubdtype(x.dtype, np.floating):
+        return np.zeros(0, dtype=np.int64)
+    flat, bad = x.reshape(len(x), -1), []
+    for start in range(0, len(flat), chunk):
+        ok = np.isfinite(flat[start:start + chunk]).all(axis=1)
+        if not ok.all():
+            bad.append(start + np.flatnonzero(~ok))
+    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+
+
+def check_finite(split: Split, inputs: str = "inputs") -> None:
+    """Refuse NaN and inf inputs, naming the split (`split.where`), the first rows and in each its first bad feature.
+
+    inputs: what the message calls them ("inputs (array 'x')")."""
+    bad = _nonfinite_rows(split.x)
+    if not len(bad):
+        return
+    shape = split.x.shape[1:]
+    shown = []
+    for i in bad[:3]:
+        flat = split.x[i].reshape(-1)
+        j = int(np.flatnonzero(~np.isfinite(flat))[0])
+        where = np.unravel_index(j, shape)
+        feature = str(int(where[0])) if len(shape) == 1 else f"[{', '.join(str(int(k)) for k in where)}]"
+        others = int((~np.isfinite(flat)).sum()) - 1
+        shown.append(f"{_rows(split, np.array([i]))}: feature {feature} is {flat[j]}"
+                     + (f", and {others} more feature{'s' if others > 1 else ''}" if others else ""))
+    more = f"; and {len(bad) - 3} more rows" if len(bad) > 3 else ""
+    raise ValueError(f"{split.where}: {inputs} are not finite (NaN or inf) in {len(bad)} of {len(split.y)} rows: "
+                     f"{'; '.join(shown)}{more} (rows and features count from 0, features index the per-example "
+                     f"shape {list(shape)}); allowed: finite numbers: drop or fix those rows")
+
+
+def check_labels(train: Split, test: Split, n_classes: int | None, key: str, strict: bool) -> int:
+    """The number of classes, after refusing labels that do not fit it; messages name the split and the rows.
+
+    n_classes given (the source declares its classes): every label must be below it; a class without
+    a training example is logged as a warning. n_classes None: it is inferred as 1 + the largest
+    label, and with `strict` (a source whose labels are the user's own: files, python) the labels
+    must use every class 0..K-1 in the training split, and the test split may hold only classes the
+    training split has (without `strict` those are warnings). Labels are whole numbers >= 0 here
+    (`as_split`)."""
+    if n_classes is not None:
+        n_classes = int(n_classes)
+        for split in (train, test):
+            out = np.flatnonzero(split.y >= n_classes)
+            if len(out):
+                values = np.unique(split.y[out])
+                raise ValueError(f"{split.where}: label{'s' if len(values) > 1 else ''} {_spans(values)} "
+                                 f"({_rows(split, out)}, counting from 0) out of range for the {n_classes} classes of the "
+                                 f"source; allowed: 0..{n_classes - 1}")
+    train_classes = np.unique(train.y)
+    unseen = np.setdiff1d(np.unique(test.y), train_classes)
+    if len(unseen):
+        rows = np.flatnonzero(np.isin(test.y, unseen))
+        text = (f"{test.where}: class{'es' if len(unseen) > 1 else ''} {_spans(unseen)} ({_rows(test, rows)}, counting from 0) "
+                f"{'have' if len(unseen) > 1 else 'has'} no example in the training split ({train.where}), whose "
+                f"classes are {_spans(train_classes)}")
+        if strict and n_classes is None:
+            raise ValueError(f"{text}; a model cannot learn a class it never trains on; allowed: test labels among the "
+                             f"training classes: relabel or drop those test rows, or add training examples of "
+                             f"{'them' if len(unseen) > 1 else 'it'}")
+        log.warning("%s", text)
+    largest = int(max(train.y.max(), test.y.max()))
+    inferred = n_classes is None
+    n_classes = largest + 1 if inferred else n_classes
+    empty = np.setdiff1d(np.arange(n_classes), train_classes)
+    if len(empty) and not (len(unseen) and not strict):  # (unseen ones were just reported)
+        gap = int(empty[0])
+        beyond = train_classes[train_classes > gap]
+        if strict and inferred and len(beyond):
+            rows = np.flatnonzero(np.isin(train.y, beyond))
+            used = len(train_classes)
+            raise ValueError(
+                f"{train.where}: label{'s' if len(beyond) > 1 else ''} {_spans(beyond)} ({_rows(train, rows)}, counting from 0) "
+                f"leave{'' if len(beyond) > 1 else 's'} class{'es' if len(empty) > 1 else ''} {_spans(empty)} without "
+                f"a training example: the labels used are {_spans(train_classes)}, so n_classes would be {n_classes} "
+                f"with {len(empty)} empty; allowed: class indices 0..K-1 with every class used: relabel the {used} "
+                f"classes to 0..{used - 1} (e.g. numpy.unique(y, return_inverse=True)[1])")
+        log.warning("%s: class%s %s of %d ha%s no training example", key, "es" if len(empty) > 1 else "",
+                    _spans(empty), n_classes, "ve" if len(empty) > 1 else "s")
+    if n_classes < 2:
+        raise ValueError(f"{key}: the labels name a single class; classification needs at least 2")
+    return n_classes
 
 
 def standardize_shaped(x: np.ndarray, n_train: int, over: str | None, key: str) -> tuple[np.ndarray, dict | None]:
@@ -368,11 +480,15 @@ def standardize_shaped(x: np.ndarray, n_train: int, over: str | None, key: str) 
 
 def labelled_dataset(train: Split, test: Split, *, n_classes: int | None, seed: int, label_noise: float,
                      subsample_train: int | None, subsample_test: int | None, standardize: str | None,
-                     key: str) -> Dataset:
+                     key: str, strict: bool = False, inputs: str = "inputs") -> Dataset:
     """The dataset of a labelled source (MNIST-1D, torchvision, files, python): the step they share.
 
     - n_classes: the source's (a torchvision dataset's `classes`), else 1 + the largest label
       of either split, counted before subsampling.
+    - Checks, on the whole splits before subsampling: finite inputs (`check_finite`) and labels
+      that fit the classes (`check_labels`; `strict` for the sources whose labels are the
+      user's own). Each split's `where` names it in the messages (default "<key>: the train
+      split"), `inputs` names its inputs ("inputs (array 'x')").
     - Subsamples: `subsample_train` (`subsample_test`) examples of that split drawn without
       replacement and kept in source order; None keeps the split whole.
     - Label noise: exactly round(label_noise * n_train) training labels (after subsampling)
@@ -383,17 +499,16 @@ def labelled_dataset(train: Split, test: Split, *, n_classes: int | None, seed: 
     - standardize: `standardize_shaped`, fitted on the training split after subsampling.
     Tables: `source_id` is an example's id in the source (its row index there unless the
     source names ids); `example_id` its row in the table, which the planted ids refer to.
-    `key` ("data.files") prefixes error messages.
+    `key` ("data.files") prefixes the other error messages.
     """
     shape = list(train.x.shape[1:])
     if list(test.x.shape[1:]) != shape:
         raise ValueError(f"{key}: train inputs have shape {shape} per example but test inputs {list(test.x.shape[1:])}")
-    largest = int(max(train.y.max(), test.y.max()))
-    n_classes = largest + 1 if n_classes is None else int(n_classes)
-    if largest >= n_classes:
-        raise ValueError(f"{key}: label {largest} is out of range for the source's {n_classes} classes")
-    if n_classes < 2:
-        raise ValueError(f"{key}: the labels name a single class; classification needs at least 2")
+    train = train if train.where else replace(train, where=f"{key}: the train split")
+    test = test if test.where else replace(test, where=f"{key}: the test split")
+    for split in (train, test):
+        check_finite(split, inputs)
+    n_classes = check_labels(train, test, n_classes, key, strict)
     train_stream, test_stream, noise_stream = np.random.SeedSequence(seed).spawn(3)
     train = _subsample(train, subsample_train, np.random.default_rng(train_stream), f"{key}.subsample_train")
     test = _subsample(test, subsample_test, np.random.default_rng(test_stream), f"{key}.subsample_test")
@@ -567,8 +682,9 @@ def load_torchvision(name, root, download, kwargs, seed, label_noise, subsample_
                                 f"{_how_to_get(key, name)}")
     (x_train, y_train, n_classes), (x_test, y_test, _) = (_vision_split(cls, root, s, download, kwargs, key)
                                                           for s in ("train", "test"))
-    train = as_split(x_train, y_train, what=f"the {name} training split")
-    test = as_split(x_test, y_test, what=f"the {name} test split")
+    train = replace(as_split(x_train, y_train, what=f"the {name} training split"),
+                    where=f"{key}: {name} in {root}, its train split")
+    test = replace(as_split(x_test, y_test, what=f"the {name} test split"), where=f"{key}: {name} in {root}, its test split")
     return labelled_dataset(train, test, n_classes=n_classes, seed=seed, label_noise=label_noise,
                             subsample_train=subsample_train, subsample_test=subsample_test, standardize=standardize,
                             key=key)
@@ -593,6 +709,59 @@ def _column_array(column: pa.ChunkedArray, what: str) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False).reshape(len(column), *dims)
 
 
+PARQUET_SUFFIXES = (".parquet", ".pq")
+_SAVE_HINT = "numpy.savez(path, x=inputs, y=labels)"
+
+
+def file_kind(path) -> str:
+    """What a file holds, from its first bytes: "a zip archive" (as a .npz is), "a Parquet file", "text, starting 'x,y'", ..."""
+    p = Path(path)
+    with open(p, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "nothing (it is empty)"
+    magic = [(b"PK\x03\x04", "a zip archive"), (b"PK\x05\x06", "an empty zip archive"),
+             (b"\x93NUMPY", "a single .npy array"), (b"PAR1", "a Parquet file"), (b"\x89HDF", "an HDF5 file"),
+             (b"ARROW1", "an Arrow (Feather) file"), (b"\x1f\x8b", "gzip-compressed data"),
+             (b"\x80", "a Python pickle"), (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image")]
+    for start, kind in magic:
+        if head.startswith(start):
+            return kind
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:  # a multi-byte character cut at 512 bytes is still text
+        text = head[:e.start].decode("utf-8") if e.start > len(head) - 4 else None
+    if text is not None and all(c.isprintable() or c in "\t\r\n" for c in text):
+        first = text.splitlines()[0] if text.strip() else ""
+        csv = " (CSV?)" if "," in first else ""
+        return f"text{csv}, starting {first[:40]!r}"
+    return f"binary data starting {head[:8].hex(' ')}"
+
+
+def _check_file_type(p: Path, key: str) -> None:
+    """Refuse a file whose contents are not what its suffix says (.npz, .parquet/.pq), or another suffix, naming what it holds."""
+    suffix, kind, p = p.suffix.lower(), file_kind(p), p.absolute()
+    if suffix == ".npz" and not kind.endswith("zip archive"):
+        raise ValueError(f"{key}: {p} is not a .npz archive: it holds {kind}; allowed: a .npz archive of the inputs "
+                         f"and labels, as {_SAVE_HINT} writes")
+    if suffix in PARQUET_SUFFIXES:
+        if kind != "a Parquet file":
+            raise ValueError(f"{key}: {p} is not a Parquet file: it holds {kind}; allowed: a Parquet file, as "
+                             f"pandas.DataFrame.to_parquet or pyarrow.parquet.write_table writes")
+        with open(p, "rb") as f:
+            f.seek(max(0, p.stat().st_size - 4))
+            if f.read(4) != b"PAR1":
+                raise ValueError(f"{key}: {p} is a damaged Parquet file: it does not end in Parquet's footer (cut "
+                                 f"short while it was written or copied?); write it again")
+    if suffix not in (".npz", *PARQUET_SUFFIXES):
+        what = ({"a zip archive": "; if numpy.savez wrote it, rename it .npz", "a Parquet file": "; rename it .parquet",
+                 "a single .npy array": "; save the inputs and labels together in a .npz"}.get(kind)
+                or ("; for a CSV: df = pandas.read_csv(path), then numpy.savez(path, x=df[features].to_numpy(), "
+                    "y=df[label].to_numpy())" if kind.startswith("text") else ""))
+        raise ValueError(f"{key}: {p} is neither a .npz nor a .parquet file: it holds {kind}; allowed: .npz "
+                         f"({_SAVE_HINT}), .parquet or .pq{what}")
+
+
 def _read_arrays(path, names: dict[str, str], key: str, path_key: str, hint: str = "") -> dict[str, np.ndarray]:
     """The arrays (.npz) or columns (Parquet) `names` ({setting: name}) of one file; errors name the setting and the file."""
     p = Path(path)
@@ -600,8 +769,7 @@ def _read_arrays(path, names: dict[str, str], key: str, path_key: str, hint: str
         raise FileNotFoundError(f"{key}.{path_key}: no such file: {p.absolute()} (a relative path starts at the "
                                 f"working directory)")
     suffix = p.suffix.lower()
-    if suffix not in (".npz", ".parquet", ".pq"):
-        raise ValueError(f"{key}.{path_key}: {p} is neither a .npz nor a .parquet file")
+    _check_file_type(p, f"{key}.{path_key}")
     try:
         if suffix == ".npz":
             store = np.load(p, allow_pickle=False)
@@ -610,7 +778,9 @@ def _read_arrays(path, names: dict[str, str], key: str, path_key: str, hint: str
             store = pq.read_table(p)
             have = store.column_names
     except Exception as e:  # numpy and pyarrow raise several types for a foreign or truncated file
-        raise ValueError(f"{key}.{path_key}: cannot read {p}: {e}") from e
+        damaged = "a damaged .npz archive (cut short while it was written or copied?)" if suffix == ".npz" else \
+            "a damaged Parquet file"
+        raise ValueError(f"{key}.{path_key}: cannot read {p.absolute()}, {damaged}: {type(e).__name__}: {e}") from e
     out = {}
     for setting, name in names.items():
         if name not in have:
@@ -619,7 +789,12 @@ def _read_arrays(path, names: dict[str, str], key: str, path_key: str, hint: str
         try:
             out[setting] = store[name] if suffix == ".npz" else _column_array(store.column(name), f"column {name!r} of {p}")
         except ValueError as e:  # e.g. an object array, which would need pickle
-            raise ValueError(f"{key}.{setting}: cannot read {name!r} from {p}: {e}") from e
+            why = (" (an array of Python objects, which only pickle can read; save it as a numeric or string array, "
+                   "e.g. numpy.stack(rows))" if "allow_pickle" in str(e) else "")
+            raise ValueError(f"{key}.{setting}: cannot read {name!r} from {p}: {e}{why}") from e
+        except Exception as e:  # a damaged member of a zip archive
+            raise ValueError(f"{key}.{setting}: cannot read {name!r} from {p}, a damaged file: {type(e).__name__}: "
+                             f"{e}") from e
     return out
 
 
@@ -644,9 +819,12 @@ def load_files(train, test, x_key, y_key, id_key, split_key, shape, seed, label_
             raise ValueError(f"{key}.split_key: {split_key!r} in {Path(train)} has values {bad[:5]}; expected 'train' "
                              f"or 'test'")
         parts = {s: ({k: v[which == s] for k, v in arrays.items()}, train) for s in ("train", "test")}
+        where = {s: (f"{key}.train: {Path(train).absolute()} (its rows with {split_key} {s!r})", np.flatnonzero(which == s))
+                 for s in ("train", "test")}
     else:
         parts = {"train": (_read_arrays(train, names, key, "train"), train),
                  "test": (_read_arrays(test, names, key, "test"), test)}
+        where = {s: (f"{key}.{s}: {Path(path).absolute()}", None) for s, path in (("train", train), ("test", test))}
     splits = []
     for split, (arrays, path) in parts.items():
         x = arrays["x_key"]
@@ -656,11 +834,14 @@ def load_files(train, test, x_key, y_key, id_key, split_key, shape, seed, label_
                                  f"{list(x.shape[1:])} per example")
             x = x.reshape(len(x), *shape)
         try:
-            splits.append(as_split(x, arrays["y_key"], arrays.get("id_key"), what=f"the {split} split"))
+            one = as_split(x, arrays["y_key"], arrays.get("id_key"), what=f"the {split} split")
         except ValueError as e:
             raise ValueError(f"{key}: {path}: {e}") from e
+        splits.append(replace(one, where=where[split][0], rows=where[split][1]))
+    kind = "column" if Path(train).suffix.lower() in PARQUET_SUFFIXES else "array"
     return labelled_dataset(*splits, n_classes=None, seed=seed, label_noise=label_noise, subsample_train=subsample_train,
-                            subsample_test=subsample_test, standardize=standardize, key=key)
+                            subsample_test=subsample_test, standardize=standardize, key=key, strict=True,
+                            inputs=f"inputs ({kind} {x_key!r})")
 
 
 # ---- a python factory ------------------------------------------------------------------------
@@ -692,9 +873,10 @@ def load_python(factory, kwargs, seed, label_noise, subsample_train, subsample_t
         test = as_split(x_test, y_test, what="the test split")
     except ValueError as e:
         raise factories.FactoryError(key, factory, f"{e}; {FACTORY_CONTRACT}") from None
+    train, test = (replace(s, where=f"{key}: {factory!r}, its {name} split") for s, name in ((train, "train"), (test, "test")))
     return labelled_dataset(train, test, n_classes=None, seed=seed, label_noise=label_noise,
                             subsample_train=subsample_train, subsample_test=subsample_test, standardize=standardize,
-                            key="data.python")
+                            key="data.python", strict=True)
 
 
 # ---- dispatch --------------------------------------------------------------------------------
@@ -722,7 +904,47 @@ def generate(data_config: dict) -> Dataset:
         raise ValueError(f"unknown generator {name!r}; known: {', '.join(sorted(builders))}")
     train, test, meta = builders[name](**data_config[name])
     meta = {"generator": data_config, "n_train": len(train), "n_test": len(test), **meta}
+    meta["class_counts"] = check_dataset(train, test, meta["input"], f"data.{name}")
     return train, test, meta
+
+
+def check_dataset(train: pd.DataFrame, test: pd.DataFrame, spec: dict, key: str) -> dict[str, list[int]]:
+    """The last check of every dataset, generated or read, as its tables stand: labels in [0, n_classes), finite
+    dense inputs, token ids below the vocabulary. Returns (and logs) the examples per class of each split,
+    {"train": [...], "test": [...]} (the training labels after label noise); a class without a training
+    example is logged as a warning. The sources' own data was checked, with rows named, before this
+    (`labelled_dataset`): a failure here is a generator's bug."""
+    n_classes, counts = int(spec["n_classes"]), {}
+    for split, df in (("train", train), ("test", test)):
+        for column in ("label", "clean_label"):
+            if column not in df.columns:
+                continue
+            y = df[column].to_numpy()
+            out = np.flatnonzero((y < 0) | (y >= n_classes))
+            if len(out):
+                raise ValueError(f"{key}: the {split} split as generated has {column} {y[out[0]]} at example "
+                                 f"{out[0]}, outside 0..{n_classes - 1} ({len(out)} such); this is a bug in the "
+                                 f"generator: please report it with the config")
+        if "x" in df.columns:
+            for start in range(0, len(df), 4096):
+                bad = _nonfinite_rows(np.stack(df["x"].to_numpy()[start:start + 4096]))
+                if len(bad):
+                    raise ValueError(f"{key}: the {split} split as generated has non-finite inputs at example "
+                                     f"{start + int(bad[0])}; this is a bug in the generator: please report it with "
+                                     f"the config")
+        else:
+            tokens = df[["a", "b"]].to_numpy()
+            if len(tokens) and (tokens.min() < 0 or tokens.max() >= int(spec["vocab"])):
+                raise ValueError(f"{key}: the {split} split as generated has token ids outside 0..{spec['vocab'] - 1}; "
+                                 f"this is a bug in the generator: please report it with the config")
+        counts[split] = np.bincount(df["label"].to_numpy(dtype=np.int64), minlength=n_classes).tolist()
+    log.info("%s: %d classes; examples per class, train: %s; test: %s", key, n_classes, counts["train"], counts["test"])
+    empty = [c for c, n in enumerate(counts["train"]) if n == 0]
+    if empty:
+        log.warning("%s: class%s %s of %d ha%s no example in the training split as generated (after subsampling and "
+                    "label noise)", key, "es" if len(empty) > 1 else "", _spans(empty), n_classes,
+                    "ve" if len(empty) > 1 else "s")
+    return counts
 
 
 def write_dataset(train: pd.DataFrame, test: pd.DataFrame, meta: dict, out_train, out_test, out_meta) -> None:
