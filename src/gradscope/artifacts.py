@@ -226,26 +226,76 @@ def _producers() -> list[tuple[re.Pattern, str, str, str | None]]:
     ]
 
 
-def regenerate_hint(path) -> str:
+# The arguments that chose the config of the workflow invocation this process runs in (or was
+# started by, as a job): its --configfile files and --config overrides, a JSON list set by
+# workflow/rules/common.smk, so that a command printed to write a file again runs that config.
+INVOCATION_ENV = "GRADSCOPE_SNAKEMAKE_CONFIG_ARGS"
+
+
+def invocation_args(configfiles=(), config=(), replace_workflow_config: bool = False) -> list[str]:
+    """The Snakemake arguments that give a workflow invocation's config: `--configfile FILE...`
+    (paths as given), `--config KEY=VALUE...` (each as Snakemake got it) and
+    `--replace-workflow-config`; [] for the workflow's own config/config.yaml alone."""
+    args = ["--replace-workflow-config"] if replace_workflow_config else []
+    if configfiles:
+        args += ["--configfile", *map(str, configfiles)]
+    if config:
+        args += ["--config", *map(str, config)]
+    return args
+
+
+def _current_invocation() -> list[str] | None:
+    try:
+        value = json.loads(os.environ[INVOCATION_ENV])
+    except (KeyError, ValueError):
+        return None
+    return [str(a) for a in value] if isinstance(value, list) else None
+
+
+def snakemake_command(*args: str, invocation: list[str] | None = None) -> str:
+    """`snakemake --cores 2`, the invocation's config arguments, then `args`: a shell command line
+    (each argument quoted where the shell needs it). The config arguments come before `args`, so
+    that a target after `--force` is not read as one more config file."""
+    import shlex
+
+    words = ["snakemake", "--cores", "2", *(invocation or []), *args]
+    # shlex.quote, but a run id's "~" (wd~1.0_seed~0) is left bare: the shell expands it only at a word's start
+    return " ".join(w if re.fullmatch(r"[\w@%+=:,./-][\w@%+=:,./~-]*", w) else shlex.quote(w) for w in words)
+
+
+def regenerate_hint(path, invocation: list[str] | None = None) -> str:
     """What to run to write a damaged artifact again: its job, forced, then the rest of the workflow
-    (a plain rerun would not see the damage: the file exists and is newer than its inputs)."""
+    (a plain rerun would not see the damage: the file exists and is newer than its inputs).
+
+    invocation: the arguments that chose the run's config (`invocation_args`), which the commands
+    carry (without them, a run of a --configfile is unknown to Snakemake, and the forced target
+    fails in an input function). None: those of the workflow invocation this process runs in
+    (INVOCATION_ENV); outside one, the commands say to add them."""
+    if invocation is None:
+        invocation = _current_invocation()
+    unknown = invocation is None
     text = Path(path).as_posix()
     for pattern, rule, target, one_checkpoint in _producers():
         m = pattern.search(text)
         if m:
-            hint = (f"the file is damaged: write it again with `snakemake --cores 2 --force {target.format(**m.groupdict())}` "
+            hint = (f"the file is damaged: write it again with "
+                    f"`{snakemake_command('--force', target.format(**m.groupdict()), invocation=invocation)}` "
                     f"(reruns that {rule} job")
             if one_checkpoint:
                 hint += (f"; with checkpoint_jobs: per_checkpoint, `--force {one_checkpoint.format(**m.groupdict())}` "
                          "reruns that checkpoint's job alone")
-            return hint + "), then `snakemake --cores 2` for what depends on it"
+            hint += f"), then `{snakemake_command(invocation=invocation)}` for what depends on it"
+            if unknown:
+                hint += "; add the --configfile and --config the run was made with, if any, to both"
+            return hint
     return "the file is damaged: delete it and run the command that wrote it again"
 
 
-def damaged_checkpoints(manifest_path) -> list[str]:
+def damaged_checkpoints(manifest_path, invocation: list[str] | None = None) -> list[str]:
     """What is wrong with the checkpoints a training manifest lists, by size against what training
     wrote (a stat per file, cheap enough for every workflow start): one line per file, naming it and
-    the command that writes it again; [] when all are whole or the manifest records no sizes."""
+    the command that writes it again (with `invocation`'s config arguments, see `regenerate_hint`);
+    [] when all are whole or the manifest records no sizes."""
     manifest_path = Path(manifest_path)
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -257,22 +307,23 @@ def damaged_checkpoints(manifest_path) -> list[str]:
         found = path.stat().st_size if path.exists() else None
         if found != size:
             state = "missing" if found is None else f"{found:,} bytes on disk, {size:,} written"
-            out.append(f"{path}: {state}; {regenerate_hint(path)}")
+            out.append(f"{path}: {state}; {regenerate_hint(path, invocation)}")
     return out
 
 
-def damaged_tables(folder) -> list[str]:
+def damaged_tables(folder, invocation: list[str] | None = None) -> list[str]:
     """The Parquet and JSON artifacts under `folder` that are not whole, by a check cheap enough for
     every workflow start (a dry run too): a Parquet file must begin and end with its magic bytes
     (a truncated or foreign file does not), a JSON file must parse. One line per file, naming it and
-    the command that writes it again; Snakemake's timestamps alone would call such a file current."""
+    the command that writes it again (with `invocation`'s config arguments, see `regenerate_hint`);
+    Snakemake's timestamps alone would call such a file current."""
     out = []
     paths = sorted(Path(root) / name for root, _, names in os.walk(folder) for name in names
                    if name.endswith((".parquet", ".json")) and not name.startswith("."))  # "." : a write in progress
     for path in paths:
         problem = _parquet_ends(path) if path.suffix == ".parquet" else check_file(path)
         if problem:
-            out.append(f"{path}: {problem}; {regenerate_hint(path)}")
+            out.append(f"{path}: {problem}; {regenerate_hint(path, invocation)}")
     return out
 
 

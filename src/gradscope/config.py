@@ -145,21 +145,29 @@ def _coerce_scalars(value):
 
 def load_config(config: dict, schema_path: str | Path | None = None, *, check_device: bool = False) -> dict:
     """Validate a raw config (as Snakemake or YAML gives it) and return a resolved deep copy."""
-    return load_runs(config, schema_path, check_device=check_device)[0]
+    return load_runs(config, schema_path, check_device=check_device, preflight=False)[0]
 
 
-def load_runs(config: dict, schema_path: str | Path | None = None, *,
-              check_device: bool = False) -> tuple[dict, list[Run]]:
+def load_runs(config: dict, schema_path: str | Path | None = None, *, check_device: bool = False,
+              preflight: bool = True, build_models: bool = True) -> tuple[dict, list[Run]]:
     """`load_config` and `expand_runs` in one pass: the resolved config and its runs.
 
     check_device: also check that `device: cuda` has a CUDA device here (where the jobs run;
-    off on a cluster's login node, whose jobs run elsewhere)."""
+    off on a cluster's login node, whose jobs run elsewhere).
+    preflight: also check each run's cost against `limits` and (build_models) its model on one
+    example of its data (`gradscope.preflight`), so `gradscope validate` and the workflow's start
+    refuse what no job could do."""
     given = _coerce_scalars(copy.deepcopy(dict(config)))
     config = validate(copy.deepcopy(given), _schema(schema_path))
     config.pop("extend_experiments", None)  # a directive of one config file (see `compose`), not a setting
     if check_device:
         require_device(config.get("device", "auto"))
-    return config, expand_runs(config, schema_path, given=given)  # grid values are validated too, before any job starts
+    runs = expand_runs(config, schema_path, given=given)  # grid values are validated too, before any job starts
+    if preflight:
+        from gradscope import preflight as checks
+
+        checks.check(config, runs, build_models=build_models)
+    return config, runs
 
 
 def require_device(device: str) -> None:
@@ -302,7 +310,11 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 def read_config_file(path: str | Path) -> dict:
     """A YAML (or JSON) config file as a dict; a ConfigError names the file, and the line and
-    column of a syntax error, for anything else (a missing, binary or non-mapping file)."""
+    column of a syntax error, for anything else (a missing, binary, empty or non-mapping file).
+
+    It refuses exactly what Snakemake refuses in a --configfile (and more: a key given twice):
+    an empty file, or one of comments only, is refused as Snakemake refuses it ("Config file
+    must be given as JSON or YAML with keys at top level", naming no file); `{}` is a config."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -330,7 +342,9 @@ def read_config_file(path: str | Path) -> dict:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if value is None:
-        return {}
+        what = "is empty" if not text.strip() else "holds no keys (only comments, or null)"
+        raise ConfigError(f"{path}: this config file {what}; a config is a mapping of keys (experiments, device, ...), "
+                          "as Snakemake requires (write {} for a file that sets nothing)")
     if not isinstance(value, dict):
         kind = {str: "text", list: "a list"}.get(type(value), type(value).__name__)
         raise ConfigError(f"{path}, line 1, column 1: a config is a mapping of keys (experiments, device, ...), but this "
@@ -383,12 +397,19 @@ def _merge(into: dict, update: dict) -> None:
             into[key] = value
 
 
-def load_config_files(files, *, default: str | Path | None = DEFAULT_CONFIG, overrides: dict | None = None) -> dict:
+def load_config_files(files, *, default: str | Path | None = DEFAULT_CONFIG, overrides: dict | None = None,
+                      replace_workflow_config: bool = False) -> dict:
     """`compose` of config files by path: what `snakemake --configfile FILE...` runs from the
-    working directory. default: the workflow's own config file (skipped where it does not
-    exist, as Snakemake does when config files are given); None for none."""
-    base = read_config_file(default) if default is not None and Path(default).exists() else {}
-    return compose(base, [read_config_file(f) for f in files], overrides)
+    working directory, as the workflow composes it (`_composed_config` in workflow/rules/common.smk).
+    default: the workflow's own config file (skipped where it does not exist, as Snakemake does
+    when config files are given, and where it is one of `files`: read once, in its place among
+    them); None for none. overrides: `--config`, as `snakemake.cli.parse_config` parses it.
+    replace_workflow_config: Snakemake's --replace-workflow-config (the default is not read).
+    A file that does not read as a config raises a ConfigError naming it."""
+    given = [Path(f).absolute() for f in files]
+    own = default is not None and not replace_workflow_config and Path(default).exists() \
+        and Path(default).absolute() not in given
+    return compose({}, [read_config_file(f) for f in [default] * own + list(files)], overrides)
 
 
 # ---- runs ---------------------------------------------------------------------------------
@@ -671,9 +692,33 @@ def train_slice(settings: dict) -> dict:
     return {"data": data_slice(settings), **{k: settings[k] for k in keys}}
 
 
+# The most checkpoints a run may have whatever its limits say (the schema's maximum of
+# limits.max_checkpoints): checkpoint_steps refuses more before it builds any list.
+MAX_CHECKPOINTS = 100_000
+
+
+def checkpoint_count(train: dict) -> int:
+    """How many checkpoints `checkpoint_steps` gives, counted without building the list (for a
+    log-spaced schedule, an upper bound where log_spaced is above MAX_CHECKPOINTS)."""
+    steps, rule = int(train["steps"]), train.get("checkpoints", {"log_spaced": 10})
+    if "every" in rule:
+        every = int(rule["every"])
+        return steps // every + 1 + (steps % every != 0)  # 0, every, 2 every, ... and the last step
+    if "at" in rule:
+        return len({int(s) for s in rule["at"] if 0 < int(s) < steps} | {0, steps})
+    if int(rule["log_spaced"]) > MAX_CHECKPOINTS:
+        return min(int(rule["log_spaced"]) + 1, steps + 1)
+    return len(checkpoint_steps(train))
+
+
 def checkpoint_steps(train: dict) -> list[int]:
     """Checkpoint steps from the train block: always includes 0 and the last step."""
     steps, rule = int(train["steps"]), train.get("checkpoints", {"log_spaced": 10})
+    if ("every" in rule or int(rule.get("log_spaced", 0)) > MAX_CHECKPOINTS) and checkpoint_count(train) > MAX_CHECKPOINTS:
+        kind = next(iter(rule))
+        raise ConfigError(f"invalid gradscope config:\n  bad value at train.checkpoints.{kind}: {rule[kind]} over "
+                          f"train.steps = {steps} saves {checkpoint_count(train):,} checkpoints; allowed: at most "
+                          f"{MAX_CHECKPOINTS:,}")
     if "every" in rule:
         chosen = set(range(0, steps + 1, int(rule["every"])))
     elif "at" in rule:

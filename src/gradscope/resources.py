@@ -25,6 +25,9 @@ MIN_RUNTIME = 10  # minutes: start-up, imports, reading and writing Parquet
 FLOPS_PER_MINUTE = {"cpu": 300e9, "cuda": 3000e9}
 SAFETY = 2.0  # on every estimate
 TORCH_RULES = ("train", "import_run", "extract_examples", "curvature")  # the rules that put work on the device
+# The train rule's threads (Snakemake sets OMP_NUM_THREADS from it), and `gradscope train`'s: a CPU run's
+# floating-point sums depend on the thread count, so both train with the same number to give the same numbers.
+TRAIN_THREADS = 1
 
 
 def data_size(settings: dict) -> dict:
@@ -138,9 +141,9 @@ def _conv_net_size(m: dict, d: dict) -> tuple[int, int]:
 
 
 def n_checkpoints(settings: dict) -> int:
-    from gradscope.config import checkpoint_steps
+    from gradscope.config import checkpoint_count  # counted, not listed: nothing here grows with train.steps
 
-    return len(checkpoint_steps(settings["train"]))
+    return checkpoint_count(settings["train"])
 
 
 def _mb(n_bytes: float) -> float:
