@@ -4,7 +4,10 @@ A checkpoint holds the model and optimizer state, every RNG state, the step, the
 description (its per-example shape included) and the training settings; `load(path)` rebuilds
 the model from it alone: built-in kinds from their settings, a `python` model by calling its
 recorded `factory` with its recorded `kwargs` again (imported with the working directory on
-sys.path; see `gradscope.models`).
+sys.path; see `gradscope.models`). A `python` model's checkpoint also records the fingerprint of
+the factory's source (`code`, see `gradscope.factories.fingerprint`), and `load` refuses to
+rebuild it under other code (a CodeChangedError naming the factory and both fingerprints);
+checkpoints written before gradscope recorded it load as before.
 Written atomically, so a checkpoint file that exists is whole; the same state gives the same bytes
 (the training loop seeds every generator and keeps wall-clock times out of checkpoints).
 """
@@ -19,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gradscope import artifacts
+from gradscope import artifacts, factories
 from gradscope.models import InputSpec, build_model
 
 
@@ -46,6 +49,9 @@ def save(path, *, model, optimizer, step: int, spec: InputSpec, settings: dict, 
         },
         **(extra or {}),
     }
+    code = factories.model_code(settings.get("model"))  # the code that built the model (python models only)
+    if code is not None:
+        state["code"] = code
     # Serialized in memory first: torch.save names the archive's records after the file it
     # writes, and the temporary file's name is random, which would make the same state give
     # different bytes; a write that fails (a full disk) is then Python's OSError, naming the file.
@@ -102,6 +108,44 @@ def _read_safetensors(path: Path) -> dict:
         raise ValueError(f"cannot read checkpoint {path} as safetensors ({e}): {artifacts.regenerate_hint(path)}") from e
 
 
+def check_code(state: dict, path, model_settings: dict | None = None) -> None:
+    """Refuse a checkpoint whose model was built by other code than its factory's source now (a
+    CodeChangedError naming the factory, the file and both fingerprints). `model_settings`: the
+    model section for a checkpoint that records none (a plain state_dict); one recording no code
+    (a built-in model, or written before gradscope recorded it) passes."""
+    settings = state.get("settings") if isinstance(state.get("settings"), dict) else {}
+    model = settings.get("model", model_settings)
+    factories.check_code(state.get("code"), factories.model_code(model), what=f"checkpoint {path}")
+
+
+def same_code(state: dict) -> bool:
+    """Whether a checkpoint of gradscope's own was made by the code its factory holds now (resuming must not mix)."""
+    try:
+        check_code(state, "")
+    except factories.CodeChangedError:
+        return False
+    return True
+
+
+def code_changed(manifest_path) -> str | None:
+    """Why a run's checkpoints would not load under the code its model factory holds now (the
+    CodeChangedError's message for the last checkpoint its manifest lists), or None: what `gradscope
+    show` says. Only the checkpoint's small records are read (memory-mapped)."""
+    manifest_path = Path(manifest_path)
+    try:
+        files = artifacts.read_json(manifest_path)["checkpoints"]
+        path = manifest_path.parent / files[max(files, key=int)]
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        if not is_own(state):
+            return None
+        check_code(state, path)
+    except factories.CodeChangedError as e:
+        return str(e)
+    except Exception:  # no manifest, a damaged file, a factory that does not import: said elsewhere
+        return None
+    return None
+
+
 def is_own(state) -> bool:
     """A checkpoint gradscope wrote (the train stage or a Recorder): it rebuilds its model itself."""
     return isinstance(state, dict) and "settings" in state and "input_spec" in state and "model_state" in state
@@ -155,15 +199,20 @@ def load_weights(model: torch.nn.Module, weights: dict, path) -> None:
 
 
 def load(path, device: str | torch.device = "cpu", *, model_settings: dict | None = None,
-         spec: InputSpec | None = None) -> tuple[torch.nn.Module, dict]:
+         spec: InputSpec | None = None, code: dict | None = None) -> tuple[torch.nn.Module, dict]:
     """Rebuild the model of a checkpoint (in eval mode) and return it with the checkpoint dict.
 
     gradscope's own checkpoints rebuild themselves. Any other (a plain state_dict in a .pt, .pth,
     .bin or .ckpt file, or a .safetensors file) is loaded into the model that `model_settings`
     (a run's `model` section) builds for `spec`; its dict then holds model_state, and
-    optimizer_state and lr are None (what it does not record)."""
+    optimizer_state and lr are None (what it does not record); `code`, where given (the factory
+    fingerprint recorded when the run was imported), must match its factory's source now.
+
+    A checkpoint whose model was built by other code than the factory's source now raises
+    `factories.CodeChangedError` (see `check_code`)."""
     state = load_state(path)
     if is_own(state):
+        check_code(state, path)
         model = build_model(state["settings"]["model"], InputSpec.from_dict(state["input_spec"]))
         model.load_state_dict(state["model_state"])
         return model.to(device).eval(), state
@@ -171,6 +220,7 @@ def load(path, device: str | torch.device = "cpu", *, model_settings: dict | Non
         raise ValueError(f"{path} is not a gradscope checkpoint (it records no model to rebuild): give the model "
                          "settings and the input spec it was trained with")
     weights = plain_weights(state, path)
+    check_code({"code": code}, path, model_settings)
     model = build_model(model_settings, spec)
     load_weights(model, weights, path)
     return model.to(device).eval(), {"model_state": weights, "optimizer_state": None, "lr": None}

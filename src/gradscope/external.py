@@ -139,8 +139,13 @@ def import_run(settings: dict, source: dict, checkpoint_files: dict, *, dataset,
     artifacts.write_parquet(metrics, out["metrics"], artifacts.METRICS, table="metrics", run_id=run_id, config=settings)
     artifacts.write_parquet(dynamics, out["dynamics"], artifacts.DYNAMICS, table="dynamics", run_id=run_id,
                             config=settings)
+    from gradscope import factories
+
+    # plain checkpoints record no code: the manifest keeps the model factory's fingerprint as imported, which
+    # loading them through it checks (a recorded run's checkpoints record their own)
+    code = factories.model_code(settings["model"]) if kind(source) == "checkpoints" else None
     artifacts.write_json({"run_id": run_id, "steps": max(checkpoint_files), "stopped_early_at": None,
-                          "source": source, "model": settings["model"],
+                          "source": source, "model": settings["model"], **({"code": code} if code else {}),
                           "checkpoints": {str(s): Path(p).resolve().as_posix() for s, p in checkpoint_files.items()},
                           "wall_s": float("nan")}, out["manifest"])
     return metrics
@@ -159,6 +164,9 @@ def _check_recorded_dataset(folder: Path, dataset) -> None:
         meta["input"].get("shape") or [meta["input"]["dim"]]))}
     then = {**recorded, "input": {k: recorded["input"].get(k) for k in ("kind", "dim", "vocab", "n_classes", "shape")}}
     now["input"] = {k: now["input"].get(k, 0 if k == "vocab" else None) for k in then["input"]}
+    from gradscope import factories
+
+    factories.check_code(recorded.get("code"), meta.get("code"), what=f"the dataset of the recorded run {folder}")
     diff = [f"{k}: recorded {then[k]}, now {now[k]}" for k in ("n_train", "n_test", "input") if then[k] != now[k]]
     if diff:
         raise SourceError(f"the dataset made from the data block of the recorded run {folder} is not the one it was "

@@ -227,7 +227,7 @@ def compute_progress(settings: dict, *, data_settings: dict, loss: str, dataset,
     def model_at(step):
         # a run gradscope did not train lists its plain checkpoints with the model that takes them
         return checkpoints.load(Path(manifest).parent / files[str(step)], device="cpu", model_settings=listed.get("model"),
-                                spec=spec)[0]
+                                spec=spec, code=listed.get("code"))[0]
 
     keys = None
     if settings["key_frequencies_from"] == "final":

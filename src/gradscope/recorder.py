@@ -180,7 +180,13 @@ class Recorder:
                                             "log_every": "auto" if self.auto else self.log_every,
                                             # what the analysis checks the dataset it regenerates against
                                             "dataset": {"n_train": len(self.y_train), "n_test": len(self.y_test),
-                                                        "input": dict(self.spec.__dict__, shape=list(self.spec.shape))}}}
+                                                        "input": dict(self.spec.__dict__, shape=list(self.spec.shape)),
+                                                        **self._data_code()}}}
+
+    def _data_code(self) -> dict:
+        """The python data factory's fingerprint (as imported here), which the analysis checks its dataset against."""
+        code = factories.data_code(self.settings["data"])
+        return {"code": code} if code else {}
 
     def _data_block(self, given) -> dict:
         if isinstance(given, dict):
@@ -258,6 +264,7 @@ class Recorder:
         state = checkpoints.load_state(path)
         if state.get("settings") != self.settings:
             raise RecorderError(f"{path} was written with other settings than this recorder's; record into a new folder")
+        checkpoints.check_code(state, path)  # a model factory edited since: its weights are another model's
         self.model.load_state_dict(state["model_state"])
         self.optimizer.load_state_dict(state["optimizer_state"])
         checkpoints.restore_rng(state["rng"], self.batch_generator)

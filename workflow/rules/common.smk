@@ -1,5 +1,7 @@
 # Config loading and validation, run ids, and the input functions every rule uses.
 # Rules never dig into the config themselves: they ask the functions here.
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,14 +28,22 @@ def _composed_config():
     own = [f for f in workflow.configfiles if Path(f).absolute() not in given]
     if workflow.config_settings.replace_workflow_config:
         own = []
-    return compose({}, [read_config_file(f) for f in own + given], dict(workflow.config_settings.config or {}))
+    overrides = dict(workflow.config_settings.config or {})
+    _SOURCES.extend([os.path.relpath(f) for f in own + given] + ["--config"] * bool(overrides))
+    return compose({}, [read_config_file(f) for f in own + given], overrides)
+
+
+_SOURCES = []  # the config files read, in order, and --config: named in front of a bad key or value
 
 
 try:
     _composed = _composed_config()
-    CONFIG, _runs = load_runs(_composed, SCHEMA_PATH)
+    # Limits and each model on one example of its data (gradscope.preflight): once, where the workflow
+    # starts; not again in each job's own Snakemake process (a cluster job, a subprocess).
+    CONFIG, _runs = load_runs(_composed, SCHEMA_PATH, preflight=not (workflow.remote_exec or workflow.subprocess_exec))
 except ConfigError as e:
-    raise WorkflowError(str(e)) from None
+    named = str(e).startswith("invalid") and _SOURCES  # (a file that does not read names itself)
+    raise WorkflowError(f"{' then '.join(_SOURCES)}: {e}" if named else str(e)) from None
 if not AS_MODULE:  # (as a module, `config` is the importing workflow's dict: it stays as that workflow made it)
     config.clear()
     config.update(_composed)  # what Snakemake shows (--report, --lint) is the config that runs
@@ -55,12 +65,22 @@ DATASET_OF = {run.id: dataset_id(run.settings) for run in RUNS.values()}
 # A file damaged since it was written (a truncated checkpoint, Parquet table or JSON) looks current to
 # Snakemake's timestamps: said here, with the command that writes it again, on every start, a dry run
 # too (a stat per checkpoint, the two ends of each Parquet file, each JSON parsed); not again in each
-# job's own Snakemake process (a cluster job, a subprocess).
+# job's own Snakemake process (a cluster job, a subprocess). The command carries this invocation's
+# --configfile and --config (without them a run of a --configfile is unknown, and the forced target
+# fails in an input function); so do the messages of the jobs it starts (gs_artifacts.INVOCATION_ENV).
+if not AS_MODULE:
+    _INVOCATION = gs_artifacts.invocation_args(
+        [os.path.relpath(f) for f in workflow.overwrite_configfiles], workflow.config_settings.config_args or (),
+        workflow.config_settings.replace_workflow_config)
+    os.environ[gs_artifacts.INVOCATION_ENV] = json.dumps(_INVOCATION)
+else:  # as a module: the importing workflow's invocation is not known here
+    _INVOCATION = None
 if not (workflow.remote_exec or workflow.subprocess_exec):
     _folders = ([layout.run_dir(run_id) for run_id in RUNS] + [layout.sweep_file("report", e).parent for e in EXPERIMENTS]
                 + [Path(layout.dataset_file("meta", d)).parent for d in sorted(set(DATASET_OF.values()))])
-    for _line in ([line for run_id in RUNS for line in gs_artifacts.damaged_checkpoints(layout.run_file("manifest", run_id))]
-                  + [line for folder in _folders for line in gs_artifacts.damaged_tables(folder)]):
+    for _line in ([line for run_id in RUNS
+                   for line in gs_artifacts.damaged_checkpoints(layout.run_file("manifest", run_id), _INVOCATION)]
+                  + [line for folder in _folders for line in gs_artifacts.damaged_tables(folder, _INVOCATION)]):
         print(f"gradscope: damaged artifact {_line}", file=sys.stderr)
 DATASETS = {DATASET_OF[run.id]: data_slice(run.settings) for run in RUNS.values()}
 STEPS = {run.id: run_steps(run) for run in RUNS.values()}
@@ -99,6 +119,31 @@ def get_data_inputs(wc):
     if data["generator"] != "files":
         return []
     return [data["files"][k] for k in ("train", "test") if data["files"][k]]
+
+
+_CODE_INPUTS = {}
+
+
+def get_code_inputs(wc):
+    """The source files of the researcher's code a job imports (gradscope.factories.source_files): a
+    `python` data factory's for generate_data, a `python` model factory's for the stages that build
+    the model, so that an edit of that code reruns them and what depends on them. None otherwise."""
+    if "dataset" in wc.keys():
+        key, block = ("data", wc.dataset), DATASETS[wc.dataset]
+        named = block["python"]["factory"] if block["generator"] == "python" else None
+        name = "data.python.factory"
+    else:
+        key, model = ("model", f"{wc.experiment}/{wc.run}"), get_run(wc).settings["model"]
+        named = model.get("factory") if model.get("kind") == "python" else None
+        name = "model.factory"
+    if key not in _CODE_INPUTS:
+        from gradscope import factories as gs_factories
+
+        try:
+            _CODE_INPUTS[key] = gs_factories.source_files(named, key=name) if named else []
+        except gs_factories.FactoryError as e:
+            raise WorkflowError(str(e)) from None
+    return _CODE_INPUTS[key]
 
 
 def get_dataset_files(wc):

@@ -2,6 +2,7 @@ rule curvature:
     input:
         unpack(get_curvature_inputs),
         unpack(get_checkpoint_inputs),
+        code=get_code_inputs,  # a python model factory's source: the model is rebuilt here
     output:
         **({"tables": directory(layout.RUN["curvature_dir"])} if PER_RUN else
            {"table": layout.RUN["curvature"], "eigenvectors": layout.RUN["eigenvectors"]}),

@@ -1,6 +1,7 @@
 rule generate_data:
     input:
         get_data_inputs,
+        code=get_code_inputs,  # a python data factory's source: an edit regenerates the dataset
     output:
         **layout.DATASET,
     log:

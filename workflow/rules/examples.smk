@@ -2,6 +2,7 @@ rule extract_examples:
     input:
         unpack(get_dataset_files),
         unpack(get_checkpoint_inputs),
+        code=get_code_inputs,  # a python model factory's source: the model is rebuilt here
     output:
         directory(layout.RUN["examples_dir"]) if PER_RUN else layout.RUN["examples"],
     log:

@@ -5,6 +5,7 @@ rule progress:
         train=lambda wc: get_dataset_files(wc)["train"],
         test=lambda wc: get_dataset_files(wc)["test"],
         meta=lambda wc: get_dataset_files(wc)["meta"],
+        code=get_code_inputs,  # a python model factory's source: the model is rebuilt here
     output:
         table=layout.RUN["progress"],
         figure=report(

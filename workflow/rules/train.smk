@@ -19,6 +19,7 @@ rule resolve_config:
 rule train:
     input:
         unpack(get_dataset_files),
+        code=get_code_inputs,  # a python model factory's source: an edit trains again
     output:
         metrics=layout.RUN["metrics"],
         manifest=layout.RUN["manifest"],
@@ -35,7 +36,7 @@ rule train:
         run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     conda:
         "../../envs/gradscope.yaml"
-    threads: 1
+    threads: gs_resources.TRAIN_THREADS  # gradscope train uses the same (one thread: its numbers are the same)
     resources:
         mem_mb=get_mem_mb("train"),
         runtime=get_runtime("train"),
@@ -50,6 +51,7 @@ rule import_run:
     input:
         unpack(get_dataset_files),
         unpack(get_source_inputs),
+        code=get_code_inputs,
     output:
         metrics=layout.RUN["metrics"],
         manifest=layout.RUN["manifest"],
