@@ -6,4 +6,5 @@ from gradscope.pipeline import train
 
 with log_to(snakemake.log[0]):
     train(snakemake.params.settings, dataset=dict(snakemake.input.items()),
-          out_dir=Path(snakemake.output.metrics).parent, run_id=snakemake.params.run_id)
+          out_dir=Path(snakemake.output.metrics).parent, run_id=snakemake.params.run_id,
+          threads=snakemake.threads)

@@ -41,7 +41,8 @@ def test_run_status_from_the_artifacts(tmp_path):
     logs = tmp_path / "logs" / "train" / "exp"
     logs.mkdir(parents=True)
     (logs / "a~1_seed~0.log").write_text("2026-01-01 00:00:00,000 ERROR gradscope: failed\nTraceback ...\n")
-    assert collect.run_status(run, tmp_path / "logs") == {"status": "failed", "detail": "failed in train"}
+    failed = collect.run_status(run, tmp_path / "logs")
+    assert failed["status"] == "failed" and failed["detail"].startswith("train failed: see ") and "a~1_seed~0.log" in failed["detail"]
     metrics = pd.DataFrame({c: [0.0] for c in artifacts.METRICS}).astype({"step": int, "clipped": bool})
     artifacts.write_parquet(metrics, run / "train" / "metrics.partial.parquet", artifacts.METRICS)
     assert collect.run_status(run)["status"] == "failed" and collect.read_metrics(run) is not None
@@ -116,12 +117,14 @@ def console_errors(driver) -> list[str]:
 
 
 def figure(driver, fid: str) -> dict:
-    """What a figure shows: its trace names, the number of points, its x range, and its empty-figure text."""
+    """What a figure shows: its trace names, the number of points, its x range, and its empty-figure text
+    (the data traces: not the Training tab's legend entries of the line styles, `styleKey`)."""
     return driver.execute_script("""
         const el = document.getElementById('fig-' + arguments[0]);
         if (!el || !el._fullLayout) return null;
-        return {names: el.data.map(t => t.name), points: el.data.reduce((n, t) => n + (t.y ? t.y.length : 0), 0),
-                ys: el.data.map(t => Array.from(t.y || []).slice(0, 50)),
+        const data = el.data.filter(t => !t.styleKey);
+        return {names: data.map(t => t.name), points: data.reduce((n, t) => n + (t.y ? t.y.length : 0), 0),
+                ys: data.map(t => Array.from(t.y || []).slice(0, 50)),
                 range: el._fullLayout.xaxis.range, empty: (el.layout.annotations || []).map(a => a.text).join(' ')};""", fid)
 
 

@@ -252,7 +252,7 @@ def test_cli_lists_and_shows_runs(done):
     out = CliRunner().invoke(main, ["runs", "--results", str(done / "results")])
     assert out.exit_code == 0, out.output
     lines = out.output.splitlines()
-    assert "wd" in lines[0] and "final_test_acc" in lines[0] and "best_auroc_cos_rule" in lines[0]
+    assert "wd" in lines[0] and "final_test_acc" in lines[0] and "best_detector" in lines[0]  # report.HEADLINE
     assert any(line.startswith("mod/wd~1.0_seed~0") and " done " in f" {line} " for line in lines)
     shown = CliRunner().invoke(main, ["show", "flips/seed~0", "--results", str(done / "results")])
     assert shown.exit_code == 0 and "final_test_acc" in shown.output and "report.md" in shown.output

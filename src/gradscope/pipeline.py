@@ -26,21 +26,40 @@ log = logging.getLogger(__name__)
 def generate_data(data_config: dict, *, train_path, test_path, meta_path) -> None:
     from gradscope import data
 
+    from gradscope import factories
+
     train, test, meta = data.generate(data_config)
+    code = factories.data_code(data_config)  # the data factory's code as it ran (python sources only)
+    if code is not None:
+        meta = {**meta, "code": code}
     data.write_dataset(train, test, meta, train_path, test_path, meta_path)
     log.info("generated %s: %d train, %d test examples", data_config["generator"], len(train), len(test))
 
 
-def train(settings: dict, *, dataset, out_dir, run_id: str, progress=None) -> pd.DataFrame:
-    """dataset: the dataset's files as the rule declares them, or its folder (data.dataset_files)."""
+def train(settings: dict, *, dataset, out_dir, run_id: str, progress=None, threads: int | None = None) -> pd.DataFrame:
+    """dataset: the dataset's files as the rule declares them, or its folder (data.dataset_files).
+    threads: torch's intra-op threads while training (default: the train rule's, resources.TRAIN_THREADS),
+    so that the rule and `gradscope train` sum in the same order and write the same numbers."""
+    import torch
+
     from gradscope import data
     from gradscope import train as training
     from gradscope.models import InputSpec
+    from gradscope.resources import TRAIN_THREADS
 
     spec = InputSpec.from_dict(data.load_meta(dataset)["input"])
+    if settings["data"]["generator"] in ("python", "torchvision", "files"):  # input not always known when planning
+        from gradscope import preflight
+
+        preflight.check_model(settings["model"], spec)  # a ConfigError naming model.factory or the key
     train_split = data.load_split(dataset, "train")[:2]
     test_split = data.load_split(dataset, "test")[:2]
-    return training.train(settings, train_split, test_split, spec, out_dir, run_id, progress=progress)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or TRAIN_THREADS)
+    try:
+        return training.train(settings, train_split, test_split, spec, out_dir, run_id, progress=progress)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _checkpoint_path(manifest_path, step: int) -> Path:
@@ -295,8 +314,9 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
     vectors = result.pop("eigenvectors", None)
     artifacts.write_npy(vectors.astype(np.float32) if keep else np.zeros((0, n_params), np.float32), eigenvectors_out)
     # The table has every column: a measure that did not run reads NaN (lists empty, counts 0).
-    row = {**artifacts.CURVATURE_ABSENT, **result, "lr": optim["lr"],
-           "sharpness_threshold": training.sharpness_threshold(optim)}
+    # 2/lr where it is the stability threshold (report.edge_assessed); null under an adaptive optimizer
+    threshold = training.sharpness_threshold(optim) if report.edge_assessed(optim["name"]) else float("nan")
+    row = {**artifacts.CURVATURE_ABSENT, **result, "lr": optim["lr"], "sharpness_threshold": threshold}
     artifacts.write_parquet(pd.DataFrame([row]), out, artifacts.CURVATURE, table="curvature", run_id=run_id,
                             config={"curvature": settings, "optim": optim, "loss": loss, "step": step,
                                     "subset_ids": subset.tolist(), "mode": "eval"})
@@ -308,7 +328,16 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
 
 
 def read_curvature(paths) -> pd.DataFrame:
-    return artifacts.read_partitions(paths).sort_values("step")
+    """A run's curvature tables, by step. sharpness_threshold is NaN where 2/lr does not apply
+    (report.edge_assessed): also in a table written before the stage recorded it so, from the
+    optimizer in the file's metadata."""
+    files = layout.partition_files(paths)
+    table = artifacts.read_partitions(files).sort_values("step")
+    if files and "sharpness_threshold" in table:
+        optim = (artifacts.read_metadata(files[0]).get("gradscope.config") or {}).get("optim") or {}
+        if optim.get("name") and not report.edge_assessed(optim["name"]):
+            table["sharpness_threshold"] = np.nan
+    return table
 
 
 def render_plots(settings: dict, *, metrics_path, summary_path, curvature_paths, training_png, flagged_png,
@@ -405,6 +434,11 @@ def write_sweep_report(experiment: str, runs: list[dict], *, metrics_paths, summ
     artifacts.write_parquet(detectors, detectors_path, None, table="sweep_detectors", run_id=experiment,
                             config={"experiment": experiment})
     table = pd.DataFrame(rows)
+    # The run and its grid values, then the headline figures (report.HEADLINE: every one a column, null where
+    # missing or not applicable, as `gradscope runs` and the index show them), then the run's other figures.
+    figures = {k for r in rows for k in r} - {"run_id", "run", "optimizer"} - {k for run in runs for k in run["varying"]}
+    table = table.reindex(columns=[c for c in table.columns if c not in figures] + report.HEADLINE
+                          + [c for c in table.columns if c in figures and c not in report.HEADLINE])
     # Columns vary with the grid, so their types are inferred; list-valued grid values become text.
     table = table.apply(lambda col: col.map(str) if col.map(lambda v: isinstance(v, (list, tuple))).any() else col)
     artifacts.write_parquet(table, runs_path, None, table="sweep_runs", run_id=experiment,

@@ -147,8 +147,9 @@ def plot_curvature(curvature: pd.DataFrame, metrics: pd.DataFrame, path, *, titl
     update sharpness u'Hu/|u|^2 when measured) against 2/lr; the Hessian trace (± 1 s.e.) with
     the empirical Fisher and Gauss-Newton traces; and, for dense inputs, the input-Jacobian
     norm and input-Hessian trace. Sharpness rising to and hovering at 2/lr is the edge of
-    stability (Cohen et al. 2021). When sharpness stays far below the threshold (e.g. Adam),
-    the sharpness axis is logarithmic so that both the curve and the line stay visible.
+    stability (Cohen et al. 2021). When sharpness stays far below the threshold, the sharpness
+    axis is logarithmic so that both the curve and the line stay visible. Where 2/lr does not
+    apply (an adaptive optimizer: sharpness_threshold null, see report.edge_assessed) no line is drawn.
     """
     c = curvature.sort_values("step")
     m = metrics.sort_values("step")
@@ -204,7 +205,8 @@ def plot_curvature(curvature: pd.DataFrame, metrics: pd.DataFrame, path, *, titl
                 if bottom < 0:  # a margin below a negative value, as matplotlib leaves one
                     bottom -= 0.04 * (1.12 * top - bottom)
                 ax_s.set_ylim(bottom=bottom, top=1.12 * top)
-        ax_s.set_title("Sharpness vs edge-of-stability threshold")
+        ax_s.set_title("Sharpness vs edge-of-stability threshold" if np.isfinite(threshold) else
+                       "Sharpness (2/lr not drawn: the threshold of gradient descent, not of this optimizer)")
         ax_s.grid(True, alpha=0.3)
         ax_s.legend(loc="best", fontsize="small")
 
@@ -327,21 +329,24 @@ def plot_sweep_sharpness(curvature_by_run: dict[str, pd.DataFrame], metrics_by_r
         thresholds = []
         for name, color in zip(names, _colors(len(names))):
             c = curvature_by_run[name].sort_values("step")
-            threshold = float(c["sharpness_threshold"].iloc[0])
+            threshold = float(c["sharpness_threshold"].iloc[0])  # NaN where 2/lr does not apply (report.edge_assessed)
             thresholds.append(threshold)
             ax_s.plot(c["step"], c["sharpness"], color=color, lw=1.8, marker="o", ms=3, label=f"{name}")
-            ax_s.axhline(threshold, color=color, ls="--", lw=1.2, label=f"2/lr = {threshold:.3g}")
+            if np.isfinite(threshold):
+                ax_s.axhline(threshold, color=color, ls="--", lw=1.2, label=f"2/lr = {threshold:.3g}")
             m = metrics_by_run[name].sort_values("step")
             loss = m["train_loss"].to_numpy(dtype=float)
             ax_l.plot(m["step"], np.where(loss > 0, loss, np.nan), color=color, lw=1.2)
-        if thresholds and max(thresholds) > 3 * min(thresholds):
+        drawn = [t for t in thresholds if np.isfinite(t)]
+        if drawn and max(drawn) > 3 * min(drawn):
             ax_s.set_yscale("log")
             plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 4, not 4 x 10^0
             ax_s.yaxis.set_major_formatter(plain)
             ax_s.yaxis.set_minor_formatter(plain)
         _label_thresholds(ax_s, thresholds, _colors(len(names)))
         ax_s.set_ylabel("sharpness (top Hessian eigenvalue)")
-        ax_s.set_title("Sharpness (solid) and its stability threshold 2/lr (dashed), per run")
+        ax_s.set_title("Sharpness (solid) and its stability threshold 2/lr (dashed), per run" if drawn else
+                       "Sharpness per run (2/lr, the threshold of gradient descent, does not apply to their optimizer)")
         ax_s.grid(True, alpha=0.3)
         if names:
             ax_s.legend(loc="best", fontsize="small", ncols=2)

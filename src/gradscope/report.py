@@ -22,51 +22,86 @@ EDGE_TOLERANCE, EDGE_TAIL = 0.1, 0.4
 
 def edge_assessed(optimizer: str) -> bool:
     """Whether a run's sharpness is judged against 2/lr: the stability threshold of gradient descent
-    (with momentum 2(1+beta)/lr), not of an adaptive optimizer, whose edge is in its preconditioned sharpness."""
+    (with momentum 2(1+beta)/lr), not of an adaptive optimizer, whose edge is in its preconditioned sharpness.
+
+    The one place that decides it: the curvature stage records sharpness_threshold as null where it
+    does not apply (and `pipeline.read_curvature` masks a table written before it did), so the
+    headline, the tables, the figures, the CLI and the dashboards leave 2/lr and the edge_* figures out."""
     return optimizer == "sgd"
 
 
-def headline(metrics: pd.DataFrame, summary: dict, curvature: pd.DataFrame) -> dict:
-    last = metrics.iloc[-1]
-    gen = summary["generalization"]  # thresholds from the signals config (signals.generalization)
-    cos_rule = [r for r in summary["per_step"] if r["detector"] == "cos_rule"]
-    out = {
-        "final_train_acc": float(last["train_acc"]),
-        "final_test_acc": float(last["test_acc"]),
-        "final_train_loss": float(last["train_loss"]),
-        "final_test_loss": float(last["test_loss"]),
-        "step_memorized": gen["step_memorized"],
-        "step_generalized": gen["step_generalized"],
-        "generalization_delay_steps": gen["delay_steps"],
-        "best_test_acc": float(metrics["test_acc"].max()),  # how close a run that never generalized came
-        "max_sharpness": float(curvature["sharpness"].max()),
-        "final_sharpness": float(curvature.sort_values("step")["sharpness"].iloc[-1]),
-        "sharpness_threshold": float(curvature["sharpness_threshold"].iloc[0]),
-        **{f"edge_{k}": v for k, v in signals.edge_of_stability(curvature, tolerance=EDGE_TOLERANCE,
-                                                                 tail=EDGE_TAIL).items()},
-        "final_flagged_cos_rule": int(cos_rule[-1]["n_flagged"]) if cos_rule else 0,
-        "train_wall_s": float(last["wall_s"]),
-    }
-    for key, value in (summary.get("headline") or {}).items():
+# The headline: the figures every summary shows for a run, in this order and formatted by `fmt`
+# (gradscope runs and show, open_results, the run and sweep reports, the index page). The best
+# detector is the one of highest AUROC at the last checkpoint (signals_headline), named beside it.
+HEADLINE = ["final_train_acc", "final_test_acc", "step_generalized", "generalization_delay_steps", "max_sharpness",
+            "sharpness_threshold", "best_detector", "best_detector_final_auroc"]
+MISSING = "–"  # the one mark of a figure that is undefined, not measured, or does not apply
+
+
+def headline(metrics: pd.DataFrame | None, summary: dict | None = None, curvature: pd.DataFrame | None = None) -> dict:
+    """A run's figures as far as it got: from its metrics, the signals summary and its curvature
+    tables, each None where the run has not written it. sharpness_threshold is None (not a number)
+    where 2/lr does not apply (an adaptive optimizer: see `edge_assessed`), and then the edge_*
+    figures are left out altogether."""
+    out = {}
+    if metrics is not None and len(metrics):
+        last = metrics.sort_values("step").iloc[-1]
+        out.update({"final_train_acc": float(last["train_acc"]), "final_test_acc": float(last["test_acc"]),
+                    "final_train_loss": float(last["train_loss"]), "final_test_loss": float(last["test_loss"])})
+    if summary is not None:
+        gen = summary["generalization"]  # thresholds from the signals config (signals.generalization)
+        out.update({"step_memorized": gen["step_memorized"], "step_generalized": gen["step_generalized"],
+                    "generalization_delay_steps": gen["delay_steps"]})
+    if metrics is not None and len(metrics):
+        out["best_test_acc"] = float(metrics["test_acc"].max())  # how close a run that never generalized came
+    if curvature is not None and len(curvature):
+        thresholds = curvature["sharpness_threshold"].to_numpy(dtype=float)
+        applies = bool(np.isfinite(thresholds).any())
+        out.update({"max_sharpness": float(curvature["sharpness"].max()),
+                    "final_sharpness": float(curvature.sort_values("step")["sharpness"].iloc[-1]),
+                    "sharpness_threshold": float(thresholds[0]) if applies else None})
+        if applies:
+            out.update({f"edge_{k}": v for k, v in signals.edge_of_stability(curvature, tolerance=EDGE_TOLERANCE,
+                                                                             tail=EDGE_TAIL).items()})
+    if summary is not None:
+        cos_rule = [r for r in summary["per_step"] if r["detector"] == "cos_rule"]
+        out["final_flagged_cos_rule"] = int(cos_rule[-1]["n_flagged"]) if cos_rule else 0
+    if metrics is not None and len(metrics) and "wall_s" in metrics:
+        out["train_wall_s"] = float(metrics.sort_values("step")["wall_s"].iloc[-1])
+    for key, value in ((summary or {}).get("headline") or {}).items():
         out[key] = value
     return out
 
 
-def _fmt(v) -> str:
+def headline_figures(head: dict) -> dict:
+    """The headline (HEADLINE, in order) of a run's figures: None where a figure is missing,
+    undefined (NaN) or does not apply."""
+    return {k: None if _missing(head.get(k)) else head.get(k) for k in HEADLINE}
+
+
+def _missing(v) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and math.isnan(v))
+
+
+def fmt(v) -> str:
+    """A figure as every summary prints it: MISSING for None and NaN, integers without a decimal
+    point, other numbers to 4 significant digits."""
+    if _missing(v):
+        return MISSING
     if isinstance(v, (bool, np.bool_)):
         return str(bool(v))
     if isinstance(v, (int, np.integer)):
         return str(int(v))
     if isinstance(v, (float, np.floating)):
-        if math.isnan(v):
-            return "–"
         return f"{v:.0f}" if float(v).is_integer() and abs(v) >= 1 else f"{v:.4g}"
     return str(v)
 
 
+
+
 def markdown_table(df: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
 
 
@@ -84,10 +119,13 @@ def render_run_report(run_id: str, *, config_yaml: str, head: dict, summary: dic
         edge = (f"Edge of stability: edge_step_reached = first checkpoint with sharpness ≥ {1 - EDGE_TOLERANCE:g} × 2/lr; "
                 f"edge_tail_max_rel_dev = largest |sharpness/(2/lr) − 1| over the last {EDGE_TAIL:.0%} of training; "
                 f"edge_at_edge = that is at most {EDGE_TOLERANCE:g}.")
-    else:
+    else:  # the headline leaves the edge_* figures out, sharpness_threshold is –
         head = {k: v for k, v in head.items() if not k.startswith("edge_")}
         edge = (f"Edge of stability: not assessed, as this run trains with {optimizer}: 2/lr is the stability "
-                "threshold of gradient descent (an adaptive optimizer's edge is in its preconditioned sharpness).")
+                "threshold of gradient descent (an adaptive optimizer's edge is in its preconditioned sharpness), "
+                "so sharpness_threshold is – and no 2/lr line is drawn.")
+    # the headline figures first, as every summary shows them (HEADLINE), then the run's other figures
+    head = {**headline_figures(head), **{k: v for k, v in head.items() if k not in HEADLINE}}
     curv = curvature.sort_values("step")[[c for c in columns if c in curvature
                                           and not (curvature[c].dtype.kind == "f" and curvature[c].isna().all())
                                           and (ggn or c != "ggn_mvp_count")]]
@@ -173,15 +211,15 @@ def signals_section(summary: dict, per_step: pd.DataFrame, figures: dict) -> lis
     g, gen = summary["groups"], summary["generalization"]
     pair = {None: "not applicable (the data plants no pair of groups)", True: "yes, at the intervals ending at steps "
             + ", ".join(map(str, g["planted_pair_steps"])), False: "no"}[g["planted_pair_found"]]
-    delay = (f"Train accuracy first reached {gen['train_threshold']} at step {_fmt(gen['step_memorized'])} and test "
-             f"accuracy {gen['test_threshold']} at step {_fmt(gen['step_generalized'])} (delay "
-             f"{_fmt(gen['delay_steps'])} steps; – = never).")
+    delay = (f"Train accuracy first reached {gen['train_threshold']} at step {fmt(gen['step_memorized'])} and test "
+             f"accuracy {gen['test_threshold']} at step {fmt(gen['step_generalized'])} (delay "
+             f"{fmt(gen['delay_steps'])} steps; – = never).")
     around = pd.DataFrame(gen["flagged_around"])
     if not math.isnan(gen["step_generalized"]) and not around.empty:
         delay += " Mean flagged examples per checkpoint before and after that step, per detector:"
-    groups_text = (f"Recovered groups: size-weighted purity {_fmt(g['mean_purity'])} (groups drawn at random from the "
-                   f"same selected examples: {_fmt(g['chance_purity'])}); groups with a planted majority: "
-                   f"{_fmt(g['planted_group_purity'])}. Planted pair found as an opposing pair: {pair}."
+    groups_text = (f"Recovered groups: size-weighted purity {fmt(g['mean_purity'])} (groups drawn at random from the "
+                   f"same selected examples: {fmt(g['chance_purity'])}); groups with a planted majority: "
+                   f"{fmt(g['planted_group_purity'])}. Planted pair found as an opposing pair: {pair}."
                    if planted else "No planted truth to judge the groups against.")
     return [
         "## Per-example dynamics and opposing signals",
@@ -220,7 +258,8 @@ def render_sweep_report(experiment: str, runs: pd.DataFrame, detectors: pd.DataF
         f"![Accuracy of every run]({comparison})",
         "## Sharpness",
         "Each run's sharpness (top Hessian eigenvalue on its curvature subset) with its own stability threshold 2/lr "
-        "(dashed, same colour), above its training loss on the same step axis.",
+        "(dashed, same colour; drawn only for runs trained by gradient descent, where it applies), above its training "
+        "loss on the same step axis.",
         f"![Sharpness of every run]({sharpness})",
         *edge_of_stability_lines(runs),
         "## Detectors compared",
@@ -236,13 +275,15 @@ def edge_of_stability_lines(runs: pd.DataFrame) -> list[str]:
     """The sweep's edge-of-stability verdict from the runs' headline columns (edge_*), for its runs
     trained by gradient descent: 2/lr (2(1+beta)/lr with momentum) is the stability threshold of
     SGD, not of an adaptive optimizer (Adam's edge is in its preconditioned sharpness)."""
-    if "edge_at_edge" not in runs:
-        return []
     adaptive = ~runs["optimizer"].map(edge_assessed) if "optimizer" in runs else pd.Series(False, index=runs.index)
-    note = ([f"{int(adaptive.sum())} run(s) trained by an adaptive optimizer ({', '.join(sorted(set(runs.loc[adaptive, 'optimizer'])))}) "
-             "are left out: 2/lr is the stability threshold of gradient descent."] if adaptive.any() else [])
+    if "sharpness_threshold" in runs:  # null where 2/lr does not apply (the curvature stage records it so)
+        adaptive |= runs["sharpness_threshold"].isna()
+    names = sorted(set(runs.loc[adaptive, "optimizer"])) if "optimizer" in runs else []
+    note = ([f"{int(adaptive.sum())} run(s) trained by an adaptive optimizer"
+             + (f" ({', '.join(names)})" if names else "")
+             + " are left out: 2/lr is the stability threshold of gradient descent."] if adaptive.any() else [])
     runs = runs[~adaptive]
-    if runs.empty:
+    if runs.empty or "edge_at_edge" not in runs:
         return note
     at = runs["edge_at_edge"].astype(bool)
     table = runs[["run", "sharpness_threshold", "final_sharpness", "edge_step_reached", "edge_tail_max_rel_dev",
@@ -280,7 +321,7 @@ def influence_section(summary: dict) -> list[str]:
                               "planted": "flipped" if r["planted"] and r["label"] != r["clean_label"]
                               else ("planted" if r["planted"] else ""), "score": r["score"]})
         parts += [f"**Test example {ex['test_id']}** (label {ex['label']}, predicted {ex['pred']}, final loss "
-                  f"{_fmt(ex['final_loss'])}):", markdown_table(pd.DataFrame(table))]
+                  f"{fmt(ex['final_loss'])}):", markdown_table(pd.DataFrame(table))]
     return parts
 
 

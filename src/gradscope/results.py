@@ -24,8 +24,7 @@ import yaml
 
 from gradscope import artifacts, config, layout
 
-HEADLINE_COLUMNS = ["final_train_acc", "final_test_acc", "generalization_delay_steps", "max_sharpness",
-                    "sharpness_threshold", "final_auroc_high_loss", "best_auroc_cos_rule"]
+from gradscope.report import HEADLINE as HEADLINE_COLUMNS  # noqa: E402  (the headline: report.HEADLINE)
 
 
 def parse_run_name(name: str) -> dict:
@@ -34,39 +33,124 @@ def parse_run_name(name: str) -> dict:
 
 
 def run_folders(results: Path) -> list[Path]:
-    """The run folders under `results` that hold a resolved config.yaml."""
-    return [f for f in layout.run_folders(results) if layout.in_run(f, "config").exists()]
+    """The run folders under `results`: each that holds a resolved config.yaml or a train/ folder (a
+    run killed mid-training may have no config.yaml yet: the workflow writes it for the report)."""
+    return [f for f in layout.run_folders(results)
+            if layout.in_run(f, "config").exists() or layout.in_run(f, "metrics").parent.is_dir()]
 
 
-def run_status(folder: Path, logs_dir: Path | None = None) -> dict:
-    """Headline figures of a finished run; the stage reached for one in progress.
+# Every status a run can have, in the order a run goes through them (`run_status` decides which).
+STATUSES = ("pending", "training", "stopped", "analysing", "done", "failed", "damaged")
+TRAIN_LOCK = ".train.lock"  # gradscope.train.LOCK, not imported from there: that loads torch
 
-    status: "done", "analysed" (no report yet), "trained", "training" (resumable checkpoints, no
-    metrics yet), "not trained", "<rule> failed" (that job's log under `logs_dir` ends in its
-    failure; "note" names the log), or "damaged" (an artifact does not read; "note" says which
-    and how to regenerate it)."""
-    from gradscope import pipeline
+
+def trainer(folder: Path) -> dict | None:
+    """Who holds the run's training lock (train/.train.lock, see `gradscope.train.run_lock`), without
+    taking it: {"live": whether that process still runs, "holder": the lock's text}; None without
+    a lock file. The holder's pid is looked up on this host (a kill -9 leaves the file behind, and
+    a pid now used by another program does not count); a holder on another host counts as live."""
+    import os
+    import re
+    import socket
+
+    path = layout.in_run(folder, "metrics").parent / TRAIN_LOCK
+    try:
+        holder = path.read_text(errors="replace").strip()
+    except OSError:
+        return None
+    m = re.match(r"pid (\d+) on (\S+), since (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", holder)
+    if not m:  # the lock's holder died before writing its name
+        return {"live": False, "holder": holder or "a process that left no name"}
+    pid, host = int(m.group(1)), m.group(2)
+    if host != socket.gethostname():
+        return {"live": True, "holder": holder}
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return {"live": False, "holder": holder}
+    except PermissionError:  # another user's process
+        pass
+    try:  # a reused pid: the process there now started after the lock was taken
+        import time
+
+        since = time.mktime(time.strptime(m.group(3), "%Y-%m-%d %H:%M:%S"))
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        if boot + ticks / os.sysconf("SC_CLK_TCK") > since + 2:
+            return {"live": False, "holder": holder}
+    except (OSError, ValueError, IndexError, StopIteration):  # no /proc (macOS): the pid alone
+        pass
+    return {"live": True, "holder": holder}
+
+
+def damaged_files(folder: Path) -> list[str]:
+    """The run's artifacts that are not whole, one line each naming the file and the command that
+    writes it again: its checkpoints by size against the training manifest, its Parquet tables by
+    their magic bytes, its JSON files by parsing (`artifacts.damaged_checkpoints`, `damaged_tables`:
+    a stat and the two ends of each file). A checkpoint that is not there at all is left out: a results
+    folder copied without its checkpoints is whole for everything read from it."""
+    checkpoints = artifacts.damaged_checkpoints(layout.in_run(folder, "manifest"))
+    return [line for line in checkpoints if Path(line.split(": ", 1)[0]).exists()] + artifacts.damaged_tables(folder)
+
+
+def run_status(folder: Path, logs_dir: Path | None = None, *, headline: bool = True) -> dict:
+    """A run's status and note, and (headline=True) its headline figures as far as it got: what
+    `gradscope runs`, `gradscope show`, the dashboards and the index page all show.
+
+    status, the first that holds:
+    "training": a live process holds the run's training lock;
+    "damaged": an artifact is not whole (a truncated checkpoint or table); the note names the file
+    and the command that writes it again;
+    "failed": a job's log under `logs_dir` ends in its failure (the note names the rule and the
+    log), or training stopped on a non-finite loss (metrics.partial.parquet);
+    "stopped": training began and its process is gone (killed: a stale lock or resumable
+    checkpoints, no metrics); the same command resumes it;
+    "pending": not trained yet;
+    "analysing": trained, per-example statistics, curvature or signals not (all) written yet;
+    "done": trained and analysed."""
+    folder = Path(folder)
+    metrics = layout.in_run(folder, "metrics")
+    resume = sorted(layout.in_run(folder, "resume").glob("step_*.pt"))
+    last = f"; last resumable checkpoint {resume[-1].stem}" if resume else ""
+    lock = trainer(folder)
+    if lock and lock["live"]:
+        return {"status": "training", "note": f"training ({lock['holder'].split(': ', 1)[0]}){last}"}
+    damaged = damaged_files(folder)
+    if damaged:
+        more = f" (and {len(damaged) - 1} more damaged files)" if len(damaged) > 1 else ""
+        return {"status": "damaged", "note": damaged[0] + more}
     from gradscope.logs import failed_logs
 
-    metrics, summary = layout.in_run(folder, "metrics"), layout.in_run(folder, "signals_summary")
-    curvature = layout.tables_in(folder, "curvature")
     failed = failed_logs(logs_dir, folder.parent.name, folder.name) if logs_dir is not None else []
-    if not (metrics.exists() and summary.exists() and curvature):
-        if failed:
-            return {"status": f"{failed[0][0]} failed", "note": f"see {failed[0][1]}"}
-        if layout.in_run(folder, "metrics_partial").exists() and not metrics.exists():
-            return {"status": "train failed", "note": f"see {layout.in_run(folder, 'metrics_partial')}"}
-        if metrics.exists():
-            return {"status": "trained"}
-        return {"status": "training" if any(layout.in_run(folder, "resume").glob("step_*.pt")) else "not trained"}
-    try:
-        head = pipeline.run_headline(metrics_path=metrics, summary_path=summary, curvature_paths=curvature)
-    except (OSError, ValueError, KeyError) as e:
-        return {"status": "damaged", "note": str(e).splitlines()[0]}
-    done = layout.in_run(folder, "report").exists()
-    if not done and failed:
-        return {"status": f"{failed[0][0]} failed", "note": f"see {failed[0][1]}", **head}
-    return {"status": "done" if done else "analysed", **head}
+    out = {}
+    if failed:
+        out = {"status": "failed", "note": f"{failed[0][0]} failed: see {failed[0][1]}"}
+    elif layout.in_run(folder, "metrics_partial").exists() and not metrics.exists():
+        out = {"status": "failed", "note": "train failed: a non-finite loss stopped training; metrics so far in "
+                                           f"{layout.in_run(folder, 'metrics_partial')}"}
+    elif not metrics.exists():
+        if lock or resume:
+            out = {"status": "stopped", "note": "training stopped: its process "
+                   + (f"({lock['holder'].split(',', 1)[0]}) " if lock else "") + "is gone (killed?)" + last
+                   + ("; the same command (snakemake, or gradscope train) resumes it" if resume
+                      else "; the same command (snakemake, or gradscope train) starts it again")}
+        else:
+            out = {"status": "pending", "note": "not trained yet"}
+    summary, curvature = layout.in_run(folder, "signals_summary"), layout.tables_in(folder, "curvature")
+    if not out:
+        missing = [name for name, have in (("examples", layout.tables_in(folder, "examples")),
+                                           ("curvature", curvature), ("signals", summary.exists())) if not have]
+        out = ({"status": "analysing", "note": f"trained; not yet written: {', '.join(missing)}"} if missing
+               else {"status": "done"})
+    if headline and metrics.exists() and summary.exists() and curvature:
+        from gradscope import pipeline
+
+        try:
+            out.update(pipeline.run_headline(metrics_path=metrics, summary_path=summary, curvature_paths=curvature))
+        except (OSError, ValueError, KeyError) as e:  # a file the cheap checks above pass but that does not read
+            return {"status": "damaged", "note": str(e).splitlines()[0]}
+    return out
 
 
 def runs_rows(results="results", experiment: str | None = None) -> list[dict]:
@@ -80,9 +164,50 @@ def runs_rows(results="results", experiment: str | None = None) -> list[dict]:
             continue
         status = run_status(folder, logs_dir=results.parent / "logs")
         rows.append({"run": f"{exp}/{name}", **parse_run_name(name), "status": status["status"],
-                     **{k: status.get(k) for k in HEADLINE_COLUMNS if k in status},
+                     **headline_figures(status if "final_train_acc" in status else headline_of(folder)),
                      **({"note": status["note"]} if "note" in status else {})})
     return rows
+
+
+def headline_figures(figures: dict) -> dict:
+    """The headline (report.HEADLINE, in order) of a run's figures, None where missing or not applicable."""
+    from gradscope.report import headline_figures as pick
+
+    return pick(figures)
+
+
+def headline_of(folder: Path, metrics: pd.DataFrame | None = None) -> dict:
+    """A run's figures (report.headline) as far as it got: from its metrics (or, for a run stopped or
+    still training, the partial metrics or the rows in its latest resumable checkpoint; or `metrics`
+    where given), its signals summary and its curvature tables, each left out where it is missing or
+    does not read (the run's status says why)."""
+    from gradscope import pipeline, report
+
+    folder = Path(folder)
+
+    def attempt(read):
+        try:
+            return read()
+        except Exception:  # a damaged or half-written artifact: that part of the headline is missing
+            return None
+
+    if metrics is None:
+        for name in ("metrics", "metrics_partial"):
+            if layout.in_run(folder, name).exists():
+                metrics = attempt(lambda: artifacts.read_parquet(layout.in_run(folder, name)))
+                break
+        else:
+            resume = sorted(layout.in_run(folder, "resume").glob("step_*.pt"))
+            if resume:
+                from gradscope import checkpoints  # torch only for a run still in training
+
+                rows = attempt(lambda: checkpoints.load_state(resume[-1]).get("metrics_rows")) or []
+                metrics = pd.DataFrame(rows) if rows else None
+    summary_path = layout.in_run(folder, "signals_summary")
+    summary = attempt(lambda: artifacts.read_json(summary_path)) if summary_path.exists() else None
+    curvature_paths = layout.tables_in(folder, "curvature")
+    curvature = attempt(lambda: pipeline.read_curvature(curvature_paths)) if curvature_paths else None
+    return attempt(lambda: report.headline(metrics, summary, curvature)) or {}
 
 
 def open_results(results="results", experiment: str | None = None) -> pd.DataFrame:
@@ -225,7 +350,7 @@ class RunView:
 
             spec = InputSpec.from_dict(load_meta(self.dataset)["input"])
         return checkpoints.load(path, device, model_settings=self.manifest.get("model") or self.settings.get("model"),
-                                spec=spec)[0]
+                                spec=spec, code=self.manifest.get("code"))[0]
 
     @property
     def report(self) -> Path | None:

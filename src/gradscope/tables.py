@@ -451,7 +451,8 @@ TABLES: dict[str, Table] = {t.name: t for t in [
                             "`density`).",
         "ggn_density": "Its spectral density (empty unless `ggn` and `density`).",
         "lr": "The run's learning rate (`optim.lr`).",
-        "sharpness_threshold": "The stability threshold: 2/lr, 2(1 + momentum)/lr for SGD with momentum.",
+        "sharpness_threshold": "The stability threshold: 2/lr, 2(1 + momentum)/lr for SGD with momentum; null under "
+                               "an adaptive optimizer, where it does not apply (report.edge_assessed).",
         "n_examples": "Examples in the subset.",
         "n_params": "Trainable parameters (the Hessian's size).",
         "wall_s": "Seconds the measures took.",

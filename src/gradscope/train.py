@@ -119,8 +119,9 @@ def _resume_state(store: Path, settings: dict) -> dict | None:
         except ValueError as e:
             log.warning("skipping unreadable checkpoint: %s", e)
             continue
-        if state["settings"] != settings:
-            log.info("resume store %s holds another config's checkpoints; removing them and starting afresh", store)
+        if state["settings"] != settings or not checkpoints.same_code(state):  # (other factory code: stale too)
+            log.info("resume store %s holds another config's checkpoints (other settings or model code); removing "
+                     "them and starting afresh", store)
             shutil.rmtree(store)  # none of them may be mixed with this config's
             return None
         return state

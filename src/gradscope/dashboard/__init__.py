@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 
 from gradscope import artifacts, layout
+from gradscope.report import HEADLINE
+from gradscope.results import headline_figures, headline_of
 from gradscope.dashboard.collect import collect_run, parse_varying, read_metrics, run_status
 from gradscope.dashboard.page import VIEWS, Figure, View, add_view, render_index, render_page, run_colours
 from gradscope.dashboard import influence as _influence  # noqa: F401, E402  (registers the Influence tab)
@@ -26,8 +28,7 @@ INDEX_FROM_SWEEP = Path(os.path.relpath(layout.INDEX, Path(layout.SWEEP["dashboa
 __all__ = ["View", "Figure", "add_view", "build_sweep_dashboard", "build_index", "build_dashboards", "default_settings"]
 log = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ["final_train_acc", "final_test_acc", "step_generalized", "max_sharpness", "sharpness_threshold",
-                 "best_detector", "best_detector_final_auroc"]
+INDEX_COLUMNS = HEADLINE  # the headline figures of every summary (report.HEADLINE)
 
 
 def default_settings() -> dict:
@@ -48,11 +49,20 @@ def build_sweep_dashboard(experiment: str, runs: list[dict], *, results, setting
         folder = layout.run_dir(run["id"], results)
         status = run_status(folder, logs_dir)
         data = collect_run(folder, max_examples=settings["max_examples"], top_k=settings["top_k"], seed=settings["seed"])
+        problems = data.pop("problems", [])
         for view in VIEWS.values():
             if view.load is not None:
-                extra = view.load(folder)
+                try:
+                    extra = view.load(folder)
+                except (OSError, ValueError) as e:  # a damaged file: the view shows nothing for this run
+                    problems.append(str(e).splitlines()[0])
+                    extra = None
                 if extra is not None:
                     data[view.key] = extra
+        if problems and status["status"] != "damaged":  # a file the cheap checks pass but that does not read
+            status = {"status": "damaged", "detail": problems[0]}
+        if problems:
+            log.warning("dashboard of %s: %s is damaged: %s", experiment, run["id"], "; ".join(problems))
         varying = run.get("varying") or parse_varying(run["name"])
         entries.append({"id": run["id"], "name": run["name"], "varying": varying,
                         "varying_text": {k: str(v) for k, v in varying.items()}, **status, "data": data})
@@ -82,20 +92,18 @@ def _logx(entries) -> bool:
 def index_row(folder: Path, logs_dir=None) -> dict:
     """One run's row of the index: its status and, as far as it got, its headline figures."""
     row = {"name": folder.name, **run_status(folder, logs_dir)}
-    metrics = read_metrics(folder)
-    if metrics is not None and len(metrics):
-        last = metrics.sort_values("step").iloc[-1]
-        row.update(final_train_acc=float(last["train_acc"]), final_test_acc=float(last["test_acc"]))
-    summary = layout.in_run(folder, "signals_summary")
-    if summary.exists():
-        s = artifacts.read_json(summary)
-        row["step_generalized"] = s.get("generalization", {}).get("step_generalized")
-        row.update({k: v for k, v in (s.get("headline") or {}).items() if k in INDEX_COLUMNS})
-    curv = layout.tables_in(folder, "curvature")
-    if curv:
-        c = artifacts.read_partitions(curv)
-        row.update(max_sharpness=float(c["sharpness"].max()), sharpness_threshold=float(c["sharpness_threshold"].iloc[0]))
+    try:  # a damaged run: its status says which file; the figures that read are shown
+        metrics = read_metrics(folder)
+    except (OSError, ValueError) as e:
+        metrics, row = None, _damaged(row, e)
+    # the headline figures as far as the run got, as `gradscope runs` and the reports show them (report.HEADLINE)
+    row.update(headline_figures(headline_of(folder, metrics=metrics)))
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+
+
+def _damaged(row: dict, error: Exception) -> dict:
+    """The row of a run with a file that does not read: damaged, naming the file, unless it already is."""
+    return row if row["status"] == "damaged" else {**row, "status": "damaged", "detail": str(error).splitlines()[0]}
 
 
 def build_index(experiments: dict[str, list[str]], *, results, out, logs_dir=None, link_reports: bool = False) -> None:
@@ -105,7 +113,7 @@ def build_index(experiments: dict[str, list[str]], *, results, out, logs_dir=Non
     sections = []
     for exp, run_ids in experiments.items():
         rows = [index_row(layout.run_dir(rid, results), logs_dir) for rid in run_ids]
-        cols = [c for c in INDEX_COLUMNS if any(r.get(c) is not None for r in rows)]
+        cols = list(INDEX_COLUMNS)  # every one, – where missing or not applicable: as `gradscope runs` shows them
         dash, report = layout.sweep_file("dashboard", exp, results), layout.sweep_file("report", exp, results)
         sections.append({"experiment": exp, "runs": rows, "columns": cols,
                          "href": _rel(dash, out.parent) if dash.exists() else None,
@@ -120,16 +128,19 @@ def _rel(path: Path, start: Path) -> str:
 
 
 def discover(results) -> dict[str, list[str]]:
-    """{experiment: [run ids]} of every run folder under results/runs (a run has a config.yaml or a train/ folder)."""
+    """{experiment: [run ids]} of every run folder under results/runs (a run has a config.yaml or a train/ folder:
+    the runs `gradscope runs` lists)."""
+    from gradscope.results import run_folders
+
     found: dict[str, list[str]] = {}
-    for folder in layout.run_folders(results):
-        if (layout.in_run(folder, "config").exists() or layout.in_run(folder, "metrics").parent.exists()):
-            found.setdefault(folder.parent.name, []).append(f"{folder.parent.name}/{folder.name}")
+    for folder in run_folders(results):
+        found.setdefault(folder.parent.name, []).append(f"{folder.parent.name}/{folder.name}")
     return found
 
 
-def build_dashboards(results, *, settings: dict | None = None, logs_dir=None) -> list[Path]:
-    """Every sweep's dashboard and the index from what `results` holds now (the `gradscope dashboard` command)."""
+def build_dashboards(results, *, settings: dict | None = None, logs_dir=None, statuses: dict | None = None) -> list[Path]:
+    """Every sweep's dashboard and the index from what `results` holds now (the `gradscope dashboard` command).
+    statuses: a dict to fill with each run's {"status", "detail"} as the pages show them, by run id."""
     results = Path(results)
     settings = {**default_settings(), **(settings or {})}
     logs_dir = Path(logs_dir) if logs_dir is not None else results.resolve().parent / "logs"
@@ -137,8 +148,10 @@ def build_dashboards(results, *, settings: dict | None = None, logs_dir=None) ->
     written = []
     for exp, run_ids in experiments.items():
         out = layout.sweep_file("dashboard", exp, results)
-        build_sweep_dashboard(exp, [{"id": rid, "name": rid.split("/", 1)[1]} for rid in run_ids], results=results,
-                              settings=settings, out=out, logs_dir=logs_dir)
+        payload = build_sweep_dashboard(exp, [{"id": rid, "name": rid.split("/", 1)[1]} for rid in run_ids],
+                                        results=results, settings=settings, out=out, logs_dir=logs_dir)
+        if statuses is not None:
+            statuses.update({r["id"]: {"status": r["status"], "detail": r["detail"]} for r in payload["runs"]})
         written.append(out)
     index = results / Path(layout.INDEX).relative_to(layout.RESULTS)
     build_index(experiments, results=results, out=index, logs_dir=logs_dir)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gradscope import artifacts, layout, logs
+from gradscope import artifacts, layout
 
 METRIC_COLUMNS = ["step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "grad_norm", "clipped_fraction",
                   "weight_norm", "wall_s"]
@@ -65,33 +65,13 @@ def columns(df: pd.DataFrame, names) -> dict:
 
 # ---- status ---------------------------------------------------------------------------------
 def run_status(folder: Path, logs_dir: Path | None = None) -> dict:
-    """How far a run got, from its artifacts (and, where given, the workflow's logs).
+    """How far a run got: {"status", "detail"}, decided by `gradscope.results.run_status` (the status
+    `gradscope runs` and `gradscope show` print: training, damaged, failed, stopped, pending,
+    analysing or done; detail its note)."""
+    from gradscope.results import run_status as status_of
 
-    status: "complete" (trained, per-example statistics, curvature and signals all written),
-    "failed" (a non-finite loss stopped training, or a stage's log ends in a failure), "training"
-    (resumable checkpoints and no metrics yet), "analysing" (trained, analysis incomplete) or
-    "pending" (nothing trained yet). detail: a short explanation."""
-    folder = Path(folder)
-    experiment, run = folder.parent.name, folder.name
-    failed = next((rule for rule, _ in logs.failed_logs(logs_dir, experiment, run)), None) if logs_dir is not None else None
-    if layout.in_run(folder, "metrics_partial").exists() and not layout.in_run(folder, "metrics").exists():
-        return {"status": "failed", "detail": "training stopped: non-finite loss (metrics so far shown)"}
-    if not layout.in_run(folder, "metrics").exists():
-        if failed:
-            return {"status": "failed", "detail": f"failed in {failed}"}
-        resume = sorted(layout.in_run(folder, "resume").glob("step_*.pt"))
-        if resume:
-            return {"status": "training", "detail": f"training, last checkpoint {resume[-1].stem}"}
-        return {"status": "pending", "detail": "not trained yet"}
-    have = {"examples": bool(layout.tables_in(folder, "examples")),
-            "curvature": bool(layout.tables_in(folder, "curvature")),
-            "signals": layout.in_run(folder, "signals_summary").exists()}
-    if all(have.values()):
-        return {"status": "complete", "detail": "trained and analysed"}
-    missing = ", ".join(k for k, v in have.items() if not v)
-    if failed:
-        return {"status": "failed", "detail": f"failed in {failed}; missing {missing}"}
-    return {"status": "analysing", "detail": f"trained; missing {missing}"}
+    status = status_of(Path(folder), logs_dir, headline=False)
+    return {"status": status["status"], "detail": status.get("note") or "trained and analysed"}
 
 
 def parse_varying(name: str) -> dict:
@@ -128,33 +108,55 @@ def read_metrics(folder: Path) -> pd.DataFrame | None:
 
 
 def collect_run(folder, *, max_examples: int, top_k: int, seed: int) -> dict:
-    """Everything the page shows for one run, from what exists in its folder."""
+    """Everything the page shows for one run, from what exists in its folder. A file that does not
+    read (a damaged run) leaves out only what it feeds, and is named, with the command that writes
+    it again, in out["problems"]."""
     folder = Path(folder)
-    out = {}
-    metrics = read_metrics(folder)
+    out, problems = {}, []
+
+    def read(reader, *args):
+        try:
+            return reader(*args)
+        except (OSError, ValueError) as e:  # gradscope's readers name the file and how to write it again
+            problems.append(str(e).splitlines()[0])
+            return None
+
+    metrics = read(read_metrics, folder)
     if metrics is not None and len(metrics):
         out["metrics"] = columns(metrics.sort_values("step"), METRIC_COLUMNS)
+    optim = read(optim_settings, folder)
+    if optim is not None:
+        out["optim"] = optim
     if layout.in_run(folder, "dynamics").exists():
-        out["dynamics"] = collect_dynamics(artifacts.read_parquet(layout.in_run(folder, "dynamics")))
+        dynamics = read(artifacts.read_parquet, layout.in_run(folder, "dynamics"))
+        if dynamics is not None:
+            out["dynamics"] = collect_dynamics(dynamics)
     curv_paths = layout.tables_in(folder, "curvature")
-    if curv_paths:
-        out["curvature"] = collect_curvature(artifacts.read_partitions(curv_paths).sort_values("step"))
+    from gradscope.pipeline import read_curvature  # sharpness_threshold null where 2/lr does not apply
+
+    curvature = read(read_curvature, curv_paths) if curv_paths else None
+    if curvature is not None:
+        out["curvature"] = collect_curvature(curvature.sort_values("step"))
     signals = {}
     for name in SIGNAL_FILES:
         path = layout.in_run(folder, f"signals_{name}")
         if path.exists():
-            signals[name] = artifacts.read_parquet(path)
+            table = read(artifacts.read_parquet, path)
+            if table is not None:
+                signals[name] = table
     if "evaluation" in signals:
         out["detectors"] = collect_evaluation(signals["evaluation"])
     if "group_losses" in signals and "group_pairs" in signals:
         out["groups"] = collect_groups(signals["group_losses"], signals["group_pairs"], signals.get("groups"))
     ex_paths = layout.tables_in(folder, "examples")
-    if ex_paths:
-        examples = artifacts.read_partitions(ex_paths)
+    examples = read(artifacts.read_partitions, ex_paths) if ex_paths else None
+    if examples is not None:
         train = examples[examples["split"] == "train"]
         out["examples"] = collect_examples(train, signals.get("detections"), signals.get("per_example"),
                                            signals.get("loss_changes"), max_examples=max_examples, top_k=top_k,
                                            seed=seed)
+    if problems:
+        out["problems"] = problems
     return out
 
 
@@ -289,3 +291,18 @@ def collect_examples(train: pd.DataFrame, detections: pd.DataFrame | None, per_e
                                          for (a, b), d in loss_changes.groupby(["step_from", "step_to"], sort=True)},
                                         planted_of)
     return out
+
+
+def optim_settings(folder: Path) -> dict | None:
+    """The run's optimizer and gradient clipping (its config.yaml), for the Training tab: the
+    clipped-steps panel says clipping is off rather than draw a line at 0; None without a config.yaml."""
+    import yaml
+
+    path = layout.in_run(folder, "config")
+    if not path.exists():
+        return None
+    try:
+        optim = (yaml.safe_load(path.read_text()) or {}).get("optim") or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"cannot read {path}: {str(e).splitlines()[0]}") from e
+    return {"name": optim.get("name"), "grad_clip": clean(optim.get("grad_clip"))}

@@ -55,7 +55,8 @@
     const el = $('fig-' + id);
     if (!el) return;
     const spec = D.figures[id];
-    traces = traces.filter(t => !t.y || Array.from(t.y).some(v => v !== null && isFinite(v)));  // all NaN: nothing measured
+    traces = traces.filter(t => t.styleKey || !t.y || Array.from(t.y).some(v => v !== null && isFinite(v)));  // all NaN: nothing measured
+    if (!traces.some(t => !t.styleKey)) traces = [];  // a legend of line styles alone draws nothing
     const layout = JSON.parse(JSON.stringify(spec.layout));
     for (const [k, v] of Object.entries(patch || {}))
       layout[k] = (v && typeof v === 'object' && !Array.isArray(v) && layout[k]) ? Object.assign({}, layout[k], v) : v;
@@ -66,6 +67,7 @@
       layout.xaxis = Object.assign({}, layout.xaxis, {visible: false});
       layout.yaxis = Object.assign({}, layout.yaxis, {visible: false});
     }
+    constantRange(traces, layout);
     el.dataset.traces = traces.length;
     Plotly.react(el, traces, layout, CONFIG);
     if (!el.dataset.wired) {
@@ -76,6 +78,18 @@
         if (p && p.customdata !== undefined) addExamples([Array.isArray(p.customdata) ? p.customdata[0] : p.customdata]);
       });
     }
+  }
+  // A series that never changes (a constant learning rate) on plotly's default axis reads as zero (-1..1):
+  // its axis spans the value instead, ±50% (a decade either side on a log axis; ±1 around 0).
+  function constantRange(traces, layout) {
+    if (!traces.length || (layout.yaxis && layout.yaxis.range) || traces.some(t => t.type && t.type !== 'scatter')) return;
+    const ys = traces.flatMap(t => Array.from(t.y || [])).filter(v => v !== null && isFinite(v));
+    if (!ys.length) return;
+    const lo = Math.min(...ys), hi = Math.max(...ys), scale = Math.max(Math.abs(lo), Math.abs(hi));
+    if (hi - lo > 1e-9 * scale) return;
+    const v = (lo + hi) / 2, log = layout.yaxis && layout.yaxis.type === 'log';
+    const range = log && v > 0 ? [Math.log10(v) - 1, Math.log10(v) + 1] : (v === 0 ? [-1, 1] : [v - Math.abs(v) / 2, v + Math.abs(v) / 2]);
+    layout.yaxis = Object.assign({}, layout.yaxis, {range, autorange: false});
   }
   function onRelayout(ev) {
     let r;
@@ -123,14 +137,25 @@
     return none.length ? `no ${what} for ${none.slice(0, 4).join(', ')}${none.length > 4 ? ', …' : ''}` : `no ${what}`;
   }
 
+  // Legend entries of the line styles (no data, drawn in grey): which dash is train and which test.
+  const styleKey = () => [['train', 'dot'], ['test', 'solid']].map(([name, dash]) => ({
+    type: 'scatter', mode: 'lines', x: [null], y: [null], name: `${name} (${dash === 'dot' ? 'dotted' : 'solid'})`,
+    legendgroup: 'style', legendrank: 1, line: {dash, color: '#666', width: 1.8}, hoverinfo: 'skip', styleKey: true}));
   views.training = function () {
     const runs = selectedRuns(), why = missing(runs, 'metrics', 'training metrics');
-    draw('loss', [...lines(runs, metric('train_loss'), {line: {dash: 'dot'}, showlegend: false}).map(t => (t.line.color = t.marker.color, t.name += ' train', t)),
-                  ...lines(runs, metric('test_loss')).map(t => (t.name += ' test', t))], {}, why);
-    draw('acc', [...lines(runs, metric('train_acc'), {showlegend: false}).map(t => (t.line = {dash: 'dot', color: t.marker.color}, t.name += ' train', t)),
-                 ...lines(runs, metric('test_acc')).map(t => (t.name += ' test', t))], {}, why);
+    const both = (train, test) => {  // the runs once in the legend (their test line), then the two line styles
+      const out = [...lines(runs, metric(train), {showlegend: false}).map(t => (t.line = {dash: 'dot', color: t.marker.color, width: 1.8}, t.name += ' train', t)),
+                   ...lines(runs, metric(test)).map(t => (t.name += ' test', t))];
+      return out.length ? [...out, ...styleKey()] : out;
+    };
+    const legend = {showlegend: true};
+    draw('loss', both('train_loss', 'test_loss'), legend, why);
+    draw('acc', both('train_acc', 'test_acc'), legend, why);
     draw('lr', lines(runs, metric('lr')), {}, why);
-    draw('clipped', lines(runs, metric('clipped_fraction')), {}, why);
+    // clipping off (optim.grad_clip null): say so rather than draw a line at 0
+    const clipping = runs.filter(r => !(r.data.optim && r.data.optim.grad_clip === null));
+    draw('clipped', lines(clipping, metric('clipped_fraction')), {},
+         runs.length && !clipping.length ? 'gradient clipping is off for the chosen runs (optim.grad_clip: null)' : why);
     draw('grad_norm', lines(runs, metric('grad_norm')), {}, why);
     draw('weight_norm', lines(runs, metric('weight_norm')), {}, why);
   };
@@ -185,7 +210,9 @@
   views.curvature = function () {
     const runs = selectedRuns(), why = missing(runs, 'curvature', 'curvature');
     draw('sharpness', [...lines(runs, curv('sharpness')),
-                       ...lines(runs, curv('sharpness_threshold'), {mode: 'lines', showlegend: false}).map(t => (t.line = {dash: 'dash', color: t.marker.color, width: 1.2}, t.name += ' 2/lr', t))], {}, why);
+                       ...lines(runs, curv('sharpness_threshold'), {mode: 'lines', showlegend: false}).map(t => (t.line = {dash: 'dash', color: t.marker.color, width: 1.2}, t.name += ' 2/lr', t))],
+         runs.some(r => r.data.curvature && (r.data.curvature.sharpness_threshold || []).some(v => v !== null)) ? {} :
+           {title: {text: 'sharpness (no 2/lr: it does not apply to adaptive optimizers)'}}, why);
     const run = focusRun(), c = run && run.data.curvature;
     const eig = [];
     if (c) {
@@ -413,7 +440,8 @@
   }
   function start() {
     const runsSel = $('gs-runs');
-    runsSel.innerHTML = RUNS.map(r => `<option value="${r.id}" title="${r.detail}">${r.name}${r.status === 'complete' ? '' : ' [' + r.status + ']'}</option>`).join('');
+    const attr = t => String(t).replace(/&/g, '&amp;').replace(/"/g, '&quot;').replace(/</g, '&lt;');
+    runsSel.innerHTML = RUNS.map(r => `<option value="${r.id}" title="${attr(r.detail)}">${r.name}${r.status === 'done' ? '' : ' [' + r.status + ']'}</option>`).join('');
     const initial = RUNS.filter(r => r.data.metrics).slice(0, D.settings.initial_runs);
     for (const opt of runsSel.options) opt.selected = initial.some(r => r.id === opt.value);
     for (const k of D.grid_keys) $('gs-filter-' + k).addEventListener('change', () => { syncRunPicker(); render(); });

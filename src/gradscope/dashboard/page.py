@@ -21,8 +21,11 @@ from plotly.offline import get_plotlyjs
 
 from gradscope import layout
 
-STATUS_COLOURS = {"complete": "#2ca02c", "analysing": "#ff7f0e", "training": "#1f77b4", "failed": "#d62728",
-                  "pending": "#7f7f7f"}
+# The statuses of gradscope.results.run_status (the one place that decides them), each its colour.
+STATUS_COLOURS = {"done": "#2ca02c", "analysing": "#ff7f0e", "training": "#1f77b4", "stopped": "#9467bd",
+                  "failed": "#d62728", "damaged": "#8c564b", "pending": "#7f7f7f"}
+# Statuses whose detail the pages print in full beside the run (what went wrong, and what to run).
+PROBLEM_STATUSES = ("damaged", "failed", "stopped")
 
 
 @dataclass
@@ -177,6 +180,8 @@ label{margin-right:8px;font-size:13px} select,input,button{font-size:13px}
 table.gs{border-collapse:collapse;font-size:13px;background:#fff} table.gs td,table.gs th{border:1px solid #ddd;padding:3px 8px;text-align:right}
 table.gs th{background:#eee} table.gs td.l{text-align:left}
 .st{padding:1px 6px;border-radius:3px;color:#fff;font-size:11px}
+.gs-problems{padding:6px 18px;background:#fff4f0;border-bottom:1px solid #e8c4b8;font-size:12px}
+.gs-problems li{margin:2px 0} .gs-detail{color:#666;font-size:11px;margin-left:6px}
 """
 
 
@@ -225,11 +230,15 @@ def render_page(payload: dict, views: list[View], *, title: str, index_href: str
     for r in payload["runs"]:
         statuses[r["status"]] = statuses.get(r["status"], 0) + 1
     sub = ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+    problems = [r for r in payload["runs"] if r["status"] in PROBLEM_STATUSES]
+    notice = ("" if not problems else '<ul id="gs-problems" class="gs-problems">' + "".join(
+        f'<li><span class="st" style="background:{STATUS_COLOURS[r["status"]]}">{html.escape(r["status"])}</span> '
+        f'{html.escape(r["name"])}: {html.escape(r["detail"])}</li>' for r in problems) + "</ul>")
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style>'
         f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'
-        f'<header><h1>{html.escape(title)}</h1><span class="sub">{n_runs} run{"s" * (n_runs != 1)}: {html.escape(sub)}</span>{link}</header>'
+        f'<header><h1>{html.escape(title)}</h1><span class="sub">{n_runs} run{"s" * (n_runs != 1)}: {html.escape(sub)}</span>{link}</header>{notice}'
         f'{_controls(payload["grid_keys"], grid_values, n_runs)}<nav id="gs-tabs">{tabs}</nav><main>'
         + "".join(_view_html(v) for v in views)
         + f'</main><script type="application/json" id="gs-data">{_json_for_script(payload)}</script>'
@@ -253,8 +262,11 @@ def render_index(experiments: list[dict], *, title: str = "gradscope results") -
         for r in exp["runs"]:
             colour = STATUS_COLOURS.get(r["status"], "#777")
             cells = "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols)
+            detail = (f'<span class="gs-detail">{html.escape(r["detail"])}</span>'
+                      if r["status"] in PROBLEM_STATUSES else "")
             rows.append(f'<tr><td class="l">{html.escape(r["name"])}</td><td class="l"><span class="st" '
-                        f'style="background:{colour}" title="{html.escape(r["detail"])}">{r["status"]}</span></td>{cells}</tr>')
+                        f'style="background:{colour}" title="{html.escape(r["detail"])}">{html.escape(r["status"])}</span>'
+                        f'{detail}</td>{cells}</tr>')
         parts.append(f'<section><h2>{html.escape(exp["experiment"])}{link}{report}</h2>'
                      f'<table class="gs"><tr>{head}</tr>{"".join(rows)}</table></section>')
     parts.append("</body></html>\n")
@@ -262,8 +274,7 @@ def render_index(experiments: list[dict], *, title: str = "gradscope results") -
 
 
 def _fmt(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return "–" if v != v else (f"{v:.0f}" if v.is_integer() and abs(v) >= 1 else f"{v:.4g}")
-    return html.escape(str(v))
+    """A figure as every summary prints it (report.fmt), escaped."""
+    from gradscope.report import fmt
+
+    return html.escape(fmt(v))
