@@ -160,7 +160,7 @@ def test_validate_run_and_snakemake_agree_on_every_config_file(tmp_path):
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_the_printed_fix_command_for_a_damaged_checkpoint_works_as_printed(tmp_path):
+def test_the_printed_fix_command_for_a_damaged_checkpoint_works_as_printed(tmp_path, monkeypatch):
     # The workflow's own config has another experiment: the run exists only with --configfile, and
     # --config changes its steps (the command must carry both, or it fails or trains something else).
     default = copy.deepcopy(BASE)
@@ -183,6 +183,11 @@ def test_the_printed_fix_command_for_a_damaged_checkpoint_works_as_printed(tmp_p
                        f"--force {target}"), line
     # as printed, in a shell, with the environment's snakemake on PATH
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    # outside the workflow, `gradscope show` prints the same command, from the run's invocation.json
+    monkeypatch.delenv(artifacts.INVOCATION_ENV, raising=False)
+    monkeypatch.chdir(cwd)
+    shown = CliRunner().invoke(main, ["show", "e/seed~0"])
+    assert f"`{command}`" in shown.output, shown.output
     proc = subprocess.run(command, shell=True, cwd=cwd, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert artifacts.damaged_checkpoints(manifest) == []

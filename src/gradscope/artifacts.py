@@ -244,12 +244,42 @@ def invocation_args(configfiles=(), config=(), replace_workflow_config: bool = F
     return args
 
 
-def _current_invocation() -> list[str] | None:
+def current_invocation(path=None) -> list[str] | None:
+    """The config arguments of the workflow invocation this process runs in (INVOCATION_ENV); outside
+    one, those recorded for the run whose folder holds `path` (its invocation.json, written with its
+    config.yaml by rule resolve_config); None when neither is known."""
     try:
         value = json.loads(os.environ[INVOCATION_ENV])
     except (KeyError, ValueError):
-        return None
+        value = _recorded_invocation(path) if path is not None else None
     return [str(a) for a in value] if isinstance(value, list) else None
+
+
+def _recorded_invocation(path):
+    from gradscope import layout
+
+    for folder in Path(path).absolute().parents:
+        if folder.name == Path(layout.RUN_DIR).parent.parent.name:  # past the run's folder: results/runs
+            return None
+        try:
+            return json.loads((folder / layout.IN_RUN["invocation"]).read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def record_invocation(run_folder) -> None:
+    """Write the run's invocation.json: the config arguments of the workflow invocation this job runs
+    in (INVOCATION_ENV), which later fix commands carry (`regenerate_hint`). Written by the jobs
+    that start a run (resolve_config, train, import_run); removed where the invocation is unknown
+    (the workflow as another's module), so an old one never passes for current."""
+    from gradscope import layout
+
+    made_with, record = current_invocation(), Path(run_folder) / layout.IN_RUN["invocation"]
+    if made_with is not None:
+        write_json(made_with, record)
+    else:
+        record.unlink(missing_ok=True)
 
 
 def snakemake_command(*args: str, invocation: list[str] | None = None) -> str:
@@ -270,9 +300,10 @@ def regenerate_hint(path, invocation: list[str] | None = None) -> str:
     invocation: the arguments that chose the run's config (`invocation_args`), which the commands
     carry (without them, a run of a --configfile is unknown to Snakemake, and the forced target
     fails in an input function). None: those of the workflow invocation this process runs in
-    (INVOCATION_ENV); outside one, the commands say to add them."""
+    (INVOCATION_ENV); outside one, those recorded in the run's invocation.json; where neither is
+    known, the commands say to add them."""
     if invocation is None:
-        invocation = _current_invocation()
+        invocation = current_invocation(path)
     unknown = invocation is None
     text = Path(path).as_posix()
     for pattern, rule, target, one_checkpoint in _producers():

@@ -163,6 +163,7 @@ def train_command(run: str, config_path: Path, results: Path):
                                meta_path=files["meta"])
     out = layout.run_dir(run, results)
     artifacts.write_yaml(run_config(settings), layout.in_run(out, "config"))  # as rule resolve_config writes it
+    artifacts.write_json(artifacts.invocation_args([config_path]), layout.in_run(out, "invocation"))
     logging.basicConfig(level=logging.WARNING)
     with click.progressbar(length=settings["train"]["steps"], label=f"training {run}") as bar:
         last = [0]

@@ -41,6 +41,7 @@ IN_PARTITION = {"examples": "part-0.parquet", "curvature": "part-0.parquet", "ei
 
 IN_RUN = {
     "config": "config.yaml",
+    "invocation": "invocation.json",  # the --configfile and --config that made the run (artifacts.invocation_args)
     "report": "report.md",
     "metrics": "train/metrics.parquet",
     "metrics_partial": "train/metrics.partial.parquet",  # what a failed or unfinished training logged
