@@ -17,17 +17,9 @@ from click.testing import CliRunner
 from gradscope import artifacts
 from gradscope.cli import main
 from gradscope.config import ConfigError, load_config_files, read_config_file
+from test_reliability import BASE  # the tiny experiment of the earlier matrix
 from test_workflow import copy_workflow
 from test_workflow import snakemake as run_snakemake
-
-BASE = {"device": "cpu", "experiments": {"e": {
-    "data": {"generator": "planted_flips", "planted_flips": {"n_train": 120, "n_test": 60, "n_features": 6}},
-    "model": {"depth": 1, "width": 16},
-    "optim": {"name": "sgd", "lr": 0.2},
-    "train": {"steps": 30, "log_every": 5, "checkpoints": {"every": 15}},
-    "signals": {"opposing_groups": {"top_k": 5, "n_groups": 2}},
-    "curvature": {"subset_size": 64, "lanczos_iters": 8},
-}}}
 
 # Each case: the file's bytes, and what the message says after the file's name (None: a config).
 FILES = {
