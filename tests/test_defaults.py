@@ -365,5 +365,9 @@ def test_resolve_config_writes_the_trimmed_config_and_show_prints_it(tmp_path):
     assert "d_head" in tf["model"] and "width" not in tf["model"]
     result = CliRunner().invoke(main, ["show", "tf/seed~0", "--results", str(cwd / "results")])
     assert result.exit_code == 0, result.output
-    model_line = next(line for line in result.output.splitlines() if line.startswith("  model:"))
-    assert "d_head" in model_line and "width" not in model_line
+    lines = result.output.splitlines()
+    start = lines.index("settings:") + 1
+    block = [line for line in lines[start:][:next((i for i, line in enumerate(lines[start:]) if not line.startswith(" ")),
+                                                   None)]]
+    shown = yaml.safe_load("\n".join(line[2:] for line in block))  # show prints the settings as YAML
+    assert "d_head" in shown["model"] and "width" not in shown["model"]
