@@ -9,6 +9,6 @@ with log_to(snakemake.log[0]):
                      figures={"training": i.training, "flagged": i.flagged, "curvature": i.curvature_png, "gif": i.gif,
                               "group_losses": i.group_losses, "loss_changes": i.loss_changes, "cartography": i.cartography,
                               "density": i.density[0] if i.density else None,
-                              "progress": i.progress[1] if i.progress else None},
+                              "progress": i.progress[1] if i.progress else None, "timeline": i.timeline_png},
                      influence_path=i.influence[0] if i.influence else None,
-                     progress_path=i.progress[0] if i.progress else None)
+                     progress_path=i.progress[0] if i.progress else None, timeline_path=i.timeline)

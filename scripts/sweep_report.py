@@ -8,4 +8,5 @@ with log_to(snakemake.log[0]):
                        plots_settings=snakemake.params.plots, runs_path=snakemake.output.runs,
                        detectors_path=snakemake.output.detectors,
                        comparison_png=snakemake.output.comparison,
-                       sharpness_png=snakemake.output.sharpness, report_path=snakemake.output.report)
+                       sharpness_png=snakemake.output.sharpness, report_path=snakemake.output.report,
+                       timeline_paths=snakemake.input.timelines)

@@ -29,6 +29,7 @@ E = "tests/test_examples.py::"
 R = "tests/test_reliability.py::"
 F = "tests/test_option_effects.py::"
 X = "tests/test_external.py::"
+L = "tests/test_timeline.py::"
 
 COVERED = {
     # ---- top level ----
@@ -165,6 +166,9 @@ COVERED = {
     "train.checkpoints.every": T + "test_training_writes_metrics_and_checkpoints",
     "train.checkpoints.at": "tests/test_config.py::test_checkpoint_steps_include_first_and_last",
     "train.checkpoints.log_spaced": "tests/test_config.py::test_checkpoint_steps_include_first_and_last",
+    "train.checkpoints.dense.from": L + "test_dense_checkpoints_add_a_window_to_the_main_rule",
+    "train.checkpoints.dense.to": L + "test_dense_checkpoints_add_a_window_to_the_main_rule",
+    "train.checkpoints.dense.every": L + "test_dense_checkpoints_add_a_window_to_the_main_rule",
     # ---- examples ----
     "examples.proj_dim": W + "test_artifacts_read_back_with_pandas_and_duckdb",
     "examples.proj_dtype": C + "test_projection_in_float16_with_its_own_seed",
@@ -222,6 +226,14 @@ COVERED = {
     "plots.dpi": "tests/test_plots.py::test_plot_training",
     "plots.gif_points": "tests/test_plots.py::test_render_projection_animation",
     "plots.frame_duration_s": "tests/test_plots.py::test_render_projection_animation",
+    # ---- timeline ----
+    "timeline.spike_window": L + "test_spike_margin_and_window_decide_what_a_spike_is",
+    "timeline.spike_margin": L + "test_spike_margin_and_window_decide_what_a_spike_is",
+    "timeline.link_window": L + "test_build_resolves_link_window_and_correlates_the_loss_with_the_pair",
+    "timeline.antiphase_window": L + "test_antiphase_window_and_threshold",
+    "timeline.antiphase_threshold": L + "test_antiphase_window_and_threshold",
+    "timeline.shuffles": L + "test_shuffled_baseline_matches_uniform_placement",
+    "timeline.seed": L + "test_shuffled_baseline_matches_uniform_placement",
 }
 
 

@@ -10,7 +10,8 @@ from gradscope import resources
 from gradscope.config import expand_runs, load_config
 from test_workflow import REPO, TINY, copy_workflow, snakemake
 
-RULES = ("generate_data", "train", "extract_examples", "curvature", "detect_signals", "animate", "plots", "report")
+RULES = ("generate_data", "train", "extract_examples", "curvature", "detect_signals", "animate", "plots", "timeline",
+         "report")
 
 
 def run_settings(config: dict, run_id: str | None = None) -> dict:

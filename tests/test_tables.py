@@ -24,7 +24,8 @@ SOURCES = {
     "examples": [tables.EXAMPLES, tables.EXAMPLES_PER_RUN], "curvature": [tables.CURVATURE],
     "detections": [tables.DETECTIONS], "evaluation": [tables.EVALUATION], "groups": [tables.GROUPS],
     "group_pairs": [tables.GROUP_PAIRS], "group_losses": [tables.GROUP_LOSSES], "loss_changes": [tables.LOSS_CHANGES],
-    "per_example": [tables.PER_EXAMPLE], "influence_top": [tables.INFLUENCE_TOP],
+    "per_example": [tables.PER_EXAMPLE], "timeline_events": [tables.TIMELINE_EVENTS],
+    "timeline_links": [tables.TIMELINE_LINKS], "influence_top": [tables.INFLUENCE_TOP],
     "influence_contributions": [tables.INFLUENCE_CONTRIBUTIONS], "progress": [tables.PROGRESS],
     "sweep_runs": [tables.SWEEP_RUNS], "sweep_detectors": [tables.SWEEP_DETECTORS],
 }

@@ -10,7 +10,7 @@ holds (`tables_in`, `partition_files`). The layout, for one run `{experiment}/{r
         train/                         metrics.parquet, manifest.json, dynamics.parquet, checkpoints/
         examples/step={step}/          part-0.parquet (one per checkpoint, Hive-partitioned)
         curvature/step={step}/         part-0.parquet, eigenvectors.npy
-        signals/, influence/           one table per output, summary.json
+        signals/, influence/, timeline/ one table per output, summary.json
         figures/                       PNGs, the GIF and its frames
     results/sweeps/{experiment}/       runs.parquet, detectors.parquet, comparison.png, sharpness.png,
                                        report.md, dashboard.html
@@ -32,7 +32,9 @@ DATASET = {split: f"{RESULTS}/data/{{dataset}}/{name}" for split, name in
 # ---- one run's artifacts, relative to its folder ----
 SIGNALS = ("detections", "evaluation", "groups", "group_pairs", "group_losses", "loss_changes", "per_example", "summary")
 INFLUENCE = ("top", "contributions", "summary")
-FIGURES = ("training", "flagged", "curvature", "density", "group_losses", "loss_changes", "cartography", "progress")
+TIMELINE = ("events", "links", "summary")  # the timeline stage (gradscope.timeline): events, their links, the summary
+FIGURES = ("training", "flagged", "curvature", "density", "group_losses", "loss_changes", "cartography", "progress",
+           "timeline")
 
 # Per-checkpoint artifacts: one partition folder step=<n> per checkpoint, under one folder per
 # kind; a partition holds these files.
@@ -55,6 +57,7 @@ IN_RUN = {
     "frames": "figures/pca_frames",
     **{f"signals_{name}": f"signals/{name}.{'json' if name == 'summary' else 'parquet'}" for name in SIGNALS},
     **{f"influence_{name}": f"influence/{name}.{'json' if name == 'summary' else 'parquet'}" for name in INFLUENCE},
+    **{f"timeline_{name}": f"timeline/{name}.{'json' if name == 'summary' else 'parquet'}" for name in TIMELINE},
     **{f"figure_{name}": f"figures/{name}.png" for name in FIGURES},
     "progress": "progress/progress.parquet",  # progress measures of modular add/sub runs (gradscope.progress)
 }

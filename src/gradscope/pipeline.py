@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 # Only what every stage needs loads here: the stages that run torch import it themselves, so that
 # a job that reads tables and draws (signals, plots, reports) starts without it (about 1.5 s).
 from gradscope import artifacts, config, layout, opposing, report, scoring, signals
+from gradscope.tables import TIMELINE_EVENTS, TIMELINE_LINKS
 from gradscope.tables import examples_columns  # noqa: F401 (pipeline.examples_columns, as before)
 
 log = logging.getLogger(__name__)
@@ -394,16 +395,51 @@ def render_animation(settings: dict, *, examples_paths, detections_path, gif_pat
                                         title=f"{run_id}: gradient projections")
 
 
+def write_timeline(settings: dict, *, metrics_path, curvature_paths, group_losses_path, group_pairs_path, summary_path,
+                   out: dict, run_id: str, plots_settings: dict | None = None) -> dict:
+    """The run's timeline (gradscope.timeline.build): loss spikes, sharpness crossings of 2/lr (none where it does
+    not apply), the top opposing pair's antiphase intervals and the generalization events, each spike linked to
+    them against the same events shuffled in time; and the figure on one step axis.
+
+    out: paths of events, links (tables), summary (JSON) and figure (PNG)."""
+    from gradscope import plots, timeline  # matplotlib loads only in the jobs that draw
+
+    settings = config.filled("timeline", settings)
+    metrics, curvature = artifacts.read_parquet(metrics_path), read_curvature(curvature_paths)
+    group_losses, group_pairs = artifacts.read_parquet(group_losses_path), artifacts.read_parquet(group_pairs_path)
+    head = report.headline(metrics, artifacts.read_json(summary_path), curvature)
+    events, links, summary = timeline.build(metrics, curvature, group_losses, group_pairs, head, settings)
+    steps = {k: None if report.fmt(head.get(k)) == report.MISSING else head[k]  # NaN (never): null in the JSON
+             for k in ("step_memorized", "step_generalized")}
+    summary = {"run_id": run_id, "settings": settings, "edge_applies": head.get("sharpness_threshold") is not None,
+               "sharpness_threshold": head.get("sharpness_threshold"), **steps, **summary}
+    provenance = {"timeline": settings}
+    artifacts.write_parquet(events, out["events"], TIMELINE_EVENTS, table="timeline_events", run_id=run_id,
+                            config=provenance)
+    artifacts.write_parquet(links, out["links"], TIMELINE_LINKS, table="timeline_links", run_id=run_id,
+                            config=provenance)
+    artifacts.write_json(summary, out["summary"])
+    pair = summary["pair"]
+    plots.plot_timeline(metrics, curvature, events, timeline.pair_losses(group_losses, pair) if pair else None, pair,
+                        out["figure"], title=f"{run_id}: timeline", dpi=config.filled("plots", plots_settings)["dpi"])
+    log.info("timeline: %d loss spikes, %d sharpness crossings, %d antiphase intervals; %s of the spikes near a "
+             "crossing (%s expected), %s with antiphase (%s expected)", summary["n_spikes"], summary["n_crossings"],
+             summary["n_antiphase"], report.fmt(summary["spikes_near_crossing_fraction"]),
+             report.fmt(summary["spikes_near_crossing_expected"]), report.fmt(summary["spikes_with_antiphase_fraction"]),
+             report.fmt(summary["spikes_with_antiphase_expected"]))
+    return summary
+
+
 def run_headline(*, metrics_path, summary_path, curvature_paths) -> dict:
     return report.headline(artifacts.read_parquet(metrics_path), artifacts.read_json(summary_path),
                            read_curvature(curvature_paths))
 
 
 def write_run_report(*, run_id: str, config_path, metrics_path, summary_path, curvature_paths, figures: dict, out,
-                     influence_path=None, progress_path=None) -> None:
-    """figures: paths of training, flagged, curvature and gif, made relative to the report's folder;
+                     influence_path=None, progress_path=None, timeline_path=None) -> None:
+    """figures: paths of training, flagged, curvature, gif (and timeline), made relative to the report's folder;
     influence_path: the influence summary, where the run computes one; progress_path: the progress
-    table (gradscope.progress), where the run has one."""
+    table (gradscope.progress), where the run has one; timeline_path: the timeline summary (write_timeline)."""
     folder = Path(out).parent
     rel = {k: Path(v).relative_to(folder).as_posix() for k, v in figures.items() if v}
     head = run_headline(metrics_path=metrics_path, summary_path=summary_path, curvature_paths=curvature_paths)
@@ -411,23 +447,28 @@ def write_run_report(*, run_id: str, config_path, metrics_path, summary_path, cu
                                     summary=artifacts.read_json(summary_path),
                                     curvature=read_curvature(curvature_paths), figures=rel,
                                     influence=artifacts.read_json(influence_path) if influence_path else None,
-                                    progress=artifacts.read_parquet(progress_path) if progress_path else None)
+                                    progress=artifacts.read_parquet(progress_path) if progress_path else None,
+                                    timeline=artifacts.read_json(timeline_path) if timeline_path else None)
     artifacts.write_text(text, out)
 
 
 def write_sweep_report(experiment: str, runs: list[dict], *, metrics_paths, summary_paths, curvature_paths, plots_settings,
-                       runs_path, detectors_path, comparison_png, sharpness_png, report_path) -> pd.DataFrame:
-    """runs: [{id, name, varying}] in the order of metrics_paths/summary_paths; curvature_paths: all runs' files."""
+                       runs_path, detectors_path, comparison_png, sharpness_png, report_path,
+                       timeline_paths=None) -> pd.DataFrame:
+    """runs: [{id, name, varying}] in the order of metrics_paths/summary_paths (and timeline_paths: each run's
+    timeline summary, whose report.TIMELINE_SWEEP figures become columns); curvature_paths: all runs' files."""
     from gradscope import plots  # matplotlib loads only in the jobs that draw
 
     rows, metrics_by_run, curvature_by_run, detector_rows = [], {}, {}, []
-    for run, metrics_path, summary_path in zip(runs, metrics_paths, summary_paths):
+    timeline_paths = list(timeline_paths) if timeline_paths else [None] * len(runs)
+    for run, metrics_path, summary_path, timeline_path in zip(runs, metrics_paths, summary_paths, timeline_paths):
         mine = [p for p in curvature_paths if f"/{run['id']}/" in Path(p).as_posix()]
         metrics_by_run[run["name"]] = artifacts.read_parquet(metrics_path)
         curvature_by_run[run["name"]] = read_curvature(mine)
         head = run_headline(metrics_path=metrics_path, summary_path=summary_path, curvature_paths=mine)
         rows.append({"run_id": run["id"], "run": run["name"], **run["varying"],
-                     **({"optimizer": run["optimizer"]} if "optimizer" in run else {}), **head})
+                     **({"optimizer": run["optimizer"]} if "optimizer" in run else {}), **head,
+                     **(report.timeline_figures(artifacts.read_json(timeline_path)) if timeline_path else {})})
         per_step = pd.DataFrame(artifacts.read_json(summary_path)["per_step"])
         detector_rows.append(report.detector_table(per_step).assign(run_id=run["id"], run=run["name"]))
     detectors = pd.concat(detector_rows, ignore_index=True)

@@ -82,13 +82,15 @@ def _checkpoint_problem(train: dict, limit: int) -> str | None:
     if n <= limit:
         return None
     steps = int(train["steps"])
-    kind = next(iter(rule))
+    kind = next(k for k in rule if k != "dense")  # the main rule; a dense window adds to it
     if kind == "every":
         fix = f"allowed: every >= {_fmt(math.ceil(steps / max(limit - 1, 1)))}"
     elif kind == "log_spaced":
         fix = f"allowed: log_spaced <= {_fmt(limit - 1)}"
     else:
         fix = f"allowed: at most {_fmt(limit)} steps"
+    if rule.get("dense"):
+        fix += f", and fewer in train.checkpoints.dense (every {_fmt(rule['dense']['every'])} steps)"
     return (f"train.checkpoints.{kind}", f"{_fmt(rule[kind]) if kind != 'at' else 'a list'} over train.steps = "
             f"{_fmt(steps)} saves {_fmt(n)} checkpoints, more than limits.max_checkpoints = {_fmt(limit)}; {fix} (or "
             f"raise limits.max_checkpoints)")

@@ -156,6 +156,32 @@ PER_EXAMPLE = {
     "planted_group": pa.string(),
 }
 
+# The timeline stage (gradscope.timeline): steps are float, as a sharpness crossing is interpolated between checkpoints.
+TIMELINE_EVENTS = {
+    "kind": pa.string(),
+    "step": pa.float64(),
+    "step_start": pa.float64(),
+    "step_end": pa.float64(),
+    "resolution": pa.float64(),
+    "value": pa.float64(),
+    "group_a": pa.int64(),
+    "group_b": pa.int64(),
+    "step_from": pa.int64(),
+}
+
+TIMELINE_LINKS = {
+    "step": pa.float64(),
+    "value": pa.float64(),
+    "resolution": pa.float64(),
+    "window": pa.float64(),
+    "nearest_crossing_step": pa.float64(),
+    "nearest_crossing_kind": pa.string(),
+    "crossing_distance": pa.float64(),
+    "near_crossing": pa.bool_(),
+    "antiphase_distance": pa.float64(),
+    "antiphase_active": pa.bool_(),
+}
+
 INFLUENCE_TOP = {  # each scored test example's top proponents and opponents
     "test_id": pa.int64(),
     "test_label": pa.int64(),
@@ -533,6 +559,53 @@ TABLES: dict[str, Table] = {t.name: t for t in [
         "planted": "Whether the example is planted ground truth.",
         "planted_group": "The planted group's name, empty for none.",
     }),
+    described("timeline_events", _RUN["timeline_events"], "The run's timeline (gradscope.timeline): one row per "
+              "event, sorted by step. Kinds: loss_spike (the training loss above the median of its previous "
+              "`timeline.spike_window` logged values by more than `timeline.spike_margin` of it), sharpness_reach and "
+              "sharpness_leave (sharpness rising to and falling below 2/lr between two checkpoints; none where 2/lr "
+              "does not apply), antiphase (the top pair of opposing groups' loss changes correlated at most "
+              "`timeline.antiphase_threshold` over `timeline.antiphase_window` checkpoint intervals), memorization "
+              "and generalization (the headline's step_memorized and step_generalized).", TIMELINE_EVENTS, {
+        "kind": "loss_spike, sharpness_reach, sharpness_leave, antiphase, memorization or generalization.",
+        "step": "Where the event is: a spike's peak; a crossing interpolated linearly between its two checkpoints; "
+                "the middle of an antiphase interval; the logged step of memorization or generalization.",
+        "step_start": "The event's first step: a spike's first point above its baseline, the checkpoint before a "
+                      "crossing, an antiphase interval's first checkpoint, the logged step before memorization or "
+                      "generalization.",
+        "step_end": "The event's last step: a spike's last point above its baseline, the checkpoint after a "
+                    "crossing, an antiphase interval's last checkpoint, the step of memorization or generalization.",
+        "resolution": "How well the tables place the event, in steps: the logging interval (spikes), the checkpoint "
+                      "gap around it (crossings), the largest checkpoint gap inside it (antiphase), the logging "
+                      "interval before it (memorization, generalization).",
+        "value": "The event's size: loss / baseline at a spike's peak; sharpness / (2/lr) at the checkpoint after a "
+                 "crossing; the mean correlation of the pair's loss changes over an antiphase interval (negative); "
+                 "the accuracy reached at memorization (train) or generalization (test).",
+        "group_a": "antiphase: the pair's first group (group numbers are its interval's: see step_from); null on "
+                   "the other kinds.",
+        "group_b": "antiphase: the pair's second group; null on the other kinds.",
+        "step_from": "antiphase: the first checkpoint of the interval where the pair was found (signals "
+                     "group_pairs); null on the other kinds.",
+    }),
+    described("timeline_links", _RUN["timeline_links"], "One row per loss spike of `timeline_events`: its nearest "
+              "sharpness crossing and whether the top pair of opposing groups is in antiphase within a window of it. "
+              "The counts against the same events shuffled in time are in the stage's summary (layout name "
+              "timeline_summary).",
+              TIMELINE_LINKS, {
+        "step": "The spike's step (its peak).",
+        "value": "The spike's loss / baseline at its peak.",
+        "resolution": "The coarser of the spike's resolution and its nearest crossing's, in steps: how finely the "
+                      "tables can place the two relative to each other.",
+        "window": "Steps either side of the spike within which a crossing or an antiphase interval counts as linked: "
+                  "`timeline.link_window`, or (null) twice the checkpoint interval the spike lies in.",
+        "nearest_crossing_step": "The step of the nearest sharpness crossing (NaN without one).",
+        "nearest_crossing_kind": "sharpness_reach or sharpness_leave; null without a crossing.",
+        "crossing_distance": "Steps between the spike and its nearest crossing (NaN without one).",
+        "near_crossing": "Whether crossing_distance is at most window.",
+        "antiphase_distance": "Steps between the spike and the nearest antiphase interval, 0 inside one (NaN "
+                              "without one).",
+        "antiphase_active": "Whether antiphase_distance is at most window: the pair is in antiphase around the "
+                            "spike.",
+    }),
     described("influence_top", _RUN["influence_top"], "Train-to-test TracIn-CP: one row per scored test example, "
               "kind and rank, the training example that ranks there among its proponents or opponents.",
               INFLUENCE_TOP, {
@@ -579,7 +652,9 @@ TABLES: dict[str, Table] = {t.name: t for t in [
               "run_id, run, then the grid values and seed (one column per parameter the runs vary, types inferred, "
               "list values as text), optimizer, then the headline figures of each run (final accuracies and losses, "
               "generalization steps, sharpness and the edge of stability, flag counts, detector AUROCs where the "
-              "data plants truth).",
+              "data plants truth), and its timeline's (report.TIMELINE_SWEEP: loss spikes, the fraction near a 2/lr "
+              "crossing and with the top opposing pair in antiphase with the shuffled baseline, the loss-pair "
+              "correlation).",
               SWEEP_RUNS, {
         "run_id": "The run's id (experiment/run).",
         "run": "The run's name (its varying parameters).",

@@ -270,6 +270,7 @@ def get_sweep_inputs(wc):
         "metrics": [layout.run_file("metrics", r.id) for r in runs],
         "summaries": [layout.run_file("signals_summary", r.id) for r in runs],
         "curvature": [f for r in runs for f in checkpoint_tables(r, "curvature")],
+        "timelines": [layout.run_file("timeline_summary", r.id) for r in runs],
     }
 
 
@@ -284,6 +285,7 @@ def get_dashboard_inputs(wc):
         "curvature": [f for r in runs for f in checkpoint_tables(r, "curvature")],
         "influence": [layout.run_file(f"influence_{name}", r.id) for r in runs if r.settings["influence"]["enabled"]
                       for name in layout.INFLUENCE],
+        "timeline": [layout.run_file(f"timeline_{name}", r.id) for r in runs for name in layout.TIMELINE],
     }
 
 

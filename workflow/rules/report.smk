@@ -14,6 +14,8 @@ rule report:
         density=get_density_figure,
         influence=get_influence_summary,
         progress=get_progress_outputs,
+        timeline=layout.RUN["timeline_summary"],
+        timeline_png=layout.RUN["figure_timeline"],
     output:
         layout.RUN["report"],
     log:

@@ -21,6 +21,7 @@ from gradscope.results import headline_figures, headline_of
 from gradscope.dashboard.collect import collect_run, parse_varying, read_metrics, run_status
 from gradscope.dashboard.page import VIEWS, Figure, View, add_view, render_index, render_page, run_colours
 from gradscope.dashboard import influence as _influence  # noqa: F401, E402  (registers the Influence tab)
+from gradscope.dashboard import timeline as _timeline  # noqa: F401, E402  (registers the Timeline tab)
 
 # The index, as a sweep's dashboard links it (relative: the pages open from disk anywhere).
 INDEX_FROM_SWEEP = Path(os.path.relpath(layout.INDEX, Path(layout.SWEEP["dashboard"]).parent)).as_posix()
