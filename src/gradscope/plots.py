@@ -534,11 +534,15 @@ def plot_timeline(metrics: pd.DataFrame, curvature: pd.DataFrame, events: pd.Dat
             ax_g.text(0.5, 0.5, "no opposing pair of groups found", ha="center", va="center", transform=ax_g.transAxes)
             ax_g.set_ylabel("mean loss of the group")
             ax_g.set_title("Top opposing pair")
+        few = len(anti) <= 5  # each interval's r written over it; more would overlap: their mean in the legend
+        label = (f"antiphase ({len(anti)}; r of the loss changes shown)" if few else
+                 f"antiphase ({len(anti)} intervals; mean r of the loss changes {anti['value'].mean():.2f})")
         for i, e in enumerate(anti.itertuples(index=False)):
             ax_g.axvspan(e.step_start + shift, e.step_end + shift, color=ANTIPHASE_COLOR, alpha=0.35, lw=0,
-                         label=f"antiphase ({len(anti)}; mean r of the loss changes shown)" if i == 0 else None)
-            ax_g.text((e.step_start + e.step_end) / 2 + shift, 0.97, f"r = {e.value:.2f}", transform=ax_g.get_xaxis_transform(),
-                      ha="center", va="top", fontsize=8)
+                         label=label if i == 0 else None)
+            if few:
+                ax_g.text((e.step_start + e.step_end) / 2 + shift, 0.97, f"r = {e.value:.2f}",
+                          transform=ax_g.get_xaxis_transform(), ha="center", va="top", fontsize=8)
 
         # events through the panels, each named once: the spikes (dotted, lower panels; named in the sharpness
         # panel's legend) and memorization / generalization (every panel; named in the loss panel's legend)
