@@ -127,6 +127,17 @@ rule animate:
     log: "logs/animate/{{experiment}}/{{run}}.log"
     shell: "touch {{output}} {{log}}"
 
+rule timeline:
+    input:
+        "results/runs/{{experiment}}/{{run}}/train/metrics.parquet",
+        lambda wc: expand("results/runs/{{e}}/{{r}}/curvature/step={{s}}/part-0.parquet", e=wc.experiment, r=wc.run, s=STEPS),
+        "results/runs/{{experiment}}/{{run}}/signals/group_losses.parquet",
+        "results/runs/{{experiment}}/{{run}}/signals/group_pairs.parquet",
+        "results/runs/{{experiment}}/{{run}}/signals/summary.json",
+    output: "results/runs/{{experiment}}/{{run}}/timeline/events.parquet", "results/runs/{{experiment}}/{{run}}/timeline/links.parquet", "results/runs/{{experiment}}/{{run}}/timeline/summary.json", "results/runs/{{experiment}}/{{run}}/figures/timeline.png"
+    log: "logs/timeline/{{experiment}}/{{run}}.log"
+    shell: "touch {{output}} {{log}}"
+
 rule report:
     input:
         "results/runs/{{experiment}}/{{run}}/config.yaml",
@@ -139,6 +150,8 @@ rule report:
         "results/runs/{{experiment}}/{{run}}/figures/gradient_pca.gif",
         expand("results/runs/{{{{experiment}}}}/{{{{run}}}}/figures/{{f}}.png", f=SIGNAL_FIGURES),
         "results/runs/{{experiment}}/{{run}}/influence/summary.json",
+        "results/runs/{{experiment}}/{{run}}/timeline/summary.json",
+        "results/runs/{{experiment}}/{{run}}/figures/timeline.png",
     output: "results/runs/{{experiment}}/{{run}}/report.md"
     log: "logs/report/{{experiment}}/{{run}}.log"
     shell: "touch {{output}} {{log}}"
@@ -149,6 +162,7 @@ rule sweep_report:
         expand("results/runs/bench/{{r}}/train/metrics.parquet", r=RUNS),
         expand("results/runs/bench/{{r}}/signals/summary.json", r=RUNS),
         expand("results/runs/bench/{{r}}/curvature/step={{s}}/part-0.parquet", r=RUNS, s=STEPS),
+        expand("results/runs/bench/{{r}}/timeline/summary.json", r=RUNS),
     output: "results/sweeps/{{experiment}}/runs.parquet", "results/sweeps/{{experiment}}/detectors.parquet", "results/sweeps/{{experiment}}/comparison.png", "results/sweeps/{{experiment}}/sharpness.png", "results/sweeps/{{experiment}}/report.md"
     log: "logs/sweep_report/{{experiment}}.log"
     shell: "touch {{output}} {{log}}"
@@ -161,6 +175,7 @@ rule dashboard:
         expand("results/runs/bench/{{r}}/examples/step={{s}}/part-0.parquet", r=RUNS, s=STEPS),
         expand("results/runs/bench/{{r}}/curvature/step={{s}}/part-0.parquet", r=RUNS, s=STEPS),
         expand("results/runs/bench/{{r}}/influence/{{f}}", r=RUNS, f=["top.parquet", "contributions.parquet", "summary.json"]),
+        expand("results/runs/bench/{{r}}/timeline/{{f}}", r=RUNS, f=["events.parquet", "links.parquet", "summary.json"]),
     output: "results/sweeps/{{experiment}}/dashboard.html"
     log: "logs/dashboard/{{experiment}}.log"
     shell: "touch {{output}} {{log}}"

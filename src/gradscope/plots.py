@@ -528,8 +528,8 @@ def plot_timeline(metrics: pd.DataFrame, curvature: pd.DataFrame, events: pd.Dat
             if spans:
                 ax_g.set_yscale("log")
             ax_g.set_ylabel("mean loss of the group" + (" (log scale)" if spans else ""))
-            ax_g.set_title(f"Top opposing pair (found over steps {pair['step_from']}→{pair['step_to']}, gradient "
-                           f"cosine {pair['cosine']:.2f}): antiphase intervals shaded")
+            ax_g.set_title(f"Top opposing pair (steps {pair['step_from']}→{pair['step_to']}, gradient cosine "
+                           f"{pair['cosine']:.2f}); antiphase shaded")
         else:
             ax_g.text(0.5, 0.5, "no opposing pair of groups found", ha="center", va="center", transform=ax_g.transAxes)
             ax_g.set_ylabel("mean loss of the group")

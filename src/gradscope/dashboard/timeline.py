@@ -272,7 +272,7 @@ gradscope.registerView('timeline', ctx => {
   ctx.draw('tl_groups', gl.length ? anchored([...gl, ...spikeKey, ...eventKeys]) : [],
            Object.assign({}, base, {shapes: [...rects, ...spikeLines, ...events], title: {text: title},
                                     yaxis: {type: lossLogG ? 'log' : 'linear'}}),
-           `${run.name}: no antiphase pair` + (t.antiphase.length ? ' with its group losses (the signals stage's group losses)' : ''));
+           `${run.name}: no antiphase pair` + (t.antiphase.length ? ' with its group losses' : ''));
 });
 """
 
