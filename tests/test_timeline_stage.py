@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from gradscope import artifacts, layout, plots, report, tables
+from gradscope import artifacts, layout, plots, report, tables, timeline_plots
 from gradscope.pipeline import write_timeline
 from test_workflow import planned
 
@@ -148,12 +148,12 @@ def synthetic_run(folder, threshold: float, checkpoints=CHECKPOINTS):
 
 
 def _stage(tmp_path, threshold, monkeypatch, checkpoints=CHECKPOINTS):
-    """write_timeline on the synthetic run: the figure it drew (plots.plot_timeline's return value), the summary
+    """write_timeline on the synthetic run: the figure it drew (timeline_plots.plot_timeline's return value), the summary
     and the events."""
     paths = synthetic_run(tmp_path / "run", threshold, checkpoints)
     drawn = []
-    real = plots.plot_timeline
-    monkeypatch.setattr(plots, "plot_timeline", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
+    real = timeline_plots.plot_timeline
+    monkeypatch.setattr(timeline_plots, "plot_timeline", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
     out = {name: tmp_path / "out" / f"{name}.{ext}" for name, ext in
            (("events", "parquet"), ("links", "parquet"), ("summary", "json"), ("figure", "png"))}
     summary = write_timeline({"shuffles": 200}, metrics_path=paths["metrics"],

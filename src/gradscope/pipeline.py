@@ -402,7 +402,7 @@ def write_timeline(settings: dict, *, metrics_path, curvature_paths, group_losse
     them against the same events shuffled in time; and the figure on one step axis.
 
     out: paths of events, links (tables), summary (JSON) and figure (PNG)."""
-    from gradscope import plots, timeline  # matplotlib loads only in the jobs that draw
+    from gradscope import timeline, timeline_plots  # matplotlib loads only in the jobs that draw
 
     settings = config.filled("timeline", settings)
     metrics, curvature = artifacts.read_parquet(metrics_path), read_curvature(curvature_paths)
@@ -420,7 +420,7 @@ def write_timeline(settings: dict, *, metrics_path, curvature_paths, group_losse
                             config=provenance)
     artifacts.write_json(summary, out["summary"])
     pair = summary["pair"]
-    plots.plot_timeline(metrics, curvature, events, timeline.pair_losses(group_losses, pair) if pair else None, pair,
+    timeline_plots.plot_timeline(metrics, curvature, events, timeline.pair_losses(group_losses, pair) if pair else None, pair,
                         out["figure"], title=f"{run_id}: timeline", dpi=config.filled("plots", plots_settings)["dpi"])
     log.info("timeline: %d loss spikes, %d sharpness crossings, %d antiphase intervals; %s of the spikes near a "
              "crossing (%s expected), %s with antiphase (%s expected)", summary["n_spikes"], summary["n_crossings"],
