@@ -134,8 +134,19 @@ rule timeline:
         "results/runs/{{experiment}}/{{run}}/signals/group_losses.parquet",
         "results/runs/{{experiment}}/{{run}}/signals/group_pairs.parquet",
         "results/runs/{{experiment}}/{{run}}/signals/summary.json",
-    output: "results/runs/{{experiment}}/{{run}}/timeline/events.parquet", "results/runs/{{experiment}}/{{run}}/timeline/links.parquet", "results/runs/{{experiment}}/{{run}}/timeline/summary.json", "results/runs/{{experiment}}/{{run}}/figures/timeline.png"
+    output: "results/runs/{{experiment}}/{{run}}/timeline/events.parquet", "results/runs/{{experiment}}/{{run}}/timeline/links.parquet", "results/runs/{{experiment}}/{{run}}/timeline/summary.json"
     log: "logs/timeline/{{experiment}}/{{run}}.log"
+    shell: "touch {{output}} {{log}}"
+
+rule plot_timeline:
+    input:
+        "results/runs/{{experiment}}/{{run}}/train/metrics.parquet",
+        lambda wc: expand("results/runs/{{e}}/{{r}}/curvature/step={{s}}/part-0.parquet", e=wc.experiment, r=wc.run, s=STEPS),
+        "results/runs/{{experiment}}/{{run}}/timeline/events.parquet",
+        "results/runs/{{experiment}}/{{run}}/timeline/summary.json",
+        "results/runs/{{experiment}}/{{run}}/signals/group_losses.parquet",
+    output: "results/runs/{{experiment}}/{{run}}/figures/timeline.png"
+    log: "logs/plot_timeline/{{experiment}}/{{run}}.log"
     shell: "touch {{output}} {{log}}"
 
 rule report:

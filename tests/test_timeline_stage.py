@@ -14,8 +14,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from gradscope import artifacts, layout, plots, report, tables, timeline_plots
-from gradscope.pipeline import write_timeline
+from gradscope import artifacts, layout, plots, report, tables
+from gradscope.pipeline import render_timeline, write_timeline
 from test_workflow import planned
 
 RUNS = ("flips/seed~0", "mod/wd~0.0_seed~0", "mod/wd~1.0_seed~0")
@@ -108,8 +108,8 @@ def test_sweep_runs_table_and_report_carry_each_runs_timeline(done):
 def test_a_timeline_setting_replans_only_the_timeline_and_what_reads_it(done):
     counts = planned(done, "--config", "experiments={'flips': {'timeline': {'spike_margin': 0.2}}}")
     assert counts.get("timeline") == 1, counts
-    assert set(counts) <= {"timeline", "report", "sweep_report", "resolve_config", "dashboard", "dashboard_index",
-                           "all"}, counts
+    assert set(counts) <= {"timeline", "plot_timeline", "report", "sweep_report", "resolve_config", "dashboard",
+                           "dashboard_index", "all"}, counts
 
 
 # ---- a synthetic run: known spikes, crossings and antiphase ------------------------------------------------
@@ -148,21 +148,22 @@ def synthetic_run(folder, threshold: float, checkpoints=CHECKPOINTS):
 
 
 def _stage(tmp_path, threshold, monkeypatch, checkpoints=CHECKPOINTS):
-    """write_timeline on the synthetic run: the figure it drew (timeline_plots.plot_timeline's return value), the summary
-    and the events."""
+    """write_timeline, then render_timeline, on the synthetic run: the figure drawn (timeline_plots.plot_timeline's
+    return value), the summary and the events."""
     paths = synthetic_run(tmp_path / "run", threshold, checkpoints)
-    drawn = []
-    real = timeline_plots.plot_timeline
-    monkeypatch.setattr(timeline_plots, "plot_timeline", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
     out = {name: tmp_path / "out" / f"{name}.{ext}" for name, ext in
-           (("events", "parquet"), ("links", "parquet"), ("summary", "json"), ("figure", "png"))}
+           (("events", "parquet"), ("links", "parquet"), ("summary", "json"))}
     summary = write_timeline({"shuffles": 200}, metrics_path=paths["metrics"],
                              curvature_paths=[tmp_path / "run" / "curvature"], group_losses_path=paths["group_losses"],
                              group_pairs_path=paths["group_pairs"], summary_path=paths["summary"], out=out,
-                             run_id="e/r", plots_settings={"dpi": 40})
+                             run_id="e/r")
     assert artifacts.read_json(out["summary"]) == summary  # what it wrote is what it returned
-    assert out["figure"].is_file()
-    return drawn[-1], summary, pd.read_parquet(out["events"])
+    figure = tmp_path / "out" / "timeline.png"
+    fig = render_timeline({"dpi": 40}, metrics_path=paths["metrics"], curvature_paths=[tmp_path / "run" / "curvature"],
+                          events_path=out["events"], summary_path=out["summary"],
+                          group_losses_path=paths["group_losses"], out=figure, run_id="e/r")
+    assert figure.is_file()
+    return fig, summary, pd.read_parquet(out["events"])
 
 
 def test_timeline_figure_has_the_loss_the_sharpness_and_the_pair_on_one_axis(tmp_path, monkeypatch):

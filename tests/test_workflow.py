@@ -184,8 +184,8 @@ def test_snakemake_html_report(done):
 def test_plot_setting_plans_only_plots_and_reports(done):
     counts = planned(done, "--config", "experiments={'flips': {'plots': {'dpi': 61}}}")
     assert counts  # sanity: the override is seen
-    assert set(counts) <= {"plots", "plot_signals", "animate", "timeline", "report", "sweep_report", "resolve_config",
-                           "all"}, counts
+    assert set(counts) <= {"plots", "plot_signals", "animate", "plot_timeline", "report", "sweep_report",
+                           "resolve_config", "all"}, counts
 
 
 def with_config(done, tmp_path, change):

@@ -34,7 +34,7 @@ def log_to(path):
 _LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (\w+) (\S+): (.*)$")
 # The workflow's per-run rules in order; each job's log lies where gradscope.layout.log puts it.
 RUN_RULES = ("train", "extract_examples", "curvature", "detect_signals", "influence", "plots", "plot_density",
-             "plot_signals", "animate", "timeline", "report")
+             "plot_signals", "animate", "timeline", "plot_timeline", "report")
 
 
 def ended_in_failure(path) -> bool:

@@ -396,13 +396,14 @@ def render_animation(settings: dict, *, examples_paths, detections_path, gif_pat
 
 
 def write_timeline(settings: dict, *, metrics_path, curvature_paths, group_losses_path, group_pairs_path, summary_path,
-                   out: dict, run_id: str, plots_settings: dict | None = None) -> dict:
+                   out: dict, run_id: str) -> dict:
     """The run's timeline (gradscope.timeline.build): loss spikes, sharpness crossings of 2/lr (none where it does
     not apply), the top opposing pair's antiphase intervals and the generalization events, each spike linked to
-    them against the same events shuffled in time; and the figure on one step axis.
+    them against the same events shuffled in time. Its figure is `render_timeline` (rule plot_timeline), so that
+    a plotting setting redraws it without writing these tables again.
 
-    out: paths of events, links (tables), summary (JSON) and figure (PNG)."""
-    from gradscope import timeline, timeline_plots  # matplotlib loads only in the jobs that draw
+    out: paths of events, links (tables) and summary (JSON)."""
+    from gradscope import timeline
 
     settings = config.filled("timeline", settings)
     metrics, curvature = artifacts.read_parquet(metrics_path), read_curvature(curvature_paths)
@@ -419,15 +420,24 @@ def write_timeline(settings: dict, *, metrics_path, curvature_paths, group_losse
     artifacts.write_parquet(links, out["links"], TIMELINE_LINKS, table="timeline_links", run_id=run_id,
                             config=provenance)
     artifacts.write_json(summary, out["summary"])
-    pair = summary["pair"]
-    timeline_plots.plot_timeline(metrics, curvature, events, timeline.pair_losses(group_losses, pair) if pair else None, pair,
-                        out["figure"], title=f"{run_id}: timeline", dpi=config.filled("plots", plots_settings)["dpi"])
     log.info("timeline: %d loss spikes, %d sharpness crossings, %d antiphase intervals; %s of the spikes near a "
              "crossing (%s expected), %s with antiphase (%s expected)", summary["n_spikes"], summary["n_crossings"],
              summary["n_antiphase"], report.fmt(summary["spikes_near_crossing_fraction"]),
              report.fmt(summary["spikes_near_crossing_expected"]), report.fmt(summary["spikes_with_antiphase_fraction"]),
              report.fmt(summary["spikes_with_antiphase_expected"]))
     return summary
+
+
+def render_timeline(settings: dict, *, metrics_path, curvature_paths, events_path, summary_path, group_losses_path,
+                    out, run_id: str):
+    """The timeline figure (gradscope.timeline_plots) from the timeline stage's tables: settings is the plots block."""
+    from gradscope import timeline, timeline_plots  # matplotlib loads only in the jobs that draw
+
+    pair = artifacts.read_json(summary_path)["pair"]
+    pair_losses = timeline.pair_losses(artifacts.read_parquet(group_losses_path), pair) if pair else None
+    return timeline_plots.plot_timeline(artifacts.read_parquet(metrics_path), read_curvature(curvature_paths),
+                                        artifacts.read_parquet(events_path), pair_losses, pair, out,
+                                        title=f"{run_id}: timeline", dpi=config.filled("plots", settings)["dpi"])
 
 
 def run_headline(*, metrics_path, summary_path, curvature_paths) -> dict:

@@ -211,7 +211,7 @@ def estimate(rule: str, settings: dict, *, per_run: bool = False) -> dict:
         pairs, classes = d["vocab"] ** 2, d["classes"]
         mem = _mb(4 * 4 * params + 8 * 4 * pairs * classes + 4 * acts * pairs + data_bytes)
         flops = ckpts * (2.0 * params * pairs * 3 + 8.0 * pairs * classes * 2 * 5)
-    elif rule in ("plots", "report", "timeline"):  # timeline: the metrics, curvature and group tables, one figure
+    elif rule in ("plots", "report", "timeline"):  # timeline: the metrics, curvature and group tables
         mem = _mb(100 * ckpts * 1000)
     if per_run and rule in ("extract_examples", "curvature"):
         flops *= ckpts

@@ -12,17 +12,10 @@ rule timeline:
         events=layout.RUN["timeline_events"],
         links=layout.RUN["timeline_links"],
         summary=layout.RUN["timeline_summary"],
-        figure=report(
-            layout.RUN["figure_timeline"],
-            caption="../report/timeline.rst",
-            category="{experiment}",
-            subcategory="{run}",
-        ),
     log:
         layout.log("timeline"),
     params:
         timeline=get_settings("timeline"),
-        plots=get_settings("plots"),
         run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     conda:
         "../../envs/gradscope.yaml"
@@ -32,3 +25,33 @@ rule timeline:
         runtime=get_runtime("timeline"),
     script:
         "../../scripts/timeline.py"
+
+
+# The timeline's figure, from its tables: a plotting setting (dpi) redraws it and writes no table again.
+rule plot_timeline:
+    input:
+        metrics=layout.RUN["metrics"],
+        curvature=get_curvature_files,
+        events=layout.RUN["timeline_events"],
+        summary=layout.RUN["timeline_summary"],
+        group_losses=layout.RUN["signals_group_losses"],
+    output:
+        report(
+            layout.RUN["figure_timeline"],
+            caption="../report/timeline.rst",
+            category="{experiment}",
+            subcategory="{run}",
+        ),
+    log:
+        layout.log("plot_timeline"),
+    params:
+        plots=get_settings("plots"),
+        run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
+    conda:
+        "../../envs/gradscope.yaml"
+    threads: 1
+    resources:
+        mem_mb=get_mem_mb("plots"),
+        runtime=get_runtime("plots"),
+    script:
+        "../../scripts/plot_timeline.py"
