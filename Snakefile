@@ -34,6 +34,7 @@ include: "workflow/rules/influence.smk"
 include: "workflow/rules/progress.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/timeline.smk"
+include: "workflow/rules/interventions.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/dashboard.smk"
 

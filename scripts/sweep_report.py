@@ -9,4 +9,5 @@ with log_to(snakemake.log[0]):
                        detectors_path=snakemake.output.detectors,
                        comparison_png=snakemake.output.comparison,
                        sharpness_png=snakemake.output.sharpness, report_path=snakemake.output.report,
-                       timeline_paths=snakemake.input.timelines)
+                       timeline_paths=snakemake.input.timelines,
+                       effects_path=snakemake.input.get("effects"), effects_png=snakemake.input.get("effects_png"))

@@ -30,6 +30,8 @@ R = "tests/test_reliability.py::"
 F = "tests/test_option_effects.py::"
 X = "tests/test_external.py::"
 L = "tests/test_timeline.py::"
+P = "tests/test_spurious.py::"
+I = "tests/test_interventions.py::"
 
 COVERED = {
     # ---- top level ----
@@ -114,6 +116,26 @@ COVERED = {
     "data.python.subsample_train": S + "test_subsample_is_seeded_ordered_and_keeps_rows_whole",
     "data.python.subsample_test": S + "test_subsample_is_seeded_ordered_and_keeps_rows_whole",
     "data.python.standardize": S + "test_channel_standardization_and_tensor_factories_keep_the_image_shape",
+    "data.mnist1d.spurious.aligned": P + "test_training_split_has_exactly_the_aligned_count_and_the_other_draws_do_not_move",
+    "data.mnist1d.spurious.test": P + "test_test_split_is_random_or_reversed",
+    "data.mnist1d.spurious.kind": P + "test_channel_on_images_and_its_limit",
+    "data.mnist1d.spurious.size": P + "test_stripe_on_mnist1d_after_standardization",
+    "data.mnist1d.spurious.strength": P + "test_stripe_on_mnist1d_after_standardization",
+    "data.torchvision.spurious.aligned": P + "test_patch_on_cifar10_through_torchvision",
+    "data.torchvision.spurious.test": P + "test_patch_on_cifar10_through_torchvision",
+    "data.torchvision.spurious.kind": P + "test_patch_on_cifar10_through_torchvision",
+    "data.torchvision.spurious.size": P + "test_patch_on_cifar10_through_torchvision",
+    "data.torchvision.spurious.strength": P + "test_patch_on_cifar10_through_torchvision",
+    "data.files.spurious.aligned": P + "test_stripe_on_flat_vectors_from_files",
+    "data.files.spurious.test": P + "test_stripe_on_flat_vectors_from_files",
+    "data.files.spurious.kind": P + "test_stripe_on_flat_vectors_from_files",
+    "data.files.spurious.size": P + "test_stripe_on_flat_vectors_from_files",
+    "data.files.spurious.strength": P + "test_stripe_on_flat_vectors_from_files",
+    "data.python.spurious.aligned": P + "test_patch_on_images_from_a_python_factory",
+    "data.python.spurious.test": P + "test_channel_on_images_and_its_limit",
+    "data.python.spurious.kind": P + "test_channel_on_images_and_its_limit",
+    "data.python.spurious.size": P + "test_patch_on_images_from_a_python_factory",
+    "data.python.spurious.strength": P + "test_patch_on_images_from_a_python_factory",
     # ---- model ----
     "model.kind": C + "test_cnn_with_gelu_rmsprop_alpha_and_early_stopping",
     "model.channels": C + "test_cnn_with_gelu_rmsprop_alpha_and_early_stopping",
@@ -226,6 +248,13 @@ COVERED = {
     "plots.dpi": "tests/test_plots.py::test_plot_training",
     "plots.gif_points": "tests/test_plots.py::test_render_projection_animation",
     "plots.frame_duration_s": "tests/test_plots.py::test_render_projection_animation",
+    # ---- intervene ----
+    "intervene.parent": I + "test_each_grid_point_and_seed_has_a_flagged_and_a_control_run_with_the_parents_settings",
+    "intervene.detector": I + "test_derive_data_applies_each_action_to_the_detectors_top_k_at_the_step",
+    "intervene.k": I + "test_each_grid_point_and_seed_has_a_flagged_and_a_control_run_with_the_parents_settings",
+    "intervene.action": I + "test_derive_data_applies_each_action_to_the_detectors_top_k_at_the_step",
+    "intervene.weight": I + "test_derive_data_applies_each_action_to_the_detectors_top_k_at_the_step",
+    "intervene.step": I + "test_derive_data_applies_each_action_to_the_detectors_top_k_at_the_step",
     # ---- timeline ----
     "timeline.spike_window": L + "test_spike_margin_and_window_decide_what_a_spike_is",
     "timeline.spike_margin": L + "test_spike_margin_and_window_decide_what_a_spike_is",

@@ -28,6 +28,7 @@ SOURCES = {
     "timeline_links": [tables.TIMELINE_LINKS], "influence_top": [tables.INFLUENCE_TOP],
     "influence_contributions": [tables.INFLUENCE_CONTRIBUTIONS], "progress": [tables.PROGRESS],
     "sweep_runs": [tables.SWEEP_RUNS], "sweep_detectors": [tables.SWEEP_DETECTORS],
+    "interventions": [tables.INTERVENTION_RUNS], "effects": [tables.EFFECTS],
 }
 
 

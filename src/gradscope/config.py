@@ -452,6 +452,8 @@ def expand_runs(config: dict, schema_path: str | Path | None = None, *, given: d
     experiment = _validator({"$defs": schema["$defs"], **schema["$defs"]["experiment"]}, True)
     runs, problems = [], []
     for exp_name, exp in config["experiments"].items():
+        if exp.get("intervene") is not None:  # after the parents' runs are known (below)
+            continue
         if exp.get("source") is not None:
             written = (given or config)["experiments"][exp_name]
             found, trouble = _external_runs(exp_name, exp, written, config.get("device", "auto"), experiment)
@@ -493,6 +495,14 @@ def expand_runs(config: dict, schema_path: str | Path | None = None, *, given: d
                      for text, names in found.items()]
         problems += [f"bad key at experiments.{exp_name}.{key}: {value!r} is set but applies to none of the experiment's "
                      f"runs ({why})" for key, (value, why) in sorted((unused or {}).items())]
+    for exp_name, exp in config["experiments"].items():
+        if exp.get("intervene") is not None:
+            found, trouble = _intervention_runs(exp_name, exp, (given or {}).get("experiments", {}).get(exp_name),
+                                                config["experiments"], runs, config.get("device", "auto"), experiment)
+            runs += found
+            problems += trouble
+    order = list(config["experiments"])
+    runs.sort(key=lambda r: order.index(r.experiment))  # config order (sorted() is stable within an experiment)
     names = [r.id for r in runs]
     problems += [f"run id {i!r} comes from two different grid points (their values print alike); make the values "
                  "distinct as text" for i in sorted({i for i in names if names.count(i) > 1})]
@@ -554,6 +564,86 @@ def _external_runs(exp_name: str, exp: dict, written: dict, device: str, validat
         settings.update(experiment=exp_name, run=name, seed=seed, device=device)
         runs.append(Run(exp_name, name, _sorted(settings), {"seed": seed}, checkpoints=files))
     return runs, problems
+
+
+# What an intervention experiment may set besides `intervene` (the rest is its parent's).
+INTERVENTION_KEYS = ("intervene", "grid", "seeds")
+
+
+def _intervention_runs(exp_name: str, exp: dict, written: dict | None, experiments: dict, runs: list[Run], device: str,
+                       validator) -> tuple[list[Run], list[str]]:
+    """The runs of an experiment with an `intervene` block (gradscope.interventions): per grid point
+    (over intervene.<key> only) and seed, a `flagged` and a `control` arm, each with the settings of the
+    parent's run of that seed and `intervene` resolved: its parent run, arm and checkpoint step."""
+    from gradscope import interventions
+
+    prefix = f"experiments.{exp_name}"
+    block = exp["intervene"]
+    parent = block["parent"]
+    written = written if written is not None else {k: exp[k] for k in INTERVENTION_KEYS if k in exp}
+    problems = [f"bad key at {prefix}.{k}: set, but an intervention retrains with its parent's settings "
+                f"({prefix}.intervene.parent: {parent!r}); allowed here: {', '.join(INTERVENTION_KEYS)}"
+                for k in written if k not in INTERVENTION_KEYS]
+    grid = exp.get("grid", {})
+    problems += [f"bad key at {prefix}.grid.{k}: an intervention sweeps intervene.<key> only (its other settings "
+                 "are its parent's)" for k in grid if not k.startswith("intervene.")]
+    own = experiments.get(parent)
+    if own is None or own.get("intervene") is not None or own.get("source") is not None:
+        trained = [n for n, e in experiments.items() if e.get("intervene") is None and e.get("source") is None]
+        why = ("is itself an intervention" if own is not None and own.get("intervene") is not None else
+               "has a source (gradscope did not train it)" if own is not None else "is not an experiment of this config")
+        return [], problems + [f"bad value at {prefix}.intervene.parent: {parent!r} {why}; allowed: "
+                               f"{', '.join(map(repr, trained)) or 'none (define the parent experiment)'}"]
+    if own.get("grid"):
+        return [], problems + [f"bad value at {prefix}.intervene.parent: {parent!r} has a grid "
+                               f"({', '.join(own['grid'])}); a parent has one run per seed: make an experiment "
+                               "with the grid point you want to intervene on"]
+    parents = {r.settings["seed"]: r for r in runs if r.experiment == parent}
+    seeds = written.get("seeds", sorted(parents))
+    problems += [f"bad value at {prefix}.seeds: seed {s} has no run in the parent {parent!r} (its seeds: "
+                 f"{sorted(parents)})" for s in seeds if s not in parents]
+    if problems or not parents:
+        return [], problems
+    keys = list(grid)
+    short = _short_names(keys)
+    problems += _repeated_grid_values(grid, prefix=f"{prefix}.grid")
+    found, out = {}, []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        for seed in seeds:
+            source = parents[seed]
+            settings = {k: copy.deepcopy(v) for k, v in source.settings.items()
+                        if k in SECTIONS}
+            settings["intervene"] = copy.deepcopy(block)
+            for k, v in zip(keys, values):
+                _set_dotted(settings, k, v)
+            point = "_".join(f"{short[k]}~{_format_value(v)}" for k, v in zip(keys, values))
+            _check(validator, settings, prefix=f"{prefix} (grid point {point or 'the only one'})")
+            chosen = settings["intervene"]
+            steps = run_steps(source)
+            step = steps[-1] if chosen["step"] == "last" else chosen["step"]
+            if step not in steps:
+                found.setdefault(f"bad value at {prefix}.intervene.step: {chosen['step']!r} is not a checkpoint "
+                                 f"step of {source.id} (its steps: {_spans_text(steps)})", None)
+            if chosen["detector"] not in source.settings["signals"]["detectors"]:
+                found.setdefault(f"bad value at {prefix}.intervene.detector: {chosen['detector']!r} is not run by "
+                                 f"the parent (its signals.detectors: {', '.join(source.settings['signals']['detectors'])})",
+                                 None)
+            n = train_size(source.settings["data"])
+            if n is not None and chosen["k"] >= n:
+                found.setdefault(f"bad value at {prefix}.intervene.k: {chosen['k']} is not below the parent's "
+                                 f"{n} training examples", None)
+            for arm in interventions.ARMS:
+                name = "_".join(p for p in (point, f"arm~{arm}", f"seed~{seed}") if p)
+                run_settings = copy.deepcopy(settings)
+                run_settings["intervene"].update(step=step, arm=arm, parent_run=source.id)
+                run_settings.update(experiment=exp_name, run=name, seed=seed, device=device)
+                varying = {**{short[k]: v for k, v in zip(keys, values)}, "arm": arm, "seed": seed}
+                out.append(Run(exp_name, name, _sorted(run_settings), varying))
+    return out, problems + list(found)
+
+
+def _spans_text(steps: list[int]) -> str:
+    return ", ".join(map(str, steps)) if len(steps) <= 12 else f"{', '.join(map(str, steps[:6]))}, ..., {steps[-1]}"
 
 
 def run_steps(run: Run) -> list[int]:
@@ -646,6 +736,12 @@ def _check_data(s: dict) -> list:
     if d["generator"] == "modular" and d["modular"]["op"] == "div" and not _is_prime(d["modular"]["p"]):
         return [("data.modular.p", f"{d['modular']['p']} is not prime, and op 'div' needs a prime modulus (every b "
                                    "must have an inverse); allowed: a prime p, or op add, sub or mul")]
+    block = d.get(d["generator"], {})
+    if block.get("spurious") is not None and block.get("label_noise", 0) > 0:  # the labelled sources
+        key = f"data.{d['generator']}"
+        return [(f"{key}.label_noise", f"{block['label_noise']} together with {key}.spurious: both would plant the "
+                                       "ground truth (the flipped labels, the conflicting group); allowed: label_noise 0 "
+                                       "with a spurious feature, or spurious null")]
     return []
 
 
@@ -671,15 +767,31 @@ def _check_factories(settings: dict, prefix: str) -> None:
 
 # ---- slices of a run's settings, one per stage ------------------------------------------
 def data_slice(settings: dict) -> dict:
-    """The generator and its own block: all that decides a dataset."""
+    """The generator and its own block: all that decides a dataset. An intervention's run adds what
+    derives its training set from its parent's (`intervention_slice`)."""
     gen = settings["data"]["generator"]
-    return {"generator": gen, gen: settings["data"][gen]}
+    block = settings["data"][gen]
+    if isinstance(block, dict) and block.get("spurious", 0) is None:  # (added later: a dataset without one keeps its id)
+        block = {k: v for k, v in block.items() if k != "spurious"}
+    out = {"generator": gen, gen: block}
+    if settings.get("intervene"):
+        out["intervene"] = intervention_slice(settings)
+    return out
+
+
+def intervention_slice(settings: dict) -> dict:
+    """What decides an intervention run's training set (gradscope.interventions): its parent run, the
+    detector and checkpoint step whose scores rank the examples, k, the action (and its weight), the
+    arm, and the seed (the control's draw)."""
+    i = settings["intervene"]
+    keys = ("parent_run", "detector", "step", "k", "action", "arm") + (("weight",) if i["action"] == "downweight" else ())
+    return {**{k: i[k] for k in keys}, "seed": settings["seed"]}
 
 
 def dataset_id(settings: dict) -> str:
     d = data_slice(settings)
     digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
-    return f"{d['generator']}-{digest}"
+    return f"{d['generator']}-{'derived-' if 'intervene' in d else ''}{digest}"
 
 
 def run_config(settings: dict) -> dict:

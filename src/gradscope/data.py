@@ -21,9 +21,12 @@ Sources of the user's data (`SOURCES`):
 
 These four share one finishing step (`labelled_dataset`): a seeded subsample of either split,
 planted label noise on the training split (the flipped ids are the planted truth, as for
-`digits`), and standardization fitted on the training split, per feature or per channel.
-Their inputs keep their shape: `meta["input"]["shape"]` is the per-example shape the model
-receives ([1, 40] for MNIST-1D, [C, H, W] for images); the Parquet `x` column stays flat.
+`digits`), and standardization fitted on the training split, per feature or per channel;
+optionally a planted spurious feature (a patch, stripe or channel per class) that agrees with
+the label on a set fraction of training examples, its groups (aligned, conflicting) the
+planted truth. Their inputs keep their shape: `meta["input"]["shape"]` is the per-example
+shape the model receives ([1, 40] for MNIST-1D, [C, H, W] for images); the Parquet `x`
+column stays flat.
 
 A dataset is two DataFrames (train, test) with `example_id`, the inputs, `label` and
 `planted`, plus a `meta` dict (generator config, input description, planted ids).
@@ -478,9 +481,102 @@ def standardize_shaped(x: np.ndarray, n_train: int, over: str | None, key: str) 
     return out, {"over": "channel", "mean": means, "std": stds}
 
 
+# ---- a planted spurious feature (Waterbirds / Colored-MNIST-like) --------------------------------
+SPURIOUS_GROUPS = ("aligned", "conflicting")
+
+
+def refuse_noise_with_spurious(label_noise: float, spurious: dict | None, key: str) -> None:
+    """Label noise and a spurious feature both plant the ground truth (meta["planted"]): one at a time."""
+    if spurious is not None and label_noise > 0:
+        raise ValueError(f"{key}.label_noise: {label_noise} together with {key}.spurious: both would plant the "
+                         f"ground truth (flipped labels, the conflicting group); allowed: label_noise 0 with a "
+                         f"spurious feature, or spurious null")
+
+
+def spurious_attributes(y_train: np.ndarray, y_test: np.ndarray, n_classes: int, aligned: float, test: str,
+                        rng) -> tuple[np.ndarray, np.ndarray]:
+    """Each example's spurious attribute, a class 0..K-1, for the training and the test split.
+
+    Training: exactly round(aligned * n_train) examples, drawn without replacement, get their own
+    label; the others a uniformly chosen *different* class. Test: `random` draws it uniformly over
+    all K classes, independently of the label; `reversed` is (label + 1) mod K, never the label.
+    The test draws come after the training ones, so the training split does not depend on `test`."""
+    n_train = len(y_train)
+    n_aligned = int(round(aligned * n_train))
+    chosen = np.zeros(n_train, dtype=bool)
+    chosen[rng.choice(n_train, size=n_aligned, replace=False)] = True
+    s_train = (y_train + rng.integers(1, n_classes, size=n_train)) % n_classes
+    s_train[chosen] = y_train[chosen]
+    if test == "random":
+        s_test = rng.integers(0, n_classes, size=len(y_test))
+    elif test == "reversed":
+        s_test = (y_test + 1) % n_classes
+    else:
+        raise ValueError(f"unknown spurious test {test!r}; allowed: 'random', 'reversed'")
+    return s_train.astype(np.int64), s_test.astype(np.int64)
+
+
+def spurious_kind(kind: str, shape: list[int]) -> str:
+    """`auto`: a patch for images (per-example shape [C, H, W]), a stripe otherwise."""
+    return ("patch" if len(shape) == 3 else "stripe") if kind == "auto" else kind
+
+
+def spurious_masks(kind: str, shape: list[int], n_classes: int, size: int, key: str) -> np.ndarray:
+    """Where each attribute value puts the feature: (K, *shape) float32 masks of 0 and 1.
+
+    patch (images [C, H, W]): a size x size square on every channel; the K squares are laid out
+    row by row from the top-left corner (attribute s: row s // (W // size), column s % (W // size)).
+    stripe: `size` consecutive positions of the last axis starting at s * size, on every index of
+    the other axes (the one channel of MNIST-1D's [1, 40]). channel (inputs [C, ...]): the whole
+    of channel s. `key` ("data.files.spurious") names the setting in errors."""
+    masks = np.zeros((n_classes, *shape), dtype=np.float32)
+    if kind == "patch":
+        if len(shape) != 3:
+            raise ValueError(f"{key}.kind: 'patch' needs images, per-example shape [C, H, W]; these inputs have shape "
+                             f"{shape}; allowed here: 'stripe' or 'auto' ('channel' needs a channel per class)")
+        _, h, w = shape
+        across, down = w // size, h // size
+        if across * down < n_classes:
+            fit = [s for s in range(1, min(h, w) + 1) if (w // s) * (h // s) >= n_classes]  # fewer fit as s grows
+            allowed = f"size at most {fit[-1]}" if fit else "kind 'channel' or 'stripe'"
+            raise ValueError(f"{key}.size: {size}: {n_classes} patches of {size}x{size} (one per class) do not fit in "
+                             f"a {h}x{w} image ({across * down} fit); allowed: {allowed}")
+        for s in range(n_classes):
+            r, c = divmod(s, across)
+            masks[s, :, r * size:(r + 1) * size, c * size:(c + 1) * size] = 1.0
+    elif kind == "stripe":
+        length = shape[-1]
+        if n_classes * size > length:
+            allowed = (f"size at most {length // n_classes}" if length >= n_classes else
+                       "kind 'patch' or 'channel' (fewer positions than classes)")
+            raise ValueError(f"{key}.size: {size}: {n_classes} stripes of {size} (one per class) need {n_classes * size} "
+                             f"positions along the last axis, which has {length} (shape {shape}); allowed: {allowed}")
+        for s in range(n_classes):
+            masks[s, ..., s * size:(s + 1) * size] = 1.0
+    elif kind == "channel":
+        if len(shape) < 2 or shape[0] < n_classes:
+            have = f"{shape[0]} channel{'s' if shape[0] != 1 else ''}" if len(shape) >= 2 else "no channel axis"
+            raise ValueError(f"{key}.kind: 'channel' needs a channel per class, {n_classes} classes, but inputs of "
+                             f"shape {shape} have {have}; allowed: 'channel' only with n_classes <= C of [C, ...]; "
+                             f"'patch' or 'stripe' (or 'auto') otherwise")
+        for s in range(n_classes):
+            masks[s, s] = 1.0
+    else:
+        raise ValueError(f"{key}.kind: unknown value {kind!r}; allowed: 'auto', 'patch', 'stripe', 'channel'")
+    return masks
+
+
+def plant_spurious(x: np.ndarray, attribute: np.ndarray, masks: np.ndarray, strength: float) -> None:
+    """Add `strength` where each example's attribute's mask is 1, in place (one class at a time: no (n, *shape) temporary)."""
+    for s in range(len(masks)):
+        rows = np.flatnonzero(attribute == s)
+        if len(rows):
+            x[rows] += np.float32(strength) * masks[s]
+
+
 def labelled_dataset(train: Split, test: Split, *, n_classes: int | None, seed: int, label_noise: float,
                      subsample_train: int | None, subsample_test: int | None, standardize: str | None,
-                     key: str, strict: bool = False, inputs: str = "inputs") -> Dataset:
+                     key: str, strict: bool = False, inputs: str = "inputs", spurious: dict | None = None) -> Dataset:
     """The dataset of a labelled source (MNIST-1D, torchvision, files, python): the step they share.
 
     - n_classes: the source's (a torchvision dataset's `classes`), else 1 + the largest label
@@ -497,6 +593,16 @@ def labelled_dataset(train: Split, test: Split, *, n_classes: int | None, seed: 
     - Each of the three draws has its own stream of `seed` (SeedSequence(seed).spawn(3)), so
       the training subsample depends on neither subsample_test nor label_noise.
     - standardize: `standardize_shaped`, fitted on the training split after subsampling.
+    - spurious (None: nothing): {aligned, test, kind, size, strength}, a feature that agrees with
+      the label on a set fraction of the training examples. Each example gets an attribute, a
+      class (`spurious_attributes`, from a fourth stream of `seed`, spawn(4)[3]: the other draws
+      do not move), encoded after standardization by adding `strength` to its class's patch,
+      stripe or channel (`spurious_masks`). Both tables get a `group` column, "aligned" (attribute
+      = label) or "conflicting"; `planted` marks the conflicting examples of each split, and
+      meta["planted"] is {"description", "train_ids" (the conflicting training ids), "groups",
+      "test_groups"} ({"aligned": ids, "conflicting": ids} of each split), as for
+      opposing_features. meta["spurious"] holds the settings (`kind` resolved), each split's
+      aligned fraction and attributes. Refused together with label_noise > 0.
     Tables: `source_id` is an example's id in the source (its row index there unless the
     source names ids); `example_id` its row in the table, which the planted ids refer to.
     `key` ("data.files") prefixes the other error messages.
@@ -509,35 +615,66 @@ def labelled_dataset(train: Split, test: Split, *, n_classes: int | None, seed: 
     for split in (train, test):
         check_finite(split, inputs)
     n_classes = check_labels(train, test, n_classes, key, strict)
-    train_stream, test_stream, noise_stream = np.random.SeedSequence(seed).spawn(3)
+    masks = None
+    if spurious is not None:
+        refuse_noise_with_spurious(label_noise, spurious, key)
+        masks = spurious_masks(spurious_kind(spurious["kind"], shape), shape, n_classes, spurious["size"],
+                               f"{key}.spurious")
+    # spawn(4)[:3] are spawn(3): the spurious stream moves none of the earlier draws
+    train_stream, test_stream, noise_stream, spurious_stream = np.random.SeedSequence(seed).spawn(4)
     train = _subsample(train, subsample_train, np.random.default_rng(train_stream), f"{key}.subsample_train")
     test = _subsample(test, subsample_test, np.random.default_rng(test_stream), f"{key}.subsample_test")
     n_train = len(train.y)
     labels, flipped = flip_labels(train.y, n_train, label_noise, n_classes, np.random.default_rng(noise_stream))
     x, stats = standardize_shaped(np.concatenate([train.x, test.x]), n_train, standardize, f"{key}.standardize")
     dim = int(np.prod(shape))
+    groups = None
+    if spurious is not None:  # after standardization: strength is in units of the inputs as the model gets them
+        attributes = spurious_attributes(train.y, test.y, n_classes, spurious["aligned"], spurious["test"],
+                                         np.random.default_rng(spurious_stream))
+        plant_spurious(x, np.concatenate(attributes), masks, spurious["strength"])
+        groups = [np.where(s == split.y, *SPURIOUS_GROUPS) for s, split in zip(attributes, (train, test))]
 
-    def table(xs, split, noisy, planted):
-        return pd.DataFrame({
+    def table(xs, split, noisy, planted, group=None):
+        columns = {
             "example_id": np.arange(len(split.y), dtype=np.int64),
             "x": list(xs.reshape(len(xs), dim)),  # flat in the Parquet file; load_split restores the shape
             "label": noisy,
             "clean_label": split.y,
             "planted": planted,
             "source_id": split.source_id,
-        })
+        }
+        return pd.DataFrame(columns if group is None else {**columns, "group": group.astype(str)})
 
     planted = ({"description": "training examples whose label was changed to another class", "train_ids": flipped.tolist()}
                if len(flipped) else None)
     meta = {"input": {"kind": "dense", "dim": dim, "vocab": 0, "n_classes": n_classes, "shape": shape},
             "planted": planted, "standardize": stats}
+    if groups is not None:
+        kind = spurious_kind(spurious["kind"], shape)
+
+        def ids(gs):
+            return {name: np.flatnonzero(gs == name).tolist() for name in SPURIOUS_GROUPS}
+
+        meta["planted"] = {
+            "description": f"training examples whose spurious feature (a {kind} of strength {spurious['strength']}) "
+                           f"names another class than their label (group conflicting; the others: aligned)",
+            "train_ids": np.flatnonzero(groups[0] == "conflicting").tolist(),
+            "groups": ids(groups[0]),
+            "test_groups": ids(groups[1]),
+        }
+        meta["spurious"] = {**spurious, "kind": kind,
+                            "aligned_fraction": {s: float(np.mean(g == "aligned")) for s, g in zip(("train", "test"), groups)},
+                            "attribute": {s: a.tolist() for s, a in zip(("train", "test"), attributes)}}
+        return (table(x[:n_train], train, labels, groups[0] == "conflicting", groups[0]),
+                table(x[n_train:], test, test.y, groups[1] == "conflicting", groups[1]), meta)
     return (table(x[:n_train], train, labels, np.isin(np.arange(n_train), flipped)),
             table(x[n_train:], test, test.y, np.zeros(len(test.y), dtype=bool)), meta)
 
 
 # ---- MNIST-1D --------------------------------------------------------------------------------
 def generate_mnist1d(num_samples, train_split, seed, label_noise, subsample_train, subsample_test,
-                     standardize) -> Dataset:
+                     standardize, spurious=None) -> Dataset:
     """MNIST-1D (Greydanus 2020, arXiv 2011.14439): `mnist1d.data.make_dataset` with the
     package's default arguments except `num_samples`, `train_split` and `seed`.
 
@@ -566,7 +703,7 @@ def generate_mnist1d(num_samples, train_split, seed, label_noise, subsample_trai
     test = as_split(d["x_test"][:, None, :], d["y_test"], what="the MNIST-1D test split")
     return labelled_dataset(train, test, n_classes=10, seed=seed, label_noise=label_noise,
                             subsample_train=subsample_train, subsample_test=subsample_test, standardize=standardize,
-                            key="data.mnist1d")
+                            key="data.mnist1d", spurious=spurious)
 
 
 # ---- torchvision -----------------------------------------------------------------------------
@@ -660,7 +797,7 @@ def _vision_split(cls, root: Path, split: str, download: bool, kwargs: dict, key
 
 
 def load_torchvision(name, root, download, kwargs, seed, label_noise, subsample_train, subsample_test,
-                     standardize) -> Dataset:
+                     standardize, spurious=None) -> Dataset:
     """A torchvision classification dataset by class name, its train and test splits from `root`.
 
     The split is the dataset's own argument: train=True/False, or split="train"/"test" for
@@ -687,7 +824,7 @@ def load_torchvision(name, root, download, kwargs, seed, label_noise, subsample_
     test = replace(as_split(x_test, y_test, what=f"the {name} test split"), where=f"{key}: {name} in {root}, its test split")
     return labelled_dataset(train, test, n_classes=n_classes, seed=seed, label_noise=label_noise,
                             subsample_train=subsample_train, subsample_test=subsample_test, standardize=standardize,
-                            key=key)
+                            key=key, spurious=spurious)
 
 
 # ---- array files -----------------------------------------------------------------------------
@@ -799,7 +936,7 @@ def _read_arrays(path, names: dict[str, str], key: str, path_key: str, hint: str
 
 
 def load_files(train, test, x_key, y_key, id_key, split_key, shape, seed, label_noise, subsample_train,
-               subsample_test, standardize) -> Dataset:
+               subsample_test, standardize, spurious=None) -> Dataset:
     """Inputs and labels from .npz or Parquet files: `train` and `test`, or one `train` file
     whose `split_key` array/column says "train" or "test" for each row.
 
@@ -841,7 +978,7 @@ def load_files(train, test, x_key, y_key, id_key, split_key, shape, seed, label_
     kind = "column" if Path(train).suffix.lower() in PARQUET_SUFFIXES else "array"
     return labelled_dataset(*splits, n_classes=None, seed=seed, label_noise=label_noise, subsample_train=subsample_train,
                             subsample_test=subsample_test, standardize=standardize, key=key, strict=True,
-                            inputs=f"inputs ({kind} {x_key!r})")
+                            inputs=f"inputs ({kind} {x_key!r})", spurious=spurious)
 
 
 # ---- a python factory ------------------------------------------------------------------------
@@ -849,7 +986,8 @@ FACTORY_CONTRACT = ("expected ((x_train, y_train), (x_test, y_test)): numpy arra
                     "(n, ...) and integer class labels (n,)")
 
 
-def load_python(factory, kwargs, seed, label_noise, subsample_train, subsample_test, standardize) -> Dataset:
+def load_python(factory, kwargs, seed, label_noise, subsample_train, subsample_test, standardize,
+                spurious=None) -> Dataset:
     """The splits a function of the user's returns: `factory(**kwargs)` ->
     ((x_train, y_train), (x_test, y_test)), numpy arrays or torch tensors (anything
     numpy.asarray takes), inputs (n, ...) in the shape the model should receive, labels
@@ -876,7 +1014,7 @@ def load_python(factory, kwargs, seed, label_noise, subsample_train, subsample_t
     train, test = (replace(s, where=f"{key}: {factory!r}, its {name} split") for s, name in ((train, "train"), (test, "test")))
     return labelled_dataset(train, test, n_classes=None, seed=seed, label_noise=label_noise,
                             subsample_train=subsample_train, subsample_test=subsample_test, standardize=standardize,
-                            key="data.python", strict=True)
+                            key="data.python", strict=True, spurious=spurious)
 
 
 # ---- dispatch --------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ holds (`tables_in`, `partition_files`). The layout, for one run `{experiment}/{r
         signals/, influence/, timeline/ one table per output, summary.json
         figures/                       PNGs, the GIF and its frames
     results/sweeps/{experiment}/       runs.parquet, detectors.parquet, comparison.png, sharpness.png,
-                                       report.md, dashboard.html
+                                       report.md, dashboard.html; an intervention's interventions.parquet,
+                                       effects.parquet, effects.png
     results/index.html                 the dashboards' index
     logs/{rule}/..., benchmarks/{rule}/...
 """
@@ -66,7 +67,10 @@ RUN = {name: f"{RUN_DIR}/{rel}" for name, rel in IN_RUN.items()}
 
 # ---- one experiment's (sweep's) artifacts, and the index over all of them ----
 IN_SWEEP = {"runs": "runs.parquet", "detectors": "detectors.parquet", "comparison": "comparison.png",
-            "sharpness": "sharpness.png", "report": "report.md", "dashboard": "dashboard.html"}
+            "sharpness": "sharpness.png", "report": "report.md", "dashboard": "dashboard.html",
+            # an intervention experiment's (gradscope.interventions): its runs' figures, parent included, the
+            # effects (flagged minus control over seeds) and their figure
+            "interventions": "interventions.parquet", "effects": "effects.parquet", "effects_png": "effects.png"}
 SWEEP = {name: f"{RESULTS}/sweeps/{{experiment}}/{rel}" for name, rel in IN_SWEEP.items()}
 INDEX = f"{RESULTS}/index.html"
 

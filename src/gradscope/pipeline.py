@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 # Only what every stage needs loads here: the stages that run torch import it themselves, so that
 # a job that reads tables and draws (signals, plots, reports) starts without it (about 1.5 s).
 from gradscope import artifacts, config, layout, opposing, report, scoring, signals
-from gradscope.tables import TIMELINE_EVENTS, TIMELINE_LINKS
+from gradscope.tables import EFFECTS, TIMELINE_EVENTS, TIMELINE_LINKS
 from gradscope.tables import examples_columns  # noqa: F401 (pipeline.examples_columns, as before)
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,42 @@ def generate_data(data_config: dict, *, train_path, test_path, meta_path) -> Non
     log.info("generated %s: %d train, %d test examples", data_config["generator"], len(train), len(test))
 
 
+def derive_data(data_config: dict, *, parent: dict, detections_path, examples_paths, train_path, test_path,
+                meta_path) -> None:
+    """An intervention run's dataset (gradscope.interventions): its parent's dataset (`parent`: the parent
+    dataset's files), with the examples of its arm chosen from the parent's detections at the step and
+    removed, down-weighted or relabelled to the parent's predictions there (its examples table at the step,
+    among examples_paths)."""
+    from gradscope import data, interventions
+
+    spec = data_config["intervene"]
+    files = data.dataset_files(parent)
+    train, test = artifacts.read_parquet(files["train"]), artifacts.read_parquet(files["test"])
+    meta = artifacts.read_json(files["meta"])
+    scores = interventions.scores_at(artifacts.read_parquet(detections_path), spec["detector"], spec["step"])
+    labels = train.set_index("example_id")["label"]
+    chosen = interventions.choose(scores.reindex(labels.index), labels, spec["k"], spec["arm"], spec["seed"])
+    predictions = None
+    if spec["action"] == "relabel":
+        at = [p for p in layout.partition_files(examples_paths) if layout.step_of(p) == spec["step"]]
+        if not at:
+            raise FileNotFoundError(f"missing artifact: the parent's examples table at step {spec['step']} "
+                                    f"(among {', '.join(map(str, examples_paths))})")
+        examples = artifacts.read_parquet(at[0])
+        predictions = examples[examples["split"] == "train"].set_index("example_id")["pred"]
+    chosen_planted = int(train.loc[train["example_id"].isin(chosen), "planted"].sum())
+    train, test, meta = interventions.derive(train, test, meta, chosen, action=spec["action"],
+                                             weight=spec.get("weight", 1.0), predictions=predictions)
+    meta["class_counts"] = data.check_dataset(train, test, meta["input"], f"{spec['parent_run']}'s dataset, intervened on")
+    meta = {**meta, "generator": data_config,
+            "intervention": {**spec, "parent_dataset": Path(files["meta"]).parent.name,
+                             "chosen_ids": chosen.tolist(),
+                             "chosen_planted": chosen_planted}}
+    data.write_dataset(train, test, meta, train_path, test_path, meta_path)
+    log.info("derived %s from %s: %s %d examples (%s arm)", Path(meta_path).parent.name, spec["parent_run"],
+             spec["action"], len(chosen), spec["arm"])
+
+
 def train(settings: dict, *, dataset, out_dir, run_id: str, progress=None, threads: int | None = None) -> pd.DataFrame:
     """dataset: the dataset's files as the rule declares them, or its folder (data.dataset_files).
     threads: torch's intra-op threads while training (default: the train rule's, resources.TRAIN_THREADS),
@@ -53,7 +89,9 @@ def train(settings: dict, *, dataset, out_dir, run_id: str, progress=None, threa
         from gradscope import preflight
 
         preflight.check_model(settings["model"], spec)  # a ConfigError naming model.factory or the key
-    train_split = data.load_split(dataset, "train")[:2]
+    x, y, table = data.load_split(dataset, "train")
+    weighted = table is not None and "weight" in table  # an intervention's downweight (gradscope.interventions)
+    train_split = (x, y, torch.tensor(table["weight"].to_numpy(), dtype=torch.float32)) if weighted else (x, y)
     test_split = data.load_split(dataset, "test")[:2]
     before = torch.get_num_threads()
     torch.set_num_threads(threads or TRAIN_THREADS)
@@ -464,7 +502,7 @@ def write_run_report(*, run_id: str, config_path, metrics_path, summary_path, cu
 
 def write_sweep_report(experiment: str, runs: list[dict], *, metrics_paths, summary_paths, curvature_paths, plots_settings,
                        runs_path, detectors_path, comparison_png, sharpness_png, report_path,
-                       timeline_paths=None) -> pd.DataFrame:
+                       timeline_paths=None, effects_path=None, effects_png=None) -> pd.DataFrame:
     """runs: [{id, name, varying}] in the order of metrics_paths/summary_paths (and timeline_paths: each run's
     timeline summary, whose report.TIMELINE_SWEEP figures become columns); curvature_paths: all runs' files."""
     from gradscope import plots  # matplotlib loads only in the jobs that draw
@@ -497,6 +535,39 @@ def write_sweep_report(experiment: str, runs: list[dict], *, metrics_paths, summ
     plots.plot_sweep(metrics_by_run, comparison_png, title=f"{experiment}: accuracy of every run", dpi=plots_settings["dpi"])
     plots.plot_sweep_sharpness(curvature_by_run, metrics_by_run, sharpness_png, title=f"{experiment}: sharpness of every run",
                                dpi=plots_settings["dpi"])
-    artifacts.write_text(report.render_sweep_report(experiment, table, detectors, Path(comparison_png).name,
-                                                    Path(sharpness_png).name), report_path)
+    text = report.render_sweep_report(experiment, table, detectors, Path(comparison_png).name, Path(sharpness_png).name)
+    if effects_path:  # an intervention experiment (rule interventions)
+        text += "\n" + "\n\n".join(report.intervention_lines(artifacts.read_parquet(effects_path),
+                                                                Path(effects_png).name)) + "\n"
+    artifacts.write_text(text, report_path)
     return table
+
+
+def write_interventions(experiment: str, runs: list[dict], *, metrics_paths, summary_paths, timeline_paths,
+                        curvature_paths, examples_paths, plots_settings, runs_path, effects_path, effects_png) -> pd.DataFrame:
+    """An intervention experiment's tables and figure (gradscope.interventions). runs: [{id, arm, detector, k, action,
+    seed, test}] in the order of metrics_paths, summary_paths and timeline_paths (its runs, then the parent's with
+    arm "parent"; `test` each run's test split); curvature_paths and examples_paths: every run's files. Worst-group
+    test accuracy is read from each run's last examples table (its test rows' `correct`) and its test split's `group`."""
+    from gradscope import interventions, intervention_plots
+
+    rows = []
+    tests = {}
+    for run, metrics_path, summary_path, timeline_path in zip(runs, metrics_paths, summary_paths, timeline_paths):
+        mine = lambda paths: [p for p in paths if f"/{run['id']}/" in Path(p).as_posix()]  # noqa: E731
+        head = run_headline(metrics_path=metrics_path, summary_path=summary_path, curvature_paths=mine(curvature_paths))
+        last = max(layout.partition_files(mine(examples_paths)), key=layout.step_of)
+        if run["test"] not in tests:
+            tests[run["test"]] = artifacts.read_parquet(run["test"])
+        groups = interventions.group_accuracy(artifacts.read_parquet(last), tests[run["test"]])
+        rows.append({k: run[k] for k in ("id", "arm", "detector", "k", "action", "seed")}
+                    | interventions.run_row(head, artifacts.read_json(timeline_path), groups))
+    table = pd.DataFrame(rows).rename(columns={"id": "run_id"})
+    effects = interventions.effects(table)
+    artifacts.write_parquet(table, runs_path, None, table="interventions", run_id=experiment,
+                            config={"experiment": experiment, "runs": runs})
+    artifacts.write_parquet(effects, effects_path, EFFECTS, table="effects", run_id=experiment,
+                            config={"experiment": experiment, "confidence": interventions.CONFIDENCE})
+    intervention_plots.plot_effects(effects, effects_png, title=f"{experiment}: effect of each intervention "
+                                    "(flagged minus control)", dpi=plots_settings["dpi"])
+    return effects

@@ -275,6 +275,33 @@ def render_sweep_report(experiment: str, runs: pd.DataFrame, detectors: pd.DataF
     return "\n\n".join(parts) + "\n"
 
 
+def intervention_lines(effects: pd.DataFrame, figure: str) -> list[str]:
+    """The intervention section of a sweep report (gradscope.interventions): per detector, k and action, each
+    figure's means per arm and the effect (flagged minus control) with its interval over seeds, and whether it
+    exceeds the seed-to-seed spread; a sentence per final-test-accuracy effect."""
+    from gradscope.interventions import CONFIDENCE, FIGURES
+
+    shown = effects[effects["n_seeds"] > 0]
+    lines = ["## Interventions",
+             "Each run of this experiment retrains its parent run (same seed and settings) on a training set with k "
+             "examples intervened on: the **flagged** arm the detector's top k, the **control** arm k random "
+             "examples with as many per label. An effect is flagged minus control, paired by seed; "
+             f"the interval is a {CONFIDENCE:.0%} t interval over seeds (– with one seed). Tables: "
+             f"`{layout.IN_SWEEP['interventions']}` (per run, parent included) and `{layout.IN_SWEEP['effects']}`."]
+    if shown.empty:
+        return lines + ["No figure was measured in both arms of any seed."]
+    for row in shown[shown["figure"] == "final_test_acc"].itertuples(index=False):
+        verdict = ("beyond the seed-to-seed spread" if row.beyond_spread else
+                   "within the seed-to-seed spread" if row.n_seeds > 1 else "one seed: no spread to compare with")
+        lines.append(f"- {row.action} {row.k} by `{row.detector}`: final test accuracy {fmt(row.flagged_mean)} against "
+                     f"{fmt(row.control_mean)} for the control (parent {fmt(row.parent_mean)}), effect "
+                     f"{fmt(row.effect)} [{fmt(row.ci_low)}, {fmt(row.ci_high)}] over {row.n_seeds} seed(s): {verdict}.")
+    table = shown.assign(figure=shown["figure"].map(FIGURES))[
+        ["detector", "k", "action", "figure", "n_seeds", "parent_mean", "flagged_mean", "control_mean", "effect",
+         "ci_low", "ci_high", "control_sd", "beyond_spread"]]
+    return lines + [markdown_table(table), f"![Effect of each intervention against k]({figure})"]
+
+
 def edge_of_stability_lines(runs: pd.DataFrame) -> list[str]:
     """The sweep's edge-of-stability verdict from the runs' headline columns (edge_*), for its runs
     trained by gradient descent: 2/lr (2(1+beta)/lr with momentum) is the stability threshold of

@@ -269,6 +269,8 @@ DATASET = {
     "b": pa.int64(),
     "group": pa.string(),
     "source_id": "int64 or string",
+    "parent_example_id": pa.int64(),
+    "weight": pa.float64(),
 }
 
 
@@ -281,10 +283,11 @@ def dataset_columns(df, meta: dict) -> dict[str, pa.DataType]:
         types |= {"x": pa.list_(pa.float32(), meta["input"]["dim"]), "clean_label": DATASET["clean_label"]}
     else:
         types |= {"a": DATASET["a"], "b": DATASET["b"]}
-    if "group" in df.columns:  # opposing_features: the planted group an example belongs to, "" for none
+    if "group" in df.columns:  # opposing_features, a spurious feature: the planted group an example belongs to
         types["group"] = DATASET["group"]
     if "source_id" in df.columns:  # the labelled sources: an example's id in the source
         types["source_id"] = pa.int64() if pd.api.types.is_integer_dtype(df["source_id"]) else pa.string()
+    types |= {name: DATASET[name] for name in ("parent_example_id", "weight") if name in df.columns}  # interventions
     return types
 
 
@@ -304,6 +307,38 @@ SWEEP_DETECTORS = {
     "best_step": "int64 or double",
     "run_id": pa.large_string(),
     "run": pa.large_string(),
+}
+
+# An intervention experiment's tables (gradscope.interventions). Its runs' table adds a column test_acc_GROUP per
+# planted test group; with its nulls (a parent's detector, k and action), its types are inferred.
+INTERVENTION_RUNS = {
+    "run_id": pa.large_string(),
+    "arm": pa.large_string(),
+    "detector": pa.large_string(),
+    "k": "int64 or double",
+    "action": pa.large_string(),
+    "seed": pa.int64(),
+    "final_test_acc": pa.float64(),
+    "worst_group_test_acc": "double or null",
+    "generalization_delay_steps": "int64, double or null",
+    "n_loss_spikes": pa.int64(),
+    "max_sharpness": pa.float64(),
+}
+EFFECTS = {
+    "detector": pa.string(),
+    "k": pa.int64(),
+    "action": pa.string(),
+    "figure": pa.string(),
+    "n_seeds": pa.int64(),
+    "parent_mean": pa.float64(),
+    "flagged_mean": pa.float64(),
+    "control_mean": pa.float64(),
+    "effect": pa.float64(),
+    "effect_sd": pa.float64(),
+    "ci_low": pa.float64(),
+    "ci_high": pa.float64(),
+    "control_sd": pa.float64(),
+    "beyond_spread": pa.bool_(),
 }
 
 
@@ -390,8 +425,12 @@ _DATASET = {
     "clean_label": "Dense inputs: the label before any planted flip.",
     "a": "Token pairs (modular arithmetic): the first operand.",
     "b": "Token pairs (modular arithmetic): the second operand.",
-    "group": "opposing_features only: the planted group the example belongs to, empty for none.",
+    "group": "opposing_features, and the labelled sources with a spurious feature: the planted group the example "
+             "belongs to (opposing_features: empty for none; spurious: aligned or conflicting).",
     "source_id": "The labelled sources only: the example's id in its source.",
+    "parent_example_id": "An intervention's training split only: the example's id in its parent run's dataset.",
+    "weight": "An intervention that down-weights (intervene.action downweight): the factor on the example's "
+              "training loss.",
 }
 _DATASET_DOC = ("A dataset's {split} split: one row per example. Its columns depend on the inputs (dense: x and "
                 "clean_label; token pairs: a and b). One dataset folder is shared by the runs that differ only "
@@ -676,6 +715,41 @@ TABLES: dict[str, Table] = {t.name: t for t in [
         "best_step": "The checkpoint of best_auroc (NaN where no checkpoint has one: the column is then double).",
         "run_id": "The run's id (experiment/run).",
         "run": "The run's name.",
+    }),
+    described("interventions", _SWEEP["interventions"], "An intervention experiment's runs (gradscope.interventions) "
+              "and its parent's runs of the same seeds: one row per run with the figures an intervention is judged "
+              "by, plus a column test_acc_GROUP per planted test group GROUP.", INTERVENTION_RUNS, {
+        "run_id": "The run's id (experiment/run).",
+        "arm": "flagged (the detector's top k intervened on), control (k random examples, as many per label) or "
+               "parent (the run intervened on).",
+        "detector": "intervene.detector (null for the parent).",
+        "k": "intervene.k (null for the parent).",
+        "action": "intervene.action: remove, downweight or relabel (null for the parent).",
+        "seed": "The training seed (the parent's and its arms' are the same).",
+        "final_test_acc": "Test accuracy at the last logged step.",
+        "worst_group_test_acc": "The lowest test accuracy over the planted test groups at the last checkpoint "
+                                "(null without groups).",
+        "generalization_delay_steps": "Steps from memorization to generalization (signals.generalization; null "
+                                      "where either never happened).",
+        "n_loss_spikes": "Loss spikes in the run's timeline (timeline.spike_window, timeline.spike_margin).",
+        "max_sharpness": "The largest sharpness over the checkpoints.",
+    }),
+    described("effects", _SWEEP["effects"], "An intervention experiment's effects: one row per detector, k, action "
+              "and figure (those of `interventions`), the flagged arm minus the control arm, paired by seed.", EFFECTS, {
+        "detector": "intervene.detector.",
+        "k": "intervene.k.",
+        "action": "intervene.action.",
+        "figure": "The figure compared (a column of `interventions`).",
+        "n_seeds": "Seeds with the figure in both arms.",
+        "parent_mean": "The parent runs' mean over those seeds.",
+        "flagged_mean": "The flagged arm's mean.",
+        "control_mean": "The control arm's mean.",
+        "effect": "The mean over seeds of flagged minus control.",
+        "effect_sd": "The standard deviation of flagged minus control over seeds (NaN with one).",
+        "ci_low": "The effect's 95% t interval, low end (NaN with one seed).",
+        "ci_high": "The effect's 95% t interval, high end.",
+        "control_sd": "The control arm's standard deviation over seeds: the seed-to-seed spread.",
+        "beyond_spread": "Whether the effect's size exceeds both effect_sd and control_sd (false with one seed).",
     }),
 ]}
 

@@ -187,7 +187,8 @@ def _train(settings: dict, train_split, test_split, spec: InputSpec, out_dir: Pa
     """Train one run; write checkpoints, metrics.parquet and manifest.json under `out_dir`.
 
     `settings` is the training slice of a run config (data, model, optim, train, seed, device);
-    each split is an (inputs, targets) pair of tensors. Checkpoints go first to
+    each split is an (inputs, targets) pair of tensors; the training split may add a third, each
+    example's weight on the training loss (the logged losses stay unweighted). Checkpoints go first to
     `out_dir/resume/`; a run killed at any moment and started again continues from the last
     of them and ends with the same metrics (all but wall_s) as an uninterrupted run. The
     declared `checkpoints/` folder is filled at the end, and the resume store removed.
@@ -211,7 +212,8 @@ def _train(settings: dict, train_split, test_split, spec: InputSpec, out_dir: Pa
     batches = torch.Generator().manual_seed(settings["seed"])
     model = build_model(settings["model"], spec).to(device)
     optimizer = build_optimizer(model.parameters(), optim_cfg)
-    x_train, y_train = (t.to(device) for t in train_split)
+    x_train, y_train, *weights = (t.to(device) for t in train_split)
+    weights = weights[0] if weights else None  # per-example factors on the training loss (an intervention's downweight)
     x_test, y_test = (t.to(device) for t in test_split)
     n, steps, loss_kind = len(y_train), train_cfg["steps"], train_cfg["loss"]
     batch_size = train_cfg["batch_size"] or n
@@ -269,7 +271,10 @@ def _train(settings: dict, train_split, test_split, spec: InputSpec, out_dir: Pa
         xb, yb = (x_train, y_train) if idx is None else (x_train[idx], y_train[idx])
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        batch_loss = per_example_loss(model(xb), yb, loss_kind).mean()
+        losses = per_example_loss(model(xb), yb, loss_kind)
+        if weights is not None:
+            losses = losses * (weights if idx is None else weights[idx])
+        batch_loss = losses.mean()
         batch_loss.backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]  # frozen parameters have none
         grad_norm = _global_norm(grads)

@@ -116,7 +116,7 @@ def get_data_inputs(wc):
     """The files a `files` data source reads, so that Snakemake regenerates the dataset when they
     change; no inputs for the other generators and sources."""
     data = DATASETS[wc.dataset]
-    if data["generator"] != "files":
+    if data["generator"] != "files" or "intervene" in data:  # (an intervention's dataset: get_parent_inputs)
         return []
     return [data["files"][k] for k in ("train", "test") if data["files"][k]]
 
@@ -144,6 +144,53 @@ def get_code_inputs(wc):
         except gs_factories.FactoryError as e:
             raise WorkflowError(str(e)) from None
     return _CODE_INPUTS[key]
+
+
+def get_parent_inputs(wc):
+    """What an intervention run's dataset derives from (its slice has `intervene`; gradscope.interventions):
+    the parent run's dataset files, its detections and, to relabel, its examples tables. None otherwise."""
+    block = DATASETS[wc.dataset].get("intervene")
+    if block is None:
+        return {}
+    parent = RUNS[block["parent_run"]]
+    files = {f"parent_{split}": path for split, path in DATASET_FILES[parent.id].items()}
+    files["detections"] = layout.run_file("signals_detections", parent.id)
+    if block["action"] == "relabel":
+        files["examples"] = checkpoint_tables(parent, "examples")
+    return files
+
+
+INTERVENTIONS = sorted({run.experiment for run in RUNS.values() if run.settings.get("intervene")})
+
+
+def get_intervention_runs(wc):
+    """An intervention experiment's runs, then its parent's runs of the same seeds (arm `parent`)."""
+    runs = get_experiment_runs(wc)
+    parents = sorted({r.settings["intervene"]["parent_run"] for r in runs})
+    return runs + [RUNS[p] for p in parents]
+
+
+INTERVENTION_EXPERIMENT = f"(?:{'|'.join(INTERVENTIONS)})" if INTERVENTIONS else "(?!)"  # (?!) matches nothing
+
+
+def intervention_record(run, wc):
+    """What the interventions stage is told of one run (its own or its parent's): arm and settings, its test split."""
+    i = run.settings.get("intervene") if run.experiment == wc.experiment else None
+    return {"id": run.id, "arm": i["arm"] if i else "parent", "detector": i and i["detector"], "k": i and i["k"],
+            "action": i and i["action"], "seed": run.settings["seed"], "test": DATASET_FILES[run.id]["test"]}
+
+
+def get_intervention_inputs(wc):
+    """Every artifact the interventions stage reads, per run of the experiment and of its parent."""
+    runs = get_intervention_runs(wc)
+    return {
+        "metrics": [layout.run_file("metrics", r.id) for r in runs],
+        "summaries": [layout.run_file("signals_summary", r.id) for r in runs],
+        "timelines": [layout.run_file("timeline_summary", r.id) for r in runs],
+        "curvature": [f for r in runs for f in checkpoint_tables(r, "curvature")],
+        "examples": [f for r in runs for f in checkpoint_tables(r, "examples")],
+        "tests": sorted({DATASET_FILES[r.id]["test"] for r in runs}),
+    }
 
 
 def get_dataset_files(wc):
@@ -271,6 +318,9 @@ def get_sweep_inputs(wc):
         "summaries": [layout.run_file("signals_summary", r.id) for r in runs],
         "curvature": [f for r in runs for f in checkpoint_tables(r, "curvature")],
         "timelines": [layout.run_file("timeline_summary", r.id) for r in runs],
+        # an intervention experiment's effects and their figure (rule interventions)
+        **({name: layout.SWEEP[name].format(experiment=wc.experiment) for name in ("effects", "effects_png")}
+           if wc.experiment in INTERVENTIONS else {}),
     }
 
 
@@ -303,10 +353,11 @@ _ESTIMATES = {}
 
 
 def _estimate(rule_name, wc):
-    if rule_name == "sweep_report":
+    if rule_name in ("sweep_report", "interventions"):  # (interventions: its runs and its parent's)
         key = (rule_name, wc.experiment)
         if key not in _ESTIMATES:
-            _ESTIMATES[key] = gs_resources.estimate_sweep([r.settings for r in get_experiment_runs(wc)])
+            runs = get_experiment_runs(wc) if rule_name == "sweep_report" else get_intervention_runs(wc)
+            _ESTIMATES[key] = gs_resources.estimate_sweep([r.settings for r in runs])
     elif rule_name == "generate_data":
         key = (rule_name, wc.dataset)
         if key not in _ESTIMATES:
@@ -333,7 +384,7 @@ def _sized(rule_name, key):
     has the same one (no function call per job), else a function of the job's run."""
     if rule_name in gs_resources.TORCH_RULES:
         return lambda wc, attempt: _estimate(rule_name, wc)[key] * attempt
-    if rule_name not in ("sweep_report", "generate_data"):
+    if rule_name not in ("sweep_report", "interventions", "generate_data"):
         values = {gs_resources.estimate(rule_name, run.settings, per_run=PER_RUN)[key] for run in RUNS.values()}
         if len(values) == 1:
             return values.pop()

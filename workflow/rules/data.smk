@@ -1,6 +1,7 @@
 rule generate_data:
     input:
         get_data_inputs,
+        unpack(get_parent_inputs),  # an intervention's dataset: its parent's dataset and detections
         code=get_code_inputs,  # a python data factory's source: an edit regenerates the dataset
     output:
         **layout.DATASET,
