@@ -156,10 +156,10 @@ def test_the_page_shows_the_damaged_run(broken, browser):
     assert console_errors(browser) == []
 
 
-def test_the_lock_is_the_one_training_takes():
-    from gradscope import results, train
+def test_the_lock_is_the_one_training_takes(tmp_path):
+    from gradscope import train
 
-    assert results.TRAIN_LOCK == train.LOCK
+    assert layout.in_run(tmp_path, "train_lock") == tmp_path / "train" / train.LOCK  # one name, in layout
 
 
 def test_a_lock_is_live_while_its_holder_runs(tmp_path):

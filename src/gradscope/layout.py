@@ -52,6 +52,7 @@ IN_RUN = {
     "dynamics": "train/dynamics.parquet",
     "checkpoints": "train/checkpoints",
     "resume": "train/resume",
+    "train_lock": "train/.train.lock",  # held while a process trains the run (gradscope.train.run_lock)
     **{f"{kind}_dir": kind for kind in ("examples", "curvature")},
     **{name: f"{PARTITIONED[name]}/step={{step}}/{file}" for name, file in IN_PARTITION.items()},
     "gif": "figures/gradient_pca.gif",

@@ -41,7 +41,6 @@ def run_folders(results: Path) -> list[Path]:
 
 # Every status a run can have, in the order a run goes through them (`run_status` decides which).
 STATUSES = ("pending", "training", "stopped", "analysing", "done", "failed", "damaged")
-TRAIN_LOCK = ".train.lock"  # gradscope.train.LOCK, not imported from there: that loads torch
 
 
 def trainer(folder: Path) -> dict | None:
@@ -53,7 +52,7 @@ def trainer(folder: Path) -> dict | None:
     import re
     import socket
 
-    path = layout.in_run(folder, "metrics").parent / TRAIN_LOCK
+    path = layout.in_run(folder, "train_lock")
     try:
         holder = path.read_text(errors="replace").strip()
     except OSError:

@@ -58,7 +58,7 @@ RESUME_DIR = FILES["resume"]  # beside the declared outputs: Snakemake deletes t
 # Everything else. All are removed when a run starts (again): nothing an earlier attempt or
 # configuration wrote survives beside a new or failed run to look current.
 OUTPUTS = tuple(FILES[name] for name in ("checkpoints", "metrics", "metrics_partial", "dynamics", "manifest"))
-LOCK = ".train.lock"  # held while a process trains the run (see run_lock)
+LOCK = Path(layout.IN_RUN["train_lock"]).name  # held while a process trains the run (see run_lock)
 
 
 class RunLocked(RuntimeError):
