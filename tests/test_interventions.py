@@ -283,3 +283,53 @@ def test_derive_data_applies_each_action_to_the_detectors_top_k_at_the_step(tmp_
         else:
             changed = derived["example_id"][derived["label"] != tr["label"]].tolist()
             assert changed == top and (derived.loc[top, "label"].to_numpy() == pred[top]).all()
+
+
+# ---- the workflow: a real run, then a changed k -----------------------------------------------------
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_workflow_runs_an_intervention_and_a_changed_k_adds_only_its_own_jobs(tmp_path):
+    import yaml
+
+    from gradscope import artifacts, layout
+    from test_workflow import REPO, copy_workflow, planned, snakemake
+
+    cfg = yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text())
+    cfg["checkpoint_jobs"] = "per_run"  # one examples and one curvature job per run: less start-up
+    cfg["experiments"] = {"flips": cfg["experiments"]["flips"],
+                          "iv": {"intervene": {"parent": "flips", "detector": "el2n", "k": 12},
+                                 "grid": {"intervene.k": [12]}}}
+    work = copy_workflow(tmp_path / "w", cfg)
+    snakemake(work, "--cores", "2")
+    iv = work / "results" / "sweeps" / "iv"
+    runs = artifacts.read_parquet(iv / "interventions.parquet").set_index("run_id")
+    assert sorted(runs.index) == ["flips/seed~0", "iv/k~12_arm~control_seed~0", "iv/k~12_arm~flagged_seed~0"]
+    assert runs.loc["flips/seed~0", "arm"] == "parent" and runs.loc["iv/k~12_arm~flagged_seed~0", "k"] == 12
+    # each run's figures are its own metrics' and timeline's
+    for run_id, row in runs.iterrows():
+        metrics = artifacts.read_parquet(work / layout.run_file("metrics", run_id))
+        assert row["final_test_acc"] == pytest.approx(metrics.sort_values("step")["test_acc"].iloc[-1])
+        timeline = artifacts.read_json(work / layout.run_file("timeline_summary", run_id))
+        assert row["n_loss_spikes"] == timeline["n_spikes"]
+    effects = artifacts.read_parquet(iv / "effects.parquet").set_index("figure")
+    assert effects.loc["final_test_acc", "effect"] == pytest.approx(
+        runs.loc["iv/k~12_arm~flagged_seed~0", "final_test_acc"] - runs.loc["iv/k~12_arm~control_seed~0", "final_test_acc"])
+    # the flagged run trained without exactly the parent's top 12 by EL2N at its last checkpoint
+    detections = artifacts.read_parquet(work / layout.run_file("signals_detections", "flips/seed~0"))
+    last = detections.query("detector == 'el2n'")["step"].max()
+    top = detections.query("detector == 'el2n' and step == @last").sort_values(["score", "example_id"],
+                                                                                ascending=[False, True])
+    metas = [artifacts.read_json(p) for p in (work / "results" / "data").glob("*-derived-*/meta.json")]
+    flagged = next(m for m in metas if m["intervention"]["arm"] == "flagged")
+    assert flagged["intervention"]["chosen_ids"] == sorted(top["example_id"][:12]) and flagged["n_train"] == 120 - 12
+    report = (iv / "report.md").read_text()
+    assert "## Interventions" in report and "remove 12 by `el2n`" in report and (iv / "effects.png").stat().st_size
+    assert (iv / "dashboard.html").exists()
+    # a second k: its two datasets and runs, the stage and the intervention's reports only; nothing of the parent
+    more = {**cfg, "experiments": {**cfg["experiments"], "iv": {**cfg["experiments"]["iv"], "grid": {"intervene.k": [12, 20]}}}}
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(more, sort_keys=False))
+    jobs = planned(work)
+    assert jobs["generate_data"] == 2 and jobs["train"] == 2 and jobs["resolve_config"] == 2
+    assert jobs["interventions"] == 1 and jobs["sweep_report"] == 1
+    assert [jobs[rule] for rule in ("detect_signals", "timeline", "report")] == [2, 2, 2]
+    assert jobs["extract_examples"] == jobs["curvature"] == 2
