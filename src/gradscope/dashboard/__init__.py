@@ -22,6 +22,7 @@ from gradscope.dashboard.collect import collect_run, parse_varying, read_metrics
 from gradscope.dashboard.page import VIEWS, Figure, View, add_view, render_index, render_page, run_colours
 from gradscope.dashboard import influence as _influence  # noqa: F401, E402  (registers the Influence tab)
 from gradscope.dashboard import timeline as _timeline  # noqa: F401, E402  (registers the Timeline tab)
+from gradscope.dashboard import interventions as _interventions  # noqa: F401, E402  (the Interventions tab)
 
 # The index, as a sweep's dashboard links it (relative: the pages open from disk anywhere).
 INDEX_FROM_SWEEP = Path(os.path.relpath(layout.INDEX, Path(layout.SWEEP["dashboard"]).parent)).as_posix()
@@ -43,15 +44,20 @@ def default_settings() -> dict:
 def build_sweep_dashboard(experiment: str, runs: list[dict], *, results, settings: dict, out, logs_dir=None,
                           index_href: str | None = INDEX_FROM_SWEEP) -> dict:
     """Write one sweep's dashboard. runs: [{"id": "exp/name", "name": ..., "varying": {...}}] ("varying" is
-    parsed from the name where missing); each run's folder is results/runs/{id}. Returns the page's data."""
+    parsed from the name where missing); each run's folder is results/runs/{id}, the sweep's own files (an
+    intervention's effects: the Interventions tab) results/sweeps/{experiment}. Returns the page's data."""
     results = Path(results)
+    folders = [layout.run_dir(run["id"], results) for run in runs]
+    # the sweep-level views' data (from the sweep's own files); a view whose loader returns None is left off
+    sweep = {key: data for key, view in VIEWS.items() if view.load_sweep is not None
+             and (data := view.load_sweep(experiment, results, folders)) is not None}
+    views = [v for v in VIEWS.values() if v.load_sweep is None or v.key in sweep]
     entries = []
-    for run in runs:
-        folder = layout.run_dir(run["id"], results)
+    for run, folder in zip(runs, folders):
         status = run_status(folder, logs_dir)
         data = collect_run(folder, max_examples=settings["max_examples"], top_k=settings["top_k"], seed=settings["seed"])
         problems = data.pop("problems", [])
-        for view in VIEWS.values():
+        for view in views:
             if view.load is not None:
                 try:
                     extra = view.load(folder)
@@ -71,8 +77,9 @@ def build_sweep_dashboard(experiment: str, runs: list[dict], *, results, setting
                  if len({str(e["varying"].get(k)) for e in entries}) > 1]
     payload = {"experiment": experiment, "runs": entries, "grid_keys": grid_keys,
                "colors": run_colours(entries, grid_keys), "palette": _palette(),
-               "settings": {**settings, "initial_runs": settings.get("initial_runs", 20)}, "logx": _logx(entries)}
-    text = render_page(payload, list(VIEWS.values()), title=f"gradscope · {experiment}", index_href=index_href)
+               "settings": {**settings, "initial_runs": settings.get("initial_runs", 20)}, "logx": _logx(entries),
+               "sweep": sweep}
+    text = render_page(payload, views, title=f"gradscope · {experiment}", index_href=index_href)
     artifacts.write_text(text, out)
     log.info("dashboard of %s: %d runs, %.1f MB", experiment, len(entries), len(text.encode()) / 1e6)
     return payload

@@ -62,6 +62,9 @@ class View:
     note: str = ""  # one line of help under the controls
     load: Callable[[Path], dict | None] | None = None  # extra per-run data from the run folder, at run.data[key]
     script: str = ""  # JavaScript: gradscope.registerView(key, ctx => ...); "" for the built-in views
+    # sweep-level data, at data.sweep[key]: load_sweep(experiment, results, run folders) from the sweep's own
+    # files (layout.sweep_file); None leaves the tab off that sweep's page (a view that applies to some sweeps only)
+    load_sweep: Callable[[str, Path, list[Path]], dict | None] | None = None
 
 
 def _select(id_: str, label: str, extra: str = "") -> str:
@@ -136,8 +139,10 @@ def add_view(view: View) -> None:
     view.load(run_folder) returns that run's data for the view (JSON-ready, or None when the run
     has none); view.script registers the drawing function:
     `gradscope.registerView("influence", ctx => ctx.draw("influence_top", traces, {}, "no influence yet"))`,
-    where ctx.runs are the chosen runs, ctx.focus the focus run, run.data[view.key] the loaded data."""
-    if view.load is not None and not view.script:
+    where ctx.runs are the chosen runs, ctx.focus the focus run, run.data[view.key] the loaded data.
+    view.load_sweep(experiment, results, run_folders) returns the sweep's data, at ctx.data.sweep[view.key]; where
+    it returns None the tab is left off that sweep's page."""
+    if (view.load is not None or view.load_sweep is not None) and not view.script:
         raise ValueError(f"view {view.key!r} loads data but has no script to draw it")
     VIEWS[view.key] = view
 
