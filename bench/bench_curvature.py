@@ -11,11 +11,11 @@ pairs (30%), curvature on a fixed seeded subset of 1024 of them, as the pipeline
 curvature on a fixed subset; and the edge-of-stability experiment's MLP (its lr 0.25 run:
 full-batch GD, MSE) at step 1000, where its top eigenvalues crowd just under 2/lr. The top
 eigenvectors are also taken `delta` steps (default 10) before the end, as at the previous
-checkpoint of a run, for the warm starts. One float32 HVP closure of the mean loss is shared
+checkpoint of a run, for the warm starts. One float32 HessianOperator of the mean loss is shared
 by every method:
 
 - reference: Lanczos, 80 steps, on a float64 copy of the model, from another start vector;
-- gradscope, tol 1e-3: `lanczos(..., tol=1e-3)`, the library's stop (each top Ritz value's
+- gradscope, tol 1e-3: `lanczos_top(..., tol=1e-3)`, the library's stop (each top Ritz value's
   residual <= 1e-3 of it, which bounds its distance to an eigenvalue), from a random start
   ("cold") or from the top eigenvectors `delta` steps earlier ("warm");
 - lanczos, oracle: the fewest Lanczos steps whose top Ritz value is within 1e-3 relative of the
@@ -47,7 +47,7 @@ import time
 import numpy as np
 import torch
 
-from gradscope.curvature import hvp_fn, lanczos, lanczos_top, lanczos_tridiagonal, start_vector, tridiagonal
+from gradscope.curvature import lanczos_top, lanczos_tridiagonal, start_vector, tridiagonal
 from gradscope.operators import HessianOperator
 from gradscope.data import generate
 from gradscope.losses import per_example_loss
@@ -176,22 +176,22 @@ def bench(problem, delta, seed, rows, topn_rows):
     x, y = x_train[subset], y_train[subset]
     dtype = next(model.parameters()).dtype
     train(model, x_train, y_train, opt, steps - delta, batch_size, gen, loss_name)
-    hvp, n = hvp_fn(model, x, y, loss=loss_name)
-    earlier = lanczos(hvp, n, iters=HISTORY, seed=seed + 1, dtype=dtype, k=TOP_N, tol=1e-5, return_eigenvectors=True)
-    warm = earlier.eigenvectors[torch.from_numpy(np.argsort(earlier.eigenvalues)[::-1][:TOP_N].copy())]
+    earlier = lanczos_top(HessianOperator(model, x, y, loss=loss_name), k=TOP_N, iters=HISTORY, tol=1e-5,
+                          seed=seed + 1, return_eigenvectors=True)
+    warm = earlier.eigenvectors  # (TOP_N, n), largest first
     loss, acc = train(model, x_train, y_train, opt, delta, batch_size, gen, loss_name)
     model.eval()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"\n{name}: {n_params} params; {steps} {optim['name']} steps (lr {optim['lr']}, batch {batch_size} of "
           f"{len(y_train)}) in {time.perf_counter() - start:.0f} s: train loss {loss:.4f}, acc {acc:.3f}; "
           f"curvature on {len(y)} examples; warm starts from step {steps - delta}", flush=True)
-    hvp, n = hvp_fn(model, x, y, loss=loss_name)
-    ref64, _ = hvp_fn(copy.deepcopy(model).double(), x, y, loss=loss_name)
-    ref_run = lanczos(ref64, n, iters=REF_ITERS, seed=seed + 12345)
-    refs = np.sort(ref_run.eigenvalues)[::-1][:TOP_N]
+    hvp = HessianOperator(model, x, y, loss=loss_name)  # called as a function by the power iterations
+    n = hvp.n
+    ref64 = HessianOperator(copy.deepcopy(model).double(), x, y, loss=loss_name)
+    refs = lanczos_top(ref64, k=TOP_N, iters=REF_ITERS, tol=None, seed=seed + 12345).eigenvalues
     ref = float(refs[0])
     print(f"reference top eigenvalues {np.round(refs, 5).tolist()} (float64 Lanczos, {REF_ITERS} steps); at step "
-          f"{steps - delta}: {np.round(np.sort(earlier.eigenvalues)[::-1][:TOP_N], 5).tolist()}", flush=True)
+          f"{steps - delta}: {np.round(earlier.eigenvalues, 5).tolist()}", flush=True)
 
     def add(method, hvps, wall, estimate, baseline=None):
         rows.append(dict(model=name, method=method, hvps=hvps, wall=wall, err=abs(estimate - ref) / abs(ref),
@@ -200,12 +200,13 @@ def bench(problem, delta, seed, rows, topn_rows):
     cold_q = start_vector(n, seed, dtype, "cpu")
     warm_q = start_vector(n, seed, dtype, "cpu", warm=warm[:1])
     for label, w in (("cold", None), ("warm", warm[:1])):
-        res, wall = timed(lambda: lanczos(hvp, n, iters=HISTORY, seed=seed, dtype=dtype, tol=TOL, warm=w))
-        add(f"gradscope, tol 1e-3, {label}", res.steps, wall, float(res.eigenvalues.max()), baseline=PYHESSIAN)
+        res, wall = timed(lambda: lanczos_top(hvp, k=1, iters=HISTORY, tol=TOL, seed=seed, warm=w))
+        add(f"gradscope, tol 1e-3, {label}", res.steps, wall, float(res.eigenvalues[0]), baseline=PYHESSIAN)
     for label, q in (("cold", cold_q), ("warm", warm_q)):
         m = first_within(lanczos_history(hvp, q, HISTORY), ref, TOL) or HISTORY
-        res, wall = timed(lambda: lanczos(hvp, n, iters=m, seed=seed, dtype=dtype, warm=None if q is cold_q else warm[:1]))
-        add(f"lanczos, oracle, {label}", m, wall, float(res.eigenvalues.max()), baseline=f"power, oracle, {label}")
+        res, wall = timed(lambda: lanczos_top(hvp, k=1, iters=m, tol=None, seed=seed,
+                                              warm=None if q is cold_q else warm[:1]))
+        add(f"lanczos, oracle, {label}", m, wall, float(res.eigenvalues[0]), baseline=f"power, oracle, {label}")
     (est, _), wall = timed(lambda: power_iteration(hvp, cold_q, max_iters=POWER_MAX, tol=TOL))
     add(PYHESSIAN, len(est), wall, est[-1])
     for label, q in (("cold", cold_q), ("warm", warm_q)):
@@ -213,8 +214,8 @@ def bench(problem, delta, seed, rows, topn_rows):
         add(f"power, oracle, {label}", len(est), wall, est[-1])
 
     for label, w in (("cold", None), ("warm", warm)):
-        res, wall = timed(lambda: lanczos(hvp, n, iters=HISTORY, seed=seed, dtype=dtype, k=TOP_N, tol=TOL, warm=w))
-        got = np.sort(res.eigenvalues)[::-1][:TOP_N]
+        res, wall = timed(lambda: lanczos_top(hvp, k=TOP_N, iters=HISTORY, tol=TOL, seed=seed, warm=w))
+        got = res.eigenvalues
         topn_rows.append(dict(model=name, method=f"gradscope, tol 1e-3, {label}", hvps=res.steps, wall=wall,
                               err=float(np.max(np.abs(got - refs) / np.abs(refs)))))
     (got, hvps), wall = timed(lambda: pyhessian_top_n(hvp, n, TOP_N, seed=seed, dtype=dtype))

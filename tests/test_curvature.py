@@ -17,17 +17,15 @@ from gradscope.curvature import (
     gauss_newton_trace,
     hessian_trace,
     hutchinson_trace,
-    hvp_fn,
     input_sensitivity,
-    lanczos,
+    lanczos_top,
     layer_top_eigenvalues,
     optimizer_update,
-    slq,
+    slq_density,
     spectral_density,
     top_eigenvalues,
     update_sharpness,
 )
-from gradscope import curvature
 from gradscope.losses import per_example_loss
 from gradscope.models import InputSpec, build_model
 from gradscope.operators import (CurvatureOperator, EFOperator, FisherOperator, GGNOperator, HessianOperator,
@@ -72,6 +70,19 @@ def exact_hessian(model, x, y, loss):
     return torch.func.hessian(f)(theta)
 
 
+class MatrixOperator(CurvatureOperator):
+    """A dense symmetric matrix as an operator (the algorithms take operators only): a known spectrum."""
+
+    name = "matrix"
+
+    def __init__(self, A):
+        super().__init__(A.shape[0], A.dtype, A.device)
+        self.A = A
+
+    def _matvec(self, v):
+        return self.A @ v
+
+
 def snapshot(model):
     return {name: (p.detach().clone(), p.requires_grad) for name, p in model.named_parameters()}
 
@@ -87,7 +98,8 @@ def assert_untouched(model, before):
 def test_hvp_matches_exact_hessian(loss):
     model, x, y = make_problem(1 + LOSSES.index(loss))
     H = exact_hessian(model, x, y, loss)
-    hvp, n = hvp_fn(model, x, y, loss=loss)
+    op = HessianOperator(model, x, y, loss=loss)
+    hvp, n = op.matvec, op.n
     assert n == 39 and H.shape == (n, n)
     gen = torch.Generator().manual_seed(11)
     for _ in range(3):
@@ -122,18 +134,20 @@ def test_lanczos_converges_before_n_and_stops_on_breakdown():
     Qm, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
     spectrum = torch.cat([torch.tensor([5.0, 4.0]), torch.linspace(-1.0, 1.0, n - 2, dtype=torch.float64)])
     A = Qm @ torch.diag(spectrum) @ Qm.T
-    res = lanczos(lambda v: A @ v, n, iters=30, seed=0, return_eigenvectors=True)
+    # k = iters: every Ritz value and vector, largest first
+    res = lanczos_top(MatrixOperator(A), k=30, iters=30, tol=None, seed=0, return_eigenvectors=True)
     assert res.steps == 30 and res.eigenvectors.shape == (30, n)
-    assert np.all(np.diff(res.eigenvalues) >= 0)
-    np.testing.assert_allclose(res.eigenvalues[-2:], [4.0, 5.0], rtol=1e-10)
-    assert_close(A @ res.eigenvectors[-1], 5.0 * res.eigenvectors[-1], atol=1e-6, rtol=0)
+    assert np.all(np.diff(res.eigenvalues) <= 0)
+    np.testing.assert_allclose(res.eigenvalues[:2], [5.0, 4.0], rtol=1e-10)
+    top = torch.from_numpy(res.eigenvectors[0])
+    assert_close(A @ top, 5.0 * top, atol=1e-6, rtol=0)
     # Three distinct eigenvalues: the Krylov space is invariant after 3 steps.
     B = Qm @ torch.diag(torch.tensor([3.0] * 50 + [1.0] * 50 + [-2.0] * 100, dtype=torch.float64)) @ Qm.T
-    res = lanczos(lambda v: B @ v, n, iters=30, seed=0)
+    res = lanczos_top(MatrixOperator(B), k=30, iters=30, tol=None, seed=0)
     assert res.steps == 3
-    np.testing.assert_allclose(res.eigenvalues, [-2.0, 1.0, 3.0], rtol=1e-10)
+    np.testing.assert_allclose(res.eigenvalues, [3.0, 1.0, -2.0], rtol=1e-10)
     # iters beyond n is clipped to n.
-    assert lanczos(lambda v: A[:5, :5] @ v, 5, iters=30, seed=0).steps == 5
+    assert lanczos_top(MatrixOperator(A[:5, :5]), iters=30, tol=None, seed=0).steps == 5
 
 
 def operator_with_spectrum(spectrum: torch.Tensor, seed: int) -> torch.Tensor:
@@ -153,19 +167,18 @@ def test_lanczos_tol_stops_at_first_certified_step(seed, k, tol):
     spectrum = torch.cat([torch.tensor([10.0, 9.5, 9.2, 9.0], dtype=torch.float64), bulk])
     A = operator_with_spectrum(spectrum, seed)
     exact = np.sort(spectrum.numpy())[::-1]
-    res = lanczos(lambda v: A @ v, 300, iters=200, seed=seed, k=k, tol=tol, return_eigenvectors=True)
-    top = np.argsort(res.eigenvalues)[::-1][:k]
-    theta, Y = res.eigenvalues[top], res.eigenvectors[torch.from_numpy(top.copy())]
+    res = lanczos_top(MatrixOperator(A), iters=200, seed=seed, k=k, tol=tol, return_eigenvectors=True)
+    theta, Y = res.eigenvalues, torch.from_numpy(res.eigenvectors)
     # The reported residuals are the true ones, |A y - theta y|, computed here directly.
     direct = (Y @ A - torch.from_numpy(theta)[:, None] * Y).norm(dim=1).numpy()
-    np.testing.assert_allclose(res.residuals[top], direct, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(res.residuals, direct, rtol=1e-6, atol=1e-12)
+    assert res.residual == pytest.approx(float(np.max(direct / np.abs(theta))), rel=1e-6)
     assert np.all(direct <= tol * np.abs(theta))
     # The bound holds: each theta is within tol of an eigenvalue (here, of the true i-th largest).
     assert np.all(np.abs(theta - exact[:k]) <= tol * np.abs(theta))
     # It stopped at the first step where the bound held: one step fewer does not certify.
-    fewer = lanczos(lambda v: A @ v, 300, iters=res.steps - 1, seed=seed)
-    top_fewer = np.argsort(fewer.eigenvalues)[::-1][:k]
-    assert np.any(fewer.residuals[top_fewer] > tol * np.abs(fewer.eigenvalues[top_fewer]))
+    fewer = lanczos_top(MatrixOperator(A), k=k, iters=res.steps - 1, tol=None, seed=seed)
+    assert np.any(fewer.residuals > tol * np.abs(fewer.eigenvalues))
     assert 5 <= res.steps < 200  # not trivially short, nor run to the cap
 
 
@@ -176,17 +189,17 @@ def test_warm_start_from_nearby_eigenvectors_saves_steps():
     A = operator_with_spectrum(spectrum, 3)
     E = torch.randn(400, 400, generator=gen, dtype=torch.float64)
     B = A + 0.05 * (E + E.T) / 400**0.5  # the next checkpoint's Hessian: a small symmetric change
-    before = lanczos(lambda v: A @ v, 400, iters=100, k=2, tol=1e-8, return_eigenvectors=True)
-    warm = before.eigenvectors.flip(0)[:2]  # A's top two eigenvectors
+    before = lanczos_top(MatrixOperator(A), iters=100, k=2, tol=1e-8, return_eigenvectors=True)
+    warm = before.eigenvectors  # A's top two eigenvectors
     exact = torch.linalg.eigvalsh(B).flip(0)[:2].numpy()
-    cold = lanczos(lambda v: B @ v, 400, iters=100, seed=1, k=2, tol=1e-4)
-    hot = lanczos(lambda v: B @ v, 400, iters=100, seed=1, k=2, tol=1e-4, warm=warm)
+    cold = lanczos_top(MatrixOperator(B), iters=100, seed=1, k=2, tol=1e-4)
+    hot = lanczos_top(MatrixOperator(B), iters=100, seed=1, k=2, tol=1e-4, warm=warm)
     for res in (cold, hot):
-        np.testing.assert_allclose(np.sort(res.eigenvalues)[::-1][:2], exact, rtol=1e-4)
+        np.testing.assert_allclose(res.eigenvalues, exact, rtol=1e-4)
     assert hot.steps < 0.8 * cold.steps
     # The warm start keeps a random part: a top direction missing from `warm` is still found.
-    hidden = lanczos(lambda v: B @ v, 400, iters=100, seed=1, k=1, tol=1e-4, warm=warm[1:])
-    np.testing.assert_allclose(hidden.eigenvalues.max(), exact[0], rtol=1e-4)
+    hidden = lanczos_top(MatrixOperator(B), iters=100, seed=1, k=1, tol=1e-4, warm=warm[1:])
+    np.testing.assert_allclose(hidden.eigenvalues[0], exact[0], rtol=1e-4)
 
 
 def test_top_eigenvalues_tol_on_a_network():
@@ -229,12 +242,13 @@ def test_hutchinson_stderr_and_relative_stopping_rule():
     A = G @ G.T / 30 + torch.diag(torch.linspace(0.0, 2.0, 30, dtype=torch.float64))
     probes = []
 
-    def recording(v):
-        probes.append(v.clone())
-        return A @ v
+    class Recording(MatrixOperator):
+        def _matvec(self, v):
+            probes.append(v.clone())
+            return self.A @ v
 
     tol, lo, hi = 0.03, 5, 400
-    out = hutchinson_trace(recording, 30, tol=tol, min_samples=lo, max_samples=hi, seed=2)
+    out = hutchinson_trace(Recording(A), tol=tol, min_samples=lo, max_samples=hi, seed=2)
     z = torch.stack(probes)  # (n_samples, 30)
     assert out["n_samples"] == len(z) and lo <= len(z) < hi
     assert torch.all(z.abs() == 1)
@@ -278,11 +292,13 @@ def test_top_eigenvalues_are_largest_algebraic():
 def test_hutchinson_uses_rademacher_probes():
     # z^T D z = tr(D) exactly for +-1 probes and diagonal D: zero variance, stop at min_samples.
     d = torch.linspace(-1.0, 3.0, 50, dtype=torch.float64)
-    out = hutchinson_trace(lambda v: d * v, 50, tol=1e-9, min_samples=4, max_samples=100, seed=0)
+    out = hutchinson_trace(MatrixOperator(torch.diag(d)), tol=1e-9, min_samples=4, max_samples=100, seed=0)
     assert out["n_samples"] == 4 and out["stderr"] < 1e-12
     assert out["trace"] == pytest.approx(float(d.sum()), rel=1e-12)
     with pytest.raises(ValueError):
-        hutchinson_trace(lambda v: v, 5, min_samples=10, max_samples=5)
+        hutchinson_trace(MatrixOperator(torch.eye(5, dtype=torch.float64)), min_samples=10, max_samples=5)
+    # Left to its default, min_samples (10) is capped at max_samples: the schema allows 2.
+    assert hutchinson_trace(MatrixOperator(torch.diag(d)), tol=1e-9, max_samples=4)["n_samples"] == 4
 
 
 BASE_KEYS = {"top_eigenvalues", "sharpness", "lanczos_steps", "lanczos_residual", "hessian_trace", "hessian_trace_stderr", "hutchinson_samples",
@@ -307,7 +323,7 @@ def test_compute_curvature_consistent():
     assert out["n_params"] == 39 and out["n_examples"] == N_EXAMPLES and out["wall_s"] > 0
     # Softmax ignores a shift of all logits, so this H has a repeated zero eigenvalue and Lanczos
     # breaks down before 39 steps: count the steps on the same start vector.
-    steps = lanczos(lambda v: H @ v, 39, iters=1000, seed=5).steps
+    steps = lanczos_top(MatrixOperator(H), iters=1000, tol=None, seed=5).steps
     assert steps < 39 and out["hvp_count"] == steps + out["hutchinson_samples"] and out["lanczos_steps"] == steps
     assert out["lanczos_residual"] < 1e-8  # breakdown: the Ritz values are exact
     trace = hessian_trace(model, x, y, tol=0.05, max_samples=50, seed=5)
@@ -325,7 +341,8 @@ def test_compute_curvature_consistent():
 def test_float32_model_matches_float64():
     model64, x, y = make_problem(70)
     model32 = copy.deepcopy(model64).float()
-    hvp, n = hvp_fn(model32, x.float(), y)
+    op = HessianOperator(model32, x.float(), y)
+    hvp, n = op.matvec, op.n
     assert hvp(torch.ones(n)).dtype == torch.float32
     top32 = top_eigenvalues(model32, x.float(), y, tol=None, iters=39)
     top64 = top_eigenvalues(model64, x, y, tol=None, iters=39)
@@ -476,14 +493,16 @@ def test_slq_moments_exact_and_monte_carlo():
     e = torch.randn(n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     e = e / e.norm()
     for iters, orders in ((n, range(7)), (3, range(6))):  # exact up to order 2 * steps - 1
-        nodes, weights = slq(lambda v: H @ v, n, iters=iters, start=e)
+        dens = slq_density(MatrixOperator(H), iters=iters, start=e)
+        nodes, weights = dens["nodes"], dens["weights"]
         assert len(nodes) == len(weights) == iters
         for m in orders:
             want = float(e @ torch.linalg.matrix_power(H, m) @ e)
             assert float(weights @ nodes**m) == pytest.approx(want, rel=1e-8, abs=1e-12), (iters, m)
     # Rademacher starts: z^T D^m z / n = tr(D^m) / n exactly for diagonal D.
     d = torch.linspace(-1.0, 2.0, 20, dtype=torch.float64)
-    nodes, weights = slq(lambda v: d * v, 20, iters=20, runs=3, seed=0)
+    dens = slq_density(MatrixOperator(torch.diag(d)), iters=20, runs=3, seed=0)
+    nodes, weights = dens["nodes"], dens["weights"]
     assert weights.sum() == pytest.approx(1.0, rel=1e-12)
     for m in (1, 2, 3):
         assert float(weights @ nodes**m) == pytest.approx(float((d**m).mean()), rel=1e-9)
@@ -549,7 +568,7 @@ def test_compute_curvature_extras_match_the_standalone_measures():
     assert out["layer_sharpness"] == layer_top_eigenvalues(model, x, y, seed=3)
     # Every HVP is counted: Lanczos, Hutchinson, one for the update, SLQ steps, block Lanczos steps.
     H, at = exact_hessian(model, x, y, "cross_entropy"), np.cumsum([0] + [p.numel() for p in model.parameters()])
-    block_steps = sum(lanczos(lambda v, b=H[a:e, a:e]: b @ v, e - a, iters=min(20, e - a), seed=3).steps
+    block_steps = sum(lanczos_top(MatrixOperator(H[a:e, a:e]), iters=min(20, e - a), tol=None, seed=3).steps
                       for a, e in zip(at[:-1], at[1:]))  # 20 per block, fewer where one breaks down
     assert block_steps < sum(min(20, p.numel()) for p in model.parameters())
     assert out["hvp_count"] == base["hvp_count"] + 1 + len(dens["nodes"]) + block_steps
@@ -636,7 +655,8 @@ def test_top_eigenvalues_and_trace_on_real_architectures_match_the_dense_hessian
     H = dense_hessian(model, x, y)
     n = H.shape[0]
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    hvp, m = hvp_fn(model, x, y)
+    op = HessianOperator(model, x, y)
+    hvp, m = op.matvec, op.n
     assert m == n == sum(p.numel() for p in model.parameters())
     v = torch.randn(n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     assert_close(hvp(v), H @ v, rtol=1e-9, atol=1e-10 * float(H.abs().max()))
@@ -645,7 +665,7 @@ def test_top_eigenvalues_and_trace_on_real_architectures_match_the_dense_hessian
     np.testing.assert_allclose(vals, exact, rtol=1e-7)
     assert vecs.shape == (2, n)
     tr = hessian_trace(model, x, y, min_samples=30, max_samples=30, seed=2)
-    dense = hutchinson_trace(lambda z: H @ z, n, min_samples=30, max_samples=30, seed=2)  # the same probes
+    dense = hutchinson_trace(MatrixOperator(H), min_samples=30, max_samples=30, seed=2)  # the same probes
     assert tr["trace"] == pytest.approx(dense["trace"], rel=1e-9)
     assert abs(tr["trace"] - float(H.trace())) <= 4 * tr["stderr"]
     for k, before in state.items():  # buffers and parameters untouched
@@ -659,7 +679,8 @@ def test_hvps_through_pytorch_attention_need_the_math_kernel():
     g = torch.autograd.grad(per_example_loss(model(x), y).mean(), params, create_graph=True)
     with pytest.raises(RuntimeError, match="flash_attention"):
         torch.autograd.grad(g, params, grad_outputs=[torch.ones_like(p) for p in params], allow_unused=True)
-    hvp, n = hvp_fn(model, x, y)
+    op = HessianOperator(model, x, y)
+    hvp, n = op.matvec, op.n
     named = list(model.named_parameters())
     theta = torch.cat([p.detach().reshape(-1) for _, p in named])
 
@@ -697,7 +718,7 @@ def test_frozen_parameters_are_left_out():
     assert out["n_params"] == 19 and out["eigenvectors"].shape == (2, 19)
     np.testing.assert_allclose(out["top_eigenvalues"], exact, rtol=1e-8)
     assert out["hessian_trace"] == pytest.approx(
-        hutchinson_trace(lambda z: H @ z, 19, min_samples=10, max_samples=10, seed=1)["trace"], rel=1e-10)
+        hutchinson_trace(MatrixOperator(H), min_samples=10, max_samples=10, seed=1)["trace"], rel=1e-10)
     assert list(out["layer_sharpness"]) == ["0.bias", "2.weight", "2.bias"]
     trainable = [p for p in model.parameters() if p.requires_grad]
     sq = [sum(float(g.pow(2).sum()) for g in torch.autograd.grad(per_example_loss(model(x[i:i + 1]), y[i:i + 1])[0],
@@ -741,8 +762,8 @@ def same(a, b):
 
 
 MEASURES = {
-    "hvp_fn": lambda m, x, y, **kw: hvp_fn(m, x, y, **kw)[0](torch.ones(sum(p.numel() for p in m.parameters()),
-                                                                       dtype=torch.float64)),
+    "hessian_operator": lambda m, x, y, **kw: HessianOperator(m, x, y, **kw).matvec(
+        torch.ones(sum(p.numel() for p in m.parameters()), dtype=torch.float64)),
     "top_eigenvalues": lambda m, x, y, **kw: top_eigenvalues(m, x, y, k=1, iters=8, **kw),
     "hessian_trace": lambda m, x, y, **kw: hessian_trace(m, x, y, max_samples=4, min_samples=4, **kw),
     "spectral_density": lambda m, x, y, **kw: spectral_density(m, x, y, iters=5, **kw),
@@ -911,37 +932,23 @@ def test_algorithms_take_any_operator(kind):
     op = make_operator(kind, model, x, y)
     A = as_matrix(op)
     exact = torch.linalg.eigvalsh(A).flip(0).numpy()
-    top = curvature.lanczos_top(make_operator(kind, model, x, y), k=2, iters=op.n, tol=1e-9, seed=1,
-                                return_eigenvectors=True)
+    top = lanczos_top(make_operator(kind, model, x, y), k=2, iters=op.n, tol=1e-9, seed=1, return_eigenvectors=True)
     np.testing.assert_allclose(top.eigenvalues, exact[:2], rtol=1e-7)
     assert top.residual <= 1e-9 and top.steps < op.n  # stopped by the certificate, before n steps
     for value, vec in zip(top.eigenvalues, top.eigenvectors):
         assert_close(A @ torch.from_numpy(vec), value * torch.from_numpy(vec), rtol=0, atol=1e-6 * abs(value))
     fresh = make_operator(kind, model, x, y)
-    tr = curvature.hutchinson(fresh, tol=1e-9, min_samples=40, max_samples=40, seed=3)
-    same_probes = hutchinson_trace(lambda z: A @ z, op.n, tol=1e-9, min_samples=40, max_samples=40, seed=3)
+    tr = hutchinson_trace(fresh, tol=1e-9, min_samples=40, max_samples=40, seed=3)
+    same_probes = hutchinson_trace(MatrixOperator(A), tol=1e-9, min_samples=40, max_samples=40, seed=3)
     assert tr["trace"] == pytest.approx(same_probes["trace"], rel=1e-9) and fresh.matvecs == 40
     assert abs(tr["trace"] - float(A.trace())) <= 4 * tr["stderr"]
     # SLQ from one start vector v: sum_j w_j theta_j^m = v^T A^m v / |v|^2 for m <= 2 steps - 1
-    dens = curvature.slq_density(make_operator(kind, model, x, y), iters=6, seed=4)
+    dens = slq_density(make_operator(kind, model, x, y), iters=6, seed=4)
     v = (torch.randint(0, 2, (op.n,), generator=torch.Generator().manual_seed(4)) * 2 - 1).double()
     for m in (1, 2, 3, 5):
         want = float(v @ torch.linalg.matrix_power(A, m) @ v / (v @ v))
         assert float(np.sum(dens["weights"] * dens["nodes"] ** m)) == pytest.approx(want, rel=1e-8)
     assert dens["steps"] == 6
-
-
-class MatrixOperator(CurvatureOperator):
-    """A dense symmetric matrix as an operator: a spectrum known in advance."""
-
-    name = "matrix"
-
-    def __init__(self, A):
-        super().__init__(A.shape[0], A.dtype, A.device)
-        self.A = A
-
-    def _matvec(self, v):
-        return self.A @ v
 
 
 def marchenko_pastur_cdf(t, ratio):
@@ -978,7 +985,7 @@ def test_slq_recovers_spikes_and_a_marchenko_pastur_bulk(seed):
     edge = (1 + ratio**0.5) ** 2
     assert exact[-4] < edge + 0.1 and exact[-3] > edge + 5  # three outliers, the rest in the bulk
     runs = 16
-    dens = curvature.slq_density(MatrixOperator(A), iters=60, runs=runs, seed=seed)
+    dens = slq_density(MatrixOperator(A), iters=60, runs=runs, seed=seed)
     nodes, weights = dens["nodes"], dens["weights"]
     assert weights.sum() == pytest.approx(1.0, rel=1e-12)
     right = kolmogorov_distance(nodes, weights, lambda t: marchenko_pastur_cdf(t, ratio))
@@ -1008,7 +1015,7 @@ def test_compute_curvature_ggn_top_eigenvalue_and_density():
     assert out["hvp_count"] == without["hvp_count"]  # GGN products are counted apart from HVPs
     assert out["top_eigenvalues"] == without["top_eigenvalues"]
     both = compute_curvature(model, x, y, {**settings, "ggn": True, "density": True, "density_iters": 10})
-    dens = curvature.slq_density(GGNOperator(model, x, y), iters=10, seed=2)
+    dens = slq_density(GGNOperator(model, x, y), iters=10, seed=2)
     assert_close(torch.tensor(both["ggn_density"], dtype=torch.float64), torch.from_numpy(dens["density"]))
     assert both["ggn_mvp_count"] == both["ggn_lanczos_steps"] + dens["steps"]
     grid = np.asarray(both["ggn_density_grid"])
@@ -1026,3 +1033,17 @@ def test_compute_curvature_defaults_are_the_schemas():
     tiny = compute_curvature(model, x, y, {**OFF, "trace_tol": 1e-12})  # never met: runs to trace_max_samples
     assert tiny["hutchinson_samples"] == defaults["trace_max_samples"]
     assert hessian_trace(model, x, y, tol=1e-12)["n_samples"] == defaults["trace_max_samples"]
+    # one set of defaults: each algorithm's and each model-level measure's are the schema's
+    import inspect
+
+    def default(fn, name):
+        return inspect.signature(fn).parameters[name].default
+
+    for fn in (lanczos_top, top_eigenvalues):
+        assert (default(fn, "k"), default(fn, "iters"), default(fn, "tol")) == (
+            defaults["top_k"], defaults["lanczos_iters"], defaults["lanczos_tol"])
+    for fn in (hutchinson_trace, hessian_trace):
+        assert (default(fn, "tol"), default(fn, "max_samples")) == (
+            defaults["trace_tol"], defaults["trace_max_samples"])
+    for fn in (slq_density, spectral_density):
+        assert default(fn, "iters") == defaults["density_iters"]

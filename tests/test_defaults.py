@@ -51,7 +51,11 @@ MIRRORS = {
     plots: ["plots"],
     signal_plots: ["plots"],
     animate: ["plots"],
-    curvature: ["curvature"],  # not "train": its batch_size arguments are chunk sizes, not the minibatch
+    # curvature's modules, each against the curvature block (not "train": their batch_size arguments
+    # are chunk sizes, not the minibatch)
+    **{module: ["curvature"] for module in (curvature.lanczos, curvature.slq, curvature.hutchinson, curvature.hessian,
+                                           curvature.traces, curvature.sensitivity, curvature.replay,
+                                           curvature.measures)},
     progress: ["progress", "plots"],
 }
 

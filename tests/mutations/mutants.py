@@ -21,7 +21,8 @@ class Mutant:
 
 
 OPTIM, TRAIN, DYN = "src/gradscope/optim.py", "src/gradscope/train.py", "src/gradscope/dynamics.py"
-SIGNALS, BASE, CURV = "src/gradscope/signals.py", "src/gradscope/grad_rules/base.py", "src/gradscope/curvature.py"
+SIGNALS, BASE = "src/gradscope/signals.py", "src/gradscope/grad_rules/base.py"
+LANCZOS, CURV = "src/gradscope/curvature/lanczos.py", "src/gradscope/curvature/measures.py"
 PIPE, EXAMPLES, MODELS = "src/gradscope/pipeline.py", "src/gradscope/examples.py", "src/gradscope/models.py"
 T_OPTIM, T_EDGE = "tests/test_optim.py", "tests/test_edge_cases.py"
 T_VALUES, T_COVER = "tests/test_workflow_values.py::", "tests/test_workflow_coverage.py::"
@@ -80,7 +81,7 @@ MUTANTS = [
     Mutant("explicit_sum_first_rows", BASE, "H = self.h(s, s + step)\n            G = self.G[s : s + len(H)]",
            "H = self.h(0, step)\n            G = self.G[0 : len(H)]", (T_EDGE,),
            "every sub-batch of a Tokens sum uses the first rows"),
-    Mutant("warm_start_no_random_part", CURV, "q = w / w.norm() + mix * q", "q = w / w.norm()",
+    Mutant("warm_start_no_random_part", LANCZOS, "q = w / w.norm() + mix * q", "q = w / w.norm()",
            (T_EDGE,), "a warm start without its random part cannot find a new top direction"),
 
     # ---- glue between the rules and the library (tests/test_workflow_values.py, tests/test_workflow_coverage.py) ----
