@@ -1,7 +1,8 @@
 """Snakemake adapter for rule dashboard: see gradscope.dashboard.build_sweep_dashboard."""
+from gradscope import layout
 from gradscope.dashboard import build_sweep_dashboard
 from gradscope.logs import log_to
 
 with log_to(snakemake.log[0]):
-    build_sweep_dashboard(snakemake.wildcards.experiment, snakemake.params.runs, results="results",
+    build_sweep_dashboard(snakemake.wildcards.experiment, snakemake.params.runs, results=layout.RESULTS,
                           settings=snakemake.params.dashboard, out=snakemake.output[0])

@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gradscope import artifacts, factories
+from gradscope import artifacts, factories, layout
 from gradscope.models import InputSpec, build_model
 
 
 def checkpoint_name(step: int) -> str:
-    return f"step_{step:08d}.pt"
+    """A checkpoint's file name (step_00000006.pt): layout.BY_STEP, where it is spelled."""
+    return layout.checkpoint_name(step)
 
 
 def save(path, *, model, optimizer, step: int, spec: InputSpec, settings: dict, batch_generator=None, lr: float,

@@ -11,6 +11,8 @@ import click
 import pandas as pd
 import yaml
 
+from gradscope import layout
+
 # What `gradscope runs` lists, computed where notebooks get it too (gradscope.open_results).
 from gradscope.results import HEADLINE_COLUMNS, parse_run_name, run_folders, run_status  # noqa: E402,F401
 
@@ -25,7 +27,7 @@ def main():
 
 
 @main.command()
-@click.option("--results", type=click.Path(path_type=Path), default="results", show_default=True,
+@click.option("--results", type=click.Path(path_type=Path), default=layout.RESULTS, show_default=True,
               help="Results folder of a workflow run.")
 @click.option("--experiment", "-e", default=None, help="Only runs of this experiment.")
 def runs(results: Path, experiment: str | None):
@@ -40,10 +42,10 @@ def runs(results: Path, experiment: str | None):
     rows = runs_rows(results, experiment)
     if not rows and experiment and folders:
         known = sorted({f.parent.name for f in folders})
-        raise click.ClickException(f"no runs of experiment {experiment!r} under {results / 'runs'}; its experiments: "
+        raise click.ClickException(f"no runs of experiment {experiment!r} under {layout.runs_root(results)}; its experiments: "
                                    f"{', '.join(known)}")
     if not rows:
-        raise click.ClickException(f"no runs under {results / 'runs'}; run the workflow first (snakemake --cores 2)")
+        raise click.ClickException(f"no runs under {layout.runs_root(results)}; run the workflow first (snakemake --cores 2)")
     if any("note" in r for r in rows):  # last, where its long text does not push the figures away
         rows = [{**{k: v for k, v in r.items() if k != "note"}, "note": r.get("note", "")} for r in rows]
     from gradscope.report import fmt  # every figure as every summary prints it: – where missing or not applicable
@@ -57,17 +59,15 @@ def runs(results: Path, experiment: str | None):
 
 @main.command()
 @click.argument("run")
-@click.option("--results", type=click.Path(path_type=Path), default="results", show_default=True,
+@click.option("--results", type=click.Path(path_type=Path), default=layout.RESULTS, show_default=True,
               help="Results folder of a workflow run.")
 def show(run: str, results: Path):
     """Print one run's summary: its settings, headline figures and artifacts. RUN is e.g. grokking/wd~1.0_seed~0."""
-    from gradscope import layout
-
     folder = layout.run_dir(run, results)
     config_path = layout.in_run(folder, "config")
     if not (config_path.exists() or layout.in_run(folder, "metrics").parent.is_dir()):  # the runs `runs` lists
         known = ", ".join(f"{p.parent.name}/{p.name}" for p in run_folders(results)) or "none"
-        raise click.ClickException(f"no run {run!r} under {results / 'runs'}; known runs: {known}")
+        raise click.ClickException(f"no run {run!r} under {layout.runs_root(results)}; known runs: {known}")
     from gradscope import artifacts
 
     from gradscope.config import applicable
@@ -78,13 +78,13 @@ def show(run: str, results: Path):
     click.echo("settings:")  # as YAML, the form of the run's config.yaml
     shown = {section: settings[section] for section in ("data", "model", "optim", "train") if section in settings}
     click.echo("\n".join("  " + line for line in yaml.safe_dump(shown, sort_keys=False).splitlines()))
-    listing, damaged = [], []
-    for path in sorted((p for p in folder.rglob("*") if p.is_file() and "pca_frames" not in p.parts
+    listing, damaged, frames = [], [], Path(layout.IN_RUN["frames"]).name  # the GIF's frames: not listed
+    for path in sorted((p for p in folder.rglob("*") if p.is_file() and frames not in p.parts
                         and not p.name.startswith(".")), key=_natural):  # step=4 before step=17
         problem = artifacts.check_file(path)
         listing.append(f"  {path.relative_to(folder)}" + (f"  DAMAGED ({problem})" if problem else ""))
         damaged += [path] if problem else []
-    status = run_status(folder, logs_dir=results.parent / "logs")
+    status = run_status(folder, logs_dir=layout.logs_beside(results))
     if damaged and status["status"] != "damaged":  # this fuller check (a checkpoint's checksums) found what the quick one did not
         status = {"status": "damaged", "note": f"{damaged[0]}: {artifacts.regenerate_hint(damaged[0])}"}
     _echo_figures(folder, status)
@@ -132,7 +132,7 @@ def _echo_figures(folder: Path, status: dict) -> None:
 @click.argument("run")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default="config/config.yaml", show_default=True, help="Config file that defines the run.")
-@click.option("--results", type=click.Path(path_type=Path), default="results", show_default=True,
+@click.option("--results", type=click.Path(path_type=Path), default=layout.RESULTS, show_default=True,
               help="Results folder (the same layout as the workflow's).")
 def train_command(run: str, config_path: Path, results: Path):
     """Train one run of a config outside Snakemake, with a progress bar. RUN is e.g. grokking/wd~1.0_seed~0.
@@ -143,7 +143,7 @@ def train_command(run: str, config_path: Path, results: Path):
     """
     import logging
 
-    from gradscope import artifacts, layout, pipeline
+    from gradscope import artifacts, pipeline
     from gradscope.config import ConfigError, dataset_id, load_config_files, load_runs, run_config, train_slice
     from gradscope.train import RunLocked
 
@@ -284,7 +284,7 @@ def schema(table: str | None):
 
 
 @main.command()
-@click.option("--results", type=click.Path(path_type=Path), default="results", show_default=True,
+@click.option("--results", type=click.Path(path_type=Path), default=layout.RESULTS, show_default=True,
               help="Results folder of a workflow run.")
 @click.option("--max-examples", type=int, default=None,
               help="Training examples per run carried by the pages (default: the schema's dashboard.max_examples).")
@@ -299,7 +299,7 @@ def dashboard(results: Path, max_examples: int | None, open_: bool):
     from gradscope.dashboard.page import PROBLEM_STATUSES
 
     if not discover(results):
-        raise click.ClickException(f"no runs under {results / 'runs'}; run the workflow first (snakemake --cores 2)")
+        raise click.ClickException(f"no runs under {layout.runs_root(results)}; run the workflow first (snakemake --cores 2)")
     statuses: dict = {}
     written = build_dashboards(results, settings=None if max_examples is None else {"max_examples": max_examples},
                                statuses=statuses)

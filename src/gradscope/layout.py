@@ -2,16 +2,18 @@
 
 Patterns use Snakemake's wildcards ({dataset}, {experiment}, {run}, {step}). The rules declare
 them (`DATASET`, `RUN`, `SWEEP`, `INDEX`, `log`, `benchmark`); input functions, the CLI, the
-dashboard and the reports fill them (`run_file`, `in_run`, `sweep_file`) or read what a folder
-holds (`tables_in`, `partition_files`). The layout, for one run `{experiment}/{run}`:
+dashboard and the reports fill them (`run_file`, `in_run`, `sweep_file`, `step_file`) or read what a
+folder holds (`tables_in`, `partition_files`, `checkpoints_in`). The layout, for one run `{experiment}/{run}`:
 
     results/data/{dataset}/            train.parquet, test.parquet, meta.json
     results/runs/{experiment}/{run}/   config.yaml, report.md
-        train/                         metrics.parquet, manifest.json, dynamics.parquet, checkpoints/
+        train/                         metrics.parquet, manifest.json, dynamics.parquet,
+                                       checkpoints/step_{step:08d}.pt (resume/ while training, each
+                                       checkpoint beside its step_{step:08d}.timing.json)
         examples/step={step}/          part-0.parquet (one per checkpoint, Hive-partitioned)
         curvature/step={step}/         part-0.parquet, eigenvectors.npy
         signals/, influence/, timeline/ one table per output, summary.json
-        figures/                       PNGs, the GIF and its frames
+        figures/                       PNGs, the GIF and its frames (pca_frames/step_{step:08d}.png)
     results/sweeps/{experiment}/       runs.parquet, detectors.parquet, comparison.png, sharpness.png,
                                        report.md, dashboard.html; an intervention's interventions.parquet,
                                        effects.parquet, effects.png
@@ -21,6 +23,7 @@ holds (`tables_in`, `partition_files`). The layout, for one run `{experiment}/{r
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 RESULTS = "results"
@@ -41,6 +44,13 @@ FIGURES = ("training", "flagged", "curvature", "density", "group_losses", "loss_
 # kind; a partition holds these files.
 PARTITIONED = {"examples": "examples", "curvature": "curvature", "eigenvectors": "curvature"}
 IN_PARTITION = {"examples": "part-0.parquet", "curvature": "part-0.parquet", "eigenvectors": "eigenvectors.npy"}
+
+# Files named by their checkpoint's step, zero-padded so that names sort in step order: the
+# checkpoints in IN_RUN["checkpoints"] (and in IN_RUN["resume"] while training, each beside its
+# timing file: the wall-clock times kept out of the checkpoint, so the same state gives the same
+# bytes) and the GIF's frames in IN_RUN["frames"]. Each kind has its own suffix: no glob of one
+# matches another's files.
+BY_STEP = {"checkpoint": "step_{step:08d}.pt", "timing": "step_{step:08d}.timing.json", "frame": "step_{step:08d}.png"}
 
 IN_RUN = {
     "config": "config.yaml",
@@ -98,13 +108,23 @@ def _split(run_id: str) -> dict:
     return {"experiment": experiment, "run": run}
 
 
+def runs_root(results=RESULTS) -> Path:
+    """The folder of every run under a results root (runs/; a run is runs/<experiment>/<run>)."""
+    return Path(results) / "runs"
+
+
+def logs_beside(results=RESULTS) -> Path:
+    """The logs folder of the workflow that wrote a results root: beside it (results/../logs)."""
+    return Path(results).parent / LOGS
+
+
 def run_dir(run_id: str, results=RESULTS) -> Path:
-    return Path(results) / "runs" / run_id
+    return runs_root(results) / run_id
 
 
 def run_folders(results=RESULTS) -> list[Path]:
     """Every run folder under a results root (runs/<experiment>/<run>), whatever it holds."""
-    return sorted(p for p in (Path(results) / "runs").glob("*/*") if p.is_dir())
+    return sorted(p for p in runs_root(results).glob("*/*") if p.is_dir())
 
 
 def run_file(name: str, run_id: str, **wildcards) -> str:
@@ -134,6 +154,30 @@ def partition_file(folder, name: str, step: int) -> Path:
 def step_of(path) -> int:
     """The checkpoint step of a per-checkpoint file, from its partition folder (step=<n>)."""
     return int(Path(path).parent.name.partition("=")[2])
+
+
+def step_file(name: str, step: int) -> str:
+    """The file name of one checkpoint's `name` (checkpoint, timing, frame), e.g. step_file("checkpoint", 6)."""
+    return BY_STEP[name].format(step=int(step))
+
+
+def checkpoint_name(step: int) -> str:
+    """A checkpoint's file name in a run's train/checkpoints or train/resume (checkpoints.checkpoint_name)."""
+    return step_file("checkpoint", step)
+
+
+def checkpoints_in(folder) -> list[Path]:
+    """The checkpoint files in a folder (a run's train/checkpoints or train/resume), in name (= step) order."""
+    return sorted(Path(folder).glob(BY_STEP["checkpoint"].replace("{step:08d}", "*")))
+
+
+def checkpoint_step(path) -> int:
+    """The step of a checkpoint file, from its name (step_00000006.pt: 6)."""
+    head, _, tail = BY_STEP["checkpoint"].partition("{step:08d}")
+    found = re.fullmatch(re.escape(head) + r"(\d+)" + re.escape(tail), Path(path).name)
+    if found is None:
+        raise ValueError(f"{path} is not named as a checkpoint ({BY_STEP['checkpoint']})")
+    return int(found.group(1))
 
 
 def tables_in(folder, name: str) -> list[Path]:

@@ -256,7 +256,7 @@ class Recorder:
                                 "from its last checkpoint, or record into a new folder")
 
     def _latest(self) -> Path | None:
-        found = sorted(layout.in_run(self.folder, "checkpoints").glob("step_*.pt"))
+        found = layout.checkpoints_in(layout.in_run(self.folder, "checkpoints"))
         return found[-1] if found else None
 
     def _resume(self) -> None:

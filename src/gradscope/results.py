@@ -110,7 +110,7 @@ def run_status(folder: Path, logs_dir: Path | None = None, *, headline: bool = T
     "done": trained and analysed."""
     folder = Path(folder)
     metrics = layout.in_run(folder, "metrics")
-    resume = sorted(layout.in_run(folder, "resume").glob("step_*.pt"))
+    resume = layout.checkpoints_in(layout.in_run(folder, "resume"))
     last = f"; last resumable checkpoint {resume[-1].stem}" if resume else ""
     lock = trainer(folder)
     if lock and lock["live"]:
@@ -152,7 +152,7 @@ def run_status(folder: Path, logs_dir: Path | None = None, *, headline: bool = T
     return out
 
 
-def runs_rows(results="results", experiment: str | None = None) -> list[dict]:
+def runs_rows(results=layout.RESULTS, experiment: str | None = None) -> list[dict]:
     """One row per run under `results`: its id, varying parameters, status and headline figures
     (what `gradscope runs` prints). Failures are read from the logs/ folder beside `results`."""
     results = Path(results)
@@ -161,7 +161,7 @@ def runs_rows(results="results", experiment: str | None = None) -> list[dict]:
         exp, name = folder.parent.name, folder.name
         if experiment and exp != experiment:
             continue
-        status = run_status(folder, logs_dir=results.parent / "logs")
+        status = run_status(folder, logs_dir=layout.logs_beside(results))
         rows.append({"run": f"{exp}/{name}", **parse_run_name(name), "status": status["status"],
                      **headline_figures(status if "final_train_acc" in status else headline_of(folder)),
                      **({"note": status["note"]} if "note" in status else {})})
@@ -196,7 +196,7 @@ def headline_of(folder: Path, metrics: pd.DataFrame | None = None) -> dict:
                 metrics = attempt(lambda: artifacts.read_parquet(layout.in_run(folder, name)))
                 break
         else:
-            resume = sorted(layout.in_run(folder, "resume").glob("step_*.pt"))
+            resume = layout.checkpoints_in(layout.in_run(folder, "resume"))
             if resume:
                 from gradscope import checkpoints  # torch only for a run still in training
 
@@ -209,12 +209,12 @@ def headline_of(folder: Path, metrics: pd.DataFrame | None = None) -> dict:
     return attempt(lambda: report.headline(metrics, summary, curvature)) or {}
 
 
-def open_results(results="results", experiment: str | None = None) -> pd.DataFrame:
+def open_results(results=layout.RESULTS, experiment: str | None = None) -> pd.DataFrame:
     """Every run under a results folder, one row each, with the headline columns of `gradscope runs`
     (numbers as numbers) and `path`, the run folder for `open_run`."""
     results = Path(results)
-    if not (results / "runs").is_dir():
-        raise FileNotFoundError(f"no runs under {results / 'runs'}; run the workflow first (snakemake --cores 2)")
+    if not layout.runs_root(results).is_dir():
+        raise FileNotFoundError(f"no runs under {layout.runs_root(results)}; run the workflow first (snakemake --cores 2)")
     table = pd.DataFrame(runs_rows(results, experiment))
     if len(table):
         table.insert(1, "path", [str(layout.run_dir(r, results)) for r in table["run"]])

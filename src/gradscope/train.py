@@ -113,7 +113,7 @@ def _resume_state(store: Path, settings: dict) -> dict | None:
     Files are written atomically, so a .pt file is whole unless something else damaged it;
     one that does not load is skipped with a warning. Checkpoints of other settings are stale.
     """
-    for path in sorted(store.glob("step_*.pt"), reverse=True):
+    for path in reversed(layout.checkpoints_in(store)):
         try:
             state = checkpoints.load_state(path)
         except ValueError as e:
@@ -126,10 +126,6 @@ def _resume_state(store: Path, settings: dict) -> dict | None:
             return None
         return state
     return None
-
-
-def _timing_name(step: int) -> str:
-    return f"step_{step:08d}.timing.json"
 
 
 def _restore_wall_times(rows: list[dict], timing_path: Path) -> float:
@@ -231,7 +227,7 @@ def _train(settings: dict, train_split, test_split, spec: InputSpec, out_dir: Pa
         order, cursor = resumed["batch_order"], resumed["batch_cursor"]
         order = None if order is None else order.to(device)
         rows, first = resumed["metrics_rows"], resumed["step"]
-        wall_before = _restore_wall_times(rows, store / _timing_name(first))
+        wall_before = _restore_wall_times(rows, store / layout.step_file("timing", first))
         layer_rows = resumed["dynamics_rows"]
         plateau.load_state_dict(resumed["plateau"])
         early.best, early.bad = resumed["early_stop"]
@@ -244,7 +240,7 @@ def _train(settings: dict, train_split, test_split, spec: InputSpec, out_dir: Pa
         if step in save_at and not (resumed is not None and step == first):
             # Wall-clock times go to a file beside the checkpoint, not into it (same config, same bytes).
             artifacts.write_json({"elapsed_s": time.perf_counter() - start, "wall_s": [r["wall_s"] for r in rows]},
-                                 store / _timing_name(step))
+                                 store / layout.step_file("timing", step))
             checkpoints.save(store / checkpoints.checkpoint_name(step), model=model, optimizer=optimizer, step=step,
                              spec=spec, settings=settings, batch_generator=batches, lr=lr,
                              extra={"batch_order": order, "batch_cursor": cursor,

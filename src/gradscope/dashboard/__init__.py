@@ -151,7 +151,7 @@ def build_dashboards(results, *, settings: dict | None = None, logs_dir=None, st
     statuses: a dict to fill with each run's {"status", "detail"} as the pages show them, by run id."""
     results = Path(results)
     settings = {**default_settings(), **(settings or {})}
-    logs_dir = Path(logs_dir) if logs_dir is not None else results.resolve().parent / "logs"
+    logs_dir = Path(logs_dir) if logs_dir is not None else layout.logs_beside(results.resolve())
     experiments = discover(results)
     written = []
     for exp, run_ids in experiments.items():

@@ -95,7 +95,7 @@ def read_metrics(folder: Path) -> pd.DataFrame | None:
     for name in ("metrics", "metrics_partial"):
         if layout.in_run(folder, name).exists():
             return artifacts.read_parquet(layout.in_run(folder, name))
-    resume = sorted(layout.in_run(folder, "resume").glob("step_*.pt"))
+    resume = layout.checkpoints_in(layout.in_run(folder, "resume"))
     if resume:
         from gradscope import checkpoints  # torch only for a run still in training
 
