@@ -324,14 +324,14 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
     an optimizer gradscope does not build (optim.name custom).
     The checkpoint: see `open_checkpoint` (manifest, or checkpoints and model).
     """
-    from gradscope import curvature, data
+    from gradscope import curvature, data, operators
     from gradscope import train as training
     from gradscope.models import resolve_device
 
     dev = resolve_device(device)
     model, state = open_checkpoint(step, dataset=dataset, device=dev, manifest=manifest, checkpoints=checkpoints,
                                    model=model)
-    n_params = curvature.n_trainable(model)  # the Hessian's coordinates: trainable parameters only
+    n_params = operators.n_trainable(model)  # the Hessian's coordinates: trainable parameters only
     start = None  # the previous checkpoint's eigenvectors, checked before any work
     if warm is not None:
         start = artifacts.read_npy(warm)
@@ -427,7 +427,7 @@ def render_animation(settings: dict, *, examples_paths, detections_path, gif_pat
     flagged = detections.loc[detections["detector"] == "cos_rule", ["step", "example_id", "flagged"]]
     steps = sorted(train["step"].unique())
     Path(frames_dir).mkdir(parents=True, exist_ok=True)
-    frames = [Path(frames_dir) / f"step_{int(s):08d}.png" for s in steps]
+    frames = [Path(frames_dir) / layout.step_file("frame", s) for s in steps]
     animate.render_projection_animation(train, flagged, gif_path, frames, n_points=settings["gif_points"],
                                         frame_duration_s=settings["frame_duration_s"], dpi=settings["dpi"],
                                         title=f"{run_id}: gradient projections")

@@ -160,7 +160,7 @@ def render_run_report(run_id: str, *, config_yaml: str, head: dict, summary: dic
         *(progress_section(progress, figures.get("progress")) if progress is not None else []),
         "## Gradient projections",
         "Each example's gradient, randomly projected (fixed seed), in a PCA plane fitted once over all checkpoints; "
-        f"frames are in `figures/pca_frames/`.\n\n![Gradient projections]({figures['gif']})",
+        f"frames are in `{layout.IN_RUN['frames']}/`.\n\n![Gradient projections]({figures['gif']})",
         "## Resolved config",
         f"```yaml\n{config_yaml.rstrip()}\n```",
     ]
