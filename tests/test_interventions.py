@@ -325,6 +325,13 @@ def test_workflow_runs_an_intervention_and_a_changed_k_adds_only_its_own_jobs(tm
     report = (iv / "report.md").read_text()
     assert "## Interventions" in report and "remove 12 by `el2n`" in report and (iv / "effects.png").stat().st_size
     assert (iv / "dashboard.html").exists()
+    # a changed detector setting of the parent: its detections again, then the derived datasets and their runs;
+    # neither the parent's dataset nor its training
+    changed = copy.deepcopy(cfg)
+    changed["experiments"]["flips"]["signals"]["opposing_groups"]["top_k"] = 6
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+    jobs = planned(work)
+    assert jobs["detect_signals"] == 3 and jobs["generate_data"] == 2 and jobs["train"] == 2, jobs
     # a second k: its two datasets and runs, the stage and the intervention's reports only; nothing of the parent
     more = {**cfg, "experiments": {**cfg["experiments"], "iv": {**cfg["experiments"]["iv"], "grid": {"intervene.k": [12, 20]}}}}
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(more, sort_keys=False))
