@@ -67,3 +67,13 @@ def browser():
         pytest.skip(reason)
     yield driver
     driver.quit()
+
+
+@pytest.fixture
+def tall(browser):
+    """The session's browser, its window tall enough for a whole dashboard tab (plots and table, for a
+    screenshot), then as it was."""
+    size = browser.get_window_size()
+    browser.set_window_size(1400, 1500)
+    yield browser
+    browser.set_window_size(size["width"], size["height"])

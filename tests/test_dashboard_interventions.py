@@ -157,15 +157,6 @@ def test_an_intervention_without_its_tables_says_so(tmp_path):
 
 
 # ---- the tab in a browser --------------------------------------------------------------------------
-@pytest.fixture
-def tall(browser):
-    """The session's browser, its window tall enough for the tab's plots and table (the screenshot), then as it was."""
-    size = browser.get_window_size()
-    browser.set_window_size(1400, 1500)
-    yield browser
-    browser.set_window_size(size["width"], size["height"])
-
-
 def test_interventions_tab_draws_a_plot_per_measured_figure(tmp_path, tall):
     from test_dashboard import console_errors, figure, open_page
 

@@ -142,15 +142,6 @@ def legend(driver, fid):
     return driver.execute_script("return document.getElementById('fig-' + arguments[0]).data.map(t => t.name)", fid)
 
 
-@pytest.fixture
-def tall(browser):
-    """The session's browser, its window tall enough for the whole tab (the screenshot), then as it was."""
-    size = browser.get_window_size()
-    browser.set_window_size(1400, 1350)
-    yield browser
-    browser.set_window_size(size["width"], size["height"])
-
-
 def test_timeline_tab_draws_linked_panels(tmp_path, tall):
     from test_dashboard import console_errors, figure, open_page
 
