@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 
+from gradscope import dataset_facts
+
 BASE_MB = 800  # interpreter, torch, numpy, pandas, pyarrow: ~350 MB resident, with headroom
 MIN_RUNTIME = 10  # minutes: start-up, imports, reading and writing Parquet
 # Deliberately low rates (small models keep both far from their peaks): 5 GFLOP/s on CPU
@@ -36,35 +38,30 @@ def data_size(settings: dict) -> dict:
     data = settings["data"]
     gen = data["generator"]
     g = data[gen]
+    known = dataset_facts.split_sizes(data)  # (n_train, n_test) where the settings decide them
     if gen == "modular":
         p = int(g["p"])
-        n = p * (p - 1) if g["op"] == "div" else p * p
-        n_train = int(round(float(g["train_fraction"]) * n))
-        return {"n_train": n_train, "n_test": n - n_train, "tokens": 2, "vocab": p, "features": 0, "classes": p}
+        return {"n_train": known[0], "n_test": known[1], "tokens": 2, "vocab": p, "features": 0, "classes": p}
     if gen == "mnist1d":
-        n = 10 * (int(g["num_samples"]) // 10)
-        n_train = int(n * float(g["train_split"]))
-        size = {"n_train": n_train, "n_test": n - n_train, "features": 40, "classes": 10}
+        size = {"n_train": known[0], "n_test": known[1], "features": 40, "classes": 10}
     elif gen in ("torchvision", "files", "python"):
         # Known torchvision sets by name; anything else is sized as CIFAR-100 (60,000 colour images), generously.
         size = dict(zip(("n_train", "n_test", "features", "classes"),
                         _VISION_SIZES.get(g.get("name"), (50000, 10000, 3072, 100))))
     elif gen == "digits":  # scikit-learn's 1,797 8x8 images
-        n_train = int(round(float(g["train_fraction"]) * DIGITS))
-        size = {"n_train": n_train, "n_test": DIGITS - n_train, "features": 64, "classes": 10}
+        size = {"n_train": known[0], "n_test": known[1], "features": 64, "classes": 10}
     elif gen == "opposing_features":
-        size = {"n_train": int(g["n_train"]), "n_test": int(g["n_test"]), "features": int(g["side"]) ** 2,
+        size = {"n_train": known[0], "n_test": known[1], "features": int(g["side"]) ** 2,
                 "classes": int(g["n_classes"])}
     else:  # planted_flips
-        size = {"n_train": int(g["n_train"]), "n_test": int(g["n_test"]),
-                "features": int(g["n_features"]), "classes": int(g["n_classes"])}
+        size = {"n_train": known[0], "n_test": known[1], "features": int(g["n_features"]),
+                "classes": int(g["n_classes"])}
     for split in ("train", "test"):
         if g.get(f"subsample_{split}") is not None:
             size[f"n_{split}"] = min(size[f"n_{split}"], int(g[f"subsample_{split}"]))
     return {"tokens": 0, "vocab": 0, **size}
 
 
-DIGITS = 1797  # scikit-learn's digits
 # torchvision dataset name -> (train examples, test examples, input numbers, classes)
 _VISION_SIZES = {"CIFAR10": (50000, 10000, 3072, 10), "CIFAR100": (50000, 10000, 3072, 100),
                  "MNIST": (60000, 10000, 784, 10), "FashionMNIST": (60000, 10000, 784, 10),

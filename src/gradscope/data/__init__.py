@@ -1,0 +1,75 @@
+"""Dataset generators and loading.
+
+- `planted_flips`: Gaussian features labelled by a random teacher (linear, or a small random
+  MLP), with a fraction of training labels flipped to another class. The flipped ids are
+  the planted ground truth for detectors.
+- `modular`: every pair (a, b) labelled (a op b) mod p, split at random into train and test:
+  the algorithmic task of grokking (Power et al. 2022, arXiv 2201.02177).
+- `opposing_features`: small synthetic images whose classes carry a weak class pattern and a
+  strong "background" patch that co-occurs mostly, but not always, with one class, so two
+  planted groups (the minority with the other class's background) exist by construction.
+- `digits`: scikit-learn's bundled 8x8 handwritten digits (real data, no download), with
+  optional planted label noise.
+- `mnist1d`: the MNIST-1D benchmark (Greydanus 2020, arXiv 2011.14439; PyPI `mnist1d`),
+  generated from the package's templates by its own code with a fixed seed: nothing is fetched.
+
+Sources of the user's data (`SOURCES`):
+- `torchvision`: a torchvision classification dataset by class name (CIFAR10, MNIST, SVHN, ...)
+  from a root folder; images become float32 (C, H, W) in [0, 1].
+- `files`: arrays from a `.npz` or Parquet file (one per split, or one with a split column).
+- `python`: a "module:function" of the user's that returns the two splits.
+
+These four share one finishing step (`labelled_dataset`): a seeded subsample of either split,
+planted label noise on the training split (the flipped ids are the planted truth, as for
+`digits`), and standardization fitted on the training split, per feature or per channel;
+optionally a planted spurious feature (a patch, stripe or channel per class) that agrees with
+the label on a set fraction of training examples, its groups (aligned, conflicting) the
+planted truth. Their inputs keep their shape: `meta["input"]["shape"]` is the per-example
+shape the model receives ([1, 40] for MNIST-1D, [C, H, W] for images); the Parquet `x`
+column stays flat.
+
+A dataset is two DataFrames (train, test) with `example_id`, the inputs, `label` and
+`planted`, plus a `meta` dict (generator config, input description, planted ids).
+
+Dense generators take `standardize`: each input feature is shifted and scaled by the mean and
+(population) standard deviation of the *training* split, and the same map is applied to the
+test split; a feature constant on the training split is only centred (its std is stored as 1).
+The fitted `{"mean": [...], "std": [...]}` is kept in meta["standardize"] (None when off), so
+`x_raw = x * std + mean` undoes it.
+
+One module per concern, every name importable from here:
+
+- `gradscope.data.common`: the `Dataset` type, `standardize_inputs`, `flip_labels`;
+- `gradscope.data.generators`: the synthetic generators;
+- `gradscope.data.labelled`: the labelled sources' finishing step and the checks of their splits;
+- `gradscope.data.spurious`: the planted spurious feature;
+- `gradscope.data.sources`: MNIST-1D, torchvision, files, python (mnist1d and torchvision
+  are imported only when used);
+- `gradscope.data.dispatch`: `GENERATORS`, `SOURCES`, `generate`, `check_dataset`;
+- `gradscope.data.io`: a dataset's files, written and read back, and `load`.
+
+The sizes the settings alone decide, and `is_prime`, live in `gradscope.dataset_facts`
+(no torch: the config checks and resource estimates use them too).
+"""
+
+from gradscope.data.common import Dataset, flip_labels, standardize_inputs
+from gradscope.data.dispatch import GENERATORS, SOURCES, check_dataset, generate
+from gradscope.data.generators import (OPPOSING_GROUPS, OPS, generate_digits, generate_modular,
+                                       generate_opposing_features, generate_planted_flips, pow_mod_inverse)
+from gradscope.data.io import dataset_files, load, load_meta, load_split, split_tensors, write_dataset
+from gradscope.data.labelled import Split, as_split, check_finite, check_labels, labelled_dataset, standardize_shaped
+from gradscope.data.sources import _column_array  # noqa: F401 (gradscope.preflight reads Parquet columns with it)
+from gradscope.data.sources import (FACTORY_CONTRACT, PARQUET_SUFFIXES, file_kind, generate_mnist1d, import_torchvision,
+                                    load_files, load_python, load_torchvision)
+from gradscope.data.spurious import (SPURIOUS_GROUPS, plant_spurious, refuse_noise_with_spurious, spurious_attributes,
+                                     spurious_kind, spurious_masks)
+
+__all__ = [
+    "FACTORY_CONTRACT", "GENERATORS", "OPPOSING_GROUPS", "OPS", "PARQUET_SUFFIXES", "SOURCES", "SPURIOUS_GROUPS",
+    "Dataset", "Split", "as_split", "check_dataset", "check_finite", "check_labels", "dataset_files", "file_kind",
+    "flip_labels", "generate", "generate_digits", "generate_mnist1d", "generate_modular", "generate_opposing_features",
+    "generate_planted_flips", "import_torchvision", "labelled_dataset", "load", "load_files", "load_meta",
+    "load_python", "load_split", "load_torchvision", "plant_spurious", "pow_mod_inverse", "refuse_noise_with_spurious",
+    "split_tensors", "spurious_attributes", "spurious_kind", "spurious_masks", "standardize_inputs",
+    "standardize_shaped", "write_dataset",
+]
