@@ -235,6 +235,16 @@ def test_a_bad_intervention_is_named_before_any_job(intervention, parent, match)
         _runs(intervention, parent)
 
 
+def test_the_loss_trajectory_scores_are_named_as_its_detections_name_them():
+    runs = _runs({"intervene": {"parent": "flips", "detector": "loss_increasing", "k": 5}})
+    assert {r.settings["intervene"]["detector"] for r in runs if r.experiment == "iv"} == {"loss_increasing"}
+    with pytest.raises(ConfigError, match="'loss_decreasing' is not run by the parent"):
+        _runs({"intervene": {"parent": "flips", "detector": "loss_decreasing", "k": 5}},
+              {**PARENT, "signals": {"detectors": ["el2n"]}})
+    with pytest.raises(ConfigError, match="loss_trajectory"):
+        _runs({"intervene": {"parent": "flips", "detector": "loss_trajectory", "k": 5}})
+
+
 def test_an_intervention_cannot_be_a_parent():
     with pytest.raises(ConfigError, match="'iv' is itself an intervention"):
         _runs({"intervene": {"parent": "flips", "detector": "el2n", "k": 5}},

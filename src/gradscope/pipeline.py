@@ -185,6 +185,7 @@ def detect_signals(settings: dict, *, examples_paths, meta_path, metrics_path, o
     detections = signals.detect(tr, settings)
     evaluation = scoring.evaluate(detections, planted)
     groups, pairs, group_losses = opposing.find_groups(tr, **settings["opposing_groups"])
+    changes = opposing.loss_changes(tr)
     per_example = signals.per_example(tr, planted, planted_groups)
     events = signals.generalization_events(metrics, train_threshold=settings["generalization"]["train_acc"],
                                            test_threshold=settings["generalization"]["test_acc"])
@@ -198,14 +199,15 @@ def detect_signals(settings: dict, *, examples_paths, meta_path, metrics_path, o
         "planted_groups": sorted(planted_groups) if planted_groups else [],
         "per_step": evaluation.to_dict(orient="records"),
         "generalization": {**events, "flagged_around": around.to_dict(orient="records")},
-        "groups": scoring.evaluate_groups(groups, pairs, planted, planted_groups),
+        "groups": {**scoring.evaluate_groups(groups, pairs, planted, planted_groups),
+                   "top_pairs": scoring.top_pair_summary(groups, pairs, changes, planted_groups)},
         "headline": signals_headline(evaluation, per_example, pairs, planted),
     }
     provenance = {"signals": settings}
     for name, table, schema in (("detections", detections, artifacts.DETECTIONS), ("evaluation", evaluation, artifacts.EVALUATION),
                                 ("groups", groups, artifacts.GROUPS), ("group_pairs", pairs, artifacts.GROUP_PAIRS),
                                 ("group_losses", group_losses, artifacts.GROUP_LOSSES),
-                                ("loss_changes", opposing.loss_changes(tr), artifacts.LOSS_CHANGES),
+                                ("loss_changes", changes, artifacts.LOSS_CHANGES),
                                 ("per_example", per_example, artifacts.PER_EXAMPLE)):
         artifacts.write_parquet(table, out[name], schema, table=name, run_id=run_id, config=provenance)
     artifacts.write_json(summary, out["summary"])

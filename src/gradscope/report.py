@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from gradscope import layout, signals
+from gradscope import layout, scoring, signals
 
 # The edge-of-stability criterion of the headline (edge_step_reached, edge_tail_max_rel_dev,
 # edge_at_edge): sharpness within EDGE_TOLERANCE of 2/lr over the last EDGE_TAIL of training.
@@ -202,6 +202,40 @@ def detector_table(per_step: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def top_pairs_text(top: dict | None) -> list[str]:
+    """The top opposing pair of each interval against two or more named planted groups
+    (`scoring.top_pair_summary`): a sentence and a table; nothing where the data plants no groups."""
+    if not top or not top.get("intervals"):
+        return []
+    rows = pd.DataFrame(top["intervals"])
+    names = sorted({k for d in rows["planted_delta"] for k in d})
+    table = pd.DataFrame({
+        "interval": [f"{a}→{b}" for a, b in zip(rows["step_from"], rows["step_to"])],
+        **{f"Δloss {n}": [d.get(n) for d in rows["planted_delta"]] for n in names},
+        "opposed": rows["planted_opposed"].map({True: "yes", False: ""}),
+        "top pair": [f"{a} ({na}) vs {b} ({nb})" for a, na, b, nb in
+                     zip(rows["group_a"], rows["size_a"], rows["group_b"], rows["size_b"])],
+        "cosine": rows["cosine"],
+        "sides": [f"{sa} {ia}/{na} · {sb} {ib}/{nb}" for sa, ia, na, sb, ib, nb in
+                  zip(rows["side_a"], rows["in_side_a"], rows["size_a"], rows["side_b"], rows["in_side_b"], rows["size_b"])],
+        "side purity": rows["side_purity"],
+        "purity": rows["purity"],
+        "pair Δloss": [f"{fmt(a)} / {fmt(b)}" for a, b in zip(rows["mean_delta_a"], rows["mean_delta_b"])],
+    })
+    opposed = (f"over the {top['n_opposed']} intervals where the planted groups' losses move in opposite directions "
+               f"(one rises while another falls, as where a spurious feature is learned), side purity mean "
+               f"{fmt(top['opposed_mean_side_purity'])}, lowest {fmt(top['opposed_min_side_purity'])} (both groups at "
+               f"least {scoring.PURE:.0%} pure in {top['n_opposed_pure']} of them), purity mean "
+               f"{fmt(top['opposed_mean_purity'])}, lowest {fmt(top['opposed_min_purity'])}"
+               if top["n_opposed"] else "in no interval do the planted groups' losses move in opposite directions")
+    return [f"Top opposing pair of each interval (its most negative cosine) against the planted groups: each group "
+            f"stands for a different planted group (sides: its members in it / its size); side purity is the lower of "
+            f"the two groups' shares of their planted group, purity the share of all the pair's examples (1: one "
+            f"group all of one planted group, the other all of another); {opposed}. pair Δloss: each group's mean "
+            f"loss change over the interval (opposite signs: the pair in antiphase).",
+            markdown_table(table)]
+
+
 def signals_section(summary: dict, per_step: pd.DataFrame, figures: dict) -> list[str]:
     settings = summary["settings"]
     planted = summary.get("planted_count")
@@ -223,6 +257,7 @@ def signals_section(summary: dict, per_step: pd.DataFrame, figures: dict) -> lis
                    f"same selected examples: {fmt(g['chance_purity'])}); groups with a planted majority: "
                    f"{fmt(g['planted_group_purity'])}. Planted pair found as an opposing pair: {pair}."
                    if planted else "No planted truth to judge the groups against.")
+    top = top_pairs_text(g.get("top_pairs"))
     return [
         "## Per-example dynamics and opposing signals",
         "Detectors, each scoring every training example at every checkpoint (all scores in "
@@ -233,6 +268,7 @@ def signals_section(summary: dict, per_step: pd.DataFrame, figures: dict) -> lis
         markdown_table(detector_table(per_step)),
         "### Opposing groups",
         groups_text,
+        *top,
         f"![Opposing groups' losses]({figures['group_losses']})",
         f"![Loss changes]({figures['loss_changes']})",
         "### Dataset cartography",

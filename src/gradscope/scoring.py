@@ -2,8 +2,9 @@
 
 Per detector and checkpoint: AUROC and average precision of the continuous score, precision
 and recall at k = the planted count (the k highest scores), and precision and recall of the
-detector's own flags. For the opposing groups: how pure the recovered groups are and whether
-the two planted groups come out as an opposing pair.
+detector's own flags. For the opposing groups: how pure the recovered groups are, whether
+the two planted groups come out as an opposing pair, and how purely each interval's top opposing
+pair sets one planted group against another (`pair_purity`, `top_pair_summary`).
 """
 
 from __future__ import annotations
@@ -130,6 +131,110 @@ def evaluate_groups(groups: pd.DataFrame, pairs: pd.DataFrame, planted_ids, plan
         found = pairs.loc[planted_pairs(pairs, comp), "step_to"]
         out["planted_pair_found"] = bool(len(found))
         out["planted_pair_steps"] = sorted(set(int(s) for s in found))
+    return out
+
+
+def top_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Each checkpoint interval's top opposing pair: of its opposing pairs (cosine < 0), the one whose
+    groups' mean gradients are most opposed (most negative cosine; ties to the larger smaller group,
+    then the lower group numbers), `timeline.top_pair`'s rule within each interval. The rows of
+    `pairs`, one per interval that has an opposing pair, in step order."""
+    p = pairs[pairs["opposing"].astype(bool)]
+    if p.empty:
+        return p.reset_index(drop=True)
+    p = p.assign(_smaller=-np.minimum(p["size_a"].to_numpy(dtype=float), p["size_b"].to_numpy(dtype=float)))
+    best = p.sort_values(["step_from", "step_to", "cosine", "_smaller", "group_a", "group_b"], kind="stable")
+    return best.drop_duplicates(["step_from", "step_to"]).drop(columns="_smaller").reset_index(drop=True)
+
+
+PURE = 0.9  # a top pair whose groups are both at least this pure, each in its own planted group, counts as pure
+PAIR_PURITY_COLUMNS = ["step_from", "step_to", "group_a", "group_b", "size_a", "size_b", "cosine", "side_a", "side_b",
+                       "in_side_a", "in_side_b", "purity_a", "purity_b", "side_purity", "purity", "mean_delta_a",
+                       "mean_delta_b", "opposite_moves"]
+
+
+def pair_purity(groups: pd.DataFrame, pairs: pd.DataFrame, planted_groups: dict | None) -> pd.DataFrame:
+    """How well each interval's top opposing pair (`top_pairs`) sets one named planted group against
+    another (e.g. a spurious feature's aligned against its conflicting examples).
+
+    One row per interval with an opposing pair (PAIR_PURITY_COLUMNS): the pair (group_a, group_b,
+    size_a, size_b, cosine); side_a and side_b, the two different planted groups the sides stand
+    for, chosen to maximize the purity (ties: the side_purity); in_side_a (in_side_b), the members
+    of group_a (group_b) in side_a (side_b); purity_a = in_side_a / size_a and purity_b, each
+    group's share of its side; side_purity, the lower of the two (at least PURE: both groups 90%
+    pure, each in a different planted group; 0 where both groups are of one planted group);
+    purity = (in_side_a + in_side_b) / (size_a + size_b), the size-weighted share of the pair's
+    examples on their side (1: one group all of one planted group, the other all of another; a
+    large pure group beside a small impure one scores high here, but not in side_purity);
+    mean_delta_a and mean_delta_b, each group's mean loss change over the interval, and
+    opposite_moves: one rose while the other fell (the pair in antiphase over its interval).
+    Empty without two named planted groups."""
+    names = sorted(planted_groups or {})
+    if len(names) < 2 or groups.empty or pairs.empty:
+        return pd.DataFrame(columns=PAIR_PURITY_COLUMNS)
+    truth = groups.assign(truth=truth_labels(groups["example_id"], None, planted_groups))
+    counts = truth.groupby(["step_from", "step_to", "group", "truth"]).size()
+    rows = []
+    for p in top_pairs(pairs).itertuples(index=False):
+        def n(group, name):
+            return int(counts.get((p.step_from, p.step_to, group, name), 0))
+
+        size_a, size_b = int(p.size_a), int(p.size_b)
+        side_a, side_b = max(((a, b) for a in names for b in names if a != b),
+                             key=lambda s: (n(p.group_a, s[0]) + n(p.group_b, s[1]),
+                                            min(n(p.group_a, s[0]) / size_a, n(p.group_b, s[1]) / size_b)))
+        in_a, in_b = n(p.group_a, side_a), n(p.group_b, side_b)
+        rows.append({"step_from": int(p.step_from), "step_to": int(p.step_to), "group_a": int(p.group_a),
+                     "group_b": int(p.group_b), "size_a": size_a, "size_b": size_b, "cosine": float(p.cosine),
+                     "side_a": side_a, "side_b": side_b, "in_side_a": in_a, "in_side_b": in_b,
+                     "purity_a": in_a / size_a, "purity_b": in_b / size_b,
+                     "side_purity": min(in_a / size_a, in_b / size_b), "purity": (in_a + in_b) / (size_a + size_b),
+                     "mean_delta_a": float(p.mean_delta_a), "mean_delta_b": float(p.mean_delta_b),
+                     "opposite_moves": bool(p.mean_delta_a * p.mean_delta_b < 0)})
+    return pd.DataFrame(rows, columns=PAIR_PURITY_COLUMNS)
+
+
+def planted_group_changes(loss_changes: pd.DataFrame, planted_groups: dict | None) -> pd.DataFrame:
+    """Each named planted group's mean loss change over each checkpoint interval (from the
+    loss_changes table, `opposing.loss_changes`): step_from, step_to and a column per group, in
+    step order; empty without named planted groups. Where a spurious feature is learned, its
+    aligned group's loss falls while its conflicting group's rises."""
+    names = sorted(planted_groups or {})
+    if not names or loss_changes.empty:
+        return pd.DataFrame(columns=["step_from", "step_to", *names])
+    labelled = loss_changes.assign(truth=truth_labels(loss_changes["example_id"], None, planted_groups))
+    labelled = labelled[labelled["truth"].isin(names)]
+    table = labelled.groupby(["step_from", "step_to", "truth"])["delta_loss"].mean().unstack("truth")
+    return table.reindex(columns=names).rename_axis(columns=None).reset_index()
+
+
+def top_pair_summary(groups: pd.DataFrame, pairs: pd.DataFrame, loss_changes: pd.DataFrame,
+                     planted_groups: dict | None) -> dict:
+    """The signals summary's judgement of each interval's top opposing pair against the planted groups.
+
+    intervals: one record per `pair_purity` row, with planted_delta (each named planted group's mean
+    loss change over the interval, `planted_group_changes`) and planted_opposed (one of them rose
+    while another fell: where a spurious feature is learned, its aligned group's loss falls as its
+    conflicting group's rises). Over the planted_opposed intervals: n_opposed; the mean and lowest
+    size-weighted purity (opposed_mean_purity, opposed_min_purity) and side_purity
+    (opposed_mean_side_purity, opposed_min_side_purity), None where there are none; and
+    n_opposed_pure, those whose top pair has both groups at least PURE pure (side_purity)."""
+    table = pair_purity(groups, pairs, planted_groups)
+    changes = planted_group_changes(loss_changes, planted_groups).set_index(["step_from", "step_to"])
+    records = []
+    for row in table.to_dict(orient="records"):
+        delta = changes.loc[(row["step_from"], row["step_to"])] if (row["step_from"], row["step_to"]) in changes.index \
+            else pd.Series(dtype=float)
+        delta = {str(k): float(v) for k, v in delta.items() if pd.notna(v)}
+        records.append({**row, "planted_delta": delta,
+                        "planted_opposed": bool(delta) and max(delta.values()) > 0 > min(delta.values())})
+    opposed = [r for r in records if r["planted_opposed"]]
+    out = {"intervals": records, "n_opposed": len(opposed),
+           "n_opposed_pure": sum(r["side_purity"] >= PURE for r in opposed)}
+    for key, column in (("purity", "purity"), ("side_purity", "side_purity")):
+        values = [r[column] for r in opposed]
+        out[f"opposed_mean_{key}"] = float(np.mean(values)) if values else None
+        out[f"opposed_min_{key}"] = float(np.min(values)) if values else None
     return out
 
 

@@ -315,7 +315,8 @@ def _intervention_runs(exp_name: str, exp: dict, written: dict | None, experimen
             if step not in steps:
                 found.setdefault(f"bad value at {prefix}.intervene.step: {chosen['step']!r} is not a checkpoint "
                                  f"step of {source.id} (its steps: {_spans_text(steps)})", None)
-            if chosen["detector"] not in source.settings["signals"]["detectors"]:
+            method = "loss_trajectory" if chosen["detector"].startswith("loss_") else chosen["detector"]  # (its three scores)
+            if method not in source.settings["signals"]["detectors"]:
                 found.setdefault(f"bad value at {prefix}.intervene.detector: {chosen['detector']!r} is not run by "
                                  f"the parent (its signals.detectors: {', '.join(source.settings['signals']['detectors'])})",
                                  None)
