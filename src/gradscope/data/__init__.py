@@ -1,15 +1,7 @@
 """Dataset generators and loading.
 
-- `planted_flips`: Gaussian features labelled by a random teacher (linear, or a small random
-  MLP), with a fraction of training labels flipped to another class. The flipped ids are
-  the planted ground truth for detectors.
-- `modular`: every pair (a, b) labelled (a op b) mod p, split at random into train and test:
-  the algorithmic task of grokking (Power et al. 2022, arXiv 2201.02177).
-- `opposing_features`: small synthetic images whose classes carry a weak class pattern and a
-  strong "background" patch that co-occurs mostly, but not always, with one class, so two
-  planted groups (the minority with the other class's background) exist by construction.
-- `digits`: scikit-learn's bundled 8x8 handwritten digits (real data, no download), with
-  optional planted label noise.
+- The synthetic generators (`gradscope.data.generators`): `planted_flips`, `modular`,
+  `opposing_features`, `digits`.
 - `mnist1d`: the MNIST-1D benchmark (Greydanus 2020, arXiv 2011.14439; PyPI `mnist1d`),
   generated from the package's templates by its own code with a fixed seed: nothing is fetched.
 
@@ -28,14 +20,8 @@ planted truth. Their inputs keep their shape: `meta["input"]["shape"]` is the pe
 shape the model receives ([1, 40] for MNIST-1D, [C, H, W] for images); the Parquet `x`
 column stays flat.
 
-A dataset is two DataFrames (train, test) with `example_id`, the inputs, `label` and
-`planted`, plus a `meta` dict (generator config, input description, planted ids).
-
-Dense generators take `standardize`: each input feature is shifted and scaled by the mean and
-(population) standard deviation of the *training* split, and the same map is applied to the
-test split; a feature constant on the training split is only centred (its std is stored as 1).
-The fitted `{"mean": [...], "std": [...]}` is kept in meta["standardize"] (None when off), so
-`x_raw = x * std + mean` undoes it.
+A dataset is two DataFrames and a `meta` dict; what they hold and how inputs are standardized:
+`gradscope.data.common`.
 
 One module per concern, every name importable from here:
 
