@@ -336,7 +336,7 @@ def get_dashboard_inputs(wc):
         "influence": [layout.run_file(f"influence_{name}", r.id) for r in runs if r.settings["influence"]["enabled"]
                       for name in layout.INFLUENCE],
         "timeline": [layout.run_file(f"timeline_{name}", r.id) for r in runs for name in layout.TIMELINE],
-        # an intervention experiment's tables (rule interventions): its Interventions tab
+        # an intervention experiment's tables (written by the interventions stage), read by its Interventions tab
         **({name: layout.SWEEP[name].format(experiment=wc.experiment) for name in ("interventions", "effects")}
            if wc.experiment in INTERVENTIONS else {}),
     }
