@@ -58,7 +58,7 @@ def derive_data(data_config: dict, *, parent: dict, detections_path, examples_pa
         if not at:
             raise FileNotFoundError(f"missing artifact: the parent's examples table at step {spec['step']} "
                                     f"(among {', '.join(map(str, examples_paths))})")
-        examples = artifacts.read_parquet(at[0])
+        examples = artifacts.read_parquet(at[0], columns=["split", "example_id", "pred"])  # not the projections
         predictions = examples[examples["split"] == "train"].set_index("example_id")["pred"]
     chosen_planted = int(train.loc[train["example_id"].isin(chosen), "planted"].sum())
     train, test, meta = interventions.derive(train, test, meta, chosen, action=spec["action"],
@@ -561,7 +561,9 @@ def write_interventions(experiment: str, runs: list[dict], *, metrics_paths, sum
         last = max(layout.partition_files(mine(examples_paths)), key=layout.step_of)
         if run["test"] not in tests:
             tests[run["test"]] = artifacts.read_parquet(run["test"])
-        groups = interventions.group_accuracy(artifacts.read_parquet(last), tests[run["test"]])
+        # the test rows' correctness only, not the per-example projections that make up most of the table
+        groups = interventions.group_accuracy(artifacts.read_parquet(last, columns=["split", "example_id", "correct"]),
+                                              tests[run["test"]])
         rows.append({k: run[k] for k in ("id", "arm", "detector", "k", "action", "seed")}
                     | interventions.run_row(head, artifacts.read_json(timeline_path), groups))
     table = pd.DataFrame(rows).rename(columns={"id": "run_id"})
