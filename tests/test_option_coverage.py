@@ -43,6 +43,7 @@ COVERED = {
     "limits.max_checkpoints": "tests/test_preflight.py::test_too_many_checkpoints_are_refused_naming_the_key_and_the_count",
     "limits.max_train_minutes": "tests/test_preflight.py::test_planned_training_time_is_refused_or_let_through_by_the_limit",
     "limits.max_memory_mb": "tests/test_preflight.py::test_memory_limit_defaults_to_this_machine_and_can_be_raised",
+    "limits.probe_seconds": "tests/test_preflight.py::test_data_past_planning_bounds_defer_the_check_to_the_train_job_and_say_so",
     "cluster.group_checkpoint_jobs": "tests/test_resources.py::test_slurm_profile_plans_one_submission_per_run_for_its_checkpoint_jobs",
     "checkpoint_jobs": "tests/test_resources.py::test_slurm_profile_plans_one_submission_per_run_for_its_checkpoint_jobs",
     "dashboard.max_examples": "tests/test_dashboard.py::test_selection_keeps_planted_and_flagged_and_fills_to_the_cap",

@@ -137,14 +137,98 @@ def test_a_files_source_is_read_for_its_shape_and_classes(factories_here):
     load_runs(good)
 
 
-def test_a_python_data_source_is_checked_at_train_start_with_the_same_message(factories_here):
-    # Its input is known only once its factory runs: planning passes, the train job (pipeline.train) refuses.
+DATA = '''
+import os
+import numpy as np
+
+def four_classes(n=40, d=6):
+    rng = np.random.default_rng(0)
+    with open("calls.txt", "a") as f:
+        f.write("called\\n")
+    return (rng.normal(size=(n, d)).astype("float32"), np.arange(n) % 4), (rng.normal(size=(n, d)).astype("float32"), np.arange(n) % 4)
+
+def bad_label(n=40, d=6):
+    y = np.arange(n) % 3
+    y[7] = -1
+    return (np.zeros((n, d), "float32"), y), (np.zeros((n, d), "float32"), np.arange(n) % 3)
+
+def hungry(n=40, d=6):
+    block = np.ones(400 * 2**20 // 8)  # 400 MB, touched
+    more = np.ones(800 * 2**20 // 8)   # and 800 more: past the 1 GB bound
+    return (np.zeros((n, d), "float32"), np.arange(n) % 3), (np.zeros((n, d), "float32"), np.arange(n) % 3)
+
+def slow(n=40, d=6):
+    import time
+    time.sleep(30)
+    return (np.zeros((n, d), "float32"), np.arange(n) % 3), (np.zeros((n, d), "float32"), np.arange(n) % 3)
+'''
+
+
+def python_data(function: str, model: str = "wide", limits=None) -> dict:
+    return changed(model={"kind": "python", "factory": f"pf_models:{model}"}, limits=limits,
+                   data={"generator": "python", "python": {"factory": f"pf_data:{function}"}},
+                   signals={"detectors": ["high_loss"]})
+
+
+@pytest.fixture
+def data_here(factories_here):
+    (factories_here / "pf_data.py").write_text(DATA)
+    return factories_here
+
+
+def test_a_python_data_source_is_made_at_planning_and_its_model_checked(data_here, monkeypatch):
+    # Its input is known only once its factory runs: planning runs it in a watched child process.
+    assert "logits of shape (1, 6); expected (1, n_classes) = (1, 4)" in refused(python_data("four_classes"))
+    assert (data_here / "calls.txt").read_text().count("called") == 1
+    load_runs(python_data("four_classes", model="good"))
+    load_runs(python_data("four_classes", model="good"))
+    # once per version of the factory's code: the same settings and code do not run it again ...
+    assert (data_here / "calls.txt").read_text().count("called") == 1
+    probes = list((data_here / "results" / "data" / ".probe").glob("*.json"))
+    assert len(probes) == 1 and json.loads(probes[0].read_text())["input"]["n_classes"] == 4
+    # ... an edit of its code does (the factory now makes 3 classes: the 3-output model is refused)
+    (data_here / "pf_data.py").write_text(DATA.replace("np.arange(n) % 4", "np.arange(n) % 3"))
+    from gradscope import factories
+
+    monkeypatch.delitem(sys.modules, "pf_data")  # as a new planning process imports it
+    monkeypatch.setattr(factories, "_DIGESTS", {})
+    text = refused(python_data("four_classes", model="wide"))
+    assert "logits of shape (1, 5); expected (1, n_classes) = (1, 3)" in text, text
+    assert (data_here / "calls.txt").read_text().count("called") == 2
+
+
+def test_a_python_data_source_whose_data_are_bad_stops_at_planning(data_here):
+    text = refused(python_data("bad_label", model="good"))
+    assert "experiments.e.data.python.factory" in text and "'pf_data:bad_label'" in text, text
+    assert "-1" in text, text
+
+
+def test_the_train_job_checks_with_the_same_message(factories_here):
+    # Where planning could not make the data (a bound passed), pipeline.train checks the model so.
     from gradscope.models import InputSpec
 
     spec = InputSpec(kind="dense", dim=6, vocab=0, n_classes=3)
     with pytest.raises(ConfigError, match=r"model.factory: 'pf_models:wide': .* expected \(1, n_classes\) = \(1, 3\)"):
         preflight.check_model({"kind": "python", "factory": "pf_models:wide"}, spec)
     preflight.check_model({"kind": "python", "factory": "pf_models:good"}, spec)
+
+
+@pytest.mark.parametrize("function, limits, said", [
+    ("hungry", None, "more than 1024 MB, planning's bound"),
+    ("slow", {"probe_seconds": 2}, "more than limits.probe_seconds = 2 s"),
+    ("four_classes", {"probe_seconds": None}, "limits.probe_seconds is null"),
+])
+def test_data_past_planning_bounds_defer_the_check_to_the_train_job_and_say_so(data_here, caplog, function, limits,
+                                                                               said):
+    start = time.monotonic()
+    with caplog.at_level("WARNING", logger="gradscope.preflight"):
+        load_runs(python_data(function, limits=limits))  # the wide model passes planning: its data are not known
+    assert time.monotonic() - start < 25
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "data.python: the model on this data is checked when its train job starts" in warned, warned
+    assert said in warned, warned
+    assert not (data_here / "results" / "data" / ".probe").exists() or not list(
+        (data_here / "results" / "data" / ".probe").glob("*.json"))
 
 
 # ---- limits --------------------------------------------------------------------------------
@@ -252,6 +336,17 @@ def test_snakemake_refuses_a_model_with_too_many_outputs(tmp_path):
     assert proc.returncode != 0
     assert "experiments.e.model.factory: 'pf_models:wide'" in proc.stderr + proc.stdout
     assert "expected (1, n_classes) = (1, 3)" in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+def test_snakemake_refuses_a_model_that_does_not_fit_python_data_before_any_job(tmp_path):
+    work = copy_workflow(tmp_path / "wf", python_data("four_classes", model="wide"))
+    (work / "pf_models.py").write_text(MODELS)
+    (work / "pf_data.py").write_text(DATA)
+    proc = run_snakemake(work, "--cores", "1", check=False)
+    text = proc.stderr + proc.stdout
+    assert proc.returncode != 0 and "experiments.e.model.factory: 'pf_models:wide'" in text, text
+    assert "expected (1, n_classes) = (1, 4)" in text and not (work / "results" / "runs").exists(), text
 
 
 @pytest.mark.slow

@@ -142,6 +142,15 @@ def dataset_file(split: str, dataset: str, results=RESULTS) -> str:
     return (Path(results) / Path(DATASET[split].format(dataset=dataset)).relative_to(RESULTS)).as_posix()
 
 
+# What planning found by making a dataset only its code describes (gradscope.data.probe), per data
+# settings and code fingerprint: no job writes or reads it, `rm` is always safe.
+PROBE = f"{RESULTS}/data/.probe/{{key}}.json"
+
+
+def probe_file(key: str, results=RESULTS) -> str:
+    return (Path(results) / Path(PROBE.format(key=key)).relative_to(RESULTS)).as_posix()
+
+
 def sweep_file(name: str, experiment: str, results=RESULTS) -> Path:
     return Path(results) / "sweeps" / experiment / IN_SWEEP[name]
 

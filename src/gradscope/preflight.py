@@ -18,8 +18,10 @@ through `gradscope.config.load_runs`, after the schema and the cross-key checks:
   (`input_spec`): the built-in generators fix it, a `files` source is read for it (the input
   array's header or one row, and the labels in chunks for the class count), a known torchvision
   set by name. A `python` data source (or a torchvision set gradscope does not know) is only known
-  once its data are made: its model is checked at the start of its train job instead
-  (`gradscope.pipeline.train`), with the same message.
+  once its data are made: planning makes them in a watched child process (`gradscope.data.probe`:
+  at most 1 GB and `limits.probe_seconds`, once per version of the factory's code), and where
+  that passes a bound, the model is checked at the start of its train job instead
+  (`gradscope.pipeline.train`), with the same message, and a warning says so.
 - `examples.proj_dim` at most the parameters the projection covers (more would be padding), or
   at most its default on a model smaller than that.
 
@@ -32,13 +34,17 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import os
 import zipfile
 from pathlib import Path
 
 from gradscope import config as cfg
-from gradscope import layout, resources
+from gradscope import factories, layout, resources
+from gradscope.data import probe
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PROJ_DIM = 32  # the schema's examples.proj_dim default
 BUILD_LIMIT_PARAMETERS = 20_000_000  # above this a model is checked on the meta device only (no weights allocated)
@@ -186,7 +192,9 @@ def input_spec(settings: dict, results=layout.RESULTS) -> tuple[dict, str]:
     meta = Path(layout.dataset_file("meta", cfg.dataset_id(settings), results))
     if meta.is_file():
         try:
-            return dict(json.loads(meta.read_text())["input"]), f"the dataset {meta}"
+            made = json.loads(meta.read_text())
+            if made.get("code") == factories.data_code(settings["data"]):  # not made by code edited since
+                return dict(made["input"]), f"the dataset {meta}"
         except (OSError, ValueError, KeyError):
             pass  # a damaged meta file: the dataset is made again, so derive the input from the settings
     data = settings["data"]
@@ -385,6 +393,24 @@ def check_model(model: dict, spec, trainable_only: bool = True) -> None:
         raise cfg.ConfigError(f"invalid gradscope config:\n  bad value at {found[0]}: {found[1]}")
 
 
+def _probed(settings: dict, lim: dict, results) -> dict | None:
+    """The input of data only its code describes, made at planning within bounds (gradscope.data.probe);
+    None where that is deferred to the train job, said once per data settings as a warning."""
+    try:
+        return probe.input_of(settings, results=results, seconds=lim["probe_seconds"])
+    except probe.Deferred as e:
+        said = (cfg.dataset_id(settings), str(e))
+        if said not in _DEFERRED:
+            _DEFERRED.add(said)
+            gen = settings["data"]["generator"]
+            log.warning("data.%s: the model on this data is checked when its train job starts, not now: %s "
+                        "(raise limits.probe_seconds, or make its dataset first: planning then reads what it made)", gen, e)
+        return None
+
+
+_DEFERRED: set = set()
+
+
 # ---- all runs --------------------------------------------------------------------------------
 def check(config: dict, runs: list, *, build_models: bool = True, results=layout.RESULTS) -> None:
     """Every limit and model problem of the runs, at once, as one ConfigError (see the module docstring)."""
@@ -397,9 +423,10 @@ def check(config: dict, runs: list, *, build_models: bool = True, results=layout
         problems = limit_problems(s, lim, imported=bool(run.checkpoints))
         if build_models and not problems and not run.checkpoints:
             try:
-                spec, _ = input_spec(s, results)
-            except Unknown:
-                spec = None
+                try:
+                    spec, _ = input_spec(s, results)
+                except Unknown:
+                    spec = _probed(s, lim, results)  # a SourceError is the ValueError below
             except ValueError as e:
                 if not (e.args and isinstance(e.args[0], tuple)):
                     raise
