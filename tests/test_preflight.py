@@ -221,7 +221,7 @@ def test_the_train_job_checks_with_the_same_message(factories_here):
 def test_data_past_planning_bounds_defer_the_check_to_the_train_job_and_say_so(data_here, caplog, function, limits,
                                                                                said):
     start = time.monotonic()
-    with caplog.at_level("WARNING", logger="gradscope.preflight"):
+    with caplog.at_level("WARNING", logger="gradscope.data.probe"):
         load_runs(python_data(function, limits=limits))  # the wide model passes planning: its data are not known
     assert time.monotonic() - start < 25
     warned = " ".join(r.getMessage() for r in caplog.records)

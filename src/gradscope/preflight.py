@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import math
 import os
 import zipfile
@@ -43,8 +42,6 @@ from pathlib import Path
 from gradscope import config as cfg
 from gradscope import factories, layout, resources
 from gradscope.data import probe
-
-log = logging.getLogger(__name__)
 
 DEFAULT_PROJ_DIM = 32  # the schema's examples.proj_dim default
 BUILD_LIMIT_PARAMETERS = 20_000_000  # above this a model is checked on the meta device only (no weights allocated)
@@ -393,24 +390,6 @@ def check_model(model: dict, spec, trainable_only: bool = True) -> None:
         raise cfg.ConfigError(f"invalid gradscope config:\n  bad value at {found[0]}: {found[1]}")
 
 
-def _probed(settings: dict, lim: dict, results) -> dict | None:
-    """The input of data only its code describes, made at planning within bounds (gradscope.data.probe);
-    None where that is deferred to the train job, said once per data settings as a warning."""
-    try:
-        return probe.input_of(settings, results=results, seconds=lim["probe_seconds"])
-    except probe.Deferred as e:
-        said = (cfg.dataset_id(settings), str(e))
-        if said not in _DEFERRED:
-            _DEFERRED.add(said)
-            gen = settings["data"]["generator"]
-            log.warning("data.%s: the model on this data is checked when its train job starts, not now: %s "
-                        "(raise limits.probe_seconds, or make its dataset first: planning then reads what it made)", gen, e)
-        return None
-
-
-_DEFERRED: set = set()
-
-
 # ---- all runs --------------------------------------------------------------------------------
 def check(config: dict, runs: list, *, build_models: bool = True, results=layout.RESULTS) -> None:
     """Every limit and model problem of the runs, at once, as one ConfigError (see the module docstring)."""
@@ -426,7 +405,7 @@ def check(config: dict, runs: list, *, build_models: bool = True, results=layout
                 try:
                     spec, _ = input_spec(s, results)
                 except Unknown:
-                    spec = _probed(s, lim, results)  # a SourceError is the ValueError below
+                    spec = probe.input_of(s, results=results, seconds=lim["probe_seconds"])  # None: deferred
             except ValueError as e:
                 if not (e.args and isinstance(e.args[0], tuple)):
                     raise

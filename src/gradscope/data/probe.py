@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 PROBE_MEMORY_MB = 1024  # planning's bound: no planning step uses more, whatever the config says
 POLL_SECONDS = 0.05
+_SAID: set = set()  # (key, reason) of the deferrals warned of in this process
 
 
 class Deferred(Exception):
@@ -105,23 +106,32 @@ def _watch(data_slice: dict, seconds: float, memory_mb: float) -> dict:
         raise Deferred(f"the process making its data ended with code {proc.returncode} ({tail or 'no message'})")
 
 
-def input_of(settings: dict, *, results=layout.RESULTS, seconds: float | None) -> dict:
-    """The dataset's `meta["input"]` ({kind, dim, vocab, n_classes, shape}) as its source makes it.
-
-    Raises Deferred (seconds None, or a bound passed: the check waits for the train job) or
-    SourceError((key, text)) where the source fails on these settings."""
+def input_of(settings: dict, *, results=layout.RESULTS, seconds: float | None) -> dict | None:
+    """The dataset's `meta["input"]` ({kind, dim, vocab, n_classes, shape}) as its source makes it;
+    None where a bound is passed (or `seconds` is None): the check waits for the train job, and a
+    warning (once per data settings and reason) says so. Raises SourceError((key, text)) where the
+    source fails on these settings."""
     from gradscope.config import data_slice
 
     data = {k: v for k, v in data_slice(settings).items() if k != "intervene"}  # a derived set has its parent's input
     gen = data["generator"]
-    if seconds is None:
-        raise Deferred("limits.probe_seconds is null")
     code = factories.data_code(data)
-    path = Path(layout.probe_file(_key(data, code), results))
+    key = _key(data, code)
+    path = Path(layout.probe_file(key, results))
     try:
         found = json.loads(path.read_text())
     except (OSError, ValueError):
-        found = _watch(data, float(seconds), PROBE_MEMORY_MB)
+        try:
+            if seconds is None:
+                raise Deferred("limits.probe_seconds is null")
+            found = _watch(data, float(seconds), PROBE_MEMORY_MB)
+        except Deferred as e:
+            if (key, str(e)) not in _SAID:
+                _SAID.add((key, str(e)))
+                log.warning("data.%s: the model on this data is checked when its train job starts, not now: %s "
+                            "(raise limits.probe_seconds, or make its dataset first: planning then reads what it "
+                            "made)", gen, e)
+            return None
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(found))
