@@ -190,11 +190,11 @@ def test_conv1d_gram_path_without_unfolding(stride, padding, dilation, projectio
     # (SampledHadamard.add_token_sums), its columns side mixed by a convolution with the side's dense
     # map, or (DENSE_SIDE_BELOW 1) by the factored transforms on unfolded patches; at k = 400 both
     # convolutions' weights (384 entries each) take the signed injection, from explicit gradients.
-    from gradscope import projection as pj
+    from gradscope import hadamard
     from gradscope.grad_rules import base, conv
 
     monkeypatch.setattr(conv, "RESIDUE_MIN_LENGTH", residue_min)
-    monkeypatch.setattr(pj, "DENSE_SIDE_BELOW", dense_side_below)
+    monkeypatch.setattr(hadamard, "DENSE_SIDE_BELOW", dense_side_below)
 
     taken = []
     original = base.Tokens._stats_unfolded_free
@@ -217,9 +217,10 @@ def test_conv1d_gram_path_without_unfolding(stride, padding, dilation, projectio
 def test_hadamard_sums_tokens_per_example_on_the_gram_path(k, dense_side_below, monkeypatch):
     # A Linear over 3 tokens of 16 features (3 x 32 <= 16 x 16: the Gram path) with the hadamard kind:
     # the per-example product of the mixed sides, read at the kept pairs, against the loop.
+    from gradscope import hadamard
     from gradscope import projection as pj
 
-    monkeypatch.setattr(pj, "DENSE_SIDE_BELOW", dense_side_below)
+    monkeypatch.setattr(hadamard, "DENSE_SIDE_BELOW", dense_side_below)
     calls = []
     original = pj.SampledHadamard.add_token_sums
     monkeypatch.setattr(pj.SampledHadamard, "add_token_sums", lambda self, *a, **kw: calls.append(self.k) or
@@ -336,9 +337,10 @@ def test_hadamard_projection_on_every_path(arch, k, dense_side_below, monkeypatc
     # above some layers' P * Q (pairs wrap) and not multiples of their short side; matrices with
     # numel <= k take the signed injection instead (a few at k = 40, most at k = 400). These sides are
     # small enough to mix by their dense maps; DENSE_SIDE_BELOW = 1 sends them through the factors.
+    from gradscope import hadamard
     from gradscope import projection as pj
 
-    monkeypatch.setattr(pj, "DENSE_SIDE_BELOW", dense_side_below)  # 1: the factored transforms on every side
+    monkeypatch.setattr(hadamard, "DENSE_SIDE_BELOW", dense_side_below)  # 1: the factored transforms on every side
     gen = torch.Generator().manual_seed(40)
     torch.manual_seed(40)
     if arch == "explicit_sub_batches":

@@ -13,6 +13,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from gradscope import hadamard
 from gradscope import projection as pj
 from gradscope.examples import per_example_gradients, per_example_stats, project_gradients, random_projection
 from gradscope.models import InputSpec, build_model
@@ -47,11 +48,11 @@ def definition(f: pj.SampledHadamard) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("dense_side_below", [1, pj.DENSE_SIDE_BELOW])  # factored mixing, and dense for small sides
+@pytest.mark.parametrize("dense_side_below", [1, hadamard.DENSE_SIDE_BELOW])  # factored mixing, and dense for small sides
 @pytest.mark.parametrize("rows, cols, k", [(3, 5, 7), (10, 7, 32), (5, 33, 200), (16, 16, 300), (1, 9, 8), (6, 1, 4),
                                            (300, 2, 64)])
 def test_hadamard_matches_its_definition_on_every_path(rows, cols, k, dense_side_below, monkeypatch):
-    monkeypatch.setattr(pj, "DENSE_SIDE_BELOW", dense_side_below)
+    monkeypatch.setattr(hadamard, "DENSE_SIDE_BELOW", dense_side_below)
     f = _hadamard(rows, cols, k, seed=rows + cols)
     for side in (f.out, f.inp):  # each side's (product) permutation is a permutation of its P entries
         assert torch.equal(side.perm.sort().values, torch.arange(side.P))

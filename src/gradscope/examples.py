@@ -10,7 +10,8 @@ What is measured: the model in eval mode (BatchNorm on running statistics, no dr
 gradscope.modes: a model in training mode with such layers is an error unless `eval=True`),
 over its trainable parameters (`requires_grad`; `trainable_only=False` includes frozen ones).
 
-Engine ("auto", the default). One batched forward runs under a capture (a
+Engine ("auto", the default; its code is gradscope.engine, the vmap(grad) it falls back to
+gradscope.per_example_grads). One batched forward runs under a capture (a
 TorchFunctionMode, gradscope.grad_rules.capture) that hands every call of a registered torch
 function to its rule (gradscope.grad_rules: one file per layer type, like opacus's
 grad_sample/). A rule saves the call's input and output; one backward of the summed loss to
@@ -68,24 +69,21 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call
 
 from gradscope import projection as proj_kinds
-from gradscope.grad_rules import Explicit, Stat, combine
-from gradscope.projection import SEED_STRIDE, Projection
-from gradscope.grad_rules.capture import Capture
+from gradscope.engine import METHODS, Engine, check_method  # noqa: F401  (METHODS: re-exported)
 from gradscope.losses import per_example_loss
 from gradscope.modes import eval_mode
+from gradscope.per_example_grads import dense, detached, loss_gradients
+from gradscope.projection import SEED_STRIDE, Projection
 
 log = logging.getLogger(__name__)
-
-METHODS = ("auto", "vmap")
 
 
 # ---- parameters, names, projection ----------------------------------------------------------
@@ -161,16 +159,6 @@ def project_gradients(flat: torch.Tensor, model: nn.Module, proj_dim: int, seed:
 
 
 # ---- mean gradient and the vmap reference -----------------------------------------------------------
-def _dense(t: torch.Tensor) -> torch.Tensor:
-    return t.to_dense() if t.is_sparse else t
-
-
-def _detached(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
-    """Detached copies of every parameter; those in `names` require grad (gradients never reach .grad)."""
-    keep = set(names)
-    return {name: p.detach().requires_grad_(name in keep) for name, p in model.named_parameters()}
-
-
 def mean_gradient(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
                   batch_size: int = 256, trainable_only: bool = True, eval: bool = False) -> torch.Tensor:
     """Flat gradient (n_params,) of the mean loss over all examples, in named_parameters order
@@ -182,7 +170,7 @@ def mean_gradient(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     if n == 0:
         raise ValueError("mean_gradient needs at least one example")
     names = layer_names(model, trainable_only)
-    params = _detached(model, names)
+    params = detached(model, names)
     total = None
     with eval_mode(model, eval, what="mean_gradient"):
         for start in range(0, n, batch_size):
@@ -191,29 +179,18 @@ def mean_gradient(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                 logits = functional_call(model, params, (x,))
                 value = per_example_loss(logits, y, loss).sum()
                 g = torch.autograd.grad(value, [params[k] for k in names], allow_unused=True)
-            flat = torch.cat([(_dense(gi) if gi is not None else torch.zeros_like(params[k])).reshape(-1)
+            flat = torch.cat([(dense(gi) if gi is not None else torch.zeros_like(params[k])).reshape(-1)
                               for gi, k in zip(g, names)])
             total = flat if total is None else total + flat
     return total / n
 
 
-def _per_example_grads(model, params: dict, names: list[str], x, y, loss: str) -> dict[str, torch.Tensor]:
-    """vmap(grad) of each example's loss w.r.t. params[names] only: {name: (b, *shape)}."""
-    fixed = {k: v.detach() for k, v in params.items() if k not in names}
-
-    def one(sub, xi, yi):
-        # vmap strips the batch dimension; the model and loss expect one.
-        logits = functional_call(model, {**fixed, **sub}, (xi.unsqueeze(0),))
-        return per_example_loss(logits, yi.unsqueeze(0), loss)[0]
-
-    sub = {k: params[k].detach() for k in names}
-    try:
-        return vmap(grad(one), in_dims=(None, 0, 0), randomness="different")(sub, x, y)
-    except RuntimeError as e:  # ops without a batching rule (the float64 LSTM's in-place cell): one at a time
-        log.warning("vmap(grad) failed (%s); per-example gradients of %s by a loop over examples",
-                    str(e).splitlines()[0], ", ".join(names))
-        rows = [grad(one)(sub, x[i], y[i]) for i in range(len(x))]
-        return {k: torch.stack([r[k] for r in rows]) for k in names}
+def _Engine(model: nn.Module, loss: str, proj_dim: int, seed: int, method: str, trainable_only: bool = True,
+            projection: str = "auto") -> Engine:
+    """The engine (gradscope.engine) over the included parameters, with their projection."""
+    check_method(method)
+    return Engine(model, loss, layer_names(model, trainable_only),
+                  projection_factors(model, proj_dim, seed, trainable_only, projection), proj_dim, method)
 
 
 def fallback_parameters(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
@@ -236,223 +213,14 @@ def per_example_gradients(model: nn.Module, inputs: torch.Tensor, targets: torch
     if len(inputs) == 0:
         raise ValueError("per_example_gradients needs at least one example")
     names = layer_names(model, trainable_only)
-    params = _detached(model, names)
+    params = detached(model, names)
     parts = []
     with eval_mode(model, eval, what="per_example_gradients"):
         for start in range(0, len(inputs), batch_size):
             x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
-            grads = _per_example_grads(model, params, names, x, y, loss)
-            parts.append(torch.cat([_dense(grads[k]).reshape(len(x), -1) for k in names], dim=1))
+            grads = loss_gradients(model, params, names, x, y, loss)
+            parts.append(torch.cat([dense(grads[k]).reshape(len(x), -1) for k in names], dim=1))
     return torch.cat(parts)
-
-
-# ---- the engine -------------------------------------------------------------------------------
-@contextmanager
-def _one_thread():
-    """Run the probe's tiny operations on one intra-op thread: on a busy machine every
-    multi-threaded kernel waits for its slowest thread, which costs far more than the work."""
-    old = torch.get_num_threads()
-    if old == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def _call_mode(use, s1: tuple | None) -> tuple | None:
-    """Mode of one use from its input shapes at batch 1 (s1) and batch 2 (use.shape)."""
-    s2 = use.shape
-    if s1 is None or len(s1) != len(s2):
-        return None
-    diff = [i for i, (a, b) in enumerate(zip(s1, s2)) if a != b]
-    if not diff:
-        return ("broadcast",) if use.broadcastable else None
-    if len(diff) == 1 and (s1[diff[0]], s2[diff[0]]) == (1, 2) and diff[0] in use.axes:
-        return ("batched", diff[0])
-    return None
-
-
-class _Engine:
-    def __init__(self, model: nn.Module, loss: str, proj_dim: int, seed: int, method: str, trainable_only: bool = True,
-                 projection: str = "auto"):
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-        self.model, self.loss, self.method = model, loss, method
-        self.names = layer_names(model, trainable_only)
-        self.shapes = {name: p.shape for name, p in model.named_parameters()}
-        self.factors = projection_factors(model, proj_dim, seed, trainable_only, projection)
-        self.proj_dim = proj_dim
-        # Detached copies; the included ones require grad: gradients flow to captured outputs, never to .grad.
-        self.params = _detached(model, self.names)
-        self.frozen = {name: p.detach() for name, p in model.named_parameters()}
-        self.plan: list | None = None  # per use: ("batched", axis) | ("broadcast",) | None
-        self.fast: set[str] = set()
-        self.fallback: list[str] = list(self.names)
-        self.capture = None
-        self.peak_bytes = 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.capture = None
-
-    # -- probe ------------------------------------------------------------------------------
-    def make_plan(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        if self.method != "auto" or not self.names:
-            return
-        self.capture = Capture({id(self.params[n]): n for n in self.names})
-        with _one_thread():
-            self._probe(x, y)
-        self.fallback = [n for n in self.names if n not in self.fast]
-        if self.fallback:
-            log.info("per-example engine: vmap fallback for %s", ", ".join(self.fallback))
-
-    def _forward(self, x, params, phase, **kw):
-        cap = self.capture
-        cap.start(phase, batch=len(x), **kw)
-        try:
-            with cap:
-                out = functional_call(self.model, params, (x,))
-            tampered = cap.tampered()
-        finally:
-            uses = cap.stop()
-        return out, uses, tampered
-
-    def _probe(self, x, y):
-        """Find each use's batch axis, then check the rebuilt gradients on two examples against autograd."""
-        x2, y2 = (x[:2], y[:2]) if len(x) >= 2 else (torch.cat([x, x]), torch.cat([y, y]))
-        with torch.no_grad():
-            _, uses1, _ = self._forward(x[:1], self.params, "probe")
-        with torch.enable_grad():
-            logits, uses, _ = self._forward(x2, self.params, "probe", safe=True)
-        shapes1 = [u.shape for u in uses1]
-        if len(shapes1) != len(uses):  # data-dependent calls: nothing is trusted
-            return
-        plan = [_call_mode(u, s1) for u, s1 in zip(uses, shapes1)]
-        bad = {n for u, m in zip(uses, plan) if m is None for n in u.names.values()}  # a use no plan captures
-        if any(m is not None and m[0] == "broadcast" for m in plan):
-            with torch.enable_grad():
-                expanded, uses, _ = self._forward(x2, self.params, "capture", plan=plan, safe=True)
-            if expanded.shape == logits.shape and torch.allclose(expanded.detach(), logits.detach(), rtol=1e-5,
-                                                                 atol=1e-6):
-                logits = expanded
-            else:  # the model does not broadcast that output as assumed: those parameters fall back
-                bad |= {n for u, m in zip(uses, plan) if m is not None and m[0] == "broadcast" for n in u.names.values()}
-                plan = [None if m is not None and m[0] == "broadcast" else m for m in plan]
-                with torch.enable_grad():
-                    logits, uses, _ = self._forward(x2, self.params, "capture", plan=plan, safe=True)
-            uses = [u for u in uses if u is not None]
-            plan_used = [m for m in plan if m is not None]
-        else:
-            plan_used = plan
-        # Every included parameter: the gradient rebuilt from its uses == autograd's.
-        with torch.enable_grad():
-            value = per_example_loss(logits, y2, self.loss).sum()
-            outs = [u.out for u in uses if u.out.requires_grad]
-            got = torch.autograd.grad(value, outs + [self.params[n] for n in self.names], allow_unused=True)
-        out_grads = dict(zip([id(u) for u in uses if u.out.requires_grad], got[: len(outs)]))
-        ref = dict(zip(self.names, got[len(outs):]))
-        feats = self._features(uses, [out_grads.get(id(u)) for u in uses], plan_used, len(x2))
-        with torch.no_grad():
-            checked, errors, bounds = [], [], []
-            for name in self.names:
-                if name in bad:
-                    continue
-                r = ref[name]
-                r = torch.zeros_like(self.params[name]) if r is None else _dense(r)
-                f = feats.get(name)
-                s = torch.zeros_like(r) if f is None else f.sum(r.shape)
-                checked.append(name)
-                errors.append(torch.linalg.vector_norm(s - r))
-                bounds.append(1e-4 * torch.linalg.vector_norm(r) + 1e-8 * max(1, s.numel()) ** 0.5)
-            agree = (torch.stack(errors) <= torch.stack(bounds)).tolist() if checked else []
-        fast = {name for name, ok in zip(checked, agree) if ok}
-        self.fast = fast
-        # The capture plan: a use is needed when one of its parameters is fast.
-        self.plan = [m if m is not None and any(n in fast for n in u.names.values()) else None
-                     for u, m in zip(uses1, plan)] if len(uses1) == len(plan) else None
-
-    def _features(self, uses, grads, modes, batch) -> dict:
-        """Per parameter name: the combined feature of all its uses (None grads: output unused by the loss)."""
-        per_name: dict[str, list] = {}
-        for u, g, m in zip(uses, grads, modes):
-            if g is None or m is None:
-                continue
-            axis = None if m[0] == "broadcast" else m[1]
-            for attr, f in u.features(u.inp, g, axis, batch, set(u.names)).items():
-                per_name.setdefault(u.names[attr], []).append(f)
-        return {n: combine(fs, self.shapes[n]) for n, fs in per_name.items()}
-
-    # -- one chunk ----------------------------------------------------------------------------
-    def _capture_pass(self, x, y, sums: bool):
-        """Forward and backward to the captured outputs; with `sums`, also the batch-summed gradient of
-        every fast parameter from the same backward (a plain backward's weight-gradient kernels)."""
-        for safe in (False, True):  # redo with copies when the model overwrote a captured tensor
-            try:
-                with torch.enable_grad():
-                    logits, uses, tampered = self._forward(x, self.params, "capture", plan=self.plan, safe=safe)
-            except RuntimeError:
-                if safe:
-                    raise
-                continue  # e.g. an in-place operation on a broadcast (expanded) output
-            if not tampered:
-                break
-        live = [u for u in uses if u is not None]
-        with torch.enable_grad():
-            losses = per_example_loss(logits, y, self.loss)
-            outs = [u for u in live if u.out.requires_grad]
-            fast = sorted(self.fast) if sums else []
-            got = torch.autograd.grad(losses.sum(), [u.out for u in outs] + [self.params[n] for n in fast],
-                                      allow_unused=True) if outs else []
-        by_id = dict(zip([id(u) for u in outs], got[: len(outs)]))
-        totals = {n: _dense(g) for n, g in zip(fast, got[len(outs):]) if g is not None}
-        feats = self._features(live, [by_id.get(id(u)) for u in live], [u.mode for u in live], len(x))
-        feats = {n: f for n, f in feats.items() if n in self.fast}
-        return losses.detach(), logits.detach(), feats, totals
-
-    def _plain(self, x, y):
-        with torch.no_grad():
-            logits = functional_call(self.model, self.frozen, (x,))
-            return per_example_loss(logits, y, self.loss), logits, {}, {}
-
-    def chunk(self, x, y, mean: dict | None, n_total: int, acc: torch.Tensor):
-        """Statistics of one chunk; its projection is added into `acc` (len(x), k). With mean None,
-        the mean gradient is that of this chunk: it is returned as (sums over the chunk, 1 / n_total),
-        the scale applied to the dots only."""
-        losses, logits, feats, totals = self._capture_pass(x, y, mean is None) if self.fast else self._plain(x, y)
-        fb = {}
-        if self.fallback:
-            fb = _per_example_grads(self.model, self.frozen, self.fallback, x, y, self.loss)
-        with torch.no_grad():
-            for name, g in fb.items():
-                feats[name] = Explicit(_dense(g))
-            self.peak_bytes = max(self.peak_bytes, sum(f.nbytes() for f in feats.values()))
-            scale = 1.0
-            if mean is None:
-                mean, scale = {}, 1.0 / n_total
-                for name in self.names:
-                    f = feats.get(name)
-                    if name in totals:
-                        mean[name] = totals[name]
-                    else:
-                        mean[name] = f.sum(self.shapes[name]) if f is not None else self.params[name].new_zeros(
-                            self.shapes[name])
-            stats: dict[str, Stat] = {}
-            for name in self.names:
-                f = feats.get(name)
-                if f is None:  # unused by the loss: checked zero by the probe
-                    z = self.params[name].new_zeros(len(x))
-                    stats[name] = Stat(z, z)
-                else:
-                    stats[name] = f.stats(mean[name], self.factors[name], acc)
-            if scale != 1.0:
-                for st in stats.values():
-                    st.dot = st.dot * scale
-        return losses, logits, stats, mean, scale
 
 
 def per_example_stats(
@@ -509,7 +277,7 @@ def el2n(logits: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor
     return torch.linalg.vector_norm(out - F.one_hot(targets, logits.shape[1]).to(out.dtype), dim=1)
 
 
-def _run(engine: _Engine, model, inputs, targets, loss, batch_size, mean_grad, layer_norms,
+def _run(engine: Engine, model, inputs, targets, loss, batch_size, mean_grad, layer_norms,
          trainable_only) -> dict[str, np.ndarray]:
     n = len(inputs)
     p0 = next(model.parameters())

@@ -19,7 +19,7 @@ Kinds (`examples.projection`):
   orthonormal Walsh-Hadamard transform H and a random permutation pi, so a rank-one gradient
   g h^T becomes u v^T with u = pi_P(H_P D_r g), v = pi_Q(H_Q D_c h), whatever k. H_P = H_a kron
   H_b is applied as two small dense factors (O(P (a + b)), a, b ~ sqrt(P)), and pi is a product
-  permutation (of H_a's rows and H_b's columns, see _Side) folded into them, so it costs nothing;
+  permutation (of H_a's rows and H_b's columns, see gradscope.hadamard) folded into them, so it costs nothing;
   the longer side computes only the entries the kept pairs read. The
   projection keeps k entries of u v^T, scaled by sqrt(P Q / k): the pairs (i, (i + r) mod M)
   of the shorter side's index i < m = min(P, Q) and the longer side's, r = 0, 1, ... in order
@@ -54,6 +54,10 @@ kinds.
 Seeding: parameter tensor i (named_parameters order, frozen ones counted) gets
 `torch.Generator().manual_seed(seed * SEED_STRIDE + i)`; draws are float32 / int64 on the
 CPU, then cast to the parameter's dtype and device.
+
+Each map is a `gradscope.projection_map.Projection` (the calls the per-example engine makes),
+and carries its own fast paths for the engine there; the hadamard kind's transform of one side
+of a matrix is `gradscope.hadamard.Side`.
 """
 
 from __future__ import annotations
@@ -62,16 +66,14 @@ import math
 
 import torch
 
+from gradscope.hadamard import Side, wrapped
+from gradscope.projection_map import Projection
+
 KINDS = ("auto", "gaussian", "hadamard")
 # "auto" picks "hadamard" from this k on (bench/bench_projections.py: below it the Gaussian
 # factors' k (rows + cols) flops cost less than the two Hadamard transforms; measured on the
 # MLP 784-256-256-10: 2.19x against 2.33x at k = 64, 2.52x against 2.33x at k = 128).
 HADAMARD_FROM_K = 128
-# The Hadamard transforms keep their buffers between calls up to this many numbers per buffer.
-WORKSPACE_MAX_ELEMENTS = 1 << 21
-# A side of the hadamard kind padded to fewer than this many entries mixes by one matmul with its
-# dense (d, P) map (at most d P multiply-adds, against batched products of tiny factors).
-DENSE_SIDE_BELOW = 256
 # Kron.project forms explicit gradients' projection with the dense (numel, k) map up to this many
 # numbers: the same multiply-adds as its factored form, in one matmul without a (b, rows, k) pass.
 DENSE_MAX_ELEMENTS = 1 << 20
@@ -106,40 +108,6 @@ def build(kind: str, shape: tuple, k: int, gen: torch.Generator, dtype, device):
     return CountSketch(numel, k, gen, dtype, device)
 
 
-class Projection:
-    """The interface the engine uses (gradscope.grad_rules): every kind has all of it."""
-
-    k: int
-
-    def project(self, grads: torch.Tensor) -> torch.Tensor:
-        """(b, k) projection of explicit per-example gradients (b, *shape)."""
-        raise NotImplementedError
-
-    def tokens(self, G: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-        """(N, k) projections of the N rank-one matrices G[n] H[n]^T (G (N, rows), H (N, cols))."""
-        raise NotImplementedError
-
-    def add_project(self, acc: torch.Tensor, grads: torch.Tensor) -> None:
-        """acc (b, k) += project(grads), in place where the kind can."""
-        acc += self.project(grads)
-
-    def add_tokens(self, acc: torch.Tensor, G: torch.Tensor, H: torch.Tensor) -> None:
-        """acc (N, k) += tokens(G, H), in place where the kind can."""
-        acc += self.tokens(G, H)
-
-    def add_token_sums(self, acc: torch.Tensor, G: torch.Tensor, H: torch.Tensor) -> None:
-        """acc (b, k) += the projection of sum_t G[:, t] H[:, t]^T, for G (b, T, rows) and H (b, T, cols)."""
-        b, T = G.shape[:2]
-        acc += self.tokens(G.reshape(b * T, -1), H.reshape(b * T, -1)).reshape(b, T, self.k).sum(1)
-
-    def dense(self) -> torch.Tensor:
-        """The dense equivalent (numel, k): a flat gradient g projects to g @ dense(). Small models only."""
-        raise NotImplementedError
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in vars(self).values() if isinstance(t, torch.Tensor))
-
-
 class Kron(Projection):
     """Gaussian Kronecker columns: proj_j = A[:, j]^T G B[:, j] (A holds the 1/sqrt(k))."""
 
@@ -163,6 +131,23 @@ class Kron(Projection):
 
     def dense(self):
         return (self.A[:, None, :] * self.B[None, :, :]).reshape(-1, self.k)
+
+    def add_rank_one(self, acc, G, H, M):
+        """The dots and the projection's H @ B from one matmul H @ [M^T | B]."""
+        HW = H @ torch.cat([M.T, self.B], 1)  # (b, c_out + k)
+        acc.addcmul_(G @ self.A, HW[:, G.shape[1]:])
+        return HW[:, : G.shape[1]].mul_(G).sum(1)
+
+    def takes_applied(self, tokens):
+        return True
+
+    def add_applied_token_sums(self, acc, G, M, tokens):
+        """The dots and the projection's H @ B from one apply_fn (b, T, c_out + k)."""
+        c_out = G.shape[-1]
+        HW = tokens.apply_fn(torch.cat([M.T, self.B], 1))
+        dot = (HW[..., :c_out] * G).sum(dim=(1, 2))
+        acc += ((G @ self.A) * HW[..., c_out:]).sum(1)
+        return dot
 
 
 class Dense(Projection):
@@ -275,102 +260,12 @@ class Injection(Projection):
         return self._B
 
 
-def _hadamard(n: int, dtype, device) -> torch.Tensor:
-    """The orthonormal Walsh-Hadamard matrix of size n (a power of two)."""
-    H = torch.ones(1, 1, dtype=torch.float64)
-    while H.shape[0] < n:
-        H = torch.cat([torch.cat([H, H], 1), torch.cat([H, -H], 1)], 0)
-    return (H / math.sqrt(n)).to(dtype=dtype, device=device)
-
-
-class _Side:
-    """One side of a matrix: signs, zero padding to P = 2^p, H_P = H_a kron H_b, a permutation.
-
-    A vector z (zero-padded to P) is a matrix Z (a, b), row-major, and H_P z is H_a Z H_b. The
-    permutation is a product one: the mixed matrix's rows by sigma_a and its columns by sigma_b,
-    read row-major, i.e. pi(y)[rho b + gamma] = y[sigma_a(rho) b + sigma_b(gamma)]. Folded into
-    the factors (rows of H_a, columns of H_b), it costs nothing, and the first `keep` entries need
-    only the first ceil(keep / b) rows of the left factor: (rows, a) Z (b, b), not the whole H_P.
-    """
-
-    def __init__(self, d: int, gen, dtype, device):
-        self.d, self.P = d, 1 << max(0, (d - 1).bit_length())
-        self.sign = (torch.randint(0, 2, (d,), generator=gen) * 2 - 1).to(dtype=dtype, device=device)
-        a = 1 << ((self.P.bit_length() - 1) // 2)
-        b = self.P // a
-        sigma_a, sigma_b = torch.randperm(a, generator=gen), torch.randperm(b, generator=gen)
-        self.a, self.b = a, b
-        self.perm = (sigma_a[:, None] * b + sigma_b[None, :]).reshape(-1).to(device)
-        self.filled = -(-d // b)  # rows of Z that hold entries of z; the rest are padding
-        self.left = _hadamard(a, dtype, device)[sigma_a.to(device)][:, : self.filled].contiguous()  # (a, filled)
-        self.right = _hadamard(b, dtype, device)[:, sigma_b.to(device)].contiguous()  # (b, b)
-        self._maps = {}  # (scale, keep) -> dense (d, keep) map, for sides below DENSE_SIDE_BELOW
-
-    def mix(self, x: torch.Tensor, scale: float = 1.0, keep: int | None = None) -> torch.Tensor:
-        """(N, d) -> (N, W), W >= keep (default P): its first `keep` entries are those of pi(H_P D x),
-        times scale; with keep None, W = P.
-
-        The result may be this side's workspace, overwritten by its next call: use it before then."""
-        N, b, filled = x.shape[0], self.b, self.filled
-        if self.P < DENSE_SIDE_BELOW:  # small factors make batched products of tiny matrices: one matmul
-            return x @ self.dense_map(scale, self.P if keep is None else min(keep, self.P))
-        rows = self.a if keep is None or keep >= self.P else -(-keep // b)
-        sign = self.sign if scale == 1.0 else self.sign * scale
-        ws = self._workspace(N, rows, x.dtype, x.device)
-        if ws is None:
-            z = torch.nn.functional.pad(x * sign, (0, filled * b - self.d)).view(N, filled, b)
-            mixed = torch.matmul(self.left[:rows], z)  # (N, rows, b)
-            return (mixed.view(N * rows, b) @ self.right).view(N, rows * b)
-        padded, mixed, out = ws  # the same steps into buffers kept between calls (no page faults)
-        torch.mul(x, sign, out=padded[:, : self.d])
-        torch.bmm(self.left[:rows].expand(N, rows, filled), padded.view(N, filled, b), out=mixed)
-        torch.mm(mixed.view(N * rows, b), self.right, out=out.view(N * rows, b))
-        return out
-
-    def dense_map(self, scale: float, keep: int) -> torch.Tensor:
-        """The dense (d, keep) map x -> the first keep entries of pi(H_P D x) times scale: column j is
-        sign * H_P[perm[j], :d] (H_P = H_a kron H_b, symmetric)."""
-        key = (scale, keep)
-        if key not in self._maps:
-            H = torch.kron(_hadamard(self.a, self.sign.dtype, self.sign.device),
-                           _hadamard(self.b, self.sign.dtype, self.sign.device))
-            self._maps[key] = (H[self.perm[:keep], : self.d].T * (self.sign * scale)[:, None]).contiguous()
-        return self._maps[key]
-
-    def _workspace(self, N: int, rows: int, dtype, device):
-        """Buffers for mix, kept for the last (N, rows) up to WORKSPACE_MAX_ELEMENTS (chunks repeat their
-        size; fresh multi-megabyte tensors cost page faults on every call); None beyond it."""
-        if N * self.P > WORKSPACE_MAX_ELEMENTS:
-            return None
-        key = (N, rows, dtype, device)
-        if getattr(self, "_ws_key", None) != key:
-            self._ws_key = key
-            self._ws = (torch.zeros(N, self.filled * self.b, dtype=dtype, device=device),
-                        torch.empty(N, rows, self.b, dtype=dtype, device=device),
-                        torch.empty(N, rows * self.b, dtype=dtype, device=device))
-        return self._ws
-
-
-def _wrapped(x: torch.Tensor, width: int, M: int, owner) -> torch.Tensor:
-    """(N, width): x's first M columns repeated cyclically; in owner's buffer when it is small enough."""
-    N = x.shape[0]
-    if N * width > WORKSPACE_MAX_ELEMENTS:
-        return x[:, :M].repeat(1, -(-width // M))[:, :width]
-    buf = getattr(owner, "_wrap", None)
-    if buf is None or buf.shape != (N, width) or buf.dtype != x.dtype or buf.device != x.device:
-        buf = owner._wrap = torch.empty(N, width, dtype=x.dtype, device=x.device)
-    for start in range(0, width, M):
-        stop = min(width, start + M)
-        buf[:, start:stop].copy_(x[:, : stop - start])
-    return buf
-
-
 class SampledHadamard(Projection):
     """k entries of pi_P(H_P D_r) G pi_Q(H_Q D_c)^T, scaled by sqrt(P Q / k): see the module docstring."""
 
     def __init__(self, rows: int, cols: int, k: int, gen, dtype, device):
         self.k, self.rows, self.cols = k, rows, cols
-        self.out, self.inp = _Side(rows, gen, dtype, device), _Side(cols, gen, dtype, device)
+        self.out, self.inp = Side(rows, gen, dtype, device), Side(cols, gen, dtype, device)
         P, Q = self.out.P, self.inp.P
         self.short_rows = P <= Q
         self.m, self.M = min(P, Q), max(P, Q)
@@ -388,9 +283,17 @@ class SampledHadamard(Projection):
     def cols_mixed_by(self, apply_fn):
         """The columns side's mixed tokens (b, T, kept) from apply_fn(W) = H @ W (a convolution with W's
         columns as kernels) and the side's dense map; None where the side mixes by its factors."""
-        if self.inp.P >= DENSE_SIDE_BELOW:
+        if not self.inp.mixes_densely:
             return None
         return apply_fn(self.inp.dense_map(1.0, self._kept()[1]))
+
+    def add_applied_token_sums(self, acc, G, M, tokens):
+        """The columns side mixed by a convolution with its dense map (or the tokens unfolded), then the
+        per-example token sums."""
+        dot = (tokens.apply_fn(M.T)[..., : G.shape[-1]] * G).sum(dim=(1, 2))
+        mixed = self.cols_mixed_by(tokens.apply_fn)
+        self.add_token_sums(acc, G, None if mixed is not None else tokens.materialize()[:, :, 0], mixed_cols=mixed)
+        return dot
 
     def _pairs(self):
         """(row index, col index) in the mixed (P, Q) matrix of each output j = r m + i."""
@@ -419,7 +322,7 @@ class SampledHadamard(Projection):
             short, long = self.inp.mix(H, self.scale), self.out.mix(G, keep=need)
         N = short.shape[0]
         if need > self.M:  # windows run past the end: wrap around, into a buffer kept between calls
-            long = _wrapped(long, need, self.M, self)
+            long = wrapped(long, need, self.M, self)
         long = long.contiguous()
         return short, long.as_strided((N, self.R, self.m), (long.shape[1], 1, 1))  # [n, r, i] = long[n, r + i]
 
@@ -439,7 +342,7 @@ class SampledHadamard(Projection):
                 self.inp.mix(H.reshape(b * T, self.cols), keep=kq).reshape(b, T, -1))[..., :kq]
         short, long = (rows, cols) if self.short_rows else (cols, rows)
         if need > self.M:  # windows run past the end: wrap around
-            long = _wrapped(long.reshape(b * T, self.M), need, self.M, self).reshape(b, T, need)
+            long = wrapped(long.reshape(b * T, self.M), need, self.M, self).reshape(b, T, need)
         LS = long.transpose(1, 2) @ short  # (b, need, m) = (S^T L)^T (a transposed first operand slows bmm down)
         W = LS.shape[1]
         windows = LS.as_strided((b, self.R, self.m), (W * self.m, self.m, self.m + 1))  # [n, r, i] = LS[n, i + r, i]

@@ -9,7 +9,8 @@ per-example gradients give the empirical Fisher's exactly.
 Per-example gradients of a loss at labels come from `gradscope.examples.per_example_gradients`
 (torch.func vmap(grad), the per-example engine's exact reference), one chunk at a time. The
 Gauss-Newton trace for mse needs J_i^T c_i for a random cotangent c_i, the gradient of
-<f(x_i), c_i>, which is no loss's gradient at a label: that one keeps its own vmap(grad) here.
+<f(x_i), c_i>, which is no loss's gradient at a label: that one comes from the same vmap(grad)
+helper, `gradscope.per_example_grads.vmap_grad`, applied to <f(x_i), c_i>.
 eval: see `gradscope.curvature`.
 """
 
@@ -20,11 +21,12 @@ import math
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call
 
 from gradscope.curvature._common import as_model_input, detached_params, measured
 from gradscope.examples import per_example_gradients
 from gradscope.operators import trainable_parameters
+from gradscope.per_example_grads import vmap_grad
 
 
 def _sq_grad_norms(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, loss: str,
@@ -68,11 +70,11 @@ def _vjp_sq_norms(model: nn.Module, inputs: torch.Tensor, cotangents: torch.Tens
     def out_dot(params, xi, ci):
         return (functional_call(model, params, (xi.unsqueeze(0),))[0] * ci).sum()
 
-    per_example_grad = vmap(grad(out_dot), in_dims=(None, 0, 0))
     parts = []
     for i in range(0, len(inputs), batch_size):
         x = as_model_input(model, inputs[i : i + batch_size])
-        g = per_example_grad(params, x, cotangents[i : i + batch_size].to(device=x.device))
+        g = vmap_grad(out_dot, params, x, cotangents[i : i + batch_size].to(device=x.device),
+                      what="<f(x_i), c_i> (the Gauss-Newton trace)")
         parts.append(sum(t.reshape(len(x), -1).double().pow(2).sum(1) for t in g.values()))
     return torch.cat(parts).cpu()
 

@@ -16,6 +16,8 @@ kinds of uses share one parameter, its explicit per-example gradient:
 - `Explicit`: the per-example gradients themselves, (b, *shape) (biases, normalization
   affine parameters, the vmap fallback), for parameters small enough to hold per example.
 
+Each representation hands its structured form to the projection map, which adds its own
+projection (`gradscope.projection_map.Projection`): no rule asks which kind of map it holds.
 A new layer type is one file with one rule function decorated by `@register(torch_function)`.
 """
 
@@ -26,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from gradscope.projection import Kron, Projection, SampledHadamard
+from gradscope.projection_map import Projection
 
 # Sub-batch bound (numbers) for explicitly formed per-example weight gradients and unfolded patches.
 EXPLICIT_MAX_ELEMENTS = 1 << 24
@@ -114,7 +116,7 @@ class Tokens:
     def _step(self, per_example: int) -> int:
         return max(1, EXPLICIT_MAX_ELEMENTS // max(1, per_example))
 
-    def _explicit_blocks(self, per_example: int):
+    def explicit_blocks(self, per_example: int):
         """(start, E) over sub-batches of at most EXPLICIT_MAX_ELEMENTS numbers (per_example each): the
         explicit per-example gradients E (n, g, c_out, c_in), from e_fn where given, else from the tokens."""
         b = self.G.shape[0]
@@ -144,18 +146,18 @@ class Tokens:
 
     def stats(self, M: torch.Tensor, f: Projection, acc: torch.Tensor) -> Stat:
         b, T, g, c_out = self.G.shape
-        c_in, k = self.c_in, f.k
+        c_in = self.c_in
         Mg = M.reshape(g, c_out, c_in)
         if T > 1 and T * (c_in + c_out) > c_in * c_out:
             # Explicit per-example gradients (sb, g, c_out, c_in), sub-batched: cheaper than the T x T Gram.
             sq, dot = [], []
-            for s, E in self._explicit_blocks(g * c_out * c_in + T * g * c_in):
+            for s, E in self.explicit_blocks(g * c_out * c_in + T * g * c_in):
                 flat = E.reshape(len(E), -1)
                 sq.append(torch.linalg.vector_norm(flat, dim=1).square())
                 dot.append(flat @ Mg.reshape(-1))
                 acc[s : s + len(E)] += f.project(E.reshape(len(E), g * c_out, c_in))
             return Stat(torch.cat(sq), torch.cat(dot))
-        if g == 1 and self.gram_fn is not None and self.apply_fn is not None and (isinstance(f, Kron) or self.e_fn):
+        if g == 1 and self.gram_fn is not None and self.apply_fn is not None and f.takes_applied(self):
             return self._stats_unfolded_free(Mg[0], f, acc)
         H, G = self.materialize(), self.G
         if T == 1 and g == 1:  # one token, one group: a Linear on vectors, the commonest case
@@ -171,42 +173,22 @@ class Tokens:
             f.add_token_sums(acc, G[:, :, 0], H[:, :, 0])
         else:
             dot = (torch.einsum("btji,joi->btjo", H, Mg) * G).sum(dim=(2, 3))
-            A = f.A.reshape(g, c_out, k)
-            acc += (torch.einsum("btjo,jok->btjk", G, A) * (H @ f.B)).sum(2).reshape(b, T, k).sum(1)
+            f.add_group_token_sums(acc, G, H)
         return Stat(sq, dot.reshape(b, T).sum(1))
 
     @staticmethod
     def _stats_rank_one(G: torch.Tensor, H: torch.Tensor, M: torch.Tensor, f: Projection, acc: torch.Tensor) -> Stat:
-        """G_n = g_n h_n^T: |G_n|^2 = |g_n|^2 |h_n|^2; g_n^T M h_n and, for Kronecker factors, the
-        projection's H @ B from one matmul H @ [M^T | B]; reductions without (b, c) temporaries."""
+        """G_n = g_n h_n^T: |G_n|^2 = |g_n|^2 |h_n|^2; g_n^T M h_n and the projection from the map
+        (`Projection.add_rank_one`: Kronecker factors share one matmul); no (b, c) temporaries."""
         sq = torch.linalg.vector_norm(G, dim=1).square() * torch.linalg.vector_norm(H, dim=1).square()
-        c_out = G.shape[1]
-        if isinstance(f, Kron):
-            HW = H @ torch.cat([M.T, f.B], 1)  # (b, c_out + k)
-            acc.addcmul_(G @ f.A, HW[:, c_out:])
-            return Stat(sq, HW[:, :c_out].mul_(G).sum(1))
-        f.add_tokens(acc, G, H)
-        return Stat(sq, (H @ M.T).mul_(G).sum(1))
+        return Stat(sq, f.add_rank_one(acc, G, H, M))
 
     def _stats_unfolded_free(self, M: torch.Tensor, f: Projection, acc: torch.Tensor) -> Stat:
-        """The Gram path of one group from gram_fn and apply_fn: no (b, T, c_in) tokens are formed.
-        The dots and, for Kronecker factors, the projection's H @ B come from one apply_fn; other
-        projections take the explicit per-example gradients from e_fn."""
+        """The Gram path of one group from gram_fn and apply_fn: no (b, T, c_in) tokens are formed. The
+        dots and the projection come from the map (`Projection.add_applied_token_sums`)."""
         G = self.G[:, :, 0]  # (b, T, c_out)
-        c_out = G.shape[-1]
         sq = ((G @ G.transpose(1, 2)) * self.gram_fn()).sum(dim=(1, 2))
-        kron = isinstance(f, Kron)
-        HW = self.apply_fn(torch.cat([M.T, f.B], 1) if kron else M.T)  # (b, T, c_out [+ k])
-        dot = (HW[..., :c_out] * G).sum(dim=(1, 2))
-        if kron:
-            acc += ((G @ f.A) * HW[..., c_out:]).sum(1)
-        elif isinstance(f, SampledHadamard):  # the columns side mixed by a convolution with its dense map
-            mixed = f.cols_mixed_by(self.apply_fn)
-            f.add_token_sums(acc, G, None if mixed is not None else self.materialize()[:, :, 0], mixed_cols=mixed)
-        else:  # project the explicit per-example gradients (the convolution's kernel), sub-batched
-            for s, E in self._explicit_blocks(c_out * self.c_in):
-                acc[s : s + len(E)] += f.project(E.reshape(len(E), c_out, self.c_in))
-        return Stat(sq, dot)
+        return Stat(sq, f.add_applied_token_sums(acc, G, M, self))
 
     def nbytes(self) -> int:
         t = self.G.numel() * self.G.element_size()
@@ -237,7 +219,6 @@ class EmbeddingTokens:
     def stats(self, M: torch.Tensor, f: Projection, acc: torch.Tensor) -> Stat:
         ids, G = self.ids, self.G
         b, T, d = G.shape
-        k = f.k
         if T == 1:
             sq = G.reshape(b, d).pow(2).sum(1)
         elif T <= EMBEDDING_GRAM_MAX_T:
@@ -249,7 +230,7 @@ class EmbeddingTokens:
             S = torch.zeros(len(uniq), d, dtype=G.dtype, device=G.device).index_add_(0, inv, G.reshape(-1, d))
             sq = torch.zeros(b, dtype=G.dtype, device=G.device).index_add_(0, uniq // self.V, S.pow(2).sum(1))
         dot = (M.reshape(self.V, d)[ids] * G).sum(dim=(1, 2))
-        acc += (f.A[ids] * (G.reshape(-1, d) @ f.B).reshape(b, T, k)).sum(1)
+        f.add_embedding_sums(acc, ids, G)
         return Stat(sq, dot)
 
     def nbytes(self) -> int:

@@ -7,18 +7,38 @@ functional uses (attention's out-projection) are seen, which module hooks are no
 
 Phases: "probe" records every use as it comes (the engine compares shapes at batch 1 and 2
 to find each use's batch axis); "capture" follows the plan the probe made: for use i,
-("batched", axis), ("broadcast",) (an input without batch axis, like positions indexed by
+`Batched(axis)`, `Broadcast()` (an input without batch axis, like positions indexed by
 arange: its output is expanded along a new batch axis 0), or None (not needed).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Union
 
 import torch
 from torch.overrides import TorchFunctionMode
 
 from gradscope.grad_rules.base import RULES
+
+
+@dataclass(frozen=True)
+class Batched:
+    """Plan of a use whose input has its batch axis at `axis` (what its features are given)."""
+
+    axis: int
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """Plan of a use whose input has no batch axis: its output is expanded along a new batch axis 0,
+    and its features see no batch axis in the input (axis None)."""
+
+    axis: ClassVar[None] = None
+
+
+# The plan of one use: None where the capture does not need it.
+Mode = Union[Batched, Broadcast, None]
 
 
 @dataclass
@@ -32,7 +52,7 @@ class Use:
     broadcastable: bool
     versions: tuple
     src: tuple  # the tensors the model really used, for the in-place check
-    mode: tuple | None = None
+    mode: Mode = None
 
 
 class Capture(TorchFunctionMode):
@@ -40,12 +60,12 @@ class Capture(TorchFunctionMode):
         super().__init__()
         self.names_by_id = names_by_id
         self.phase = None
-        self.plan: list | None = None
+        self.plan: list[Mode] | None = None
         self.uses: list[Use | None] = []
         self.batch = 0
         self.safe = False
 
-    def start(self, phase: str, *, batch: int, plan: list | None = None, safe: bool = False) -> None:
+    def start(self, phase: str, *, batch: int, plan: list[Mode] | None = None, safe: bool = False) -> None:
         self.phase, self.batch, self.plan, self.safe, self.uses = phase, batch, plan, safe, []
 
     def stop(self) -> list:
@@ -75,11 +95,11 @@ class Capture(TorchFunctionMode):
             if mode is None:
                 self.uses.append(None)
                 return out
-            if mode[0] == "batched" and (inp.dim() <= mode[1] or inp.shape[mode[1]] != self.batch):
-                raise RuntimeError(f"input {tuple(inp.shape)} lacks batch axis {mode[1]} of size {self.batch}; "
+            if isinstance(mode, Batched) and (inp.dim() <= mode.axis or inp.shape[mode.axis] != self.batch):
+                raise RuntimeError(f"input {tuple(inp.shape)} lacks batch axis {mode.axis} of size {self.batch}; "
                                    "use method='vmap'")
         ret = out
-        if mode is not None and mode[0] == "broadcast":
+        if isinstance(mode, Broadcast):
             out = ret = out.expand(self.batch, *out.shape)
         saved = inp.detach()
         if self.safe:  # the model may overwrite tensors in place: keep copies, hand it a copy
