@@ -19,8 +19,8 @@ import pytest
 import torch
 import yaml
 
-from gradscope import (animate, config, curvature, data, examples, influence, losses, models, opposing, optim, plots,
-                       progress, signal_plots, signals, train)
+from gradscope import (animate, config, convnets, curvature, data, detections, examples, influence, losses, models,
+                       opposing, optim, plots, progress, results, signal_plots, signals, train, transformer)
 from gradscope.config import applicable, dataset_id, load_runs, run_config, section, section_defaults
 from gradscope.models import InputSpec, build_model
 
@@ -42,12 +42,16 @@ MIRRORS = {
     examples: ["examples", "train"],  # proj_dim, seed, batch_size, projection, trainable_only; loss
     losses: ["train"],
     models: ["model"],
+    transformer: ["model"],  # the model kinds of their own modules (gradscope.models re-exports them)
+    convnets: ["model"],
     optim: ["optim"],
     train: ["train"],
     data: [],  # generators take each setting without a default (data.generate fills their block)
     signals: ["signals"],
+    detections: ["signals"],
     opposing: [("signals", "opposing_groups")],
     influence: ["influence"],
+    results: ["examples", "train"],  # analyze: loss
     plots: ["plots"],
     signal_plots: ["plots"],
     animate: ["plots"],
@@ -119,8 +123,9 @@ def test_the_check_reads_the_settings_it_should():
     for expected in [("gradscope.examples", "per_example_stats", "proj_dim"),
                      ("gradscope.examples", "per_example_stats", "batch_size"),
                      ("gradscope.examples", "mean_gradient", "batch_size"),
-                     ("gradscope.models", "ResNet.__init__", "base_width"),
-                     ("gradscope.models", "Transformer.__init__", "d_head"),
+                     ("gradscope.convnets", "ResNet.__init__", "base_width"),
+                     ("gradscope.transformer", "Transformer.__init__", "d_head"),
+                     ("gradscope.results", "analyze", "loss"),
                      ("gradscope.plots", "plot_training", "dpi")]:
         assert expected in seen
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score
 
-from gradscope import artifacts, opposing, pipeline, scoring, signals
+from gradscope import artifacts, detections, opposing, readers, scoring, signals
 from gradscope.config import load_config
 
 DEFAULTS = load_config({"experiments": {"e": {"data": {"generator": "planted_flips"}}}})["experiments"]["e"]["signals"]
@@ -277,10 +277,10 @@ def test_data_planting_nothing_has_no_truth_to_score(tmp_path, planted):
     # flip_fraction 0 (the edge-of-stability experiment) writes an empty list of planted ids: the
     # signals stage must take that as no truth, not as a truth with no positives.
     artifacts.write_json({} if planted is None else {"planted": planted}, tmp_path / "meta.json")
-    assert pipeline.planted_truth(tmp_path / "meta.json") == (None, None)
+    assert readers.planted_truth(tmp_path / "meta.json") == (None, None)
     _, tr = trajectories(3)
     evaluation = scoring.evaluate(signals.detect(tr, DEFAULTS), None)
     assert evaluation["auroc"].isna().all()
     _, pairs, _ = opposing.find_groups(tr, **DEFAULTS["opposing_groups"])
-    head = pipeline.signals_headline(evaluation, signals.per_example(tr, None, None), pairs, None)
+    head = detections.headline(evaluation, signals.per_example(tr, None, None), pairs, None)
     assert set(head) == {"opposing_pairs", "min_group_cosine"}

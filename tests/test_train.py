@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from gradscope import checkpoints, data, train
+from gradscope import checkpoints, config, data, train
 from gradscope.config import expand_runs, load_config, train_slice
 from gradscope.models import InputSpec
 
@@ -102,7 +102,8 @@ def test_schedules():
     assert lr_at(50, cos, 100) == pytest.approx(0.55)
     step = {"lr": 1.0, "schedule": {"kind": "step", "step_size": 10, "gamma": 0.5}}
     assert [lr_at(s, step) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
-    plateau = Plateau({"kind": "plateau", "metric": "train_loss", "factor": 0.5, "patience": 1})
+    plateau = Plateau(config.section("optim", schedule={"kind": "plateau", "metric": "train_loss", "factor": 0.5,
+                                                        "patience": 1})["schedule"])
     for loss in (1.0, 0.5, 0.5, 0.5, 0.5):
         plateau.observe({"train_loss": loss})
     assert plateau.scale == 0.5

@@ -13,8 +13,8 @@ multiply-adds per checkpoint instead of a pass over all parameters; larger `exam
 gives scores closer to the exact ones (tests/test_influence.py measures the rank correlation).
 Self-influence (z = z') is the `tracin` detector (gradscope.signals).
 
-Everything here is pure computation on arrays; gradscope.pipeline.compute_influence reads the
-tables and writes the artifacts.
+Everything here is pure computation on arrays and tables; gradscope.pipeline.compute_influence reads
+the tables and writes the artifacts.
 """
 
 from __future__ import annotations
@@ -24,6 +24,28 @@ import pandas as pd
 import torch
 
 KINDS = ("proponent", "opponent")
+
+
+def checkpoint_projections(table: pd.DataFrame, steps: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{split: (example ids (n,), projections (C, n, k) float32)} of train and test from a run's
+    examples tables (every checkpoint's, one table: readers.read_examples), checkpoints in `steps` order
+    (np.unique of its steps) and examples by id."""
+    splits = {}
+    for split in ("train", "test"):
+        part = table[table["split"] == split].sort_values(["step", "example_id"], kind="stable")
+        ids = np.unique(part["example_id"].to_numpy())
+        proj = np.stack(part["grad_proj"].to_numpy()).astype(np.float32).reshape(len(steps), len(ids), -1)
+        splits[split] = (ids, proj)
+    return splits
+
+
+def sample_test(ids: np.ndarray, proj: np.ndarray, n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The test examples scored (`influence.test_examples`): n of them drawn without replacement
+    by `seed`, in id order; all where n is 0, null or at least their number."""
+    if n and n < len(ids):
+        keep = np.sort(np.random.default_rng(seed).choice(len(ids), size=n, replace=False))
+        return ids[keep], proj[:, keep]
+    return ids, proj
 
 
 def tracin_cp(train: np.ndarray, test: np.ndarray, lr: np.ndarray) -> np.ndarray:
@@ -122,6 +144,14 @@ def flipped_opponents(rows: pd.DataFrame, train: pd.DataFrame) -> dict | None:
         rate = float(per_test.mean())
         out[kind] = {"rate": rate, "chance": chance, "lift": rate / chance if chance > 0 else None}
     return out
+
+
+def findings(rows: pd.DataFrame, train: pd.DataFrame, examples: pd.DataFrame, test_ids, n: int) -> dict:
+    """The influence summary's flipped_opponents and examples (the `n` shown), from the top table, the
+    training examples scored (split_labels) and the run's examples tables (their last checkpoint's test rows)."""
+    last = examples[(examples["split"] == "test") & (examples["step"] == examples["step"].max())].set_index("example_id")
+    return {"flipped_opponents": flipped_opponents(rows, train),
+            "examples": shown_examples(rows, last.loc[test_ids, ["loss", "pred"]], n)}
 
 
 def shown_examples(rows: pd.DataFrame, final: pd.DataFrame, n: int, per_kind: int = 5) -> list[dict]:

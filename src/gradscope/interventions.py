@@ -6,7 +6,8 @@ detector's top-k examples (by score at one checkpoint) removed, down-weighted or
 parent model's prediction; the `control` arm does the same to k random training examples with the
 same count per label (removing any k examples changes a run, so an effect is flagged minus control).
 
-- `choose`: the k examples of an arm; `derive`: the derived dataset (the workflow's generate_data).
+- `choose`: the k examples of an arm; `derive`: the derived dataset; `intervene`: both, from the
+  parent's detections (the workflow's derive_data).
 - `run_row`: one run's figures (final and worst-group test accuracy, delay, spikes, sharpness).
 - `effects`: per detector, k, action and figure, flagged minus control over seeds, with an interval.
 """
@@ -112,6 +113,30 @@ def derive(train: pd.DataFrame, test: pd.DataFrame, meta: dict, chosen: np.ndarr
         train.loc[is_chosen, "label"] = new.astype(np.int64)
     meta["n_train"] = len(train)
     return train, test, meta
+
+
+def predictions(examples: pd.DataFrame) -> pd.Series:
+    """The parent model's prediction of each training example (index example_id), from its examples
+    table at the intervention's step: what `relabel` sets the chosen examples' labels to."""
+    return examples[examples["split"] == "train"].set_index("example_id")["pred"]
+
+
+def intervene(train: pd.DataFrame, test: pd.DataFrame, meta: dict, detections: pd.DataFrame, spec: dict,
+              examples: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict]:
+    """An arm's dataset from its parent's: the examples `choose` picks from the parent's detections at
+    the step (spec: the run's `data.intervene` block), intervened on as `derive` does. examples: the
+    parent's examples table at the step (split, example_id, pred), which `relabel` needs.
+
+    Returns the derived train, test and meta, and what was chosen ({chosen_ids, chosen_planted}:
+    the parent's ids and how many of them are planted)."""
+    scores = scores_at(detections, spec["detector"], spec["step"])
+    labels = train.set_index("example_id")["label"]
+    chosen = choose(scores.reindex(labels.index), labels, spec["k"], spec["arm"], spec["seed"])
+    predicted = predictions(examples) if spec["action"] == "relabel" and examples is not None else None
+    chosen_planted = int(train.loc[train["example_id"].isin(chosen), "planted"].sum())
+    train, test, meta = derive(train, test, meta, chosen, action=spec["action"], weight=spec.get("weight", 1.0),
+                               predictions=predicted)
+    return train, test, meta, {"chosen_ids": chosen.tolist(), "chosen_planted": chosen_planted}
 
 
 def group_accuracy(test_examples: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:

@@ -41,20 +41,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gradscope.losses import per_example_loss
 from gradscope.modes import eval_mode
-
-
-def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """(name, parameter) of every parameter with requires_grad, in named_parameters order: the
-    coordinates of every operator, eigenvector and update here."""
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if not named:
-        raise ValueError("model has no trainable parameters (none has requires_grad=True)")
-    return named
-
-
-def n_trainable(model: nn.Module) -> int:
-    """The length of a parameter-space vector here (an eigenvector, an update): trainable entries only."""
-    return sum(p.numel() for _, p in trainable_parameters(model))
+from gradscope.parameters import trainable_parameters
 
 
 @contextmanager

@@ -6,8 +6,10 @@ Schedules are a multiplier on the peak lr: linear warmup over `warmup_steps` upd
 whenever a logged metric has not improved for `patience` logged evaluations; it keeps state,
 which checkpoints save.
 
-Each function takes the run's `optim` section; what a section leaves out takes the schema's
-default (`gradscope.config.filled`), the one place defaults live.
+`build_optimizer`, `lr_at` and `sharpness_threshold` are public entry points: each takes the run's
+`optim` section, whole or partial, and is the boundary where what it leaves out takes the schema's
+default (`gradscope.config.filled`, the one place defaults live; a section filled already, as the
+workflow's are, is taken as it is). `Plateau` takes the filled `optim.schedule` block.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ CUSTOM = "custom"  # the name of an optimizer of your own loop (a recorded run, 
 
 
 def build_optimizer(params, optim: dict) -> torch.optim.Optimizer:
+    """The optimizer of the run's `optim` section over `params`. The boundary: a partial section is filled here."""
     optim = config.filled("optim", optim)
     name, lr, wd = optim["name"], optim["lr"], optim["weight_decay"]
     if name == "sgd":
@@ -42,7 +45,8 @@ def build_optimizer(params, optim: dict) -> torch.optim.Optimizer:
 
 
 def lr_at(step: int, optim: dict, total_steps: int | None = None) -> float:
-    """The scheduled lr of update `step` (without plateau reductions, which depend on metrics)."""
+    """The scheduled lr of update `step` (without plateau reductions, which depend on metrics).
+    The boundary: a partial `optim` section is filled here."""
     optim = config.filled("optim", optim)  # called at every step: validated only when not yet filled
     warmup, schedule = optim["warmup_steps"], optim["schedule"]
     factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
@@ -65,12 +69,17 @@ class Plateau:
     """ReduceLROnPlateau on a logged metric: a multiplier that drops by `factor` after `patience` flat evaluations."""
 
     def __init__(self, schedule: dict | None):
-        """schedule: the `optim.schedule` block (None: constant)."""
-        s = config.section("optim", schedule=dict(schedule or {}))["schedule"]
-        self.on = s["kind"] == "plateau"
-        self.metric, self.factor = s["metric"], s["factor"]
-        self.patience, self.threshold = s["patience"], s["threshold"]
-        self.maximize = self.metric.endswith("_acc")
+        """schedule: the run's `optim.schedule` block, filled where the settings came in (`train.train`,
+        `config.section`); None is a constant schedule. Its plateau keys are read only for kind plateau."""
+        self.on = schedule is not None and schedule["kind"] == "plateau"
+        s = schedule if self.on else {}
+        missing = [k for k in ("metric", "factor", "patience", "threshold") if self.on and k not in s]
+        if missing:
+            raise ValueError(f"Plateau takes a filled optim.schedule block (config.section fills one); {schedule} "
+                             f"lacks {', '.join(missing)}")
+        self.metric, self.factor = s.get("metric"), s.get("factor")
+        self.patience, self.threshold = s.get("patience"), s.get("threshold")
+        self.maximize = (self.metric or "").endswith("_acc")
         self.best, self.bad, self.scale = None, 0, 1.0
 
     def observe(self, row: dict) -> None:
@@ -94,7 +103,8 @@ class Plateau:
 
 
 def sharpness_threshold(optim: dict) -> float:
-    """Stability threshold of gradient descent on a quadratic: 2/lr, 2(1+beta)/lr with heavy-ball momentum."""
+    """Stability threshold of gradient descent on a quadratic: 2/lr, 2(1+beta)/lr with heavy-ball momentum.
+    The boundary: a partial `optim` section is filled here."""
     optim = config.filled("optim", optim)
     beta = optim["momentum"] if optim["name"] == "sgd" else 0.0
     return 2.0 * (1.0 + beta) / optim["lr"]

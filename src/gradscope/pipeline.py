@@ -1,8 +1,9 @@
 """The workflow's stages as library calls: read artifacts, compute, write artifacts.
 
 One function per Snakemake rule; the scripts in scripts/ and the CLI only adapt arguments
-to these. Computation lives below (data, train, examples, signals, curvature, plots,
-animate, report); file formats in `artifacts`.
+to these. Computation lives below (data, train, examples, signals, detections, influence,
+interventions, curvature, plots, animate, report); file formats in `artifacts`, reading them
+back in `readers`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 # Only what every stage needs loads here: the stages that run torch import it themselves, so that
 # a job that reads tables and draws (signals, plots, reports) starts without it (about 1.5 s).
-from gradscope import artifacts, config, layout, opposing, report, scoring, signals
+from gradscope import artifacts, config, detections, layout, report, scoring, signals
+from gradscope.readers import (checkpoint_file, examples_at, planted_truth, read_curvature, read_eigenvectors,
+                               read_examples, run_files, split_labels)
+from gradscope.sweep_table import sweep_table
 from gradscope.tables import EFFECTS, TIMELINE_EVENTS, TIMELINE_LINKS
 from gradscope.tables import examples_columns  # noqa: F401 (pipeline.examples_columns, as before)
 
@@ -25,9 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def generate_data(data_config: dict, *, train_path, test_path, meta_path) -> None:
-    from gradscope import data
-
-    from gradscope import factories
+    from gradscope import data, factories
 
     train, test, meta = data.generate(data_config)
     code = factories.data_code(data_config)  # the data factory's code as it ran (python sources only)
@@ -48,29 +49,15 @@ def derive_data(data_config: dict, *, parent: dict, detections_path, examples_pa
     spec = data_config["intervene"]
     files = data.dataset_files(parent)
     train, test = artifacts.read_parquet(files["train"]), artifacts.read_parquet(files["test"])
-    meta = artifacts.read_json(files["meta"])
-    scores = interventions.scores_at(artifacts.read_parquet(detections_path), spec["detector"], spec["step"])
-    labels = train.set_index("example_id")["label"]
-    chosen = interventions.choose(scores.reindex(labels.index), labels, spec["k"], spec["arm"], spec["seed"])
-    predictions = None
-    if spec["action"] == "relabel":
-        at = [p for p in layout.partition_files(examples_paths) if layout.step_of(p) == spec["step"]]
-        if not at:
-            raise FileNotFoundError(f"missing artifact: the parent's examples table at step {spec['step']} "
-                                    f"(among {', '.join(map(str, examples_paths))})")
-        examples = artifacts.read_parquet(at[0], columns=["split", "example_id", "pred"])  # not the projections
-        predictions = examples[examples["split"] == "train"].set_index("example_id")["pred"]
-    chosen_planted = int(train.loc[train["example_id"].isin(chosen), "planted"].sum())
-    train, test, meta = interventions.derive(train, test, meta, chosen, action=spec["action"],
-                                             weight=spec.get("weight", 1.0), predictions=predictions)
+    examples = examples_at(examples_paths, spec["step"]) if spec["action"] == "relabel" else None
+    train, test, meta, chosen = interventions.intervene(train, test, artifacts.read_json(files["meta"]),
+                                                        artifacts.read_parquet(detections_path), spec, examples)
     meta["class_counts"] = data.check_dataset(train, test, meta["input"], f"{spec['parent_run']}'s dataset, intervened on")
     meta = {**meta, "generator": data_config,
-            "intervention": {**spec, "parent_dataset": Path(files["meta"]).parent.name,
-                             "chosen_ids": chosen.tolist(),
-                             "chosen_planted": chosen_planted}}
+            "intervention": {**spec, "parent_dataset": Path(files["meta"]).parent.name, **chosen}}
     data.write_dataset(train, test, meta, train_path, test_path, meta_path)
     log.info("derived %s from %s: %s %d examples (%s arm)", Path(meta_path).parent.name, spec["parent_run"],
-             spec["action"], len(chosen), spec["arm"])
+             spec["action"], len(chosen["chosen_ids"]), spec["arm"])
 
 
 def train(settings: dict, *, dataset, out_dir, run_id: str, progress=None, threads: int | None = None) -> pd.DataFrame:
@@ -101,13 +88,6 @@ def train(settings: dict, *, dataset, out_dir, run_id: str, progress=None, threa
         torch.set_num_threads(before)
 
 
-def _checkpoint_path(manifest_path, step: int) -> Path:
-    manifest = artifacts.read_json(manifest_path)
-    if str(step) not in manifest["checkpoints"]:
-        raise KeyError(f"{manifest_path} has no checkpoint at step {step}; it has {sorted(map(int, manifest['checkpoints']))}")
-    return Path(manifest_path).parent / manifest["checkpoints"][str(step)]
-
-
 def open_checkpoint(step: int, *, dataset, device, manifest=None, checkpoints: dict | None = None,
                     model: dict | None = None):
     """The model (eval mode) and checkpoint dict at `step`: through a run's manifest, or from
@@ -117,7 +97,7 @@ def open_checkpoint(step: int, *, dataset, device, manifest=None, checkpoints: d
     from gradscope import data
     from gradscope.models import InputSpec
 
-    path = Path(checkpoints[str(step)]) if checkpoints else _checkpoint_path(manifest, step)
+    path = Path(checkpoints[str(step)]) if checkpoints else checkpoint_file(manifest, step)
     spec = InputSpec.from_dict(data.load_meta(dataset)["input"])
     return ckpt.load(path, device=device, model_settings=model, spec=spec)
 
@@ -160,17 +140,6 @@ def extract_examples(settings: dict, *, loss: str, device: str, dataset, step: i
     return table
 
 
-def read_examples(paths) -> pd.DataFrame:
-    return artifacts.read_partitions(paths)
-
-
-def planted_truth(meta_path) -> tuple[list | None, dict | None]:
-    """The dataset's planted training ids and named planted groups, each None where the data
-    plants none (flip_fraction 0 plants an empty list: nothing to score against either)."""
-    planted = artifacts.read_json(meta_path).get("planted") or {}
-    return planted.get("train_ids") or None, planted.get("groups") or None
-
-
 def detect_signals(settings: dict, *, examples_paths, meta_path, metrics_path, out: dict, run_id: str) -> dict:
     """Every configured detector on the training split, scored against the planted truth where the data has one.
 
@@ -182,57 +151,18 @@ def detect_signals(settings: dict, *, examples_paths, meta_path, metrics_path, o
     planted, planted_groups = planted_truth(meta_path)
     metrics = artifacts.read_parquet(metrics_path)
     tr = signals.Trajectories.from_table(read_examples(examples_paths), lr=metrics.set_index("step")["lr"])
-    detections = signals.detect(tr, settings)
-    evaluation = scoring.evaluate(detections, planted)
-    groups, pairs, group_losses = opposing.find_groups(tr, **settings["opposing_groups"])
-    changes = opposing.loss_changes(tr)
-    per_example = signals.per_example(tr, planted, planted_groups)
-    events = signals.generalization_events(metrics, train_threshold=settings["generalization"]["train_acc"],
-                                           test_threshold=settings["generalization"]["test_acc"])
-    around = signals.flagged_around(detections, events["step_generalized"])
-    summary = {
-        "run_id": run_id,
-        "settings": settings,
-        "n_train": len(tr.example_ids),
-        "steps": tr.steps.tolist(),
-        "planted_count": None if planted is None else len(planted),
-        "planted_groups": sorted(planted_groups) if planted_groups else [],
-        "per_step": evaluation.to_dict(orient="records"),
-        "generalization": {**events, "flagged_around": around.to_dict(orient="records")},
-        "groups": {**scoring.evaluate_groups(groups, pairs, planted, planted_groups),
-                   "top_pairs": scoring.top_pair_summary(groups, pairs, changes, planted_groups)},
-        "headline": signals_headline(evaluation, per_example, pairs, planted),
-    }
-    provenance = {"signals": settings}
-    for name, table, schema in (("detections", detections, artifacts.DETECTIONS), ("evaluation", evaluation, artifacts.EVALUATION),
-                                ("groups", groups, artifacts.GROUPS), ("group_pairs", pairs, artifacts.GROUP_PAIRS),
-                                ("group_losses", group_losses, artifacts.GROUP_LOSSES),
-                                ("loss_changes", changes, artifacts.LOSS_CHANGES),
-                                ("per_example", per_example, artifacts.PER_EXAMPLE)):
-        artifacts.write_parquet(table, out[name], schema, table=name, run_id=run_id, config=provenance)
+    tables, found = detections.analyze(tr, metrics, settings, planted, planted_groups)
+    summary = {"run_id": run_id, "settings": settings, **found}
+    schemas = {"detections": artifacts.DETECTIONS, "evaluation": artifacts.EVALUATION, "groups": artifacts.GROUPS,
+               "group_pairs": artifacts.GROUP_PAIRS, "group_losses": artifacts.GROUP_LOSSES,
+               "loss_changes": artifacts.LOSS_CHANGES, "per_example": artifacts.PER_EXAMPLE}
+    for name, table in tables.items():
+        artifacts.write_parquet(table, out[name], schemas[name], table=name, run_id=run_id, config={"signals": settings})
     artifacts.write_json(summary, out["summary"])
     log.info("signals: %d detectors, %d checkpoints, %d training examples; %d opposing group pairs",
-             detections["detector"].nunique(), len(tr.steps), len(tr.example_ids), int(pairs["opposing"].sum()))
+             tables["detections"]["detector"].nunique(), len(tr.steps), len(tr.example_ids),
+             int(tables["group_pairs"]["opposing"].sum()))
     return summary
-
-
-def signals_headline(evaluation: pd.DataFrame, per_example: pd.DataFrame, pairs: pd.DataFrame, planted) -> dict:
-    """Run-level figures of the signals stage for the sweep table."""
-    head = {"opposing_pairs": int(pairs["opposing"].sum()),
-            "min_group_cosine": float(pairs["cosine"].min()) if len(pairs) else float("nan")}
-    if planted is None:
-        return head
-    table = report.detector_table(evaluation).set_index("detector")  # last-checkpoint figures and best AUROC
-    best = table["auroc"].idxmax() if table["auroc"].notna().any() else None
-    cos = table.loc["cos_rule"] if "cos_rule" in table.index else None
-    head.update({
-        "best_detector": best,
-        "best_detector_final_auroc": float(table.loc[best, "auroc"]) if best else float("nan"),
-        "final_auroc_cos_rule": float(cos["auroc"]) if cos is not None else float("nan"),
-        "best_auroc_cos_rule": float(cos["best_auroc"]) if cos is not None else float("nan"),
-        "opposition_auroc": scoring.auroc(per_example["opposition"], per_example["planted"]),
-    })
-    return head
 
 
 def compute_influence(settings: dict, *, examples_paths, metrics_path, train_path, test_path, out: dict,
@@ -247,18 +177,9 @@ def compute_influence(settings: dict, *, examples_paths, metrics_path, train_pat
     table = read_examples(examples_paths)
     steps = np.unique(table["step"].to_numpy())
     lr = signals.lr_at(artifacts.read_parquet(metrics_path).set_index("step")["lr"], steps)
-    splits = {}
-    for split in ("train", "test"):
-        part = table[table["split"] == split].sort_values(["step", "example_id"], kind="stable")
-        ids = np.unique(part["example_id"].to_numpy())
-        proj = np.stack(part["grad_proj"].to_numpy()).astype(np.float32).reshape(len(steps), len(ids), -1)
-        splits[split] = (ids, proj)
+    splits = influence.checkpoint_projections(table, steps)
     train_ids, train_proj = splits["train"]
-    test_ids, test_proj = splits["test"]
-    if settings["test_examples"] and settings["test_examples"] < len(test_ids):
-        rng = np.random.default_rng(settings["seed"])
-        keep = np.sort(rng.choice(len(test_ids), size=settings["test_examples"], replace=False))
-        test_ids, test_proj = test_ids[keep], test_proj[:, keep]
+    test_ids, test_proj = influence.sample_test(*splits["test"], settings["test_examples"], settings["seed"])
     top = influence.top_influences(train_proj, test_proj, lr, settings["top_k"])
     train_df, test_df = split_labels(train_path, train_ids), split_labels(test_path, test_ids)
     rows, contributions = influence.influence_tables(top, steps=steps, lr=lr, test_ids=test_ids, train=train_df,
@@ -268,43 +189,14 @@ def compute_influence(settings: dict, *, examples_paths, metrics_path, train_pat
                             config=provenance)
     artifacts.write_parquet(contributions, out["contributions"], artifacts.INFLUENCE_CONTRIBUTIONS,
                             table="influence_contributions", run_id=run_id, config=provenance)
-    last = table[(table["split"] == "test") & (table["step"] == steps[-1])].set_index("example_id")
     summary = {"run_id": run_id, "settings": settings, "steps": steps.tolist(), "lr": lr.tolist(),
                "n_train": len(train_ids), "n_test_scored": len(test_ids), "proj_dim": int(train_proj.shape[-1]),
-               "flipped_opponents": influence.flipped_opponents(rows, train_df),
-               "examples": influence.shown_examples(rows, last.loc[test_ids, ["loss", "pred"]],
-                                                    settings["report_examples"]),
+               **influence.findings(rows, train_df, table, test_ids, settings["report_examples"]),
                "seconds": round(time.perf_counter() - t0, 3)}
     artifacts.write_json(summary, out["summary"])
     log.info("influence: %d test x %d training examples over %d checkpoints (k = %d) in %.2f s", len(test_ids),
              len(train_ids), len(steps), train_proj.shape[-1], summary["seconds"])
     return summary
-
-
-def split_labels(path, ids: np.ndarray | None = None) -> pd.DataFrame:
-    """example_id, label, clean_label (the label where the data has no noise) and planted of a dataset
-    split's table: of `ids`, in order, or of every example."""
-    names = pq.read_schema(path).names
-    df = artifacts.read_parquet(path, columns=[c for c in ("example_id", "label", "clean_label", "planted") if c in names])
-    df = df.set_index("example_id")
-    if ids is not None:
-        df = df.loc[ids]
-    return pd.DataFrame({"example_id": df.index.to_numpy(), "label": df["label"].to_numpy(),
-                         "clean_label": (df["clean_label"] if "clean_label" in df else df["label"]).to_numpy(),
-                         "planted": (df["planted"] if "planted" in df else pd.Series(False, index=df.index)).to_numpy()})
-
-
-def _update_not_replayable(optim: dict, saved: dict | None) -> str | None:
-    """Why the checkpoint's next update cannot be replayed for update sharpness; None where it can."""
-    from gradscope.optim import CUSTOM
-
-    if optim["name"] == CUSTOM:
-        return "optim.name is custom"
-    if saved is None:  # plain SGD's update needs no optimizer state
-        return None if optim["name"] == "sgd" and not optim["momentum"] else "the checkpoint holds no optimizer state"
-    if len(saved["param_groups"]) != 1:  # a loop with several (Hugging Face's decay / no-decay)
-        return f"the optimizer has {len(saved['param_groups'])} parameter groups; gradscope rebuilds one"
-    return None
 
 
 def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, dataset, step: int, out,
@@ -326,24 +218,21 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
     an optimizer gradscope does not build (optim.name custom).
     The checkpoint: see `open_checkpoint` (manifest, or checkpoints and model).
     """
-    from gradscope import curvature, data, operators
+    from gradscope import curvature, data, parameters
     from gradscope import train as training
+    from gradscope.curvature.replay import update_not_replayable
     from gradscope.models import resolve_device
 
     dev = resolve_device(device)
     model, state = open_checkpoint(step, dataset=dataset, device=dev, manifest=manifest, checkpoints=checkpoints,
                                    model=model)
-    n_params = operators.n_trainable(model)  # the Hessian's coordinates: trainable parameters only
-    start = None  # the previous checkpoint's eigenvectors, checked before any work
-    if warm is not None:
-        start = artifacts.read_npy(warm)
-        if start.ndim != 2 or start.shape[0] == 0 or start.shape[1] != n_params:
-            raise ValueError(f"{warm}: expected eigenvectors of shape (k, {n_params}), found {start.shape}")
+    n_params = parameters.n_trainable(model)  # the Hessian's coordinates: trainable parameters only
+    start = None if warm is None else read_eigenvectors(warm, n_params)  # checked before any work
     x, y, _ = data.load_split(dataset, "train")
     x, y = x.to(dev), y.to(dev)
     subset = np.sort(np.random.default_rng(settings["seed"]).permutation(len(y))[: settings["subset_size"]])
     update = None
-    not_replayable = _update_not_replayable(optim, state.get("optimizer_state"))
+    not_replayable = update_not_replayable(optim, state.get("optimizer_state"))
     if settings["update_sharpness"] and not_replayable:
         log.info("step %d: no update sharpness (%s)", step, not_replayable)
     if settings["update_sharpness"] and not not_replayable:
@@ -366,19 +255,6 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
              result["lanczos_steps"], result["hessian_trace"], result["hessian_trace_stderr"],
              row["update_sharpness"], row["ggn_top_eigenvalue"], result["hvp_count"], row["ggn_mvp_count"])
     return row
-
-
-def read_curvature(paths) -> pd.DataFrame:
-    """A run's curvature tables, by step. sharpness_threshold is NaN where 2/lr does not apply
-    (report.edge_assessed): also in a table written before the stage recorded it so, from the
-    optimizer in the file's metadata."""
-    files = layout.partition_files(paths)
-    table = artifacts.read_partitions(files).sort_values("step")
-    if files and "sharpness_threshold" in table:
-        optim = (artifacts.read_metadata(files[0]).get("gradscope.config") or {}).get("optim") or {}
-        if optim.get("name") and not report.edge_assessed(optim["name"]):
-            table["sharpness_threshold"] = np.nan
-    return table
 
 
 def render_plots(settings: dict, *, metrics_path, summary_path, curvature_paths, training_png, flagged_png,
@@ -512,7 +388,7 @@ def write_sweep_report(experiment: str, runs: list[dict], *, metrics_paths, summ
     rows, metrics_by_run, curvature_by_run, detector_rows = [], {}, {}, []
     timeline_paths = list(timeline_paths) if timeline_paths else [None] * len(runs)
     for run, metrics_path, summary_path, timeline_path in zip(runs, metrics_paths, summary_paths, timeline_paths):
-        mine = [p for p in curvature_paths if f"/{run['id']}/" in Path(p).as_posix()]
+        mine = run_files(curvature_paths, run["id"])
         metrics_by_run[run["name"]] = artifacts.read_parquet(metrics_path)
         curvature_by_run[run["name"]] = read_curvature(mine)
         head = run_headline(metrics_path=metrics_path, summary_path=summary_path, curvature_paths=mine)
@@ -524,14 +400,7 @@ def write_sweep_report(experiment: str, runs: list[dict], *, metrics_paths, summ
     detectors = pd.concat(detector_rows, ignore_index=True)
     artifacts.write_parquet(detectors, detectors_path, None, table="sweep_detectors", run_id=experiment,
                             config={"experiment": experiment})
-    table = pd.DataFrame(rows)
-    # The run and its grid values, then the headline figures (report.HEADLINE: every one a column, null where
-    # missing or not applicable, as `gradscope runs` and the index show them), then the run's other figures.
-    figures = {k for r in rows for k in r} - {"run_id", "run", "optimizer"} - {k for run in runs for k in run["varying"]}
-    table = table.reindex(columns=[c for c in table.columns if c not in figures] + report.HEADLINE
-                          + [c for c in table.columns if c in figures and c not in report.HEADLINE])
-    # Columns vary with the grid, so their types are inferred; list-valued grid values become text.
-    table = table.apply(lambda col: col.map(str) if col.map(lambda v: isinstance(v, (list, tuple))).any() else col)
+    table = sweep_table(rows, runs)
     artifacts.write_parquet(table, runs_path, None, table="sweep_runs", run_id=experiment,
                             config={"experiment": experiment, "runs": runs})
     plots.plot_sweep(metrics_by_run, comparison_png, title=f"{experiment}: accuracy of every run", dpi=plots_settings["dpi"])
@@ -556,9 +425,9 @@ def write_interventions(experiment: str, runs: list[dict], *, metrics_paths, sum
     rows = []
     tests = {}
     for run, metrics_path, summary_path, timeline_path in zip(runs, metrics_paths, summary_paths, timeline_paths):
-        mine = lambda paths: [p for p in paths if f"/{run['id']}/" in Path(p).as_posix()]  # noqa: E731
-        head = run_headline(metrics_path=metrics_path, summary_path=summary_path, curvature_paths=mine(curvature_paths))
-        last = max(layout.partition_files(mine(examples_paths)), key=layout.step_of)
+        head = run_headline(metrics_path=metrics_path, summary_path=summary_path,
+                            curvature_paths=run_files(curvature_paths, run["id"]))
+        last = max(layout.partition_files(run_files(examples_paths, run["id"])), key=layout.step_of)
         if run["test"] not in tests:
             tests[run["test"]] = artifacts.read_parquet(run["test"])
         # the test rows' correctness only, not the per-example projections that make up most of the table

@@ -143,10 +143,11 @@ def run_status(folder: Path, logs_dir: Path | None = None, *, headline: bool = T
         out = ({"status": "analysing", "note": f"trained; not yet written: {', '.join(missing)}"} if missing
                else {"status": "done"})
     if headline and metrics.exists() and summary.exists() and curvature:
-        from gradscope import pipeline
+        from gradscope import readers, report
 
-        try:
-            out.update(pipeline.run_headline(metrics_path=metrics, summary_path=summary, curvature_paths=curvature))
+        try:  # as pipeline.run_headline reads them
+            out.update(report.headline(artifacts.read_parquet(metrics), artifacts.read_json(summary),
+                                       readers.read_curvature(curvature)))
         except (OSError, ValueError, KeyError) as e:  # a file the cheap checks above pass but that does not read
             return {"status": "damaged", "note": str(e).splitlines()[0]}
     return out
@@ -180,7 +181,7 @@ def headline_of(folder: Path, metrics: pd.DataFrame | None = None) -> dict:
     still training, the partial metrics or the rows in its latest resumable checkpoint; or `metrics`
     where given), its signals summary and its curvature tables, each left out where it is missing or
     does not read (the run's status says why)."""
-    from gradscope import pipeline, report
+    from gradscope import readers, report
 
     folder = Path(folder)
 
@@ -205,7 +206,7 @@ def headline_of(folder: Path, metrics: pd.DataFrame | None = None) -> dict:
     summary_path = layout.in_run(folder, "signals_summary")
     summary = attempt(lambda: artifacts.read_json(summary_path)) if summary_path.exists() else None
     curvature_paths = layout.tables_in(folder, "curvature")
-    curvature = attempt(lambda: pipeline.read_curvature(curvature_paths)) if curvature_paths else None
+    curvature = attempt(lambda: readers.read_curvature(curvature_paths)) if curvature_paths else None
     return attempt(lambda: report.headline(metrics, summary, curvature)) or {}
 
 
@@ -274,7 +275,7 @@ class RunView:
     def labels(self) -> pd.DataFrame:
         """split, example_id, label (as given to training), clean_label (the original label) and planted, per example."""
         from gradscope.data import dataset_files
-        from gradscope.pipeline import split_labels
+        from gradscope.readers import split_labels
 
         files = dataset_files(self._dataset_or_raise())
         parts = [split_labels(files[split]).assign(split=split) for split in ("train", "test")]
@@ -306,7 +307,7 @@ class RunView:
 
     @functools.cached_property
     def curvature(self) -> pd.DataFrame:
-        from gradscope.pipeline import read_curvature
+        from gradscope.readers import read_curvature
 
         return read_curvature(layout.tables_in(self.path, "curvature")).reset_index(drop=True)
 
@@ -405,7 +406,7 @@ def analyze(checkpoints, *, data, model: dict | None = None, loss: str = "cross_
     import tempfile
 
     from gradscope import data as gdata
-    from gradscope import external, opposing, pipeline, scoring
+    from gradscope import external, opposing, pipeline, readers, scoring
     from gradscope import signals as gsignals
 
     if not isinstance(checkpoints, dict):
@@ -426,7 +427,7 @@ def analyze(checkpoints, *, data, model: dict | None = None, loss: str = "cross_
             pipeline.extract_examples(config.filled("examples", examples), loss=loss, device=device, dataset=folder,
                                       step=step, out=parts[-1], run_id="analyze", checkpoints={str(step): path},
                                       model=model)
-        table = pipeline.read_examples(parts)  # as the workflow's stages read them (the file's types)
+        table = readers.read_examples(parts)  # as the workflow's stages read them (the file's types)
     settings = config.filled("signals", signals)
     rates = None if lr is None else (pd.Series(lr) if isinstance(lr, dict) else pd.Series({min(checkpoints): float(lr)}))
     tr = gsignals.Trajectories.from_table(table, lr=rates)

@@ -296,6 +296,13 @@ def generalization_events(metrics: pd.DataFrame, *, train_threshold: float, test
             "step_memorized": fit, "step_generalized": gen, "delay_steps": gen - fit}
 
 
+def edge_assessed(optimizer: str) -> bool:
+    """Whether a run's sharpness is judged against 2/lr (`edge_of_stability`): the stability threshold of
+    gradient descent (with momentum 2(1+beta)/lr), not of an adaptive optimizer, whose edge is in its
+    preconditioned sharpness. (gradscope.report.edge_assessed decides the same.)"""
+    return optimizer == "sgd"
+
+
 def edge_of_stability(curvature: pd.DataFrame, *, tolerance: float, tail: float) -> dict:
     """Whether a run's sharpness sits at its stability threshold 2/lr (Cohen et al. 2021).
 

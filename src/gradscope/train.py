@@ -153,9 +153,10 @@ class EarlyStop:
     """Stop when a logged metric has not improved by `min_delta` for `patience` logged evaluations."""
 
     def __init__(self, rule: dict | None):
-        """rule: the `train.early_stopping` block; None never stops."""
-        rule = config.section("train", early_stopping=rule)["early_stopping"] or {}  # the schema's defaults filled in
-        self.metric, self.patience, self.min_delta = rule.get("metric"), rule.get("patience"), rule.get("min_delta")
+        """rule: the run's `train.early_stopping` block, filled where the settings came in (`train`, which
+        fills the train section once); None never stops."""
+        self.metric, self.patience, self.min_delta = (rule["metric"], rule["patience"], rule["min_delta"]) if rule \
+            else (None, None, None)
         self.sign = 1.0 if (self.metric or "").endswith("_acc") else -1.0  # accuracies rise, losses fall
         self.best, self.bad = None, 0
 
@@ -172,7 +173,8 @@ class EarlyStop:
 
 def train(settings: dict, train_split, test_split, spec: InputSpec, out_dir, run_id: str = "", progress=None) -> pd.DataFrame:
     """Train one run (see `_train`) holding its lock, after removing what an earlier attempt wrote
-    beside the resume store."""
+    beside the resume store. A public entry point: the boundary where the model, optim and train
+    sections are filled (what they leave out takes the schema's default), once for the whole run."""
     out_dir = Path(out_dir)
     with run_lock(out_dir, run_id):
         _clear_outputs(out_dir)

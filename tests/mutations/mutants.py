@@ -24,6 +24,7 @@ OPTIM, TRAIN, DYN = "src/gradscope/optim.py", "src/gradscope/train.py", "src/gra
 SIGNALS, BASE = "src/gradscope/signals.py", "src/gradscope/grad_rules/base.py"
 LANCZOS, CURV = "src/gradscope/curvature/lanczos.py", "src/gradscope/curvature/measures.py"
 PIPE, EXAMPLES, MODELS = "src/gradscope/pipeline.py", "src/gradscope/examples.py", "src/gradscope/models.py"
+TRANSFORMER, CONVNETS = "src/gradscope/transformer.py", "src/gradscope/convnets.py"
 T_OPTIM, T_EDGE = "tests/test_optim.py", "tests/test_edge_cases.py"
 T_VALUES, T_COVER = "tests/test_workflow_values.py::", "tests/test_workflow_coverage.py::"
 V_EXAMPLES = T_VALUES + "test_examples_table_matches_vmap_gradients_against_the_training_mean"
@@ -105,7 +106,7 @@ MUTANTS = [
            "update_sharpness: false ignored"),
     Mutant("minibatches_ignored", TRAIN, 'batch_size = train_cfg["batch_size"] or n', "batch_size = n", (C_BATCH,),
            "train.batch_size ignored: always full batch"),
-    Mutant("gelu_is_relu", MODELS, '"gelu": nn.GELU', '"gelu": nn.ReLU', (C_CNN,), "activation gelu builds ReLU"),
+    Mutant("gelu_is_relu", "src/gradscope/activations.py", '"gelu": nn.GELU', '"gelu": nn.ReLU', (C_CNN,), "activation gelu builds ReLU"),
     Mutant("mse_without_half", "src/gradscope/losses.py", "return 0.5 * ((logits - onehot) ** 2).sum(dim=-1)",
            "return ((logits - onehot) ** 2).sum(dim=-1)", (C_MSE,), "MSE loss off by its documented factor 1/2"),
     # ---- projections and influence (#17) ------------------------------------------------------------
@@ -134,11 +135,11 @@ MUTANTS = [
            "contrib[s : s + len(best), :, :, c] = (1.0 * (", (T_INFL,),
            "per-checkpoint contributions that do not sum to the score"),
     # ---- model and figure values (#18) --------------------------------------------------------------
-    Mutant("attention_not_causal", MODELS, 'scores = scores.masked_fill(~causal, float("-inf"))', "scores = scores",
+    Mutant("attention_not_causal", TRANSFORMER, 'scores = scores.masked_fill(~causal, float("-inf"))', "scores = scores",
            (T_MODEL_VALUES,), "the transformer's attention sees later positions"),
-    Mutant("block_skips_ln1", MODELS, "+ self.attn(self.ln1(x), last_only=last_only)",
+    Mutant("block_skips_ln1", TRANSFORMER, "+ self.attn(self.ln1(x), last_only=last_only)",
            "+ self.attn(x, last_only=last_only)", (T_MODEL_VALUES,), "LayerNorm before attention not applied"),
-    Mutant("cnn_pool_stride_1", MODELS, "_MAX_POOL[nd](2)", "_MAX_POOL[nd](2, stride=1)", (T_MODEL_VALUES,),
+    Mutant("cnn_pool_stride_1", CONVNETS, "_MAX_POOL[nd](2)", "_MAX_POOL[nd](2, stride=1)", (T_MODEL_VALUES,),
            "the CNN pools with the wrong stride"),
     Mutant("training_plot_unshifted_steps", PLOTS,
            'x = m["step"].to_numpy(dtype=float) + 1.0\n    fig, (ax_loss, ax_acc)',

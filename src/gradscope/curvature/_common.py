@@ -1,5 +1,5 @@
 """What the curvature modules share: the schema's defaults, Rademacher probes, the eval-mode gate
-as a decorator, and the model's parameter dtype and device (inputs are cast to them)."""
+as a decorator, and casting inputs to the model's parameter dtype and device (gradscope.parameters)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from gradscope import config
-from gradscope.operators import measuring, trainable_parameters
+from gradscope.operators import measuring
+from gradscope.parameters import param_kind
+from gradscope.parameters import detached_params  # noqa: F401 (curvature.traces imports it from here)
 
 # The one set of defaults: every keyword default of the algorithms and measures that mirrors a
 # `curvature` setting is read from here, i.e. from the schema.
@@ -33,21 +35,9 @@ def measured(fn):
     return wrapper
 
 
-def param_kind(model: nn.Module) -> tuple[torch.dtype, torch.device]:
-    """The dtype and device of the first trainable parameter."""
-    p = trainable_parameters(model)[0][1]
-    return p.dtype, p.device
-
-
 def as_model_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`x` on the model's device, float inputs in its dtype (token ids stay integer)."""
     dtype, device = param_kind(model)
     x = x.to(device)
     return x.to(dtype) if x.is_floating_point() else x
 
-
-def detached_params(model: nn.Module, trainable: bool = False) -> dict[str, torch.Tensor]:
-    """Detached parameters for functional_call: all of them (a forward with no parameter graph),
-    or the trainable ones only (what per-example gradients are taken w.r.t.; frozen ones stay the module's)."""
-    named = trainable_parameters(model) if trainable else model.named_parameters()
-    return {name: p.detach() for name, p in named}

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradscope.curvature._common import DEFAULTS, param_kind
+from gradscope.curvature._common import DEFAULTS
 from gradscope.curvature.hutchinson import hutchinson_trace
 from gradscope.curvature.lanczos import lanczos_top
 from gradscope.curvature.slq import slq_density
-from gradscope.operators import CurvatureOperator, HessianOperator, n_trainable
+from gradscope.operators import CurvatureOperator, HessianOperator
+from gradscope.parameters import n_trainable, param_kind
 
 
 def top_eigenvalues(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, k: int = DEFAULTS["top_k"],

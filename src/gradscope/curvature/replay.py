@@ -14,14 +14,22 @@ import math
 import torch
 from torch import nn
 
-from gradscope.curvature._common import param_kind
 from gradscope.losses import per_example_loss
-from gradscope.operators import trainable_parameters
-from gradscope.optim import build_optimizer, lr_at
+from gradscope.optim import CUSTOM, build_optimizer, lr_at
+from gradscope.parameters import flat_params, param_kind
 
 
-def _flat_params(model: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for _, p in trainable_parameters(model)])
+def update_not_replayable(optim: dict, optimizer_state: dict | None) -> str | None:
+    """Why a checkpoint's next update cannot be replayed (`optimizer_update`), for update sharpness;
+    None where it can. optim: the run's filled `optim` section; optimizer_state: the checkpoint's
+    (None: it holds none)."""
+    if optim["name"] == CUSTOM:
+        return "optim.name is custom"
+    if optimizer_state is None:  # plain SGD's update needs no optimizer state
+        return None if optim["name"] == "sgd" and not optim["momentum"] else "the checkpoint holds no optimizer state"
+    if len(optimizer_state["param_groups"]) != 1:  # a loop with several (Hugging Face's decay / no-decay)
+        return f"the optimizer has {len(optimizer_state['param_groups'])} parameter groups; gradscope rebuilds one"
+    return None
 
 
 def optimizer_update(model: nn.Module, optimizer_state: dict | None, optim_config: dict, inputs: torch.Tensor,
@@ -50,7 +58,7 @@ def optimizer_update(model: nn.Module, optimizer_state: dict | None, optim_confi
     inputs, targets = inputs.to(device), targets.to(device)
     if inputs.is_floating_point():
         inputs = inputs.to(dtype)
-    before = _flat_params(clone).clone()
+    before = flat_params(clone).clone()
     optimizer.zero_grad(set_to_none=True)
     with torch.enable_grad():
         per_example_loss(clone(inputs), targets, loss).mean().backward()
@@ -62,4 +70,4 @@ def optimizer_update(model: nn.Module, optimizer_state: dict | None, optim_confi
     for group in optimizer.param_groups:
         group["lr"] = lr if lr is not None else lr_at(step, optim_config)
     optimizer.step()
-    return _flat_params(clone) - before
+    return flat_params(clone) - before

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from gradscope.curvature._common import as_model_input, detached_params, measured
+from gradscope.curvature._common import as_model_input, measured
 from gradscope.losses import per_example_loss
+from gradscope.parameters import detached_params
 
 
 def _input_jacobian_sq_norms(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -132,7 +132,7 @@ def collect_run(folder, *, max_examples: int, top_k: int, seed: int) -> dict:
         if dynamics is not None:
             out["dynamics"] = collect_dynamics(dynamics)
     curv_paths = layout.tables_in(folder, "curvature")
-    from gradscope.pipeline import read_curvature  # sharpness_threshold null where 2/lr does not apply
+    from gradscope.readers import read_curvature  # sharpness_threshold null where 2/lr does not apply
 
     curvature = read(read_curvature, curv_paths) if curv_paths else None
     if curvature is not None:
