@@ -1,6 +1,6 @@
-"""Snakemake adapter for rule progress: see gradscope.progress.write_progress."""
+"""Snakemake adapter for rule progress: see gradscope.pipeline.write_progress."""
 from gradscope.logs import log_to
-from gradscope.progress import write_progress
+from gradscope.pipeline import write_progress
 
 with log_to(snakemake.log[0]):
     i = snakemake.input

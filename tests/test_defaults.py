@@ -19,8 +19,8 @@ import pytest
 import torch
 import yaml
 
-from gradscope import (animate, config, convnets, curvature, data, detections, examples, influence, losses, models,
-                       opposing, optim, plots, progress, results, signal_plots, signals, train, transformer)
+from gradscope import (analysis, animate, config, convnets, curvature, data, detections, examples, influence, losses,
+                       models, opposing, optim, plots, progress, signal_plots, signals, train, transformer)
 from gradscope.config import applicable, dataset_id, load_runs, run_config, section, section_defaults
 from gradscope.models import InputSpec, build_model
 
@@ -51,7 +51,7 @@ MIRRORS = {
     detections: ["signals"],
     opposing: [("signals", "opposing_groups")],
     influence: ["influence"],
-    results: ["examples", "train"],  # analyze: loss
+    analysis: ["examples", "train"],  # analyze: loss
     plots: ["plots"],
     signal_plots: ["plots"],
     animate: ["plots"],
@@ -125,7 +125,7 @@ def test_the_check_reads_the_settings_it_should():
                      ("gradscope.examples", "mean_gradient", "batch_size"),
                      ("gradscope.convnets", "ResNet.__init__", "base_width"),
                      ("gradscope.transformer", "Transformer.__init__", "d_head"),
-                     ("gradscope.results", "analyze", "loss"),
+                     ("gradscope.analysis", "analyze", "loss"),
                      ("gradscope.plots", "plot_training", "dpi")]:
         assert expected in seen
 

@@ -7,7 +7,7 @@ Opposing signals (Rosenfeld & Risteski 2023), curvature and the edge of stabilit
 __version__ = "0.1.0"
 
 # The notebook entry points, imported when first used (so `import gradscope` stays light).
-_LAZY = {"open_run": "gradscope.results", "open_results": "gradscope.results", "analyze": "gradscope.results",
+_LAZY = {"open_run": "gradscope.results", "open_results": "gradscope.results", "analyze": "gradscope.analysis",
          "Recorder": "gradscope.recorder"}
 __all__ = sorted(_LAZY)
 

@@ -108,7 +108,7 @@ def _torch() -> Check:
     try:
         import torch
 
-        from gradscope.models import resolve_device
+        from gradscope.device import resolve_device
     except Exception as e:  # noqa: BLE001  (a broken install fails in many ways)
         return Check("torch", False, f"cannot be imported ({type(e).__name__}: {e})", fix=f"pip install torch=={TORCH}",
                      required=True)

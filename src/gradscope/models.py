@@ -59,6 +59,7 @@ from gradscope import config, factories
 from gradscope.activations import ACTIVATIONS
 # the architectures of their own modules, importable from here as gradscope.models.X
 from gradscope.convnets import CNN, NORMS, VGG, VGG11, BasicBlock, ResNet, conv_input_shape  # noqa: F401
+from gradscope.device import resolve_device  # noqa: F401  (models.resolve_device, as before)
 from gradscope.losses import one_hot
 from gradscope.model_input import InputSpec
 from gradscope.transformer import TRANSFORMER_INITS, Attention, Block, Transformer  # noqa: F401
@@ -213,12 +214,3 @@ BUILDERS: dict[str, Callable[[dict, InputSpec], nn.Module]] = {
     "vgg": _build_vgg, "python": _build_python,
 }
 MODEL_KINDS = tuple(BUILDERS)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" picks CUDA when present; "cuda" without CUDA is an error, not a silent fallback."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device; use 'auto' or 'cpu'")
-    return torch.device(device)

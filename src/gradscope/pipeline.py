@@ -17,7 +17,7 @@ import pandas as pd
 
 # Only what every stage needs loads here: the stages that run torch import it themselves, so that
 # a job that reads tables and draws (signals, plots, reports) starts without it (about 1.5 s).
-from gradscope import artifacts, config, detections, layout, report, scoring, signals
+from gradscope import artifacts, config, detections, layout, report, scoring, signals, tables
 from gradscope.readers import (checkpoint_file, examples_at, planted_truth, read_curvature, read_eigenvectors,
                                read_examples, run_files, split_labels)
 from gradscope.sweep_table import sweep_table
@@ -209,18 +209,11 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
     warm: the previous checkpoint's eigenvectors file, where Lanczos starts (`warm_start`).
     dataset: the dataset's files as the rule declares them, or its folder (data.dataset_files).
     The model is measured in eval mode (checkpoints.load returns it so), as the metadata records.
-
-    Update sharpness uses the optimizer's own next update, rebuilt from the checkpoint's
-    optimizer state and lr with the gradient of the whole training set (the update of
-    full-batch training; for minibatch SGD, its expectation over batches; for Adam-family
-    optimizers, the update the full-batch gradient would give). It needs the optimizer's state, so it
-    is NaN for a checkpoint without one (a plain state_dict), unless plain SGD needs none, and for
-    an optimizer gradscope does not build (optim.name custom).
-    The checkpoint: see `open_checkpoint` (manifest, or checkpoints and model).
+    Update sharpness: see `curvature.replay.checkpoint_update`. The checkpoint: see `open_checkpoint`.
     """
     from gradscope import curvature, data, parameters
     from gradscope import train as training
-    from gradscope.curvature.replay import update_not_replayable
+    from gradscope.curvature.replay import checkpoint_update
     from gradscope.models import resolve_device
 
     dev = resolve_device(device)
@@ -231,13 +224,7 @@ def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, da
     x, y, _ = data.load_split(dataset, "train")
     x, y = x.to(dev), y.to(dev)
     subset = np.sort(np.random.default_rng(settings["seed"]).permutation(len(y))[: settings["subset_size"]])
-    update = None
-    not_replayable = update_not_replayable(optim, state.get("optimizer_state"))
-    if settings["update_sharpness"] and not_replayable:
-        log.info("step %d: no update sharpness (%s)", step, not_replayable)
-    if settings["update_sharpness"] and not not_replayable:
-        update = curvature.optimizer_update(model, state["optimizer_state"], optim, x, y, loss=loss, step=step,
-                                            lr=state["lr"])
+    update = checkpoint_update(model, state, optim, x, y, loss=loss, step=step, wanted=settings["update_sharpness"])
     keep = settings["eigenvectors"] or settings["warm_start"]
     result = curvature.compute_curvature(model, x[subset], y[subset], settings, loss=loss, warm=start, update=update,
                                          return_eigenvectors=keep)
@@ -293,6 +280,21 @@ def render_density(settings: dict, *, curvature_paths, out, run_id: str) -> None
     what = "Hessian and Gauss-Newton" if any(len(v) for v in table.get("ggn_density", [])) else "Hessian"
     plots.plot_density(table, out, title=f"{run_id}: {what} spectral density",
                        dpi=config.filled("plots", settings)["dpi"])
+
+
+def write_progress(settings: dict, *, data_settings: dict, loss: str, dataset, manifest, metrics_path, out,
+                   figure, run_id: str, dpi: int) -> pd.DataFrame:
+    """The progress stage: the table (`out`, Parquet) and its figure beside the loss curves (`figure`)."""
+    from gradscope import plots  # matplotlib loads only in the jobs that draw
+    from gradscope.progress import compute_progress  # torch loads only in the jobs that need it
+
+    table = compute_progress(settings, data_settings=data_settings, loss=loss, dataset=dataset, manifest=manifest,
+                             metrics_path=metrics_path, run_id=run_id)
+    artifacts.write_parquet(table, out, tables.PROGRESS, table="progress", run_id=run_id,
+                            config={"progress": settings, "data": data_settings, "loss": loss, "mode": "eval"})
+    plots.plot_progress(table, artifacts.read_parquet(metrics_path), figure,
+                        title=f"{run_id}: progress measures (Nanda et al. 2023)", dpi=dpi)
+    return table
 
 
 def render_animation(settings: dict, *, examples_paths, detections_path, gif_path, frames_dir, run_id: str) -> None:

@@ -246,17 +246,3 @@ def compute_progress(settings: dict, *, data_settings: dict, loss: str, dataset,
                  "%.3f of the embedding's squared norm", step, row["restricted_loss"], row["excluded_loss"],
                  row["train_loss"], row["key_frequencies"], row["key_fraction"])
     return pd.DataFrame(rows, columns=list(PROGRESS))
-
-
-def write_progress(settings: dict, *, data_settings: dict, loss: str, dataset, manifest, metrics_path, out,
-                   figure, run_id: str, dpi: int) -> pd.DataFrame:
-    """The progress stage: the table (`out`, Parquet) and its figure beside the loss curves (`figure`)."""
-    from gradscope import plots  # matplotlib loads only in the jobs that draw
-
-    table = compute_progress(settings, data_settings=data_settings, loss=loss, dataset=dataset, manifest=manifest,
-                             metrics_path=metrics_path, run_id=run_id)
-    artifacts.write_parquet(table, out, PROGRESS, table="progress", run_id=run_id,
-                            config={"progress": settings, "data": data_settings, "loss": loss, "mode": "eval"})
-    plots.plot_progress(table, artifacts.read_parquet(metrics_path), figure,
-                        title=f"{run_id}: progress measures (Nanda et al. 2023)", dpi=dpi)
-    return table

@@ -299,7 +299,12 @@ def generalization_events(metrics: pd.DataFrame, *, train_threshold: float, test
 def edge_assessed(optimizer: str) -> bool:
     """Whether a run's sharpness is judged against 2/lr (`edge_of_stability`): the stability threshold of
     gradient descent (with momentum 2(1+beta)/lr), not of an adaptive optimizer, whose edge is in its
-    preconditioned sharpness. (gradscope.report.edge_assessed decides the same.)"""
+    preconditioned sharpness.
+
+    The one place that decides it (re-exported as report.edge_assessed): the curvature stage records
+    sharpness_threshold as null where it does not apply (and `readers.read_curvature` masks a table
+    written before it did), so the headline, the tables, the figures, the CLI and the dashboards leave
+    2/lr and the edge_* figures out."""
     return optimizer == "sgd"
 
 

@@ -102,7 +102,7 @@ MUTANTS = [
            "curvature.top_k ignored"),
     Mutant("lanczos_tol_zero_ignored", CURV, 'tol=s["lanczos_tol"] or None, seed=s["seed"],\n',
            "tol=s['lanczos_tol'] or 1e-3, seed=s['seed'],\n", (C_CURV,), "lanczos_tol 0 does not run every step"),
-    Mutant("update_sharpness_always", PIPE, 'if settings["update_sharpness"] and not not_replayable:', "if not not_replayable:", (C_CURV,),
+    Mutant("update_sharpness_always", "src/gradscope/curvature/replay.py", "if not wanted or why:", "if why:", (C_CURV,),
            "update_sharpness: false ignored"),
     Mutant("minibatches_ignored", TRAIN, 'batch_size = train_cfg["batch_size"] or n', "batch_size = n", (C_BATCH,),
            "train.batch_size ignored: always full batch"),

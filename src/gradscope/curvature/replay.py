@@ -9,6 +9,7 @@ does (BatchNorm on batch statistics): on a deep copy of the model, whose buffers
 from __future__ import annotations
 
 import copy
+import logging
 import math
 
 import torch
@@ -17,6 +18,8 @@ from torch import nn
 from gradscope.losses import per_example_loss
 from gradscope.optim import CUSTOM, build_optimizer, lr_at
 from gradscope.parameters import flat_params, param_kind
+
+log = logging.getLogger(__name__)
 
 
 def update_not_replayable(optim: dict, optimizer_state: dict | None) -> str | None:
@@ -71,3 +74,23 @@ def optimizer_update(model: nn.Module, optimizer_state: dict | None, optim_confi
         group["lr"] = lr if lr is not None else lr_at(step, optim_config)
     optimizer.step()
     return flat_params(clone) - before
+
+
+def checkpoint_update(model: nn.Module, state: dict, optim_config: dict, inputs: torch.Tensor, targets: torch.Tensor,
+                      *, loss: str, step: int, wanted: bool) -> torch.Tensor | None:
+    """`optimizer_update` from a checkpoint's saved state and lr, or None where not `wanted` or where the
+    checkpoint cannot replay it (`update_not_replayable`, said in the log).
+
+    The update is the optimizer's own next one, rebuilt from the checkpoint's optimizer state and lr
+    with the gradient of the whole training set (the update of full-batch training; for minibatch
+    SGD, its expectation over batches; for Adam-family optimizers, the update the full-batch gradient
+    would give). It needs the optimizer's state, so update sharpness is NaN for a checkpoint without
+    one (a plain state_dict), unless plain SGD needs none, and for an optimizer gradscope does not
+    build (optim.name custom)."""
+    why = update_not_replayable(optim_config, state.get("optimizer_state"))
+    if wanted and why:
+        log.info("step %d: no update sharpness (%s)", step, why)
+    if not wanted or why:
+        return None
+    return optimizer_update(model, state["optimizer_state"], optim_config, inputs, targets, loss=loss, step=step,
+                            lr=state["lr"])

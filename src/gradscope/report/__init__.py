@@ -6,7 +6,7 @@ the signals stage's generalization events), sharpness against 2/lr, and detectio
 
 One module per part, every name importable from here:
 
-- `gradscope.report._headline`: the headline figures, `edge_assessed`, `fmt` and `markdown_table`;
+- `gradscope.report._headline`: the headline figures, `fmt` and `markdown_table`;
 - `gradscope.report._run`: the run report, with the influence and progress sections;
 - `gradscope.report._signals`: the run report's signals section (detectors, opposing groups);
 - `gradscope.report._timeline`: the timeline stage's section of the run report and table of the sweep report;
@@ -15,11 +15,12 @@ One module per part, every name importable from here:
 
 from __future__ import annotations
 
-from gradscope.report._headline import (EDGE_TAIL, EDGE_TOLERANCE, HEADLINE, MISSING, edge_assessed, fmt, headline,
-                                        headline_figures, markdown_table)
+from gradscope.report._headline import (EDGE_TAIL, EDGE_TOLERANCE, HEADLINE, MISSING, fmt, headline, headline_figures,
+                                        markdown_table)
 from gradscope.report._run import PROGRESS_ROWS, influence_section, progress_section, render_run_report
 from gradscope.report._signals import DETECTOR_TEXT, detector_table, signals_section, top_pairs_text
 from gradscope.report._sweep import edge_of_stability_lines, intervention_lines, render_sweep_report
+from gradscope.signals import edge_assessed  # decided in signals, where the edge of stability is assessed
 from gradscope.report._timeline import (TIMELINE_SWEEP, sweep_timeline_lines, timeline_figures, timeline_links_table,
                                         timeline_section)
 

@@ -3,7 +3,7 @@
 `headline` condenses a run into the figures a researcher compares across a sweep: final
 accuracies, when train and test accuracy crossed their thresholds (the grokking delay, from
 the signals stage's generalization events), sharpness against 2/lr, and detection quality where the data plants
-ground truth. `edge_assessed` decides where 2/lr applies.
+ground truth. `gradscope.signals.edge_assessed` decides where 2/lr applies.
 """
 
 from __future__ import annotations
@@ -18,16 +18,6 @@ from gradscope import signals
 # The edge-of-stability criterion of the headline (edge_step_reached, edge_tail_max_rel_dev,
 # edge_at_edge): sharpness within EDGE_TOLERANCE of 2/lr over the last EDGE_TAIL of training.
 EDGE_TOLERANCE, EDGE_TAIL = 0.1, 0.4
-
-
-def edge_assessed(optimizer: str) -> bool:
-    """Whether a run's sharpness is judged against 2/lr: the stability threshold of gradient descent
-    (with momentum 2(1+beta)/lr), not of an adaptive optimizer, whose edge is in its preconditioned sharpness.
-
-    The one place that decides it: the curvature stage records sharpness_threshold as null where it
-    does not apply (and `pipeline.read_curvature` masks a table written before it did), so the
-    headline, the tables, the figures, the CLI and the dashboards leave 2/lr and the edge_* figures out."""
-    return optimizer == "sgd"
 
 
 # The headline: the figures every summary shows for a run, in this order and formatted by `fmt`

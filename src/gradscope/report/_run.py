@@ -7,10 +7,10 @@ import pandas as pd
 import yaml
 
 from gradscope import layout
-from gradscope.report._headline import (EDGE_TAIL, EDGE_TOLERANCE, HEADLINE, edge_assessed, fmt, headline_figures,
-                                        markdown_table)
+from gradscope.report._headline import EDGE_TAIL, EDGE_TOLERANCE, HEADLINE, fmt, headline_figures, markdown_table
 from gradscope.report._signals import signals_section
 from gradscope.report._timeline import timeline_section
+from gradscope.signals import edge_assessed
 
 
 def render_run_report(run_id: str, *, config_yaml: str, head: dict, summary: dict, curvature: pd.DataFrame,

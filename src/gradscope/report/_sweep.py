@@ -6,7 +6,8 @@ from __future__ import annotations
 import pandas as pd
 
 from gradscope import layout
-from gradscope.report._headline import EDGE_TAIL, EDGE_TOLERANCE, edge_assessed, fmt, markdown_table
+from gradscope.report._headline import EDGE_TAIL, EDGE_TOLERANCE, fmt, markdown_table
+from gradscope.signals import edge_assessed
 from gradscope.report._timeline import TIMELINE_SWEEP, sweep_timeline_lines
 
 def render_sweep_report(experiment: str, runs: pd.DataFrame, detectors: pd.DataFrame, comparison: str,
