@@ -221,9 +221,9 @@ def sweep_config(n_runs: int, n_checkpoints: int) -> dict:
 
 
 def gradscope_workflow(dest: Path, config: dict) -> Path:
-    """The workflow as the tests copy it (tests/test_workflow.py: Snakefile, rules, scripts, envs, the config)."""
+    """The workflow as the tests copy it (tests/support/workflow.py: Snakefile, rules, scripts, envs, the config)."""
     sys.path.insert(0, str(REPO / "tests"))
-    from test_workflow import copy_workflow
+    from support.workflow import copy_workflow
 
     return copy_workflow(dest, config)
 

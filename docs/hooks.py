@@ -9,7 +9,7 @@
   (`gradscope.artifacts.tables_markdown`, from the artifact schemas), and
   `<!-- gradscope:default-config -->` the embedded default config, `config/config.yaml`.
 
-`mkdocs build --strict` (tests/test_docs.py) runs these; `render_*` are plain functions of their
+`mkdocs build --strict` (tests/project/test_docs.py) runs these; `render_*` are plain functions of their
 input, so a test can check that a changed default changes the page.
 """
 

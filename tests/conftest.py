@@ -1,3 +1,8 @@
+"""Shared fixtures and the marks of the inner loop. Shared helpers (plain functions and constants) live
+in tests/support/, importable from any test folder (`pythonpath = ["tests"]` in pyproject.toml)."""
+
+import socket
+
 import torch
 
 # One intra-op thread: these tests use tiny models, where a second thread only adds overhead,
@@ -6,6 +11,8 @@ torch.set_num_threads(1)
 
 
 import pytest  # noqa: E402
+
+from gradscope import data  # noqa: E402
 
 # Markers (registered in pyproject.toml). The inner loop, `python -m pytest -m "not slow"`, leaves out
 # every test that runs Snakemake, a browser or a Slurm cluster, or takes over about 2 s alone; CI runs
@@ -30,10 +37,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def done(tmp_path_factory):
-    """A complete run of tests/configs/tiny.yaml (once per session; tests/test_workflow.py and
-    tests/test_workflow_values.py read it)."""
+    """A complete run of tests/configs/tiny.yaml (once per session; tests/workflow/test_workflow.py and
+    tests/workflow/test_workflow_values.py read it)."""
     import yaml
-    from test_workflow import TINY, copy_workflow, snakemake
+    from support.workflow import TINY, copy_workflow, snakemake
 
     cwd = copy_workflow(tmp_path_factory.mktemp("wf"), yaml.safe_load(TINY.read_text()))
     snakemake(cwd, "--cores", "2")
@@ -77,3 +84,21 @@ def tall(browser):
     browser.set_window_size(1400, 1500)
     yield browser
     browser.set_window_size(size["width"], size["height"])
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+# ---- torchvision: its module, or the test skips ------------------------------------------------
+@pytest.fixture
+def tv():
+    try:
+        return data.import_torchvision()
+    except ImportError:
+        pytest.skip("torchvision is not installed (pip install -e '.[vision]')")

@@ -1,4 +1,4 @@
-"""Tiny models that tests/test_integrations.py trains with the Lightning and Hugging Face trainers.
+"""Tiny models that tests/integrations/test_integrations.py trains with the Lightning and Hugging Face trainers.
 
 A recording names its model factory by import path, "tests.integration_models:<factory>", which
 imports from the repository root (gradscope.factories puts the working directory on sys.path),

@@ -14,8 +14,8 @@ from gradscope import signals
 from gradscope.curvature import lanczos_top, start_vector
 from gradscope.examples import fallback_parameters
 from gradscope.grad_rules import base
-from test_curvature import MatrixOperator
-from test_examples import check_everything
+from support.curvature import MatrixOperator
+from support.engine import check_everything
 
 
 # ---- flag fractions round up --------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The workflow on runs it did not train: recorded runs and folders of plain checkpoints.
 
-Real Snakemake runs in temporary folders (tests/test_workflow.py's helpers): a recorded run of
+Real Snakemake runs in temporary folders (tests/workflow/test_workflow.py's helpers): a recorded run of
 the same settings as a trained one must give the same per-example and signals tables; a folder
 of state_dicts from a loop that never imported gradscope is analyzed end to end, and adding or
 changing one checkpoint plans only that checkpoint's jobs and their readers.
@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_recorder import hand_loop, resolved
-from test_workflow import REPO, copy_workflow, planned, snakemake
+from support.recorder import hand_loop, resolved
+from support.workflow import REPO, copy_workflow, planned, snakemake
 
 from gradscope import config, data, layout
 from gradscope.losses import per_example_loss
@@ -37,8 +37,8 @@ def experiment_of(settings: dict) -> dict:
 def twin(tmp_path_factory):
     """One workflow run over: the same settings trained by the train stage and by a hand-written loop with
     the Recorder (its run folder outside results/), and the runs the Lightning and Hugging Face
-    callbacks recorded (tests/test_integrations.py)."""
-    from test_integrations import record_hf_run, record_lightning_run
+    callbacks recorded (tests/integrations/test_integrations.py)."""
+    from support.integrations import record_hf_run, record_lightning_run
 
     root = tmp_path_factory.mktemp("twin")
     hand_loop(resolved(), root / "my_runs" / "loop")

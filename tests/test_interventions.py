@@ -302,7 +302,7 @@ def test_workflow_runs_an_intervention_and_a_changed_k_adds_only_its_own_jobs(tm
     import yaml
 
     from gradscope import artifacts, layout
-    from test_workflow import REPO, copy_workflow, planned, snakemake
+    from support.workflow import REPO, copy_workflow, planned, snakemake
 
     cfg = yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text())
     cfg["checkpoint_jobs"] = "per_run"  # one examples and one curvature job per run: less start-up

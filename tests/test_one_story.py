@@ -188,7 +188,7 @@ def test_gradscope_train_writes_the_workflows_numbers(done, tmp_path):
 def test_training_tab_reads_right(done, browser, tmp_path):
     """Constant lr: an axis around the value; clipping off: the clipped panel says so; the legend names
     train and test. A screenshot is kept in tmp_path for a person to look at."""
-    from test_dashboard import figure, open_page
+    from support.browser import figure, open_page
 
     open_page(browser, done / "results" / "sweeps" / "flips" / "dashboard.html")
     browser.execute_script("gradscope.show('training')")

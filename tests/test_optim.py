@@ -245,7 +245,7 @@ def hand_update(cfg, state, model, g, lr):
     {"name": "rmsprop", "lr": 0.01, "alpha": 0.8, "eps": 1e-3, "weight_decay": 0.1},
 ], ids=["adam", "adamw", "rmsprop"])
 def test_update_sharpness_along_the_adaptive_optimizers_own_update(cfg):
-    from test_curvature import exact_hessian, make_problem
+    from support.curvature import exact_hessian, make_problem
 
     model, x, y = make_problem(170)
     cfg = {**BASE, **cfg}

@@ -118,7 +118,7 @@ def test_planted_group_changes_are_each_groups_mean_loss_change():
 
 def test_find_groups_tables_feed_pair_purity():
     """The planted pair of test_signals' trajectories, recovered by find_groups, is a pure top pair in antiphase."""
-    from test_signals import planted_pair_trajectories
+    from support.signals import planted_pair_trajectories
 
     tr = planted_pair_trajectories()
     groups, pairs, _ = opposing.find_groups(tr, top_k=20, n_groups=2, seed=0)

@@ -81,7 +81,7 @@ def test_plot_flagged(tmp_path, variant):
 
 
 def signal_tables():
-    from test_signals import planted_pair_trajectories
+    from support.signals import planted_pair_trajectories
 
     from gradscope import opposing, scoring, signals
 

@@ -14,8 +14,8 @@ import yaml
 
 from gradscope import preflight
 from gradscope.config import ConfigError, checkpoint_count, checkpoint_steps, load_config, load_runs
-from test_workflow import copy_workflow
-from test_workflow import snakemake as run_snakemake
+from support.workflow import copy_workflow
+from support.workflow import snakemake as run_snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -265,7 +265,7 @@ def test_key_frequencies_from_the_final_or_each_checkpoint(done, tmp_path):
 @pytest.mark.slow
 def test_only_modular_add_and_sub_runs_with_progress_enabled_plan_the_stage(tmp_path):
     """A dry run: of a grid over progress.enabled and a run on multiplication, one progress job."""
-    from test_workflow import copy_workflow, planned
+    from support.workflow import copy_workflow, planned
 
     small = {"train": {"steps": 4, "log_every": 2, "checkpoints": {"at": [2]}}, "curvature": {"subset_size": 8}}
     cfg = {"device": "cpu", "experiments": {

@@ -1,6 +1,6 @@
 """The projection kinds (gradscope.projection) against their definitions and against a dense Gaussian.
 
-The engine's use of each kind (every path through it) is checked in tests/test_grad_rules.py
+The engine's use of each kind (every path through it) is checked in tests/grad_rules/test_grad_rules.py
 (test_hadamard_projection_on_every_path) against the dense form tested here.
 """
 

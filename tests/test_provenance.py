@@ -173,7 +173,7 @@ def test_an_edited_factory_reruns_what_it_built_and_refuses_old_weights(tmp_path
     model (train, examples, curvature) plan again and rebuild; with their outputs marked current
     (--touch) and proj_dim changed, the examples job refuses the old weights, naming the factory,
     as does a notebook's open_run; an edited data factory generates the dataset again."""
-    from test_workflow import copy_workflow, planned, snakemake
+    from support.workflow import copy_workflow, planned, snakemake
 
     cwd = copy_workflow(tmp_path / "wf", OWN)
     run = layout.run_dir("own/seed~0", cwd / "results")

@@ -8,7 +8,7 @@ import yaml
 
 from gradscope import resources
 from gradscope.config import expand_runs, load_config
-from test_workflow import REPO, TINY, copy_workflow, snakemake
+from support.workflow import REPO, TINY, copy_workflow, snakemake
 
 RULES = ("generate_data", "train", "extract_examples", "curvature", "detect_signals", "animate", "plots", "timeline",
          "report")

@@ -2,17 +2,15 @@
 
 import os
 import pickle
-import signal
-import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
 import torch
 
 from gradscope import train
-from test_train import setup_run
+from support.engine import setup_run
+from support.engine import kill_when_checkpointed
 
 SCRIPT = """
 import pickle, sys
@@ -26,19 +24,6 @@ def long_run(tmp_path):
     settings, splits, spec = setup_run(tmp_path)
     settings["train"].update(steps=3000, checkpoints={"every": 250}, log_every=50)
     return settings, splits, spec
-
-
-def kill_when_checkpointed(cmd, store, min_step, env=None, **popen):
-    """Start cmd, SIGKILL its whole process group once a checkpoint at >= min_step is stored."""
-    proc = subprocess.Popen(cmd, start_new_session=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if any(int(p.stem.split("_")[1]) >= min_step for p in store.glob("step_*.pt")):
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, f"the job was not killed mid-run: {proc.stderr.read().decode()[-2000:]}"
 
 
 @pytest.mark.slow

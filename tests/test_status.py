@@ -144,7 +144,7 @@ def test_the_dashboard_builds_the_other_runs_and_what_a_damaged_run_still_has(br
 
 
 def test_the_page_shows_the_damaged_run(broken, browser):
-    from test_dashboard import console_errors, open_page
+    from support.browser import console_errors, open_page
 
     open_page(browser, broken["results"] / "sweeps" / "mod" / "dashboard.html")
     labels = browser.execute_script("return [...document.getElementById('gs-runs').options].map(o => o.text)")

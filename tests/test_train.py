@@ -4,24 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from gradscope import checkpoints, config, data, train
-from gradscope.config import expand_runs, load_config, train_slice
-from gradscope.models import InputSpec
-
-
-def setup_run(tmp_path, **optim):
-    cfg = {"device": "cpu", "experiments": {"t": {
-        "data": {"generator": "planted_flips", "planted_flips": {"n_train": 64, "n_test": 32, "n_features": 4}},
-        "model": {"depth": 1, "width": 8},
-        "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, **optim},
-        "train": {"steps": 12, "batch_size": 16, "log_every": 4, "checkpoints": {"every": 5}},
-    }}}
-    settings = train_slice(expand_runs(load_config(cfg))[0].settings)
-    tr, te, meta = data.generate(settings["data"])
-    folder = tmp_path / "data"
-    data.write_dataset(tr, te, meta, folder / "train.parquet", folder / "test.parquet", folder / "meta.json")
-    splits = data.load_split(folder, "train")[:2], data.load_split(folder, "test")[:2]
-    return settings, splits, InputSpec.from_dict(meta["input"])
+from gradscope import checkpoints, config, train
+from support.engine import setup_run
 
 
 def test_training_writes_metrics_and_checkpoints(tmp_path):

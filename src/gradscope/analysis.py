@@ -15,13 +15,14 @@ from gradscope import signals as gsignals
 
 
 def analyze(checkpoints, *, data, model: dict | None = None, loss: str = "cross_entropy", examples: dict | None = None,
-            signals: dict | None = None, lr: float | dict | None = None, device: str = "cpu") -> dict:
+            signals: dict | None = None, lr: float | dict | None = None, device: str = "auto") -> dict:
     """The per-example statistics and the detectors over checkpoints, in memory, without Snakemake.
 
     checkpoints: {step: file} or a list of files (step from each name, as for a checkpoint folder),
     gradscope's own or plain state_dicts (then `model`, the model section that rebuilds them, is
     needed). data: a data block. lr: the learning rate (one number, or {step: lr}) for the
     detectors that weight by it; 1 where not given. examples, signals: those sections' settings.
+    device: as the config's ("auto": CUDA when present).
     Returns {"examples": the per-example table (both splits), "detections", "evaluation" (against
     the planted truth, where the data plants one), "groups", "group_pairs", "per_example"}."""
     if not isinstance(checkpoints, dict):

@@ -47,9 +47,9 @@ EXTRAS = {
 }
 # Optional pieces outside the extras: (what they are for, the command that adds them).
 DUCKDB = ("SQL over the artifacts, as in docs/results.md", "pip install duckdb")
-# tests/test_dashboard.py drives chromium through chromedriver (the binaries on PATH, else /usr/bin);
+# tests/dashboard/test_dashboard.py drives chromium through chromedriver (the binaries on PATH, else /usr/bin);
 # .ci/run installs Debian's packages.
-BROWSER = ("the dashboard's browser tests, tests/test_dashboard.py", "apt-get install chromium chromium-driver")
+BROWSER = ("the dashboard's browser tests, tests/dashboard/test_dashboard.py", "apt-get install chromium chromium-driver")
 
 
 class Check(NamedTuple):

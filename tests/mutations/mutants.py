@@ -1,6 +1,6 @@
 """A curated list of plausible bugs, each with the tests that must catch it (tests/mutations/run.py).
 
-Each mutant replaces one exact snippet (it must occur exactly once in its file; tests/test_mutants.py
+Each mutant replaces one exact snippet (it must occur exactly once in its file; tests/project/test_mutants.py
 checks that, so the list cannot rot silently) and names the tests to run: a file, or a node id.
 Add a bug here when a review finds one the suite missed, with the test that now catches it.
 """
@@ -26,7 +26,7 @@ LANCZOS, CURV = "src/gradscope/curvature/lanczos.py", "src/gradscope/curvature/m
 PIPE, EXAMPLES, MODELS = "src/gradscope/pipeline.py", "src/gradscope/examples.py", "src/gradscope/models.py"
 TRANSFORMER, CONVNETS = "src/gradscope/transformer.py", "src/gradscope/convnets.py"
 T_OPTIM, T_EDGE = "tests/test_optim.py", "tests/test_edge_cases.py"
-T_VALUES, T_COVER = "tests/test_workflow_values.py::", "tests/test_workflow_coverage.py::"
+T_VALUES, T_COVER = "tests/workflow/test_workflow_values.py::", "tests/workflow/test_workflow_coverage.py::"
 V_EXAMPLES = T_VALUES + "test_examples_table_matches_vmap_gradients_against_the_training_mean"
 V_CURVATURE = T_VALUES + "test_curvature_table_matches_the_exact_hessian_of_the_seeded_subset"
 V_SIGNALS = T_VALUES + "test_detections_and_per_example_table_are_the_detectors_on_the_workflow_s_examples"
@@ -36,8 +36,8 @@ C_BATCH = T_COVER + "test_adam_with_its_betas_and_eps_and_minibatches_of_8"
 C_CNN = T_COVER + "test_cnn_with_gelu_rmsprop_alpha_and_early_stopping"
 C_MSE = T_COVER + "test_mse_loss_is_logged_and_measured"
 PROJ, INFL = "src/gradscope/projection.py", "src/gradscope/influence.py"
-T_PROJ, T_INFL, T_RULES = "tests/test_projection.py", "tests/test_influence.py", "tests/test_grad_rules.py"
-W_INFLUENCE = "tests/test_workflow.py::test_influence_tables_are_tracin_cp_of_the_stored_projections"
+T_PROJ, T_INFL, T_RULES = "tests/test_projection.py", "tests/test_influence.py", "tests/grad_rules/test_grad_rules.py"
+W_INFLUENCE = "tests/workflow/test_workflow.py::test_influence_tables_are_tracin_cp_of_the_stored_projections"
 PLOTS, T_PLOTS, T_MODEL_VALUES = "src/gradscope/plots.py", "tests/test_plots.py", "tests/test_model_values.py"
 
 MUTANTS = [
@@ -85,7 +85,7 @@ MUTANTS = [
     Mutant("warm_start_no_random_part", LANCZOS, "q = w / w.norm() + mix * q", "q = w / w.norm()",
            (T_EDGE,), "a warm start without its random part cannot find a new top direction"),
 
-    # ---- glue between the rules and the library (tests/test_workflow_values.py, tests/test_workflow_coverage.py) ----
+    # ---- glue between the rules and the library (tests/workflow/test_workflow_values.py, tests/workflow/test_workflow_coverage.py) ----
     Mutant("test_cosines_against_their_own_mean", PIPE,
            'seed=settings["seed"], batch_size=settings["batch_size"], mean_grad=mean_grad,',
            'seed=settings["seed"], batch_size=settings["batch_size"], mean_grad=None if split == "test" else mean_grad,',
@@ -154,6 +154,6 @@ MUTANTS = [
            "a dilated 1-D convolution's patch Gram read at undilated kernel offsets"),
     Mutant("parquet_tail_unchecked", "src/gradscope/artifacts.py", 'if head != b"PAR1" or tail != b"PAR1":',
            'if head != b"PAR1":',
-           ("tests/test_reliability.py::test_a_damaged_parquet_or_json_file_is_named_by_every_workflow_start",),
+           ("tests/workflow/test_reliability.py::test_a_damaged_parquet_or_json_file_is_named_by_every_workflow_start",),
            "a Parquet table cut short (its footer gone) looks whole at the workflow's start"),
 ]

@@ -129,7 +129,7 @@ def _holds_all(given: dict, defaults: dict) -> bool:
 # An object in the schema whose keys depend on one of its own keys names that key in
 # `x-selector` (model: kind; optim: name; optim.schedule: kind; data: generator), and each of
 # its other keys says in `x-when` for which values of it the key applies: a list, or `all`.
-# tests/test_defaults.py fails for a key of such an object that has no `x-when`.
+# tests/config/test_defaults.py fails for a key of such an object that has no `x-when`.
 def applicable(settings: dict) -> dict:
     """A copy of a run's settings (or of any part of them that has the experiment's sections)
     holding only what applies to the run: the chosen data generator's block, the model keys of
