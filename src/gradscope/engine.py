@@ -23,7 +23,8 @@ from torch.func import functional_call
 from gradscope.grad_rules import Explicit, Stat, combine
 from gradscope.grad_rules.capture import Batched, Broadcast, Capture, Mode
 from gradscope.losses import per_example_loss
-from gradscope.per_example_grads import dense, detached, loss_gradients
+from gradscope.parameters import detached_params
+from gradscope.per_example_grads import dense, loss_gradients
 from gradscope.projection_map import Projection
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class Engine:
         self.factors = factors
         self.proj_dim = proj_dim
         # Detached copies; the included ones require grad: gradients flow to captured outputs, never to .grad.
-        self.params = detached(model, self.names)
+        self.params = detached_params(model, grad_for=self.names)
         self.frozen = {name: p.detach() for name, p in model.named_parameters()}
         self.plan: list[Mode] | None = None  # per use of the probe
         self.fast: set[str] = set()

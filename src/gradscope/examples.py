@@ -80,7 +80,8 @@ from gradscope import projection as proj_kinds
 from gradscope.engine import METHODS, Engine, check_method  # noqa: F401  (METHODS: re-exported)
 from gradscope.losses import per_example_loss
 from gradscope.modes import eval_mode
-from gradscope.per_example_grads import dense, detached, loss_gradients
+from gradscope.parameters import detached_params
+from gradscope.per_example_grads import dense, loss_gradients
 from gradscope.projection import SEED_STRIDE, Projection
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def mean_gradient(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     if n == 0:
         raise ValueError("mean_gradient needs at least one example")
     names = layer_names(model, trainable_only)
-    params = detached(model, names)
+    params = detached_params(model, grad_for=names)
     total = None
     with eval_mode(model, eval, what="mean_gradient"):
         for start in range(0, n, batch_size):
@@ -213,7 +214,7 @@ def per_example_gradients(model: nn.Module, inputs: torch.Tensor, targets: torch
     if len(inputs) == 0:
         raise ValueError("per_example_gradients needs at least one example")
     names = layer_names(model, trainable_only)
-    params = detached(model, names)
+    params = detached_params(model, grad_for=names)
     parts = []
     with eval_mode(model, eval, what="per_example_gradients"):
         for start in range(0, len(inputs), batch_size):

@@ -31,11 +31,13 @@ def param_kind(model: nn.Module) -> tuple[torch.dtype, torch.device]:
     return p.dtype, p.device
 
 
-def detached_params(model: nn.Module, trainable: bool = False) -> dict[str, torch.Tensor]:
+def detached_params(model: nn.Module, trainable: bool = False, grad_for=()) -> dict[str, torch.Tensor]:
     """Detached parameters for functional_call: all of them (a forward with no parameter graph),
-    or the trainable ones only (what per-example gradients are taken w.r.t.; frozen ones stay the module's)."""
+    or the trainable ones only (what per-example gradients are taken w.r.t.; frozen ones stay the
+    module's). Those named in `grad_for` require grad, on the copies: no gradient ever reaches `.grad`."""
     named = trainable_parameters(model) if trainable else model.named_parameters()
-    return {name: p.detach() for name, p in named}
+    keep = set(grad_for)
+    return {name: p.detach().requires_grad_(name in keep) if keep else p.detach() for name, p in named}
 
 
 def flat_params(model: nn.Module) -> torch.Tensor:

@@ -7,8 +7,8 @@ gradient of each example's loss, `loss_gradients`), and the curvature traces
 batching rule (the float64 LSTM's in-place cell), the same single-example gradients come from
 a loop over the examples, with a warning naming what they are of: exact either way.
 
-Also the two small helpers of flat gradients that the engine and gradscope.examples share:
-detached parameter copies (`detached`, so that no `.grad` is ever written) and `dense`.
+Also `dense`, the small helper of flat gradients that the engine and gradscope.examples share
+(their detached parameter copies are `gradscope.parameters.detached_params`).
 """
 
 from __future__ import annotations
@@ -28,12 +28,6 @@ log = logging.getLogger(__name__)
 def dense(t: torch.Tensor) -> torch.Tensor:
     """A gradient as a dense tensor (an Embedding with sparse=True gives sparse ones)."""
     return t.to_dense() if t.is_sparse else t
-
-
-def detached(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
-    """Detached copies of every parameter; those in `names` require grad (gradients never reach .grad)."""
-    keep = set(names)
-    return {name: p.detach().requires_grad_(name in keep) for name, p in model.named_parameters()}
 
 
 def vmap_grad(fn: Callable, params: dict[str, torch.Tensor], *batched: torch.Tensor, what: str,

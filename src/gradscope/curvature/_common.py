@@ -11,7 +11,6 @@ from torch import nn
 from gradscope import config
 from gradscope.operators import measuring
 from gradscope.parameters import param_kind
-from gradscope.parameters import detached_params  # noqa: F401 (curvature.traces imports it from here)
 
 # The one set of defaults: every keyword default of the algorithms and measures that mirrors a
 # `curvature` setting is read from here, i.e. from the schema.

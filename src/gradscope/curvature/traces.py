@@ -23,9 +23,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from gradscope.curvature._common import as_model_input, detached_params, measured
+from gradscope.curvature._common import as_model_input, measured
 from gradscope.examples import per_example_gradients
-from gradscope.operators import trainable_parameters
+from gradscope.parameters import detached_params, trainable_parameters
 from gradscope.per_example_grads import vmap_grad
 
 
