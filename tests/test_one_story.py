@@ -90,7 +90,7 @@ def test_gradscope_train_sets_the_rules_thread_count(tmp_path, monkeypatch):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        pipeline.train({"data": {"generator": "planted_flips"}}, dataset=tmp_path, out_dir=tmp_path, run_id="x")
+        pipeline.train_run({"data": {"generator": "planted_flips"}}, dataset=tmp_path, out_dir=tmp_path, run_id="x")
         assert seen == [resources.TRAIN_THREADS] and torch.get_num_threads() == 2  # restored after
     finally:
         torch.set_num_threads(before)

@@ -204,7 +204,7 @@ def test_a_python_data_source_whose_data_are_bad_stops_at_planning(data_here):
 
 
 def test_the_train_job_checks_with_the_same_message(factories_here):
-    # Where planning could not make the data (a bound passed), pipeline.train checks the model so.
+    # Where planning could not make the data (a bound passed), pipeline.train_run checks the model so.
     from gradscope.models import InputSpec
 
     spec = InputSpec(kind="dense", dim=6, vocab=0, n_classes=3)

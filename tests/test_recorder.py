@@ -1,6 +1,6 @@
 """The Recorder: a hand-written loop with it writes what the train stage writes.
 
-The reference is the train stage itself (gradscope.pipeline.train) on the same settings: the
+The reference is the train stage itself (gradscope.pipeline.train_run) on the same settings: the
 hand-written loop below draws its minibatches as the train stage does, so with one thread the
 checkpoints must hold the same floats, and the metrics the same values.
 """
@@ -26,7 +26,7 @@ def trained(tmp_path_factory):
     train, test, meta = data.generate(settings["data"])
     data.write_dataset(train, test, meta, root / "data" / "train.parquet", root / "data" / "test.parquet",
                        root / "data" / "meta.json")
-    pipeline.train(settings, dataset=root / "data", out_dir=root / "run" / "train", run_id="t")
+    pipeline.train_run(settings, dataset=root / "data", out_dir=root / "run" / "train", run_id="t")
     return root / "run"
 
 

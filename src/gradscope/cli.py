@@ -173,7 +173,7 @@ def train_command(run: str, config_path: Path, results: Path):
             last[0] = step
 
         try:
-            metrics = pipeline.train(train_slice(settings), dataset=files,
+            metrics = pipeline.train_run(train_slice(settings), dataset=files,
                                      out_dir=layout.in_run(out, "metrics").parent, run_id=run, progress=advance)
         except (RunLocked, FloatingPointError, OSError) as e:  # a held lock, divergence, a full disk
             raise click.ClickException(str(e))

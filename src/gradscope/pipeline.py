@@ -60,7 +60,7 @@ def derive_data(data_config: dict, *, parent: dict, detections_path, examples_pa
              spec["action"], len(chosen["chosen_ids"]), spec["arm"])
 
 
-def train(settings: dict, *, dataset, out_dir, run_id: str, progress=None, threads: int | None = None) -> pd.DataFrame:
+def train_run(settings: dict, *, dataset, out_dir, run_id: str, progress=None, threads: int | None = None) -> pd.DataFrame:
     """dataset: the dataset's files as the rule declares them, or its folder (data.dataset_files).
     threads: torch's intra-op threads while training (default: the train rule's, resources.TRAIN_THREADS),
     so that the rule and `gradscope train` sum in the same order and write the same numbers."""
@@ -199,9 +199,9 @@ def compute_influence(settings: dict, *, examples_paths, metrics_path, train_pat
     return summary
 
 
-def compute_curvature(settings: dict, *, optim: dict, loss: str, device: str, dataset, step: int, out,
-                      eigenvectors_out, run_id: str, warm=None, manifest=None, checkpoints: dict | None = None,
-                      model: dict | None = None):
+def write_curvature(settings: dict, *, optim: dict, loss: str, device: str, dataset, step: int, out,
+                    eigenvectors_out, run_id: str, warm=None, manifest=None, checkpoints: dict | None = None,
+                    model: dict | None = None):
     """Curvature at one checkpoint on a fixed, seeded subset of the training set (the same at every step).
 
     eigenvectors_out: the .npy of the top-k eigenvectors (float32, (k, n_params), n_params the

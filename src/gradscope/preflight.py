@@ -21,7 +21,7 @@ through `gradscope.config.load_runs`, after the schema and the cross-key checks:
   once its data are made: planning makes them in a watched child process (`gradscope.data.probe`:
   at most 1 GB and `limits.probe_seconds`, once per version of the factory's code), and where
   that passes a bound, the model is checked at the start of its train job instead
-  (`gradscope.pipeline.train`), with the same message, and a warning says so.
+  (`gradscope.pipeline.train_run`), with the same message, and a warning says so.
 - `examples.proj_dim` at most the parameters the projection covers (more would be padding), or
   at most its default on a model smaller than that.
 

@@ -92,11 +92,11 @@ def test_eigenvectors_saved_and_warm_start_chains_a_runs_curvature_jobs(done, tm
     bad = tmp_path / "other_model.npy"
     np.save(bad, np.ones((1, 5), np.float32))
     with pytest.raises(ValueError, match="other_model.npy"):
-        pipeline.compute_curvature(config["curvature"], optim=config["optim"], loss=config["loss"], device="cpu",
-                                   dataset=next(done.glob("results/data/planted_flips-*")),
-                                   manifest=done / "results/runs/flips/seed~0/train/manifest.json", step=30,
-                                   out=tmp_path / "c.parquet", eigenvectors_out=tmp_path / "e.npy", run_id="flips/seed~0",
-                                   warm=bad)
+        pipeline.write_curvature(config["curvature"], optim=config["optim"], loss=config["loss"], device="cpu",
+                                 dataset=next(done.glob("results/data/planted_flips-*")),
+                                 manifest=done / "results/runs/flips/seed~0/train/manifest.json", step=30,
+                                 out=tmp_path / "c.parquet", eigenvectors_out=tmp_path / "e.npy", run_id="flips/seed~0",
+                                 warm=bad)
     assert not (tmp_path / "c.parquet").exists() and not (tmp_path / "e.npy").exists()
 
 

@@ -1,5 +1,5 @@
 """Every measure of one `curvature` config section at once: what the workflow's curvature job
-stores for a checkpoint (`gradscope.pipeline.compute_curvature` writes it as a table row)."""
+stores for a checkpoint (`gradscope.pipeline.write_curvature` writes it as a table row)."""
 
 from __future__ import annotations
 

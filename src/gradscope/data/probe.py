@@ -39,7 +39,7 @@ class Deferred(Exception):
     """The data could not be made within planning's bounds; the model is checked at train start."""
 
 
-class SourceError(ValueError):
+class FactoryDataError(ValueError):
     """The user's code (or the data it returned) failed: args[0] is (config key, text)."""
 
 
@@ -109,7 +109,7 @@ def _watch(data_slice: dict, seconds: float, memory_mb: float) -> dict:
 def input_of(settings: dict, *, results=layout.RESULTS, seconds: float | None) -> dict | None:
     """The dataset's `meta["input"]` ({kind, dim, vocab, n_classes, shape}) as its source makes it;
     None where a bound is passed (or `seconds` is None): the check waits for the train job, and a
-    warning (once per data settings and reason) says so. Raises SourceError((key, text)) where the
+    warning (once per data settings and reason) says so. Raises FactoryDataError((key, text)) where the
     source fails on these settings."""
     from gradscope.config import data_slice
 
@@ -138,7 +138,7 @@ def input_of(settings: dict, *, results=layout.RESULTS, seconds: float | None) -
         os.replace(tmp, path)
     if "error" in found:
         key, text = found["error"]
-        raise SourceError((key or f"data.{gen}", text))
+        raise FactoryDataError((key or f"data.{gen}", text))
     return dict(found["input"])
 
 
