@@ -30,6 +30,7 @@ F = "tests/workflow/test_option_effects.py::"
 X = "tests/test_external.py::"
 L = "tests/test_timeline.py::"
 P = "tests/data/test_spurious.py::"
+N = "tests/data/test_noise.py::"
 I = "tests/test_interventions.py::"
 
 COVERED = {
@@ -116,6 +117,20 @@ COVERED = {
     "data.python.subsample_train": S + "test_subsample_is_seeded_ordered_and_keeps_rows_whole",
     "data.python.subsample_test": S + "test_subsample_is_seeded_ordered_and_keeps_rows_whole",
     "data.python.standardize": S + "test_channel_standardization_and_tensor_factories_keep_the_image_shape",
+    # ---- label noise you know of, and planted on top (gradscope.data.noise) ----
+    "data.files.planted_key": N + "test_declared_ids_from_a_file_and_a_key_combine_and_follow_the_subsample",
+    "data.files.planted_ids": N + "test_declared_ids_from_a_file_and_a_key_combine_and_follow_the_subsample",
+    "data.files.noise.pairs": N + "test_files_noise_is_planted_truth_recorded_in_meta",
+    "data.files.noise.matrix": N + "test_a_bad_noise_block_names_the_key",
+    "data.python.planted_ids": N + "test_python_and_mnist1d_take_them_too",
+    "data.python.noise.pairs": N + "test_python_and_mnist1d_take_them_too",
+    "data.python.noise.matrix": N + "test_a_bad_noise_block_names_the_key",
+    "data.mnist1d.noise.matrix": N + "test_python_and_mnist1d_take_them_too",
+    "data.mnist1d.noise.pairs": N + "test_python_and_mnist1d_take_them_too",
+    "data.mnist1d.planted_ids": N + "test_python_and_mnist1d_take_them_too",
+    "data.torchvision.noise.matrix": N + "test_torchvision_takes_them_too",
+    "data.torchvision.noise.pairs": N + "test_pairs_move_exactly_their_count_of_their_class_and_nothing_else",
+    "data.torchvision.planted_ids": N + "test_torchvision_takes_them_too",
     "data.mnist1d.spurious.aligned": P + "test_training_split_has_exactly_the_aligned_count_and_the_other_draws_do_not_move",
     "data.mnist1d.spurious.test": P + "test_test_split_is_random_or_reversed",
     "data.mnist1d.spurious.kind": P + "test_channel_on_images_and_its_limit",

@@ -40,6 +40,7 @@ LAYERS = {
         "gradscope.curvature*", "gradscope.signals", "gradscope.opposing", "gradscope.scoring", "gradscope.timeline",
         "gradscope.influence", "gradscope.interventions", "gradscope.resources", "gradscope.data.common",
         "gradscope.data.generators", "gradscope.data.labelled", "gradscope.data.spurious", "gradscope.data.sources",
+        "gradscope.data.noise",
         "gradscope.data.dispatch",
     ],
     "artifacts": [  # what is written and read: tables, checkpoints, datasets, recorded runs, planning

@@ -8,14 +8,17 @@ import json
 
 from gradscope.config.validation import applicable
 
+ADDED_LATER = ("spurious", "noise", "planted_ids", "planted_key")  # source keys whose null leaves the id as it was
+
+
 # ---- slices of a run's settings, one per stage ------------------------------------------
 def data_slice(settings: dict) -> dict:
     """The generator and its own block: all that decides a dataset. An intervention's run adds what
     derives its training set from its parent's (`intervention_slice`)."""
     gen = settings["data"]["generator"]
     block = settings["data"][gen]
-    if isinstance(block, dict) and block.get("spurious", 0) is None:  # (added later: a dataset without one keeps its id)
-        block = {k: v for k, v in block.items() if k != "spurious"}
+    if isinstance(block, dict):  # keys added later, when null: a dataset without them keeps its id
+        block = {k: v for k, v in block.items() if not (k in ADDED_LATER and v is None)}
     out = {"generator": gen, gen: block}
     if settings.get("intervene"):
         out["intervene"] = intervention_slice(settings)

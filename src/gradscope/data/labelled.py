@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from gradscope.data.common import Dataset, flip_labels, standardize_inputs
+from gradscope.data.noise import check_noise, declared_mask, plant_noise, read_ids
 from gradscope.data.spurious import (SPURIOUS_GROUPS, plant_spurious, refuse_noise_with_spurious, spurious_attributes,
                                      spurious_kind, spurious_masks)
 
@@ -34,6 +35,7 @@ class Split:
     source_id: np.ndarray  # (n,) each example's id in the source: its row index unless the source names ids
     where: str = ""  # what messages call it: "data.files.train: /abs/train.npz", "data.python.factory: 'm:f', its train split"
     rows: np.ndarray | None = None  # each example's row in its file, where that is not its index (one file, both splits)
+    declared: np.ndarray | None = None  # (n,) bool: labels the user declares wrong (gradscope.data.noise), or None
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -81,7 +83,8 @@ def _subsample(split: Split, count: int | None, rng, key: str) -> Split:
     if count > len(split.y):
         raise ValueError(f"{key}={count} is more than the {len(split.y)} examples of that split")
     idx = np.sort(rng.choice(len(split.y), size=count, replace=False))
-    return Split(split.x[idx], split.y[idx], split.source_id[idx], split.where)
+    return Split(split.x[idx], split.y[idx], split.source_id[idx], split.where,
+                 declared=None if split.declared is None else split.declared[idx])
 
 
 # ---- checks of a source's splits, before anything is drawn from them ----------------------------
@@ -224,7 +227,8 @@ def standardize_shaped(x: np.ndarray, n_train: int, over: str | None, key: str) 
 
 def labelled_dataset(train: Split, test: Split, *, n_classes: int | None, seed: int, label_noise: float,
                      subsample_train: int | None, subsample_test: int | None, standardize: str | None,
-                     key: str, strict: bool = False, inputs: str = "inputs", spurious: dict | None = None) -> Dataset:
+                     key: str, strict: bool = False, inputs: str = "inputs", spurious: dict | None = None,
+                     noise: dict | None = None, planted_ids=None) -> Dataset:
     """The dataset of a labelled source (MNIST-1D, torchvision, files, python): the step they share.
 
     - n_classes: the source's (a torchvision dataset's `classes`), else 1 + the largest label
@@ -251,6 +255,10 @@ def labelled_dataset(train: Split, test: Split, *, n_classes: int | None, seed: 
       "test_groups"} ({"aligned": ids, "conflicting": ids} of each split), as for
       opposing_features. meta["spurious"] holds the settings (`kind` resolved), each split's
       aligned fraction and attributes. Refused together with label_noise > 0.
+    - noise, planted_ids (and a files source's planted_key, as `train.declared`): label noise you know
+      of, and class-conditional noise planted on top (gradscope.data.noise, its own stream of seed,
+      spawn(5)[4]); the union is the planted truth, meta["planted"]["declared_ids"] and meta["noise"]
+      say which is which. noise is refused together with label_noise > 0 or spurious.
     Tables: `source_id` is an example's id in the source (its row index there unless the
     source names ids); `example_id` its row in the table, which the planted ids refer to.
     `key` ("data.files") prefixes the other error messages.
@@ -263,6 +271,19 @@ def labelled_dataset(train: Split, test: Split, *, n_classes: int | None, seed: 
     for split in (train, test):
         check_finite(split, inputs)
     n_classes = check_labels(train, test, n_classes, key, strict)
+    pairs = None
+    if noise is not None:
+        if label_noise > 0 or spurious is not None:
+            raise ValueError(f"{key}.noise together with {key}.{'label_noise' if label_noise > 0 else 'spurious'}: both "
+                             f"would plant the ground truth; allowed: one of them")
+        pairs = check_noise(noise, n_classes, key)
+    if spurious is not None and (planted_ids is not None or train.declared is not None):
+        raise ValueError(f"{key}.spurious together with declared noisy labels ({key}.planted_ids or planted_key): both "
+                         f"would be the planted truth; allowed: one of them")
+    if planted_ids is not None:
+        declared = declared_mask(train.source_id, read_ids(planted_ids, f"{key}.planted_ids"), f"{key}.planted_ids",
+                                 train.where)
+        train = replace(train, declared=declared if train.declared is None else (train.declared | declared))
     masks = None
     if spurious is not None:
         refuse_noise_with_spurious(label_noise, spurious, key)
@@ -274,6 +295,12 @@ def labelled_dataset(train: Split, test: Split, *, n_classes: int | None, seed: 
     test = _subsample(test, subsample_test, np.random.default_rng(test_stream), f"{key}.subsample_test")
     n_train = len(train.y)
     labels, flipped = flip_labels(train.y, n_train, label_noise, n_classes, np.random.default_rng(noise_stream))
+    moved = None
+    if pairs is not None:
+        labels, flipped, moved = plant_noise(train.y, pairs, np.random.default_rng(np.random.SeedSequence(seed).spawn(5)[4]),
+                                             exclude=train.declared)
+    declared_ids = np.flatnonzero(train.declared) if train.declared is not None else np.zeros(0, dtype=np.int64)
+    truth = np.union1d(flipped, declared_ids).astype(np.int64)
     x, stats = standardize_shaped(np.concatenate([train.x, test.x]), n_train, standardize, f"{key}.standardize")
     dim = int(np.prod(shape))
     groups = None
@@ -294,10 +321,17 @@ def labelled_dataset(train: Split, test: Split, *, n_classes: int | None, seed: 
         }
         return pd.DataFrame(columns if group is None else {**columns, "group": group.astype(str)})
 
-    planted = ({"description": "training examples whose label was changed to another class", "train_ids": flipped.tolist()}
-               if len(flipped) else None)
+    planted = None
+    if len(truth):
+        said = [what for what, ids in (("whose label was changed to another class", flipped),
+                                       ("whose label the data's owner declares wrong", declared_ids)) if len(ids)]
+        planted = {"description": "training examples " + " or ".join(said), "train_ids": truth.tolist()}
+        if train.declared is not None:
+            planted["declared_ids"] = declared_ids.tolist()
     meta = {"input": {"kind": "dense", "dim": dim, "vocab": 0, "n_classes": n_classes, "shape": shape},
             "planted": planted, "standardize": stats}
+    if moved is not None:
+        meta["noise"] = {**noise, "moved": moved}
     if groups is not None:
         kind = spurious_kind(spurious["kind"], shape)
 
@@ -316,5 +350,5 @@ def labelled_dataset(train: Split, test: Split, *, n_classes: int | None, seed: 
                             "attribute": {s: a.tolist() for s, a in zip(("train", "test"), attributes)}}
         return (table(x[:n_train], train, labels, groups[0] == "conflicting", groups[0]),
                 table(x[n_train:], test, test.y, groups[1] == "conflicting", groups[1]), meta)
-    return (table(x[:n_train], train, labels, np.isin(np.arange(n_train), flipped)),
+    return (table(x[:n_train], train, labels, np.isin(np.arange(n_train), truth)),
             table(x[n_train:], test, test.y, np.zeros(len(test.y), dtype=bool)), meta)

@@ -30,7 +30,7 @@ from gradscope.data.labelled import as_split, labelled_dataset
 
 # ---- MNIST-1D --------------------------------------------------------------------------------
 def generate_mnist1d(num_samples, train_split, seed, label_noise, subsample_train, subsample_test,
-                     standardize, spurious=None) -> Dataset:
+                     standardize, spurious=None, noise=None, planted_ids=None) -> Dataset:
     """MNIST-1D (Greydanus 2020, arXiv 2011.14439): `mnist1d.data.make_dataset` with the
     package's default arguments except `num_samples`, `train_split` and `seed`.
 
@@ -59,7 +59,7 @@ def generate_mnist1d(num_samples, train_split, seed, label_noise, subsample_trai
     test = as_split(d["x_test"][:, None, :], d["y_test"], what="the MNIST-1D test split")
     return labelled_dataset(train, test, n_classes=10, seed=seed, label_noise=label_noise,
                             subsample_train=subsample_train, subsample_test=subsample_test, standardize=standardize,
-                            key="data.mnist1d", spurious=spurious)
+                            key="data.mnist1d", spurious=spurious, noise=noise, planted_ids=planted_ids)
 
 
 # ---- torchvision -----------------------------------------------------------------------------
@@ -153,7 +153,7 @@ def _vision_split(cls, root: Path, split: str, download: bool, kwargs: dict, key
 
 
 def load_torchvision(name, root, download, kwargs, seed, label_noise, subsample_train, subsample_test,
-                     standardize, spurious=None) -> Dataset:
+                     standardize, spurious=None, noise=None, planted_ids=None) -> Dataset:
     """A torchvision classification dataset by class name, its train and test splits from `root`.
 
     The split is the dataset's own argument: train=True/False, or split="train"/"test" for
@@ -180,7 +180,7 @@ def load_torchvision(name, root, download, kwargs, seed, label_noise, subsample_
     test = replace(as_split(x_test, y_test, what=f"the {name} test split"), where=f"{key}: {name} in {root}, its test split")
     return labelled_dataset(train, test, n_classes=n_classes, seed=seed, label_noise=label_noise,
                             subsample_train=subsample_train, subsample_test=subsample_test, standardize=standardize,
-                            key=key, spurious=spurious)
+                            key=key, spurious=spurious, noise=noise, planted_ids=planted_ids)
 
 
 # ---- array files -----------------------------------------------------------------------------
@@ -292,7 +292,7 @@ def _read_arrays(path, names: dict[str, str], key: str, path_key: str, hint: str
 
 
 def load_files(train, test, x_key, y_key, id_key, split_key, shape, seed, label_noise, subsample_train,
-               subsample_test, standardize, spurious=None) -> Dataset:
+               subsample_test, standardize, spurious=None, noise=None, planted_ids=None, planted_key=None) -> Dataset:
     """Inputs and labels from .npz or Parquet files: `train` and `test`, or one `train` file
     whose `split_key` array/column says "train" or "test" for each row.
 
@@ -300,11 +300,14 @@ def load_files(train, test, x_key, y_key, id_key, split_key, shape, seed, label_
     (a number, or a list, possibly nested, of equal length per row); `shape` reshapes each
     example (e.g. [3, 32, 32] for flat images). Labels: the `y_key` array, class indices.
     `id_key`, if set, names each example's own id (integers or strings; kept as `source_id`).
+    `planted_key`, if set, names a boolean array/column of the training file: labels known to be
+    wrong (the planted truth; gradscope.data.noise).
     """
     key = "data.files"
     names = {"x_key": x_key, "y_key": y_key, **({"id_key": id_key} if id_key else {})}
+    marked = {"planted_key": planted_key} if planted_key else {}  # in the training file only
     if test is None:
-        arrays = _read_arrays(train, {**names, "split_key": split_key}, key, "train",
+        arrays = _read_arrays(train, {**names, **marked, "split_key": split_key}, key, "train",
                               hint=f"; {key}.test is null, so this file must say each row's split")
         which = arrays.pop("split_key").astype(str)
         bad = sorted(str(v) for v in set(np.unique(which)) - {"train", "test"})
@@ -315,7 +318,7 @@ def load_files(train, test, x_key, y_key, id_key, split_key, shape, seed, label_
         where = {s: (f"{key}.train: {Path(train).absolute()} (its rows with {split_key} {s!r})", np.flatnonzero(which == s))
                  for s in ("train", "test")}
     else:
-        parts = {"train": (_read_arrays(train, names, key, "train"), train),
+        parts = {"train": (_read_arrays(train, {**names, **marked}, key, "train"), train),
                  "test": (_read_arrays(test, names, key, "test"), test)}
         where = {s: (f"{key}.{s}: {Path(path).absolute()}", None) for s, path in (("train", train), ("test", test))}
     splits = []
@@ -330,11 +333,22 @@ def load_files(train, test, x_key, y_key, id_key, split_key, shape, seed, label_
             one = as_split(x, arrays["y_key"], arrays.get("id_key"), what=f"the {split} split")
         except ValueError as e:
             raise ValueError(f"{key}: {path}: {e}") from e
-        splits.append(replace(one, where=where[split][0], rows=where[split][1]))
+        declared = _declared(arrays["planted_key"], planted_key, path) if split == "train" and planted_key else None
+        splits.append(replace(one, where=where[split][0], rows=where[split][1], declared=declared))
     kind = "column" if Path(train).suffix.lower() in PARQUET_SUFFIXES else "array"
     return labelled_dataset(*splits, n_classes=None, seed=seed, label_noise=label_noise, subsample_train=subsample_train,
                             subsample_test=subsample_test, standardize=standardize, key=key, strict=True,
-                            inputs=f"inputs ({kind} {x_key!r})", spurious=spurious)
+                            inputs=f"inputs ({kind} {x_key!r})", spurious=spurious, noise=noise,
+                            planted_ids=planted_ids)
+
+
+def _declared(values: np.ndarray, name: str, path) -> np.ndarray:
+    """planted_key's values as one bool per example: booleans, or 0 and 1."""
+    v = np.asarray(values).reshape(len(values), -1)
+    if v.shape[1] != 1 or not (v.dtype == bool or (np.issubdtype(v.dtype, np.number) and np.isin(v, (0, 1)).all())):
+        raise ValueError(f"data.files.planted_key: {name!r} in {Path(path)} must hold one boolean (or 0/1) per example, "
+                         f"true where the label is known to be wrong; got dtype {v.dtype}, shape {list(np.shape(values))}")
+    return v[:, 0].astype(bool)
 
 
 # ---- a python factory ------------------------------------------------------------------------
@@ -343,7 +357,7 @@ FACTORY_CONTRACT = ("expected ((x_train, y_train), (x_test, y_test)): numpy arra
 
 
 def load_python(factory, kwargs, seed, label_noise, subsample_train, subsample_test, standardize,
-                spurious=None) -> Dataset:
+                spurious=None, noise=None, planted_ids=None) -> Dataset:
     """The splits a function of the user's returns: `factory(**kwargs)` ->
     ((x_train, y_train), (x_test, y_test)), numpy arrays or torch tensors (anything
     numpy.asarray takes), inputs (n, ...) in the shape the model should receive, labels
@@ -370,4 +384,4 @@ def load_python(factory, kwargs, seed, label_noise, subsample_train, subsample_t
     train, test = (replace(s, where=f"{key}: {factory!r}, its {name} split") for s, name in ((train, "train"), (test, "test")))
     return labelled_dataset(train, test, n_classes=None, seed=seed, label_noise=label_noise,
                             subsample_train=subsample_train, subsample_test=subsample_test, standardize=standardize,
-                            key="data.python", strict=True, spurious=spurious)
+                            key="data.python", strict=True, spurious=spurious, noise=noise, planted_ids=planted_ids)
