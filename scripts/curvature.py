@@ -7,10 +7,12 @@ per_run), where a warm start reads the eigenvectors the job wrote for the checkp
 from gradscope import layout
 from gradscope.logs import log_to
 from gradscope.pipeline import write_curvature
+from gradscope.resources import use_threads
 
 one = "step" in snakemake.wildcards.keys()
 warm = snakemake.input.get("warm")
 with log_to(snakemake.log[0]):
+    use_threads(snakemake.threads)  # the config's threads.curvature
     for step in snakemake.params.steps:
         files = ({"curvature": snakemake.output.table, "eigenvectors": snakemake.output.eigenvectors} if one else
                  {name: layout.partition_file(snakemake.output.tables, name, step) for name in ("curvature", "eigenvectors")})

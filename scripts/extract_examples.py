@@ -6,9 +6,11 @@ run (its output is the run's examples/ folder; checkpoint_jobs: per_run)."""
 from gradscope import layout
 from gradscope.logs import log_to
 from gradscope.pipeline import extract_examples
+from gradscope.resources import use_threads
 
 out = snakemake.output[0]
 with log_to(snakemake.log[0]):
+    use_threads(snakemake.threads)  # the config's threads.extract_examples
     for step in snakemake.params.steps:
         extract_examples(snakemake.params.examples, loss=snakemake.params.loss, device=snakemake.params.device,
                          dataset=dict(snakemake.input.items()), manifest=snakemake.input.get("manifest"), step=step,

@@ -96,6 +96,33 @@ def test_gradscope_train_sets_the_rules_thread_count(tmp_path, monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_gradscope_train_trains_at_the_configs_thread_count(tmp_path, monkeypatch):
+    """`gradscope train` passes threads.train on, as the train rule does (its `threads:`)."""
+    import pandas as pd
+    import yaml
+    from click.testing import CliRunner
+
+    from gradscope.cli import main
+
+    config = {"threads": {"train": 2}, "experiments": {"e": {
+        "data": {"generator": "planted_flips", "planted_flips": {"n_train": 40, "n_test": 20, "n_features": 4,
+                                                                  "n_classes": 2}},
+        "model": {"depth": 1, "width": 8}, "train": {"steps": 4, "log_every": 2},
+        "signals": {"detectors": ["high_loss"]}}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    seen = {}
+
+    def fake(settings, **kw):
+        seen.update(kw)
+        return pd.DataFrame([{"step": 4, "train_acc": 1.0, "test_acc": 1.0}])
+
+    monkeypatch.setattr(pipeline, "train_run", fake)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["train", "e/seed~0", "--config", "c.yaml"])
+    assert result.exit_code == 0, result.output
+    assert seen["threads"] == 2
+
+
 # ---- the tiny workflow's results ------------------------------------------------------------------
 def cli(*args):
     out = CliRunner().invoke(main, [*map(str, args)])

@@ -138,7 +138,7 @@ def train_command(run: str, config_path: Path, results: Path):
     """Train one run of a config outside Snakemake, with a progress bar. RUN is e.g. grokking/wd~1.0_seed~0.
 
     Generates the run's dataset if it is missing, then writes results/runs/RUN/config.yaml and
-    train/ exactly as the workflow's train rule does (with the rule's thread count, resources.TRAIN_THREADS: the
+    train/ exactly as the workflow's train rule does (with the rule's thread count, the config's threads.train: the
     same numbers); a killed run resumes when started again.
     """
     import logging
@@ -148,7 +148,8 @@ def train_command(run: str, config_path: Path, results: Path):
     from gradscope.train import RunLocked
 
     try:  # the runs Snakemake would plan for --configfile CONFIG (docs/configuration.md)
-        runs = {r.id: r for r in load_runs(load_config_files([config_path]), check_device=True)[1]}
+        config, planned = load_runs(load_config_files([config_path]), check_device=True)[:2]
+        runs = {r.id: r for r in planned}
     except ConfigError as e:
         raise click.ClickException(str(e) if not str(e).startswith("invalid") else f"{config_path}: {e}")
     if run not in runs:
@@ -173,8 +174,8 @@ def train_command(run: str, config_path: Path, results: Path):
             last[0] = step
 
         try:
-            metrics = pipeline.train_run(train_slice(settings), dataset=files,
-                                     out_dir=layout.in_run(out, "metrics").parent, run_id=run, progress=advance)
+            metrics = pipeline.train_run(train_slice(settings), dataset=files, out_dir=layout.in_run(out, "metrics").parent,
+                                         run_id=run, progress=advance, threads=config["threads"]["train"])
         except (RunLocked, FloatingPointError, OSError) as e:  # a held lock, divergence, a full disk
             raise click.ClickException(str(e))
     final = metrics.iloc[-1]

@@ -3,9 +3,11 @@
 Snakemake passes these to the scheduler (`mem_mb` -> sbatch --mem, `runtime` in minutes -> -t,
 `gpu` -> --gpus). The estimates only need to be safe and to grow with the work: a bigger
 model, more data, more steps or checkpoints ask for more. They are deliberately generous
-(a queue wait costs less than a job killed at its limit), they double on each retry
-(Snakemake's `attempt`), and any of them can be overridden per rule from a profile or the
-command line (`--set-resources train:mem_mb=8000`), which wins over these.
+(a queue wait costs less than a job killed at its limit), every rule's grow with each retry
+(Snakemake's `attempt`: twice on the second, three times on the third; common.smk), and any of
+them can be overridden per rule from a profile or the command line
+(`--set-resources train:mem_mb=8000`), which wins over these. Threads are the config's
+`threads` block (use_threads: what a job's script sets them to).
 
 Memory is a fixed base (Python with torch, numpy, pandas and pyarrow imported: about 350 MB
 resident, measured on the tiny test config) plus the large tensors of the job; time is a
@@ -30,6 +32,8 @@ TORCH_RULES = ("train", "import_run", "extract_examples", "curvature")  # the ru
 # The train rule's threads (Snakemake sets OMP_NUM_THREADS from it), and `gradscope train`'s: a CPU run's
 # floating-point sums depend on the thread count, so both train with the same number to give the same numbers.
 TRAIN_THREADS = 1
+# The stages whose threads the config's `threads` block sets (each rule's `threads:`, the schema's defaults 1)
+THREADED_STAGES = ("train", "import_run", "extract_examples", "curvature", "influence", "detect_signals", "dashboard")
 
 
 def data_size(settings: dict) -> dict:
@@ -221,3 +225,66 @@ def estimate_sweep(runs_settings: list[dict]) -> dict:
     total = sum(n_checkpoints(s) + int(s["train"]["steps"]) // max(int(s["train"]["log_every"]), 1)
                 for s in runs_settings)
     return {"mem_mb": _round_mb(_mb(200 * total)), "runtime": _round_min(1e4 * total), "gpu": 0}
+
+
+# The dashboard keeps at most this many detectors' top-k per checkpoint (gradscope.signals registers about a dozen)
+DETECTORS_BOUND = 16
+
+
+def estimate_dashboard(runs_settings: list[dict], dashboard: dict) -> dict:
+    """A sweep's dashboard (gradscope.dashboard.build_sweep_dashboard): it reads one run's tables at a time
+    (every checkpoint's examples table, with its gradient projections, and the signals tables) and keeps each
+    run's page data: the sampled examples' trajectories and PCA at every checkpoint (`dashboard.max_examples`,
+    every planted example and each detector's top_k per checkpoint), its metrics and histograms, then writes
+    the page as one text. The largest run's tables plus every run's page data, three copies of the latter
+    (the data, its JSON, the page). Measured: a 100-run sweep of 2,000 training and 500 test examples at 20
+    checkpoints peaked at 0.66 GB (bench/bench_dashboard.py)."""
+    tables, page, rows = 0.0, 0.0, 0
+    for s in runs_settings:
+        d = data_size(s)
+        n_train, n = d["n_train"], d["n_train"] + d["n_test"]
+        ckpts, proj_dim = n_checkpoints(s), int(s["examples"]["proj_dim"])
+        logged = int(s["train"]["steps"]) // max(int(s["train"]["log_every"]), 1) + 1
+        kept = min(n_train, int(dashboard["max_examples"]) + DETECTORS_BOUND * ckpts * int(dashboard["top_k"])
+                   + n_train // 10)  # the cap, the detectors' top-k, planted examples (generously a tenth)
+        # the examples table in pandas (projections as one array object per row) and its training rows' copy;
+        # the signals tables (detections, loss changes) of the training examples; the sampled projections' PCA
+        run_tables = (2 * n * ckpts * (8 * proj_dim + 400) + 600 * n_train * ckpts
+                      + 3 * 8 * kept * ckpts * proj_dim)
+        tables = max(tables, run_tables)
+        # trajectories (4 columns) and the PCA (2) per checkpoint, cartography (9) as base64 float32; metrics and
+        # histograms as JSON numbers
+        page += 3 * (kept * (6 * ckpts + 9) * 4 * 4 / 3 + logged * 12 * 20 + ckpts * 4 * 40 * 10)
+        rows += n * ckpts + logged
+    return {"mem_mb": _round_mb(_mb(tables + page)), "runtime": _round_min(2e5 * rows), "gpu": 0}
+
+
+def use_threads(n: int, *, torch_threads: bool = True) -> dict:
+    """Have this job's numeric libraries use `n` threads (its rule's `threads:`, from the config's `threads`
+    block; Snakemake also sets OMP_NUM_THREADS to it): torch's intra-op threads (torch_threads: the torch
+    stages; the others do not import torch) and the BLAS pools numpy has loaded (threadpoolctl, where
+    installed). Logs what each uses, and returns it: {"threads", "omp_num_threads", "torch", "blas"}."""
+    import logging
+    import os
+
+    n = max(int(n), 1)
+    used = {"threads": n, "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    if torch_threads:
+        import torch
+
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+        used["torch"] = torch.get_num_threads()
+    try:
+        import numpy  # noqa: F401  (loads its BLAS, which threadpoolctl then sees)
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:  # no threadpoolctl: OMP_NUM_THREADS (Snakemake's) holds for the pools
+        pass
+    else:
+        blas = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+        if blas:
+            threadpool_limits(n, user_api="blas")
+            used["blas"] = max(p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas")
+    logging.getLogger(__name__).info("threads: %d (%s)", n, ", ".join(
+        f"{k} {v}" for k, v in used.items() if k != "threads"))
+    return used

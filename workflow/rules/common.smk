@@ -361,6 +361,15 @@ def _estimate(rule_name, wc):
         if key not in _ESTIMATES:
             runs = get_experiment_runs(wc) if rule_name == "sweep_report" else get_intervention_runs(wc)
             _ESTIMATES[key] = gs_resources.estimate_sweep([r.settings for r in runs])
+    elif rule_name == "dashboard":  # the sweep's runs, one at a time, and every run's page data
+        key = (rule_name, wc.experiment)
+        if key not in _ESTIMATES:
+            runs = get_experiment_runs(wc)
+            _ESTIMATES[key] = gs_resources.estimate_dashboard([r.settings for r in runs], CONFIG["dashboard"])
+    elif rule_name == "dashboard_index":  # every run's metrics and headline figures
+        key = (rule_name,)
+        if key not in _ESTIMATES:
+            _ESTIMATES[key] = gs_resources.estimate_sweep([r.settings for r in RUNS.values()])
     elif rule_name == "generate_data":
         key = (rule_name, wc.dataset)
         if key not in _ESTIMATES:
@@ -382,16 +391,29 @@ def get_runtime(rule_name):
 
 
 def _sized(rule_name, key):
-    """The torch rules' memory and time double on each retry (`attempt`), from their estimate for
-    the job's run. The light rules ask for their estimate as is: a plain number where every run
-    has the same one (no function call per job), else a function of the job's run."""
-    if rule_name in gs_resources.TORCH_RULES:
-        return lambda wc, attempt: _estimate(rule_name, wc)[key] * attempt
-    if rule_name not in ("sweep_report", "interventions", "generate_data"):
+    """Every rule's memory and time grow with each retry (`attempt`: with --retries, a job killed at its
+    limit asks for twice its estimate, then three times ...), from the estimate for the job's run (its
+    sweep, its dataset, or all runs, for the rules of _PER_SWEEP). Where every run has the same estimate,
+    the function multiplies that number (no estimate looked up per job)."""
+    if rule_name not in gs_resources.TORCH_RULES and rule_name not in _PER_SWEEP:
         values = {gs_resources.estimate(rule_name, run.settings, per_run=PER_RUN)[key] for run in RUNS.values()}
         if len(values) == 1:
-            return values.pop()
-    return lambda wc: _estimate(rule_name, wc)[key]
+            return per_attempt(values.pop())
+    return lambda wc, attempt: _estimate(rule_name, wc)[key] * attempt
+
+
+# The rules estimated per sweep, per dataset or once (_estimate), not per run
+_PER_SWEEP = ("sweep_report", "interventions", "generate_data", "dashboard", "dashboard_index")
+
+
+def per_attempt(value):
+    """A fixed request (memory, time) that grows with each retry as the estimated ones do."""
+    return lambda wc, attempt: value * attempt
+
+
+def get_threads(rule_name):
+    """The rule's threads: the config's `threads` block (one number per heavy stage; the schema's default 1)."""
+    return CONFIG["threads"][rule_name]
 
 
 def get_gpu(rule_name):

@@ -25,7 +25,7 @@ rule curvature:
         experiment=PER_RUN_EXPERIMENT,
     conda:
         "../../envs/gradscope.yaml"
-    threads: 1
+    threads: get_threads("curvature")
     resources:
         mem_mb=get_mem_mb("curvature"),
         runtime=get_runtime("curvature"),

@@ -12,12 +12,11 @@ rule dashboard:
         dashboard=CONFIG["dashboard"],
     conda:
         "../../envs/gradscope.yaml"
-    threads: 1
+    threads: get_threads("dashboard")
     resources:
-        # One run's tables in memory at a time: a 100-run sweep of 2,000 examples at 20 checkpoints
-        # peaked at 0.66 GB (bench/bench_dashboard.py).
-        mem_mb=4000,
-        runtime=30,
+        # One run's tables in memory at a time, and every run's page data (resources.estimate_dashboard)
+        mem_mb=get_mem_mb("dashboard"),
+        runtime=get_runtime("dashboard"),
     script:
         "../../scripts/dashboard.py"
 
@@ -36,7 +35,7 @@ rule dashboard_index:
         "../../envs/gradscope.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=15,
+        mem_mb=get_mem_mb("dashboard_index"),
+        runtime=get_runtime("dashboard_index"),
     script:
         "../../scripts/dashboard_index.py"

@@ -23,7 +23,7 @@ rule extract_examples:
         experiment=PER_RUN_EXPERIMENT,
     conda:
         "../../envs/gradscope.yaml"
-    threads: 1
+    threads: get_threads("extract_examples")
     resources:
         mem_mb=get_mem_mb("extract_examples"),
         runtime=get_runtime("extract_examples"),

@@ -15,7 +15,7 @@ rule influence:
         run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     conda:
         "../../envs/gradscope.yaml"
-    threads: 1
+    threads: get_threads("influence")
     resources:
         mem_mb=get_mem_mb("influence"),
         runtime=get_runtime("influence"),

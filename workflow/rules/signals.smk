@@ -12,7 +12,7 @@ rule detect_signals:
         run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     conda:
         "../../envs/gradscope.yaml"
-    threads: 1
+    threads: get_threads("detect_signals")
     resources:
         mem_mb=get_mem_mb("detect_signals"),
         runtime=get_runtime("detect_signals"),

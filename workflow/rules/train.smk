@@ -10,8 +10,8 @@ rule resolve_config:
         "../../envs/gradscope.yaml"
     threads: 1
     resources:
-        mem_mb=500,
-        runtime=5,
+        mem_mb=per_attempt(500),
+        runtime=per_attempt(5),
     script:
         "../../scripts/resolve_config.py"
 
@@ -36,7 +36,7 @@ rule train:
         run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     conda:
         "../../envs/gradscope.yaml"
-    threads: gs_resources.TRAIN_THREADS  # gradscope train uses the same (one thread: its numbers are the same)
+    threads: get_threads("train")  # gradscope train: resources.TRAIN_THREADS, the default (the same numbers)
     resources:
         mem_mb=get_mem_mb("train"),
         runtime=get_runtime("train"),
@@ -69,7 +69,7 @@ rule import_run:
         run_id="{experiment}/{run}",  # Snakemake fills in the wildcards
     conda:
         "../../envs/gradscope.yaml"
-    threads: 1
+    threads: get_threads("import_run")
     resources:
         mem_mb=get_mem_mb("import_run"),
         runtime=get_runtime("import_run"),
