@@ -36,6 +36,12 @@ a batched backward takes about 0.1-0.3 s for the first four on one core; --batch
                gradscope.data from the mnist1d package's templates, seed 0: nothing is downloaded)
   lstm         nn.LSTM(1 feature over 40 steps, hidden 64, batch_first) + Linear(64,10) on the last
                state, on the same MNIST-1D: its 4 LSTM tensors fall back to vmap(grad) in gradscope
+  conv3d_in    Conv3d(1,8,3,pad 1)-InstanceNorm3d(affine)-ReLU-Conv3d(8,16,3,stride 2,pad 1)-InstanceNorm3d-
+               ReLU-Conv3d(16,32,3,stride 2,pad 1)-ReLU-mean-Linear(32,10) on random 16x16x16 volumes, batch 32
+  rms_mixer    token Embedding(1000, 128) + learned positions, 2 pre-norm residual MLP blocks (nn.RMSNorm,
+               Linear 128-256-128, GELU), nn.RMSNorm, mean pooling, Linear head; 32 tokens, batch 128
+  embbag       nn.EmbeddingBag(10000, 64, mode "mean") over one bag per example of 1 to 32 tokens (a 1-D
+               input with offsets; token 0 absent) + Linear(64,64)-ReLU-Linear(64,10), batch 1024
 
 The BatchNorm variants get random running statistics (means in [-0.2, 0.2], variances in
 [0.5, 2]) so that eval-mode normalization is not the identity. Opacus and BackPACK assume
@@ -115,6 +121,56 @@ class SeqLSTM(nn.Module):
         return self.head(out[:, -1])
 
 
+class RMSMixer(nn.Module):
+    """Embedding + learned positions, pre-norm residual MLP blocks with nn.RMSNorm, mean pooling, a linear head."""
+
+    def __init__(self, vocab=1000, length=32, d=128, hidden=256, blocks=2, n_classes=N_CLASSES):
+        super().__init__()
+        self.embed, self.pos = nn.Embedding(vocab, d), nn.Embedding(length, d)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.RMSNorm(d), nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
+                                    for _ in range(blocks))
+        self.norm = nn.RMSNorm(d)
+        self.head = nn.Linear(d, n_classes)
+        self.batch_positions = False  # True for Opacus/BackPACK: positions with a batch axis
+
+    def forward(self, tokens):
+        pos = torch.arange(tokens.shape[1], device=tokens.device)
+        if self.batch_positions:
+            pos = pos.expand_as(tokens)
+        h = self.embed(tokens) + self.pos(pos)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.head(self.norm(h).mean(1))
+
+
+class BagNet(nn.Module):
+    """One EmbeddingBag bag per example from its tokens (0: absent), an MLP head."""
+
+    def __init__(self, vocab=10000, d=64, n_classes=N_CLASSES):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(vocab, d, mode="mean")
+        self.mlp = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, n_classes))
+
+    def forward(self, tokens):  # (b, 32)
+        keep = tokens != 0
+        lengths = keep.sum(1)
+        return self.mlp(self.bag(tokens[keep], lengths.cumsum(0) - lengths))
+
+
+def bags(b: int, gen) -> torch.Tensor:
+    """b rows of 32 token ids, each keeping its first 1 to 32 (the rest 0, absent)."""
+    tokens = torch.randint(1, 10000, (b, 32), generator=gen)
+    lengths = torch.randint(1, 33, (b, 1), generator=gen)
+    return tokens.masked_fill(torch.arange(32) >= lengths, 0)
+
+
+def conv3d_net():
+    return nn.Sequential(nn.Conv3d(1, 8, 3, padding=1, bias=False), nn.InstanceNorm3d(8, affine=True), nn.ReLU(),
+                         nn.Conv3d(8, 16, 3, stride=2, padding=1, bias=False), nn.InstanceNorm3d(16, affine=True), nn.ReLU(),
+                         nn.Conv3d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(),
+                         nn.Linear(32, N_CLASSES))
+
+
 def conv1d_net():
     return nn.Sequential(nn.Conv1d(1, 32, 5, padding=2), nn.ReLU(), nn.Conv1d(32, 32, 3, stride=2), nn.ReLU(),
                          nn.Conv1d(32, 32, 3, stride=2), nn.Flatten(), nn.Linear(32 * 9, N_CLASSES))
@@ -140,6 +196,9 @@ ARCHS = {
     "transformer": (TokenTransformer, 128, lambda b, g: torch.randint(1000, (b, 32), generator=g)),
     "conv1d": (conv1d_net, 1024, mnist1d),
     "lstm": (SeqLSTM, 256, mnist1d),
+    "conv3d_in": (conv3d_net, 32, lambda b, g: torch.randn(b, 1, 16, 16, 16, generator=g)),
+    "rms_mixer": (RMSMixer, 128, lambda b, g: torch.randint(1000, (b, 32), generator=g)),
+    "embbag": (BagNet, 1024, bags),
 }
 
 

@@ -22,19 +22,21 @@ output-gradient) into exact per-example statistics without forming per-example g
   over the tokens t of the example, so ||G_n||^2 = sum_{t,s} (g_t.g_s)(h_t.h_s) (Gram form)
   and <G_n, M> = sum_t g_t^T M h_t. When T (in + out) > in * out, G_n is formed explicitly
   instead, in sub-batches of at most EXPLICIT_MAX_ELEMENTS numbers.
-- F.conv1d / F.conv2d (any stride, padding, dilation, groups; depthwise): the output
+- F.conv1d / F.conv2d / F.conv3d (any stride, padding, dilation, groups; depthwise): the output
   positions are the tokens of a Linear per group, over the unfolded input (a 1-D convolution's
   Gram path reads the input's Gram and convolves instead of unfolding).
-- F.embedding: G_n = sum_t e_{id_t} g_t^T (padding_idx rows get none).
-- F.layer_norm, F.group_norm, F.batch_norm (running statistics): per-example gradients of
-  the affine parameters are formed explicitly ((b, C): small).
+- F.embedding: G_n = sum_t e_{id_t} g_t^T (padding_idx rows get none); F.embedding_bag (sum
+  and mean, offsets, per_sample_weights; one bag per example): a rank-one gradient per bag.
+  scale_grad_by_freq=True is refused, naming the layer (its gradient depends on the batch).
+- F.layer_norm, F.group_norm, F.batch_norm (running statistics), F.instance_norm, F.rms_norm:
+  per-example gradients of the affine parameters are formed explicitly ((b, C): small).
 - F.multi_head_attention_forward: the packed in-projection and the out-projection run
   through the Linear rule.
 - A parameter used by several calls (tied or shared weights) gets the sum of its uses.
 - A call whose input has no batch axis (positions indexed by arange) has its output
   broadcast along a new batch axis, after checking that the model's output is unchanged.
 Every other parameter (LSTM weights, raw parameters used in matmuls, Embedding with
-max_norm) falls back to torch.func vmap(grad) with respect to those parameters only, chunk
+max_norm, an EmbeddingBag of mode max) falls back to torch.func vmap(grad) with respect to those parameters only, chunk
 by chunk, and is named in a log line.
 
 Before the main pass a probe (a forward of one example, a forward and backward of two) finds

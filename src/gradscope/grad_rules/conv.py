@@ -1,9 +1,10 @@
-"""nn.Conv1d / nn.Conv2d (any stride, padding, dilation and groups, depthwise included).
+"""nn.Conv1d / nn.Conv2d / nn.Conv3d (any stride, padding, dilation and groups, depthwise included).
 
 The input is unfolded to patches (b, L, C kh kw): the L output positions are the tokens of
 a Linear per group, so G_n = blockdiag_j(sum_t g_{t,j} h_{t,j}^T) for the weight seen as
 (out, C/groups kh kw). Patches are unfolded one sub-batch at a time. A Conv1d is a Conv2d of
-height 1. Other padding modes reach here already padded (nn.Conv pads, then calls F.conv with 0).
+height 1; a Conv3d's patches are strided views of the padded input, one copy (`_unfold_nd`: torch
+has no 3-D im2col). Other padding modes reach here already padded (nn.Conv pads, then calls F.conv with 0).
 Where the explicit per-example gradients are cheaper than the T x T Gram (most convolutions),
 they come from one convolution weight-gradient kernel over the batch folded into the groups
 (n * groups), which is faster than unfolding and a batched matmul. Where the Gram path is
@@ -11,6 +12,8 @@ cheaper, a 1-D convolution of one group takes it without unfolding (`_unfolding_
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +35,38 @@ def _numeric_padding(padding, kernel, dilation):
     return None if any(t % 2 for t in totals) else tuple(t // 2 for t in totals)
 
 
+def _unfold_nd(x, kernel, stride, padding, dilation):
+    """(b, C, *spatial) -> (b, L, C prod(kernel)), in the order of weight.reshape(out, -1), for any number
+    of spatial axes: the padded input's windows as a strided view (Tensor.unfold per axis), then one copy.
+    `padding`: numbers per axis, or "valid" / "same" (possibly asymmetric, padded as F.conv pads it)."""
+    nd = len(kernel)
+    if isinstance(padding, str):
+        padding = (0,) * nd if padding == "valid" else None
+    if padding is None:  # "same"
+        pads = []
+        for d, k in zip(reversed(dilation), reversed(kernel)):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+    else:
+        pads = [p for p in reversed(padding) for _ in (0, 1)]
+    u = F.pad(x, pads) if any(pads) else x
+    for i in range(nd):
+        u = u.unfold(2 + i, dilation[i] * (kernel[i] - 1) + 1, stride[i])  # axis 2 + i -> positions, window last
+    if any(d > 1 for d in dilation):
+        u = u[(...,) + tuple(slice(None, None, d) for d in dilation)]
+    b, C = u.shape[:2]
+    L = u.shape[2 : 2 + nd].numel()
+    # (b, C, *positions, *window) -> (b, *positions, C, *window)
+    return u.permute(0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd)).reshape(b, L, C * math.prod(kernel))
+
+
 def _patches(x, kernel, stride, padding, dilation, groups):
     """(b, C, *spatial) -> (b, L, groups, C/groups prod(kernel)) in the order of weight.reshape(out, -1)."""
     nd = len(kernel)
+    if nd > 2:
+        cols = _unfold_nd(x, kernel, stride, padding, dilation)
+        b, L, ckk = cols.shape
+        return cols.reshape(b, L, groups, ckk // groups)
     if nd == 1 and not isinstance(padding, str):  # a strided view and one copy: faster than im2col in 1-D
         xp = F.pad(x, (padding[0], padding[0])) if padding[0] else x
         u = xp.unfold(2, dilation[0] * (kernel[0] - 1) + 1, stride[0])  # (b, C, L, span)
@@ -150,3 +182,4 @@ def _conv_rule(nd):
 
 register(F.conv1d)(_conv_rule(1))
 register(F.conv2d)(_conv_rule(2))
+register(F.conv3d)(_conv_rule(3))

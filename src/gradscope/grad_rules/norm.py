@@ -1,7 +1,9 @@
-"""LayerNorm, GroupNorm and BatchNorm (eval mode): y = x_hat * weight + bias per channel.
+"""LayerNorm, RMSNorm, GroupNorm, InstanceNorm and BatchNorm (eval mode): y = x_hat * weight + bias per channel.
 
 The per-example gradients are small ((b, C)), so they are formed explicitly: weight
-sum_positions(g * x_hat), bias sum_positions(g), with x_hat recomputed from the saved input.
+sum_positions(g * x_hat), bias sum_positions(g), with x_hat recomputed from the saved input
+(RMSNorm: x / rms(x), weight only; InstanceNorm: each example's channels normalized by their own
+statistics, or by the running ones where the call uses them, as in eval mode with tracked statistics).
 BatchNorm with batch statistics (training mode, or track_running_stats=False) couples the
 examples of a batch: no per-example gradient exists, and it is refused.
 """
@@ -44,6 +46,43 @@ def layer_norm_rule(ctx, func, args, kwargs):
         return {a: Explicit(f.g.reshape(batch, *shape)) for a, f in feats.items()}
 
     return ctx.use(x, out, {"weight": w, "bias": b}, features, batch_axes=range(x.dim() - n))
+
+
+@register(F.rms_norm)
+def rms_norm_rule(ctx, func, args, kwargs):
+    x = arg(args, kwargs, 0, "input")
+    shape = tuple(arg(args, kwargs, 1, "normalized_shape"))
+    w, eps = arg(args, kwargs, 2, "weight"), arg(args, kwargs, 3, "eps")
+    out = func(*args, **kwargs)
+    n = len(shape)
+
+    def features(inp, G, axis, batch, attrs):
+        x_hat = F.rms_norm(inp, shape, eps=eps)
+        feats = _affine(x_hat, G, axis, batch, attrs, range(inp.dim() - n, inp.dim()))
+        return {a: Explicit(f.g.reshape(batch, *shape)) for a, f in feats.items()}
+
+    return ctx.use(x, out, {"weight": w}, features, batch_axes=range(x.dim() - n))
+
+
+@register(F.instance_norm)
+def instance_norm_rule(ctx, func, args, kwargs):
+    x, mean, var = arg(args, kwargs, 0, "input"), arg(args, kwargs, 1, "running_mean"), arg(args, kwargs, 2, "running_var")
+    w, b = arg(args, kwargs, 3, "weight"), arg(args, kwargs, 4, "bias")
+    use_input_stats, eps = arg(args, kwargs, 5, "use_input_stats", True), arg(args, kwargs, 7, "eps", 1e-5)
+    if not use_input_stats and (mean is None or var is None):  # F.instance_norm's own error
+        return func(*args, **kwargs)
+    stats = None if use_input_stats else (mean, var)  # each example by itself, or the running statistics
+    out = func(*args, **kwargs)
+
+    def features(inp, G, axis, batch, attrs):
+        if stats is None:
+            x_hat = F.instance_norm(inp, eps=eps)
+        else:
+            view = (1, -1) + (1,) * (inp.dim() - 2)
+            x_hat = (inp - stats[0].reshape(view)) * torch.rsqrt(stats[1].reshape(view) + eps)
+        return _affine(x_hat, G, 0, batch, attrs, (1,))
+
+    return ctx.use(x, out, {"weight": w, "bias": b}, features, batch_axes=(0,))
 
 
 @register(F.group_norm)
