@@ -32,20 +32,25 @@ def _rank(axis, removed):
     return axis - sum(d < axis for d in removed)
 
 
+def _over_last_axes(ctx, x, out, shape, params: dict, normalize):
+    """A norm over the last len(shape) axes with an elementwise affine (layer_norm, rms_norm): every
+    leading axis is a batch axis; `normalize` gives x_hat from the input."""
+    n = len(shape)
+
+    def features(inp, G, axis, batch, attrs):
+        feats = _affine(normalize(inp), G, axis, batch, attrs, range(inp.dim() - n, inp.dim()))
+        return {a: Explicit(f.g.reshape(batch, *shape)) for a, f in feats.items()}
+
+    return ctx.use(x, out, params, features, batch_axes=range(x.dim() - n))
+
+
 @register(F.layer_norm)
 def layer_norm_rule(ctx, func, args, kwargs):
     x = arg(args, kwargs, 0, "input")
     shape = tuple(arg(args, kwargs, 1, "normalized_shape"))
     w, b, eps = arg(args, kwargs, 2, "weight"), arg(args, kwargs, 3, "bias"), arg(args, kwargs, 4, "eps", 1e-5)
     out = func(*args, **kwargs)
-    n = len(shape)
-
-    def features(inp, G, axis, batch, attrs):
-        x_hat = F.layer_norm(inp, shape, eps=eps)
-        feats = _affine(x_hat, G, axis, batch, attrs, range(inp.dim() - n, inp.dim()))
-        return {a: Explicit(f.g.reshape(batch, *shape)) for a, f in feats.items()}
-
-    return ctx.use(x, out, {"weight": w, "bias": b}, features, batch_axes=range(x.dim() - n))
+    return _over_last_axes(ctx, x, out, shape, {"weight": w, "bias": b}, lambda inp: F.layer_norm(inp, shape, eps=eps))
 
 
 @register(F.rms_norm)
@@ -54,14 +59,7 @@ def rms_norm_rule(ctx, func, args, kwargs):
     shape = tuple(arg(args, kwargs, 1, "normalized_shape"))
     w, eps = arg(args, kwargs, 2, "weight"), arg(args, kwargs, 3, "eps")
     out = func(*args, **kwargs)
-    n = len(shape)
-
-    def features(inp, G, axis, batch, attrs):
-        x_hat = F.rms_norm(inp, shape, eps=eps)
-        feats = _affine(x_hat, G, axis, batch, attrs, range(inp.dim() - n, inp.dim()))
-        return {a: Explicit(f.g.reshape(batch, *shape)) for a, f in feats.items()}
-
-    return ctx.use(x, out, {"weight": w}, features, batch_axes=range(x.dim() - n))
+    return _over_last_axes(ctx, x, out, shape, {"weight": w}, lambda inp: F.rms_norm(inp, shape, eps=eps))
 
 
 @register(F.instance_norm)
