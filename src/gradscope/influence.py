@@ -19,24 +19,18 @@ the tables and writes the artifacts.
 
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
 import pandas as pd
 import torch
 
 KINDS = ("proponent", "opponent")
-
-
-def checkpoint_projections(table: pd.DataFrame, steps: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{split: (example ids (n,), projections (C, n, k) float32)} of train and test from a run's
-    examples tables (every checkpoint's, one table: readers.read_examples), checkpoints in `steps` order
-    (np.unique of its steps) and examples by id."""
-    splits = {}
-    for split in ("train", "test"):
-        part = table[table["split"] == split].sort_values(["step", "example_id"], kind="stable")
-        ids = np.unique(part["example_id"].to_numpy())
-        proj = np.stack(part["grad_proj"].to_numpy()).astype(np.float32).reshape(len(steps), len(ids), -1)
-        splits[split] = (ids, proj)
-    return splits
+log = logging.getLogger(__name__)
+TEST_BLOCK = 512  # test examples scored at a time (the scores of a block: TEST_BLOCK x block_size numbers)
+TRAIN_BLOCK = 4096  # training examples at a time: the schema's influence.block_size default
+PROGRESS_EVERY = 10.0  # seconds between progress lines in the log (and one at the end)
 
 
 def sample_test(ids: np.ndarray, proj: np.ndarray, n: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +42,67 @@ def sample_test(ids: np.ndarray, proj: np.ndarray, n: int | None, seed: int) -> 
     return ids, proj
 
 
+def choose_test(ids: np.ndarray, settings: dict, final: pd.DataFrame | None = None) -> tuple[np.ndarray, str]:
+    """_choose_test, logged: which test examples are scored, of how many."""
+    chosen, how = _choose_test(ids, settings, final)
+    log.info("influence: scoring %d of %d test examples (%s)", len(chosen), len(ids), how)
+    return chosen, how
+
+
+def _choose_test(ids: np.ndarray, settings: dict, final: pd.DataFrame | None = None) -> tuple[np.ndarray, str]:
+    """The test example ids scored (ascending) and how they were chosen, from every test id `ids`
+    (ascending) and the filled `influence` settings:
+
+    - test_ids (non-empty): exactly those (each must be a test example);
+    - test_selection random: test_examples of them drawn by `seed` (sample_test's draw);
+    - test_selection misclassified: the test examples the last checkpoint gets wrong (`final`:
+      its test rows, with example_id and correct), test_examples of them drawn by `seed` where there
+      are more; where it gets none wrong, the random choice instead (said in the returned note).
+    test_examples 0 (or null) takes every candidate."""
+    ids = np.asarray(ids)
+    n, seed = settings.get("test_examples"), settings.get("seed", 0)
+    explicit = settings.get("test_ids") or []
+    if explicit:
+        want = np.unique(np.asarray(explicit, dtype=np.int64))
+        unknown = np.setdiff1d(want, ids)
+        if len(unknown):
+            raise ValueError(f"influence.test_ids: {unknown[:10].tolist()} {'are' if len(unknown) > 1 else 'is'} "
+                             f"not among the run's {len(ids)} test examples (ids {ids.min()} to {ids.max()})")
+        return want, f"the {len(want)} test_ids given"
+    how = settings.get("test_selection", "random")
+    if how == "misclassified":
+        if final is None:
+            raise ValueError("test_selection misclassified needs the last checkpoint's test rows")
+        wrong = np.unique(final.loc[~final["correct"].astype(bool), "example_id"].to_numpy())
+        wrong = np.intersect1d(wrong, ids)
+        if len(wrong):
+            chosen = sample_test(wrong, np.zeros((0, len(wrong))), n, seed)[0]
+            return chosen, f"{len(chosen)} of the {len(wrong)} test examples the last checkpoint gets wrong"
+        note = "the last checkpoint gets no test example wrong: a random choice instead; "
+    elif how == "random":
+        note = ""
+    else:
+        raise ValueError(f"influence.test_selection: unknown choice {how!r} (random or misclassified)")
+    chosen = sample_test(ids, np.zeros((0, len(ids))), n, seed)[0]
+    return chosen, note + (f"{len(chosen)} drawn at random (seed {seed})" if len(chosen) < len(ids)
+                           else f"all {len(ids)}")
+
+
+def progress_log(what: str, every: float | None = None):
+    """A progress(done, total) callback that logs "influence: <what> <done> of <total> (<%>, <s>)" at most every
+    `every` seconds (None: PROGRESS_EVERY), and at the end (done == total)."""
+    every = PROGRESS_EVERY if every is None else every
+    start = said = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        nonlocal said
+        now = time.perf_counter()
+        if done >= total or now - said >= every:
+            said = now
+            log.info("influence: %s %d of %d (%.0f%%, %.1f s)", what, done, total, 100 * done / max(total, 1), now - start)
+    return progress
+
+
 def tracin_cp(train: np.ndarray, test: np.ndarray, lr: np.ndarray) -> np.ndarray:
     """All scores (n_test, n_train) from per-checkpoint gradients (or projections) train (C, n_train, d),
     test (C, n_test, d) and learning rates lr (C,), in float64. For small problems and checks."""
@@ -55,34 +110,50 @@ def tracin_cp(train: np.ndarray, test: np.ndarray, lr: np.ndarray) -> np.ndarray
     return np.einsum("c,ctd,cnd->tn", np.asarray(lr, dtype=np.float64), test, train)
 
 
-def top_influences(train: np.ndarray, test: np.ndarray, lr: np.ndarray, top_k: int, block: int = 512) -> dict:
+def top_influences(train: np.ndarray, test: np.ndarray, lr: np.ndarray, top_k: int, block: int = TEST_BLOCK,
+                   block_size: int = TRAIN_BLOCK, progress=None) -> dict:
     """The top_k proponents and opponents of every test example, with their per-checkpoint contributions.
 
-    train (C, n_train, k), test (C, n_test, k), lr (C,). Scores are computed block by block of
-    test examples (memory: block x n_train), in float32 with float64 sums over checkpoints.
+    train (C, n_train, k), test (C, n_test, k), lr (C,). Scores are computed block by block: `block`
+    test examples against `block_size` (`influence.block_size`; at least top_k) training examples at a
+    time, as one float64 product over the checkpoints and projection coordinates together (the test
+    side scaled by lr), each block's best merged into the running top_k of its test examples: memory
+    block x block_size scores and a block_size x C x k copy, whatever n_train. progress(done, total):
+    called after each block with the test x train pairs scored so far.
     Returns arrays: ids (n_test, 2, top_k) (positions in the train axis; [:, 0] proponents, by
     decreasing score; [:, 1] opponents, by increasing score), score (n_test, 2, top_k) and
     contributions (n_test, 2, top_k, C), whose sum over C is the score.
     """
-    C, n_train, _ = train.shape
+    C, n_train, k = train.shape
     top_k = min(top_k, n_train)
-    tr = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32))
-    te = torch.from_numpy(np.ascontiguousarray(test, dtype=np.float32))
+    tr = torch.from_numpy(np.asarray(train))
+    te = torch.from_numpy(np.asarray(test))
     rates = torch.as_tensor(np.asarray(lr, dtype=np.float64))
     n_test = te.shape[1]
+    block, step = max(int(block), 1), max(int(block_size), top_k, 1)  # every merge sees at least top_k candidates
     ids = np.empty((n_test, 2, top_k), dtype=np.int64)
     contrib = np.empty((n_test, 2, top_k, C), dtype=np.float64)
+    done, total = 0, n_test * n_train
     for s in range(0, n_test, block):
-        q = te[:, s : s + block]  # (C, B, k)
-        scores = torch.zeros(q.shape[1], n_train, dtype=torch.float64)
-        for c in range(C):
-            scores += rates[c] * (q[c] @ tr[c].T).double()
-        best = torch.stack([scores.topk(top_k, dim=1).indices, (-scores).topk(top_k, dim=1).indices], dim=1)
+        q = te[:, s : s + block].double()  # (C, B, k)
+        B = q.shape[1]
+        weighted = (q * rates[:, None, None]).permute(1, 0, 2).reshape(B, C * k)  # (B, C k)
+        tops = {kind: (torch.empty(B, 0, dtype=torch.float64), torch.empty(B, 0, dtype=torch.int64)) for kind in KINDS}
+        for a in range(0, n_train, step):
+            b = min(a + step, n_train)
+            fresh = weighted @ tr[:, a:b].double().permute(1, 0, 2).reshape(b - a, C * k).T  # (B, b - a)
+            for kind, (kept, at) in tops.items():  # the running best, merged with this block's scores
+                scores, at = torch.cat([kept, fresh], dim=1), torch.cat([at, torch.arange(a, b).expand(B, b - a)], dim=1)
+                order = scores.topk(top_k, dim=1) if kind == "proponent" else (-scores).topk(top_k, dim=1)
+                tops[kind] = scores.gather(1, order.indices), at.gather(1, order.indices)
+            done += B * (b - a)
+            if progress is not None:
+                progress(done, total)
+        best = torch.stack([tops[kind][1] for kind in KINDS], dim=1)  # (B, 2, top_k)
         ids[s : s + len(best)] = best.numpy()
         for c in range(C):  # each chosen pair's contribution at checkpoint c
-            picked = tr[c][best]  # (B, 2, top_k, k)
-            contrib[s : s + len(best), :, :, c] = (rates[c] * (picked.double() * q[c][:, None, None, :].double())
-                                                   .sum(-1)).numpy()
+            picked = tr[c][best].double()  # (B, 2, top_k, k)
+            contrib[s : s + len(best), :, :, c] = (rates[c] * (picked * q[c][:, None, None, :]).sum(-1)).numpy()
     return {"ids": ids, "score": contrib.sum(-1), "contributions": contrib}
 
 

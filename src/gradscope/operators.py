@@ -27,6 +27,14 @@ J_i = d f(x_i) / d theta (C, n):
 Output-space operators (GGN, EF, Fisher) apply J_i v and J_i^T u by backward passes through one
 recorded forward: J^T u is the gradient of <f, u> taken with create_graph, which is linear in u,
 so J v is the gradient of <J^T u, v> w.r.t. u (the "double backward" R-operator trick).
+
+Micro-batches (`batch_size`, the `curvature.batch_size` setting in the workflow): every operator
+takes batch_size (None: all examples at once). Where the examples fit one micro-batch the graph is
+recorded once, at construction, and every product reuses it (the default run: subset_size 512 <=
+batch_size 2048); where they do not, each product runs forward and backward over one micro-batch at
+a time and sums the per-micro-batch products, each of sum_i over the micro-batch / N, so the result
+is the product with the mean over all N examples (the same to float rounding) while memory holds one
+micro-batch's graph (the price: one forward and backward per micro-batch per product).
 """
 
 from __future__ import annotations
@@ -80,6 +88,21 @@ class CurvatureOperator:
         return torch.stack([self.matvec(col) for col in torch.as_tensor(V).T], dim=1)
 
 
+def micro_batches(n: int, batch_size: int | None) -> list[slice]:
+    """Consecutive slices of at most `batch_size` of range(n) (None: one slice of all n)."""
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+    size = max(n, 1) if batch_size is None else batch_size
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)] or [slice(0, 0)]
+
+
+def _add(total, part):
+    """Sum of per-micro-batch gradients, None (not reached) where neither has one."""
+    if part is None:
+        return total
+    return part if total is None else total + part
+
+
 def _inputs_for(model_dtype: torch.dtype, device: torch.device, inputs: torch.Tensor, targets: torch.Tensor):
     inputs, targets = inputs.to(device), targets.to(device)
     if inputs.is_floating_point():
@@ -127,25 +150,52 @@ class HessianOperator(CurvatureOperator):
     name = "hessian"
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
-                 eval: bool = False):
+                 eval: bool = False, batch_size: int | None = None):
         leaves = _Leaves(model)
         super().__init__(sum(leaves.numels), leaves.dtype, leaves.device)
-        self.leaves = leaves
-        with measuring(model, eval, "HessianOperator"), torch.enable_grad():
-            x, y = _inputs_for(leaves.dtype, leaves.device, inputs, targets)
-            mean_loss = per_example_loss(functional_call(model, leaves.params, (x,)), y, loss).mean()
-            self.grads = torch.autograd.grad(mean_loss, leaves.tensors, create_graph=True, allow_unused=True)
-        self._live = [i for i, g in enumerate(self.grads) if _has_curvature(g)]
+        self.leaves, self.loss, self._model, self._eval = leaves, loss, model, eval
+        self._inputs, self._targets, self.n_examples = inputs, targets, len(inputs)
+        self.slices = micro_batches(len(inputs), batch_size)
+        self.grads = None
+        if len(self.slices) == 1:  # one micro-batch: the gradient's graph, recorded once for every product
+            with measuring(model, eval, "HessianOperator"), torch.enable_grad():
+                x, y = _inputs_for(leaves.dtype, leaves.device, inputs, targets)
+                mean_loss = per_example_loss(functional_call(model, leaves.params, (x,)), y, loss).mean()
+                self.grads = torch.autograd.grad(mean_loss, leaves.tensors, create_graph=True, allow_unused=True)
+        else:  # checked now, as the one-batch path does, not at the first product
+            with measuring(model, eval, "HessianOperator"):
+                pass
+
+    def _chunk_grads(self, sl: slice):
+        """The gradient of (1/N) sum_{i in sl} loss_i, with its graph (inside measuring, enable_grad)."""
+        x, y = _inputs_for(self.dtype, self.device, self._inputs[sl], self._targets[sl])
+        part = per_example_loss(functional_call(self._model, self.leaves.params, (x,)), y, self.loss).sum()
+        return torch.autograd.grad(part / self.n_examples, self.leaves.tensors, create_graph=True, allow_unused=True)
+
+    def products(self, directions: dict[int, torch.Tensor], wrt: list[int]) -> list[torch.Tensor | None]:
+        """sum_i H[wrt_j, i] directions[i] for each j: the Hessian's rows of parameter tensors `wrt`
+        times the directions (param-shaped, by tensor index), summed over the micro-batches; None where
+        no curvature reaches a tensor."""
+        def one(grads):
+            live = [i for i in directions if _has_curvature(grads[i])]
+            if not live:
+                return [None] * len(wrt)
+            return torch.autograd.grad([grads[i] for i in live], [self.leaves.tensors[j] for j in wrt],
+                                       grad_outputs=[directions[i] for i in live], retain_graph=True,
+                                       allow_unused=True)
+
+        if self.grads is not None:
+            with torch.enable_grad():
+                return list(one(self.grads))
+        total = [None] * len(wrt)
+        for sl in self.slices:
+            with measuring(self._model, self._eval, "HessianOperator"), torch.enable_grad():
+                total = [_add(t, p) for t, p in zip(total, one(self._chunk_grads(sl)))]
+        return total
 
     def _matvec(self, v):
-        if not self._live:
-            return torch.zeros(self.n, dtype=self.dtype, device=self.device)
         chunks = self.leaves.split(v)
-        with torch.enable_grad():
-            parts = torch.autograd.grad([self.grads[i] for i in self._live], self.leaves.tensors,
-                                        grad_outputs=[chunks[i] for i in self._live], retain_graph=True,
-                                        allow_unused=True)
-        return self.leaves.flat(parts)
+        return self.leaves.flat(self.products(dict(enumerate(chunks)), list(range(len(chunks)))))
 
     def block(self, i: int) -> CurvatureOperator:
         """The diagonal block H_ii of parameter tensor i (named `self.leaves.names[i]`), sharing this graph."""
@@ -160,57 +210,91 @@ class _HessianBlock(CurvatureOperator):
         self.full, self.i = full, i
 
     def _matvec(self, v):
-        g, leaf = self.full.grads[self.i], self.full.leaves.tensors[self.i]
-        if not _has_curvature(g):
-            return torch.zeros_like(v)
-        with torch.enable_grad():
-            (part,) = torch.autograd.grad(g, leaf, grad_outputs=v.view(self.full.leaves.shapes[self.i]),
-                                          retain_graph=True, allow_unused=True)
+        (part,) = self.full.products({self.i: v.view(self.full.leaves.shapes[self.i])}, [self.i])
         return torch.zeros_like(v) if part is None else part.reshape(-1)
 
 
 class _OutputSpaceOperator(CurvatureOperator):
-    """(1/N) sum_i J_i^T M_i J_i for per-example C x C matrices M_i, applied by `_out(J v)`: the
-    GGN, the empirical and the true Fisher differ only in M_i."""
+    """(1/N) sum_i J_i^T M_i J_i for per-example C x C matrices M_i, applied by `_out(J v, rows)`: the
+    GGN, the empirical and the true Fisher differ only in M_i. The logits `f` (N, C) are kept for all
+    examples; the graph for one micro-batch at a time (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str, eval: bool):
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str, eval: bool,
+                 batch_size: int | None = None):
         leaves = _Leaves(model)
         super().__init__(sum(leaves.numels), leaves.dtype, leaves.device)
-        self.leaves, self.loss = leaves, loss
+        self.leaves, self.loss, self._model, self._eval, self._inputs = leaves, loss, model, eval, inputs
+        self.slices = micro_batches(len(inputs), batch_size)
+        self._graph = None
         with measuring(model, eval, type(self).__name__), torch.enable_grad():
-            x, self.targets = _inputs_for(leaves.dtype, leaves.device, inputs, targets)
-            self.logits = functional_call(model, leaves.params, (x,))  # (N, C), with its graph
-            if self.logits.dim() != 2:
-                raise ValueError(f"{self.name}: expected logits (examples, classes), got {tuple(self.logits.shape)}")
-            self._u = torch.zeros_like(self.logits, requires_grad=True)  # a stand-in cotangent
-            jtu = torch.autograd.grad(self.logits, leaves.tensors, grad_outputs=self._u, create_graph=True,
-                                      allow_unused=True)  # J^T u, linear in u
-        self._jtu = [(i, g) for i, g in enumerate(jtu) if g is not None]
-        self.f = self.logits.detach()  # (N, C)
+            if len(self.slices) == 1:  # one micro-batch: the graph, recorded once for every product
+                x, self.targets = _inputs_for(leaves.dtype, leaves.device, inputs, targets)
+                self._graph = self._record(x)
+                f = self._graph[0]
+            else:
+                self.targets = targets.to(leaves.device)
+                with torch.no_grad():
+                    f = torch.cat([functional_call(model, leaves.params, (self._chunk_input(sl),))
+                                   for sl in self.slices])
+            if f.dim() != 2:
+                raise ValueError(f"{self.name}: expected logits (examples, classes), got {tuple(f.shape)}")
+        self.f = f.detach()  # (N, C)
+
+    def _chunk_input(self, sl: slice) -> torch.Tensor:
+        x = self._inputs[sl].to(self.device)
+        return x.to(self.dtype) if x.is_floating_point() else x
+
+    def _record(self, x: torch.Tensor):
+        """(logits (b, C) with their graph, the stand-in cotangent u, [(i, J^T u for parameter i)])."""
+        logits = functional_call(self._model, self.leaves.params, (x,))
+        if logits.dim() != 2:
+            raise ValueError(f"{self.name}: expected logits (examples, classes), got {tuple(logits.shape)}")
+        u = torch.zeros_like(logits, requires_grad=True)  # a stand-in cotangent
+        jtu = torch.autograd.grad(logits, self.leaves.tensors, grad_outputs=u, create_graph=True,
+                                  allow_unused=True)  # J^T u, linear in u
+        return logits, u, [(i, g) for i, g in enumerate(jtu) if g is not None]
+
+    def _each(self, fn) -> list:
+        """fn(rows, graph) for every micro-batch, in order: the recorded graph, or one recorded per call."""
+        if self._graph is not None:
+            with torch.enable_grad():
+                return [fn(self.slices[0], self._graph)]
+        out = []
+        for sl in self.slices:
+            with measuring(self._model, self._eval, type(self).__name__), torch.enable_grad():
+                out.append(fn(sl, self._record(self._chunk_input(sl))))
+        return out
+
+    def _jvp(self, graph, chunks) -> torch.Tensor:
+        logits, u, jtu = graph
+        if not jtu:
+            return torch.zeros_like(logits.detach())
+        (jv,) = torch.autograd.grad([g for _, g in jtu], u, grad_outputs=[chunks[i] for i, _ in jtu],
+                                    retain_graph=True, allow_unused=True)
+        return torch.zeros_like(logits.detach()) if jv is None else jv
+
+    def _vjp(self, graph, w) -> torch.Tensor:
+        parts = torch.autograd.grad(graph[0], self.leaves.tensors, grad_outputs=w, retain_graph=True,
+                                    allow_unused=True)
+        return self.leaves.flat(parts)
 
     def jvp(self, v: torch.Tensor) -> torch.Tensor:
         """J v: (N, C), row i = J_i v."""
         chunks = self.leaves.split(v)
-        if not self._jtu:
-            return torch.zeros_like(self.f)
-        with torch.enable_grad():
-            (jv,) = torch.autograd.grad([g for _, g in self._jtu], self._u,
-                                        grad_outputs=[chunks[i] for i, _ in self._jtu], retain_graph=True,
-                                        allow_unused=True)
-        return torch.zeros_like(self.f) if jv is None else jv
+        return torch.cat(self._each(lambda rows, graph: self._jvp(graph, chunks)))
 
     def vjp(self, w: torch.Tensor) -> torch.Tensor:
         """J^T w = sum_i J_i^T w_i for w (N, C): (n,)."""
-        with torch.enable_grad():
-            parts = torch.autograd.grad(self.logits, self.leaves.tensors, grad_outputs=w, retain_graph=True,
-                                        allow_unused=True)
-        return self.leaves.flat(parts)
+        return sum(self._each(lambda rows, graph: self._vjp(graph, w[rows])))
 
-    def _out(self, jv: torch.Tensor) -> torch.Tensor:
+    def _out(self, jv: torch.Tensor, rows: slice) -> torch.Tensor:
+        """M_i (J v)_i for the examples `rows` (jv: their rows of J v)."""
         raise NotImplementedError
 
     def _matvec(self, v):
-        return self.vjp(self._out(self.jvp(v))) / len(self.f)
+        chunks = self.leaves.split(v)
+        parts = self._each(lambda rows, graph: self._vjp(graph, self._out(self._jvp(graph, chunks), rows)))
+        return sum(parts) / len(self.f)
 
 
 def _residuals(f: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
@@ -245,14 +329,15 @@ class GGNOperator(_OutputSpaceOperator):
 
     name = "ggn"
 
-    def __init__(self, model, inputs, targets=None, *, loss: str = "cross_entropy", eval: bool = False):
+    def __init__(self, model, inputs, targets=None, *, loss: str = "cross_entropy", eval: bool = False,
+                 batch_size: int | None = None):
         self._hout = _known(loss, OUTPUT_HESSIANS, "GGNOperator")
         if targets is None:
             targets = torch.zeros(len(inputs), dtype=torch.long)
-        super().__init__(model, inputs, targets, loss=loss, eval=eval)
+        super().__init__(model, inputs, targets, loss=loss, eval=eval, batch_size=batch_size)
 
-    def _out(self, jv):
-        return self._hout(self.f, jv)
+    def _out(self, jv, rows):
+        return self._hout(self.f[rows], jv)
 
 
 class EFOperator(_OutputSpaceOperator):
@@ -260,12 +345,14 @@ class EFOperator(_OutputSpaceOperator):
 
     name = "empirical_fisher"
 
-    def __init__(self, model, inputs, targets, *, loss: str = "cross_entropy", eval: bool = False):
-        super().__init__(model, inputs, targets, loss=loss, eval=eval)
+    def __init__(self, model, inputs, targets, *, loss: str = "cross_entropy", eval: bool = False,
+                 batch_size: int | None = None):
+        super().__init__(model, inputs, targets, loss=loss, eval=eval, batch_size=batch_size)
         self.r = _residuals(self.f, self.targets, loss)  # (N, C): g_i = J_i^T r_i
 
-    def _out(self, jv):
-        return self.r * (self.r * jv).sum(1, keepdim=True)  # r_i (r_i . J_i v)
+    def _out(self, jv, rows):
+        r = self.r[rows]
+        return r * (r * jv).sum(1, keepdim=True)  # r_i (r_i . J_i v)
 
 
 class FisherOperator(_OutputSpaceOperator):
@@ -276,13 +363,13 @@ class FisherOperator(_OutputSpaceOperator):
     name = "fisher"
 
     def __init__(self, model, inputs, targets=None, *, loss: str = "cross_entropy", mc_samples: int | None = None,
-                 seed: int = 0, eval: bool = False):
+                 seed: int = 0, eval: bool = False, batch_size: int | None = None):
         _known(loss, OUTPUT_HESSIANS, "FisherOperator")
         if mc_samples is not None and mc_samples < 1:
             raise ValueError(f"FisherOperator: mc_samples must be >= 1 or None (exact), got {mc_samples}")
         if targets is None:
             targets = torch.zeros(len(inputs), dtype=torch.long)
-        super().__init__(model, inputs, targets, loss=loss, eval=eval)
+        super().__init__(model, inputs, targets, loss=loss, eval=eval, batch_size=batch_size)
         n_ex, classes = self.f.shape
         gen = torch.Generator().manual_seed(seed)
         if loss == "cross_entropy":
@@ -307,9 +394,10 @@ class FisherOperator(_OutputSpaceOperator):
                 self.weights = torch.full((mc_samples, n_ex), 1.0 / mc_samples, dtype=self.dtype)
         self.weights = self.weights.to(dtype=self.dtype, device=self.device)
 
-    def _out(self, jv):
+    def _out(self, jv, rows):
         # sum_s w_si r_si (r_si . J_i v): (S, N, C) -> (N, C)
-        return (self.weights.unsqueeze(2) * self.r * (self.r * jv).sum(2, keepdim=True)).sum(0)
+        r = self.r[:, rows]
+        return (self.weights[:, rows].unsqueeze(2) * r * (r * jv).sum(2, keepdim=True)).sum(0)
 
 
 # Operators by name, for make_operator (an unknown name raises, listing these).

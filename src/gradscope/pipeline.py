@@ -150,7 +150,7 @@ def detect_signals(settings: dict, *, examples_paths, meta_path, metrics_path, o
     settings = config.filled("signals", settings)
     planted, planted_groups = planted_truth(meta_path)
     metrics = artifacts.read_parquet(metrics_path)
-    tr = signals.Trajectories.from_table(read_examples(examples_paths), lr=metrics.set_index("step")["lr"])
+    tr = detections.read_trajectories(examples_paths, metrics.set_index("step")["lr"], settings)  # the columns it needs
     tables, found = detections.analyze(tr, metrics, settings, planted, planted_groups)
     summary = {"run_id": run_id, "settings": settings, **found}
     schemas = {"detections": artifacts.DETECTIONS, "evaluation": artifacts.EVALUATION, "groups": artifacts.GROUPS,
@@ -167,20 +167,20 @@ def detect_signals(settings: dict, *, examples_paths, meta_path, metrics_path, o
 
 def compute_influence(settings: dict, *, examples_paths, metrics_path, train_path, test_path, out: dict,
                       run_id: str) -> dict:
-    """Train-to-test TracIn-CP (gradscope.influence) from the stored projections of every checkpoint.
-
-    out: a path for each of layout.INFLUENCE."""
-    from gradscope import influence
+    """Train-to-test TracIn-CP (gradscope.influence) from the stored projections of every checkpoint, of the test
+    examples influence.choose_test picks (it logs which), block by block, logging its progress. out: a path for each
+    of layout.INFLUENCE."""
+    from gradscope import influence, readers
 
     settings = config.filled("influence", settings)
     t0 = time.perf_counter()
-    table = read_examples(examples_paths)
-    steps = np.unique(table["step"].to_numpy())
+    files, steps = readers.examples_files(examples_paths)
     lr = signals.lr_at(artifacts.read_parquet(metrics_path).set_index("step")["lr"], steps)
-    splits = influence.checkpoint_projections(table, steps)
-    train_ids, train_proj = splits["train"]
-    test_ids, test_proj = influence.sample_test(*splits["test"], settings["test_examples"], settings["seed"])
-    top = influence.top_influences(train_proj, test_proj, lr, settings["top_k"])
+    test_ids, chosen = influence.choose_test(all_test := np.unique((final := readers.last_test_rows(files))["example_id"]),
+                                             settings, final)
+    train_ids, train_proj, test_proj = readers.checkpoint_projections(files, test_ids, influence.progress_log("read checkpoint"))
+    top = influence.top_influences(train_proj, test_proj, lr, settings["top_k"], block_size=settings["block_size"],
+                                   progress=influence.progress_log("scored test x training pairs"))
     train_df, test_df = split_labels(train_path, train_ids), split_labels(test_path, test_ids)
     rows, contributions = influence.influence_tables(top, steps=steps, lr=lr, test_ids=test_ids, train=train_df,
                                                      test=test_df)
@@ -189,13 +189,13 @@ def compute_influence(settings: dict, *, examples_paths, metrics_path, train_pat
                             config=provenance)
     artifacts.write_parquet(contributions, out["contributions"], artifacts.INFLUENCE_CONTRIBUTIONS,
                             table="influence_contributions", run_id=run_id, config=provenance)
-    summary = {"run_id": run_id, "settings": settings, "steps": steps.tolist(), "lr": lr.tolist(),
-               "n_train": len(train_ids), "n_test_scored": len(test_ids), "proj_dim": int(train_proj.shape[-1]),
-               **influence.findings(rows, train_df, table, test_ids, settings["report_examples"]),
+    summary = {"run_id": run_id, "settings": settings, "steps": steps.tolist(), "lr": lr.tolist(), "n_train": len(train_ids),
+               "n_test_scored": len(test_ids), "n_test": len(all_test), "test_chosen": chosen, "proj_dim": train_proj.shape[-1],
+               **influence.findings(rows, train_df, final, test_ids, settings["report_examples"]),
                "seconds": round(time.perf_counter() - t0, 3)}
     artifacts.write_json(summary, out["summary"])
-    log.info("influence: %d test x %d training examples over %d checkpoints (k = %d) in %.2f s", len(test_ids),
-             len(train_ids), len(steps), train_proj.shape[-1], summary["seconds"])
+    log.info("influence: %d of %d test x %d training examples over %d checkpoints (k = %d) in %.2f s", len(test_ids),
+             len(all_test), len(train_ids), len(steps), train_proj.shape[-1], summary["seconds"])
     return summary
 
 
@@ -224,7 +224,8 @@ def write_curvature(settings: dict, *, optim: dict, loss: str, device: str, data
     x, y, _ = data.load_split(dataset, "train")
     x, y = x.to(dev), y.to(dev)
     subset = np.sort(np.random.default_rng(settings["seed"]).permutation(len(y))[: settings["subset_size"]])
-    update = checkpoint_update(model, state, optim, x, y, loss=loss, step=step, wanted=settings["update_sharpness"])
+    update = checkpoint_update(model, state, optim, x, y, loss=loss, step=step, wanted=settings["update_sharpness"],
+                               batch_size=settings["batch_size"])
     keep = settings["eigenvectors"] or settings["warm_start"]
     result = curvature.compute_curvature(model, x[subset], y[subset], settings, loss=loss, warm=start, update=update,
                                          return_eigenvectors=keep)

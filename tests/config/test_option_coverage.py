@@ -226,6 +226,9 @@ COVERED = {
     "influence.top_k": C + "test_hadamard_projection_and_influence_options",
     "influence.seed": C + "test_hadamard_projection_and_influence_options",
     "influence.report_examples": C + "test_hadamard_projection_and_influence_options",
+    "influence.test_selection": "tests/test_influence_scale.py::test_compute_influence_misclassified",
+    "influence.test_ids": "tests/test_influence_scale.py::test_misclassified_and_explicit_ids",
+    "influence.block_size": "tests/test_influence_scale.py::test_compute_influence_scores_the_chosen_test_examples_blockwise",
     # ---- progress ----
     "progress.enabled": "tests/test_progress.py::test_only_modular_add_and_sub_runs_with_progress_enabled_plan_the_stage",
     "progress.key_frequencies": "tests/test_progress.py::test_key_frequencies_from_the_final_or_each_checkpoint",
@@ -250,6 +253,7 @@ COVERED = {
     "signals.generalization.test_acc": C + "test_opposing_features_and_digits_planted_truth_reach_the_signals",
     # ---- curvature ----
     "curvature.subset_size": V + "test_curvature_table_matches_the_exact_hessian_of_the_seeded_subset",
+    "curvature.batch_size": "tests/curvature/test_microbatches.py::test_compute_curvature_in_micro_batches_equals_one_batch",
     "curvature.seed": C + "test_files_source_reads_one_parquet_file_with_split_and_id_columns",
     "curvature.top_k": C + "test_curvature_options_turned_off_and_top_k_without_tolerance",
     "curvature.lanczos_iters": C + "test_curvature_options_turned_off_and_top_k_without_tolerance",

@@ -29,6 +29,13 @@ to eval mode for the call and restores the flags after. The forward passes run u
 `sdpa_kernel(SDPBackend.MATH)`: PyTorch's fused attention kernels (the CPU flash kernel among
 them) have no double backward, so HVPs through nn.MultiheadAttention / nn.TransformerEncoder
 need the plain-math attention (`gradscope.operators.measuring`).
+
+Memory: every measure takes `batch_size` (the schema's curvature.batch_size) and no forward or
+backward sees more examples than that: the operators sum their products over micro-batches (the
+graph recorded once where the examples fit one), the per-example measures take chunks of it, and
+the update replay sums its full-training-set gradient over micro-batches (BatchNorm in training
+mode: with the whole set's statistics, see `gradscope.curvature.replay`). The results are those of
+one batch to float rounding; `compute_curvature` logs one line per measure with its time.
 """
 
 from gradscope.curvature.hessian import (LAYER_ITERS, hessian_trace, layer_top_eigenvalues, spectral_density,

@@ -16,6 +16,17 @@ from gradscope.parameters import param_kind
 # `curvature` setting is read from here, i.e. from the schema.
 DEFAULTS = config.section_defaults("curvature")
 
+# Per-example gradients hold a parameter vector per example: the per-example measures (traces,
+# sensitivity) take at most this many examples at once, fewer where batch_size says so.
+PER_EXAMPLE_CHUNK = 256
+
+
+def per_example_chunk(batch_size: int) -> int:
+    """Examples per pass of a per-example measure: min(batch_size, PER_EXAMPLE_CHUNK)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return min(batch_size, PER_EXAMPLE_CHUNK)
+
 
 def rademacher(n: int, gen: torch.Generator, dtype, device) -> torch.Tensor:
     """(n,) of independent +-1 from `gen` (a CPU generator: the same probes on any device)."""

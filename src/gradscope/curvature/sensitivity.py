@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from gradscope.curvature._common import as_model_input, measured
+from gradscope.curvature._common import DEFAULTS, as_model_input, measured, per_example_chunk
 from gradscope.losses import per_example_loss
 from gradscope.parameters import detached_params
 
@@ -49,7 +49,8 @@ def _input_hessian_probes(gx: torch.Tensor, x: torch.Tensor, probes: int, gen: t
 
 @measured
 def input_sensitivity(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
-                      probes: int = 32, seed: int = 0, exact_max_dim: int = 256, batch_size: int = 256,
+                      probes: int = 32, seed: int = 0, exact_max_dim: int = 256,
+                      batch_size: int = DEFAULTS["batch_size"],
                       eval: bool = False) -> dict:
     """Sensitivity to the input, averaged over examples: dict(input_jacobian_norm, input_hessian_trace,
     input_hessian_trace_stderr).
@@ -75,9 +76,10 @@ def input_sensitivity(model: nn.Module, inputs: torch.Tensor, targets: torch.Ten
     params = detached_params(model)
     gen = torch.Generator().manual_seed(seed)
     jac_norms, traces, probe_sums = [], [], torch.zeros(probes, dtype=torch.float64)
-    for start in range(0, n, batch_size):
-        x = as_model_input(model, inputs[start : start + batch_size]).detach().requires_grad_(True)
-        y = targets[start : start + batch_size].to(x.device)
+    chunk = per_example_chunk(batch_size)  # a Jacobian row and input HVPs per example: at most 256 at once
+    for start in range(0, n, chunk):
+        x = as_model_input(model, inputs[start : start + chunk]).detach().requires_grad_(True)
+        y = targets[start : start + chunk].to(x.device)
         with torch.enable_grad():
             logits = functional_call(model, params, (x,))  # (b, classes)
             jac_norms.append(_input_jacobian_sq_norms(logits, x).sqrt().cpu())

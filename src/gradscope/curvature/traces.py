@@ -11,7 +11,8 @@ Per-example gradients of a loss at labels come from `gradscope.examples.per_exam
 Gauss-Newton trace for mse needs J_i^T c_i for a random cotangent c_i, the gradient of
 <f(x_i), c_i>, which is no loss's gradient at a label: that one comes from the same vmap(grad)
 helper, `gradscope.per_example_grads.vmap_grad`, applied to <f(x_i), c_i>.
-eval: see `gradscope.curvature`.
+eval: see `gradscope.curvature`. batch_size: at most min(batch_size, 256) examples per pass
+(`_common.per_example_chunk`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from gradscope.curvature._common import as_model_input, measured
+from gradscope.curvature._common import DEFAULTS, as_model_input, measured, per_example_chunk
 from gradscope.examples import per_example_gradients
 from gradscope.parameters import detached_params, trainable_parameters
 from gradscope.per_example_grads import vmap_grad
@@ -44,11 +45,11 @@ def _sq_grad_norms(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
 
 @measured
 def fisher_trace(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy",
-                 batch_size: int = 256, eval: bool = False) -> float:
+                 batch_size: int = DEFAULTS["batch_size"], eval: bool = False) -> float:
     """Trace of the empirical Fisher F = (1/n) sum_i g_i g_i^T, g_i the gradient of example i's loss
     at its true label: tr F = mean_i |g_i|^2, exact, from per-example gradients; the matrix itself
     is `gradscope.operators.EFOperator`."""
-    return float(_sq_grad_norms(model, inputs, targets, loss, batch_size).mean())
+    return float(_sq_grad_norms(model, inputs, targets, loss, per_example_chunk(batch_size)).mean())
 
 
 @torch.no_grad()
@@ -82,7 +83,7 @@ def _vjp_sq_norms(model: nn.Module, inputs: torch.Tensor, cotangents: torch.Tens
 @measured
 def gauss_newton_trace(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None = None, *,
                        loss: str = "cross_entropy", samples: int = 1, seed: int = 0, exact: bool = False,
-                       batch_size: int = 256, eval: bool = False) -> dict:
+                       batch_size: int = DEFAULTS["batch_size"], eval: bool = False) -> dict:
     """Trace of the generalized Gauss-Newton G = (1/n) sum_i J_i^T H_i J_i: dict(trace, stderr, samples).
 
     J_i = d f(x_i)/d theta is the Jacobian of the logits, H_i the Hessian of the loss w.r.t. them:
@@ -110,6 +111,7 @@ def gauss_newton_trace(model: nn.Module, inputs: torch.Tensor, targets: torch.Te
         raise ValueError(f"gauss_newton_trace supports cross_entropy and mse, got {loss!r}")
     if not exact and samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
+    batch_size = per_example_chunk(batch_size)
     logits = _logits(model, inputs, batch_size)
     n, classes = logits.shape
     probs = logits.double().softmax(dim=1).cpu()  # (n, classes)

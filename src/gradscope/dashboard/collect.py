@@ -5,8 +5,10 @@ training, or one whose analysis failed, gives what exists (its status says which
 per-step tables travel as JSON lists, rounded to 6 significant digits; per-example
 trajectories (examples x checkpoints) travel as base64 float32, decoded in the page only when
 the run is shown. Per-example data is subsampled to `max_examples` training examples per run:
-every planted example and each detector's top `top_k` at every checkpoint first (always kept,
-even past the cap), then a seeded random sample up to the cap.
+each detector's top `top_k` at every checkpoint first (always kept, even past the cap), the
+planted examples (all of them up to half the cap, else a seeded sample of that many), then a
+seeded random sample of the others up to the cap. Of the examples tables only the columns shown
+are read (EXAMPLE_COLUMNS), and the gradient projections only of the examples kept.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ CURVATURE_COLUMNS = ["sharpness", "sharpness_threshold", "update_sharpness", "he
                      "fisher_trace", "gauss_newton_trace", "gauss_newton_stderr", "input_jacobian_norm",
                      "input_hessian_trace", "lr"]
 TRAJECTORY_COLUMNS = ["loss", "p_true", "margin", "grad_norm"]
+EXAMPLE_COLUMNS = ["example_id", "label", "planted", *TRAJECTORY_COLUMNS]  # of the training rows (grad_proj: of those kept)
 CARTOGRAPHY_COLUMNS = ["confidence", "variability", "correctness", "forgetting_events", "aum", "opposition",
                        "tracin_self_influence", "final_loss"]
 SIGNAL_FILES = ("detections", "evaluation", "groups", "group_pairs", "group_losses", "loss_changes", "per_example")
@@ -149,12 +152,16 @@ def collect_run(folder, *, max_examples: int, top_k: int, seed: int) -> dict:
     if "group_losses" in signals and "group_pairs" in signals:
         out["groups"] = collect_groups(signals["group_losses"], signals["group_pairs"], signals.get("groups"))
     ex_paths = layout.tables_in(folder, "examples")
-    examples = read(artifacts.read_partitions, ex_paths) if ex_paths else None
-    if examples is not None:
-        train = examples[examples["split"] == "train"]
+    from gradscope.readers import read_examples
+
+    train = read(lambda: read_examples(ex_paths, EXAMPLE_COLUMNS, split="train")) if ex_paths else None
+    if train is not None:
+        def projections(ids):  # the kept examples' gradient projections, file by file
+            return read(lambda: read_examples(ex_paths, ["example_id", "grad_proj"], split="train", ids=ids))
+
         out["examples"] = collect_examples(train, signals.get("detections"), signals.get("per_example"),
                                            signals.get("loss_changes"), max_examples=max_examples, top_k=top_k,
-                                           seed=seed)
+                                           seed=seed, projections=projections)
     if problems:
         out["problems"] = problems
     return out
@@ -233,21 +240,43 @@ def _histograms(values_by_key: dict, planted: dict) -> dict:
     return out
 
 
-def select_examples(ids: np.ndarray, planted: np.ndarray, flagged: set, max_examples: int, seed: int) -> np.ndarray:
-    """Sorted ids: every planted and flagged example, then a seeded random sample of the rest up to max_examples."""
+def select_examples(ids: np.ndarray, planted: np.ndarray, flagged: set, max_examples: int, seed: int,
+                    max_planted: int | None = None) -> np.ndarray:
+    """Sorted ids: every flagged example; every planted one, or where there are more than `max_planted`
+    (None: no bound) a seeded sample of that many; then a seeded random sample of the rest (unplanted
+    first, then the planted left out) up to max_examples."""
     ids = np.asarray(ids)
-    keep = set(ids[np.asarray(planted, bool)].tolist()) | (set(flagged) & set(ids.tolist()))
-    rest = np.array(sorted(set(ids.tolist()) - keep), dtype=np.int64)
-    room = max(max_examples - len(keep), 0)
-    if room and len(rest):
-        keep |= set(np.random.default_rng(seed).choice(rest, size=min(room, len(rest)), replace=False).tolist())
+    planted = np.asarray(planted, bool)
+    rng = np.random.default_rng(seed)
+    keep = set(flagged) & set(ids.tolist())
+    marked = np.array(sorted(set(ids[planted].tolist()) - keep), dtype=np.int64)
+    if max_planted is not None and len(marked) > max_planted:
+        chosen = rng.choice(marked, size=max(int(max_planted), 0), replace=False)
+        left = np.setdiff1d(marked, chosen)
+        marked = chosen
+    else:
+        left = np.zeros(0, np.int64)
+    keep |= set(marked.tolist())
+    for pool in (np.array(sorted(set(ids[~planted].tolist()) - keep), dtype=np.int64), left):
+        room = max(max_examples - len(keep), 0)
+        if room and len(pool):
+            keep |= set(rng.choice(pool, size=min(room, len(pool)), replace=False).tolist())
     return np.array(sorted(keep), dtype=np.int64)
 
 
+def planted_cap(max_examples: int) -> int:
+    """The planted examples the dashboard keeps at most: half of max_examples (rounded up)."""
+    return max_examples - max_examples // 2
+
+
 def collect_examples(train: pd.DataFrame, detections: pd.DataFrame | None, per_example: pd.DataFrame | None,
-                     loss_changes: pd.DataFrame | None, *, max_examples: int, top_k: int, seed: int) -> dict:
+                     loss_changes: pd.DataFrame | None, *, max_examples: int, top_k: int, seed: int,
+                     projections=None) -> dict:
     """Trajectories of the sampled training examples, the mean over all of them, their gradient-projection PCA,
-    each detector's top-k per checkpoint, and loss / Δloss histograms over all training examples."""
+    each detector's top-k per checkpoint, and loss / Δloss histograms over all training examples.
+
+    train: the training rows (step, example_id, label, planted and the trajectory columns; grad_proj
+    too, or `projections`: ids -> the step, example_id and grad_proj rows of those examples)."""
     from gradscope.animate import fit_pca, project, robust_limits  # the GIF's PCA: the same axes in both
 
     steps = sorted(int(s) for s in train["step"].unique())
@@ -261,7 +290,8 @@ def collect_examples(train: pd.DataFrame, detections: pd.DataFrame | None, per_e
         for (det, step), d in best.groupby(["detector", "step"], sort=True):
             topk.setdefault(det, {})[str(int(step))] = clean(d["example_id"].to_numpy())
     flagged = {int(i) for det in topk.values() for ids in det.values() for i in ids}
-    chosen = select_examples(first["example_id"].to_numpy(), first["planted"].to_numpy(), flagged, max_examples, seed)
+    chosen = select_examples(first["example_id"].to_numpy(), first["planted"].to_numpy(), flagged, max_examples, seed,
+                             max_planted=planted_cap(max_examples))
     n, t = len(chosen), len(steps)
     sub = train[train["example_id"].isin(chosen)].sort_values(["example_id", "step"])
     out = {"step": steps, "ids": clean(chosen), "label": clean(first.set_index("example_id").loc[chosen, "label"].to_numpy()),
@@ -271,8 +301,17 @@ def collect_examples(train: pd.DataFrame, detections: pd.DataFrame | None, per_e
         wide = sub.pivot(index="example_id", columns="step", values=col).reindex(index=chosen, columns=steps)
         out["traj"][col] = f32(wide.to_numpy())  # (examples, checkpoints), row-major
         out["mean"][col] = clean(train.groupby("step")[col].mean().reindex(steps).to_numpy())
+    proj = None
     if "grad_proj" in sub.columns and len(sub):
         proj = np.stack(sub["grad_proj"].map(np.asarray).to_numpy()).astype(np.float64)
+    elif projections is not None and len(sub):
+        rows = projections(chosen)
+        if rows is not None and "grad_proj" in rows.columns:
+            rows = rows.sort_values(["example_id", "step"], kind="stable")
+            if (len(rows) == len(sub) and np.array_equal(rows["example_id"].to_numpy(), sub["example_id"].to_numpy())
+                    and np.array_equal(rows["step"].to_numpy(), sub["step"].to_numpy())):
+                proj = np.stack(rows["grad_proj"].map(np.asarray).to_numpy()).astype(np.float64)
+    if proj is not None:
         if proj.shape[1] >= 2:
             mean, comps, explained = fit_pca(proj)
             xy = project(proj, mean, comps)  # rows ordered (example, step)

@@ -83,6 +83,11 @@ def influence_section(summary: dict) -> list[str]:
              f"gradients, k = {summary['proj_dim']}) of {summary['n_test_scored']} test examples against all "
              f"{summary['n_train']} training examples. A *proponent* lowered the test example's loss when trained "
              f"on, an *opponent* raised it. All pairs' per-checkpoint contributions: `{layout.IN_RUN['influence_contributions']}`."]
+    if "n_test" in summary:  # its cost (summaries written before the stage recorded it say nothing)
+        pairs = summary["n_test_scored"] * summary["n_train"] * len(summary["steps"])
+        parts.append(f"Scored: {summary['n_test_scored']} of the {summary['n_test']} test examples "
+                     f"({summary.get('test_chosen', '')}; `influence.test_examples`, `test_selection`, `test_ids`), "
+                     f"{pairs:,} test × training × checkpoint products, in {fmt(summary['seconds'])} s.")
     flips = summary.get("flipped_opponents")
     if flips:
         rows = pd.DataFrame([{"among top": kind + "s", "flipped, of the test example's true class": v["rate"],
