@@ -257,7 +257,7 @@ def labelled_dataset(train: Split, test: Split, *, n_classes: int | None, seed: 
       aligned fraction and attributes. Refused together with label_noise > 0.
     - noise, planted_ids (and a files source's planted_key, as `train.declared`): label noise you know
       of, and class-conditional noise planted on top (gradscope.data.noise, its own stream of seed,
-      spawn(5)[4]); the union is the planted truth, meta["planted"]["declared_ids"] and meta["noise"]
+      spawn(5)[4]); the union is the planted truth, `meta["planted"]["declared_ids"]` and `meta["noise"]`
       say which is which. noise is refused together with label_noise > 0 or spurious.
     Tables: `source_id` is an example's id in the source (its row index there unless the
     source names ids); `example_id` its row in the table, which the planted ids refer to.

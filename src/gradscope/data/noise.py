@@ -9,12 +9,12 @@ torchvision, files, python): what lets a researcher score the detectors on their
 - Planted class-conditional noise: `noise: {pairs: [{from: a, to: b, fraction: p}, ...]}` moves
   exactly round(p * n_a) training examples of class a (after subsampling; none already declared
   wrong) to class b, or
-  `noise: {matrix: T}` (K x K, rows summing to 1) moves round(T[a][b] * n_a) of class a to each
+  `noise: {matrix: T}` (K x K, rows summing to 1) moves `round(T[a][b] * n_a)` of class a to each
   b != a. Draws are seeded and disjoint within a class; the moved examples are planted truth.
   (The uniform `label_noise` fraction stays as it was; the two are not combined.)
 
-meta.json records both: meta["planted"]["declared_ids"] and meta["noise"] (the settings and the
-count moved per pair), beside the union in meta["planted"]["train_ids"].
+meta.json records both: `meta["planted"]["declared_ids"]` and `meta["noise"]` (the settings and the
+count moved per pair), beside the union in `meta["planted"]["train_ids"]`.
 """
 
 from __future__ import annotations
