@@ -81,7 +81,8 @@ def limits(config: dict) -> dict:
 
 # ---- limits --------------------------------------------------------------------------------
 def _checkpoint_problem(train: dict, limit: int) -> str | None:
-    n, rule = cfg.checkpoint_count(train), train.get("checkpoints", {"log_spaced": 10})
+    n = cfg.checkpoint_count(train)
+    rule = train["checkpoints"] if "checkpoints" in train else cfg.section_defaults("train")["checkpoints"]
     if n <= limit:
         return None
     steps = int(train["steps"])

@@ -14,6 +14,15 @@ from gradscope.config.validation import ConfigError
 MAX_CHECKPOINTS = 100_000
 
 
+def _rule(train: dict) -> dict:
+    """train.checkpoints, or the schema's default where a train section leaves it out."""
+    if "checkpoints" in train:
+        return train["checkpoints"]
+    from gradscope.config.validation import section_defaults
+
+    return section_defaults("train")["checkpoints"]
+
+
 def _dense(train: dict) -> tuple[int, int, int] | None:
     """The dense window of train.checkpoints (dense: {from, to, every}) clipped to 0..train.steps,
     as (first, last, every) of the arithmetic progression first, first + every, ... <= last; None
@@ -52,7 +61,7 @@ def checkpoint_count(train: dict) -> int:
     """How many checkpoints `checkpoint_steps` gives, counted without building the list (for a
     log-spaced schedule, an upper bound where log_spaced is above MAX_CHECKPOINTS; a dense window
     adds its steps the main rule does not save)."""
-    steps, rule = int(train["steps"]), train.get("checkpoints", {"log_spaced": 10})
+    steps, rule = int(train["steps"]), _rule(train)
     if "every" in rule:
         every = int(rule["every"])
         n = steps // every + 1 + (steps % every != 0)  # 0, every, 2 every, ... and the last step
@@ -73,7 +82,7 @@ def checkpoint_count(train: dict) -> int:
 
 def _main_steps(train: dict) -> set[int]:
     """The main rule's steps (every, at or log_spaced), without step 0, the last step or a dense window."""
-    steps, rule = int(train["steps"]), train.get("checkpoints", {"log_spaced": 10})
+    steps, rule = int(train["steps"]), _rule(train)
     if "every" in rule:
         return set(range(0, steps + 1, int(rule["every"])))
     if "at" in rule:
@@ -84,7 +93,7 @@ def _main_steps(train: dict) -> set[int]:
 def checkpoint_steps(train: dict) -> list[int]:
     """Checkpoint steps from the train block: always includes 0 and the last step, and with
     checkpoints.dense every `every` steps from `from` to `to` on top of the main rule."""
-    steps, rule = int(train["steps"]), train.get("checkpoints", {"log_spaced": 10})
+    steps, rule = int(train["steps"]), _rule(train)
     if ("every" in rule or int(rule.get("log_spaced", 0)) > MAX_CHECKPOINTS or "dense" in rule) \
             and checkpoint_count(train) > MAX_CHECKPOINTS:
         kind = _main_rule(rule) if "dense" not in rule or checkpoint_count({**train, "checkpoints": {

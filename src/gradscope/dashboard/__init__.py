@@ -77,7 +77,7 @@ def build_sweep_dashboard(experiment: str, runs: list[dict], *, results, setting
                  if len({str(e["varying"].get(k)) for e in entries}) > 1]
     payload = {"experiment": experiment, "runs": entries, "grid_keys": grid_keys,
                "colors": run_colours(entries, grid_keys), "palette": _palette(),
-               "settings": {**settings, "initial_runs": settings.get("initial_runs", 20)}, "logx": _logx(entries),
+               "settings": {**default_settings(), **settings}, "logx": _logx(entries),
                "sweep": sweep}
     text = render_page(payload, views, title=f"gradscope · {experiment}", index_href=index_href)
     artifacts.write_text(text, out)
